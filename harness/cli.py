@@ -1,0 +1,78 @@
+"""`quantgate` command line. Each subcommand lives in ``harness/commands/<name>.py`` and provides
+``register(subparsers)`` which adds its parser and sets ``func`` (args -> exit code).
+
+Exit codes: 0 ok / passes, 1 defects found, 2 bad input / usage / unreachable server, 130 Ctrl-C.
+Errors are printed as one line ``quantgate: <file>: <problem>`` with no traceback
+(set QUANTGATE_DEBUG=1 to see tracebacks).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from quant.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, QuantgateError
+
+# Order = order in --help.
+COMMANDS = ["demo", "convert", "plan", "inspect", "verify", "diff", "manifest", "gate", "comfy", "formats"]
+
+EPILOG = """\
+exit codes: 0 ok/passes, 1 defects found, 2 unreadable input, usage error or server failure, 130 interrupted.
+Typical release gate:
+  quantgate convert model_bf16.safetensors --format fp8 --preset wan22-ti2v-5b -o model_fp8.safetensors
+  quantgate verify model_fp8.safetensors --source model_bf16.safetensors --strict
+  quantgate gate model_fp8.safetensors --source model_bf16.safetensors --out gate-report/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quantgate",
+        description="Make and prove FP8 / NVFP4 quantized diffusion checkpoints for ComfyUI.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from quant import __version__
+    p.add_argument("--version", action="version", version=f"quantgate {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"harness.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"harness.commands.{name}":
+                continue          # command not built yet
+            raise
+        mod.register(sub)
+    return p
+
+
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = bool(os.environ.get("QUANTGATE_DEBUG"))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except QuantgateError as e:
+        if debug:
+            raise
+        print(f"quantgate: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("quantgate: interrupted; no partial output was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    except MemoryError:
+        print("quantgate: out of memory", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Errors that end a command with a one-line message and a documented exit code.
+
+Exit codes (shared by every command):
+  0  success / the gate passes
+  1  the gate found defects (verify, diff, gate)
+  2  unreadable or malformed input, usage error, unreachable/crashed server
+  130 interrupted (Ctrl-C); nothing is left under the final output name
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_DEFECTS = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class QuantgateError(Exception):
+    """A problem the user can act on. ``str(err)`` is the one line the CLI prints."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, problem: str, path: object | None = None):
+        self.problem = problem
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class InputError(QuantgateError):
+    """Malformed / unreadable / unsupported input file (exit 2)."""
+
+
+class UsageError(QuantgateError):
+    """Bad command-line usage or options (exit 2)."""
+
+
+class ShapeError(InputError):
+    """A tensor shape that the requested format cannot take (exit 2)."""

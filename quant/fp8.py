@@ -1,0 +1,50 @@
+"""FP8 e4m3fn per-tensor quantization (ComfyUI ``float8_e4m3fn`` and legacy ``scaled_fp8``).
+
+Round-to-nearest is bit-exact with comfy-kitchen's ``quantize_per_tensor_fp8`` for the same scale:
+the reciprocal of the scale is taken in the input dtype, the product is clamped to +-448 and cast
+(round-to-nearest-even) to float8_e4m3fn.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+FP8_MAX = 448.0
+FP8_DTYPE = torch.float8_e4m3fn
+
+
+def _check_finite(x: torch.Tensor, name: str | None) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise InputError(f"tensor has {bad} non-finite values (inf/NaN); refusing to quantize", name)
+
+
+def weight_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per-tensor decode scale amax(|x|)/448 as a float32 0-d tensor (1.0 for an all-zero tensor)."""
+    amax = x.abs().amax().to(torch.float32) if x.numel() else torch.zeros((), dtype=torch.float32)
+    s = amax / FP8_MAX
+    return torch.where(s > 0, s, torch.ones_like(s)).reshape(())
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor | None = None, *, name: str | None = None,
+             check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(q, scale)`` with ``q`` float8_e4m3fn of x's shape and ``scale`` float32 0-d.
+
+    ``x ~= q.float() * scale``. ``scale`` defaults to amax/448.
+    """
+    if not x.is_floating_point():
+        raise InputError(f"cannot quantize a {x.dtype} tensor to fp8", name)
+    if check_finite:
+        _check_finite(x, name)
+    if scale is None:
+        scale = weight_scale(x)
+    scale = scale.to(device=x.device, dtype=torch.float32).reshape(())
+    inv = (1.0 / scale).to(x.dtype)
+    t = x * inv
+    t.clamp_(-FP8_MAX, FP8_MAX)
+    return t.to(FP8_DTYPE), scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return q.to(dtype) * scale.to(device=q.device, dtype=dtype)
