@@ -1,0 +1,7 @@
+"""Root conftest: makes the checkout importable and registers quantgate's pytest plugins."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
