@@ -1,0 +1,46 @@
+"""quantgate convert: BF16/FP16/FP32 checkpoint -> ComfyUI FP8 (legacy or comfy_quant) or NVFP4."""
+from __future__ import annotations
+
+import json
+import sys
+
+from quant import presets
+from quant.convert import convert
+
+
+def register(sub):
+    p = sub.add_parser(
+        "convert", help="quantize a checkpoint to fp8-legacy, fp8 or nvfp4",
+        description="Quantize a BF16/FP16/FP32 diffusion checkpoint (a .safetensors file, an *.index.json, "
+                    "a directory of shards, or a .gguf) into a file ComfyUI loads. Streams one tensor at a "
+                    "time; writes to a temp file and renames it only when complete (Ctrl-C leaves nothing).",
+        epilog="formats:\n"
+               "  fp8-legacy  KJ 'scaled fp8': F8_E4M3 weights + <layer>.scale_weight F32[1] + scaled_fp8 marker\n"
+               "  fp8         ComfyUI comfy_quant: F8_E4M3 + weight_scale F32[] + .comfy_quant + header metadata\n"
+               "  nvfp4       ComfyUI/comfy-kitchen NVFP4 (ComfyUI >= 0.8), sensitive layers FP8 per preset\n"
+               f"presets: {', '.join(presets.available())} (default: detected from the model's keys)\n"
+               "exit codes: 0 written, 2 bad input/usage (no output file is left), 130 interrupted",
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("source", help="source checkpoint (.safetensors, *.index.json, shard dir, .gguf)")
+    p.add_argument("-o", "--output", help="output .safetensors (default: beside the source, e.g. *_fp8mixed)")
+    p.add_argument("--format", "-f", dest="target", choices=presets.TARGETS, default="fp8")
+    p.add_argument("--preset", "-p", help="preset name or .toml path (see `quantgate plan`)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] for the quantize step")
+    p.add_argument("--input-scales", metavar="JSON",
+                   help='calibrated activation amax per layer {"layers": {"blocks.0.ffn.0": 12.5}}; '
+                        "written as input_scale (fp8: amax/448, nvfp4: amax/2688)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    s = convert(args.source, args.output, args.target, args.preset, device=args.device, force=args.force,
+                progress=not args.quiet and sys.stderr.isatty(), input_scales=args.input_scales)
+    if args.json:
+        print(json.dumps(s.as_dict(), indent=1))
+    else:
+        print("converted")
+        print(s.table())
+    return 0

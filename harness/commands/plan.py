@@ -1,0 +1,42 @@
+"""quantgate plan: show the per-tensor decisions of a preset without converting."""
+from __future__ import annotations
+
+import json
+
+from quant import presets
+from quant.convert import make_plan
+from quant.sources import open_source
+
+
+def register(sub):
+    p = sub.add_parser("plan", help="print the per-tensor decisions (keep/fp8/nvfp4) of a preset",
+                       description="Read only the headers of SRC and print what `convert` would do with every "
+                                   "tensor under the preset: keep, fp8 or nvfp4, and why.")
+    p.add_argument("source")
+    p.add_argument("--preset", "-p", help=f"one of {', '.join(presets.available())} or a .toml (default: detected)")
+    p.add_argument("--format", "-f", dest="target", choices=presets.TARGETS, default="nvfp4")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="list kept tensors too (default: summary of them)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    with open_source(args.source) as src:
+        plan = make_plan(src, args.preset, args.target)
+    if args.json:
+        print(json.dumps({"preset": plan.preset.name, "format": plan.target, "counts": plan.by_action(),
+                          "tensors": [{"name": d.name, "dtype": d.dtype, "shape": list(d.shape), "action": d.action,
+                                       "reason": d.reason} for d in plan.decisions]}, indent=1))
+        return 0
+    w = max((len(d.name) for d in plan.decisions), default=10)
+    print(f"preset {plan.preset.name} -> {plan.target}: " + ", ".join(f"{v} {k}" for k, v in plan.by_action().items()))
+    print(f"{'tensor':<{w}}  {'dtype':<6} {'shape':<18} action  reason")
+    kept = 0
+    for d in plan.decisions:
+        if d.action == "keep" and not args.all:
+            kept += 1
+            continue
+        print(f"{d.name:<{w}}  {d.dtype:<6} {str(list(d.shape)):<18} {d.action:<7} {d.reason}")
+    if kept:
+        print(f"... {kept} tensors kept in source precision (--all lists them)")
+    return 0

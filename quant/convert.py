@@ -1,0 +1,171 @@
+"""Conversion: source -> plan (preset) -> quantize -> layout -> atomic file.
+
+Memory: one source tensor (plus its quantized outputs) at a time; the output header is computed
+from the plan before any data is read, then tensors stream into a temp file that is fsynced and
+renamed only when everything was written.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__, layout, presets
+from .errors import InputError, UsageError
+from .sources import open_source
+
+SUFFIX = {"fp8-legacy": "_fp8_e4m3fn_scaled", "fp8": "_fp8mixed", "nvfp4": "_nvfp4mixed"}
+
+
+def default_output(src: Path, target: str) -> Path:
+    base = src.name
+    if src.is_dir():
+        parent = src.parent
+    else:
+        parent = src.parent
+        base = re.sub(r"(\.safetensors)?(\.index)?\.json$", "", base) if base.endswith(".json") else Path(base).stem
+        if src.name.endswith(".index.json"):
+            base = src.parent.name or base
+    base = re.sub(r"[_-](bf16|fp16|fp32|f16|f32|float16|float32|bfloat16)$", "", base, flags=re.I)
+    return parent / f"{base}{SUFFIX[target]}.safetensors"
+
+
+@dataclass
+class Summary:
+    source: str
+    output: str
+    target: str
+    preset: str
+    layers: dict[str, int] = field(default_factory=dict)     # action -> count
+    tensors_in: int = 0
+    tensors_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_in / 1e6 / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["mb_per_s"] = round(self.mb_per_s, 1)
+        return d
+
+    def table(self) -> str:
+        q = ", ".join(f"{v} {k}" for k, v in sorted(self.layers.items()))
+        return "\n".join([
+            f"  source   {self.source}",
+            f"  output   {self.output}",
+            f"  format   {self.target} (preset {self.preset})",
+            f"  layers   {q}",
+            f"  tensors  {self.tensors_in} in -> {self.tensors_out} out",
+            f"  size     {self.bytes_in / 1e6:,.1f} MB -> {self.bytes_out / 1e6:,.1f} MB "
+            f"({(self.bytes_out / self.bytes_in if self.bytes_in else 0):.2f}x)",
+            f"  time     {self.seconds:.2f} s, {self.mb_per_s:,.1f} MB/s of input",
+        ])
+
+
+def load_input_scales(path) -> dict[str, float]:
+    """JSON ``{"layers": {layer: activation_amax}}`` (or a flat map) of calibrated activation amax."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError("no such file", path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError("input scales file is not JSON", path) from None
+    layers = obj.get("layers", obj) if isinstance(obj, dict) else None
+    if not isinstance(layers, dict):
+        raise InputError('expected {"layers": {"<layer>": <activation amax>, ...}}', path)
+    out = {}
+    for k, v in layers.items():
+        if not isinstance(v, (int, float)) or not (v > 0) or v == float("inf"):
+            raise InputError(f"layer {k!r}: activation amax must be a positive number, got {v!r}", path)
+        out[k] = float(v)
+    return out
+
+
+def make_plan(src, preset_name: str | None, target: str):
+    tensors = [(n, src.info(n).dtype, src.info(n).shape) for n in src.keys()]
+    if preset_name is None:
+        preset_name = presets.auto_preset([t[0] for t in tensors], {t[0]: t[2] for t in tensors})
+    preset = presets.load(preset_name)
+    return presets.plan(preset, target, tensors, source=str(src.path))
+
+
+def convert(source, output=None, target: str = "fp8", preset: str | None = None, *, device: str = "cpu",
+            force: bool = False, progress: bool = False, input_scales: str | dict | None = None) -> Summary:
+    if target not in presets.TARGETS:
+        raise UsageError(f"unknown format {target!r}; choose one of {', '.join(presets.TARGETS)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but no CUDA device is available")
+    source = Path(source)
+    out = Path(output) if output else default_output(source, target)
+    t0 = time.perf_counter()
+    with open_source(source) as src:
+        srcs = {Path(f).resolve() for f in src.files}
+        if out.resolve() in srcs or out.resolve() == source.resolve():
+            raise UsageError("output would overwrite the input; choose another -o", out)
+        if out.exists() and not force:
+            raise UsageError("output exists; pass --force to overwrite it", out)
+        if out.is_dir():
+            raise UsageError("output is a directory", out)
+        the_plan = make_plan(src, preset, target)
+        amax = input_scales if isinstance(input_scales, dict) else (load_input_scales(input_scales) if input_scales else {})
+        unknown = set(amax) - {d.layer for d in the_plan.quantized()}
+        if unknown:
+            raise InputError(f"input scales given for {len(unknown)} layers that are not quantized "
+                             f"(first: {sorted(unknown)[0]!r})", input_scales if isinstance(input_scales, str) else None)
+        entries, configs = [], {}
+        for d in the_plan.decisions:
+            if d.action == "keep":
+                entries.append((d.name, d.dtype, d.shape))
+                continue
+            has_in = d.layer in amax
+            entries += layout.layer_entries(target, d.action, d.layer, d.shape[0], d.shape[1], input_scale=has_in)
+            conf = layout.layer_config(target, d.action, has_in)
+            if conf is not None:
+                configs[d.layer] = conf
+        if layout.file_kind(target) == "legacy":
+            entries.append(layout.marker_entry())
+        extra = {"quantgate.version": __version__, "quantgate.format": target, "quantgate.preset": the_plan.preset.name}
+        meta = layout.header_metadata(target, configs, src.metadata, extra)
+        summary = Summary(str(source), str(out), target, the_plan.preset.name, the_plan.by_action(),
+                          tensors_in=len(src), tensors_out=len(entries), bytes_in=src.total_bytes)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=src.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                       desc=f"convert -> {target}", dynamic_ncols=True, leave=False)
+        try:
+            with layout_writer(out, entries, meta) as w:
+                for i, d in enumerate(the_plan.decisions):
+                    t = src.get(d.name)
+                    if d.action == "keep":
+                        w.write(d.name, t)
+                    else:
+                        wt = t.to(device) if device != "cpu" else t
+                        for k, v in layout.layer_tensors(target, d.action, d.layer, wt,
+                                                         input_amax=amax.get(d.layer), name=d.name).items():
+                            w.write(k, v)
+                    if bar is not None:
+                        bar.update(src.info(d.name).nbytes)
+                        bar.set_postfix_str(f"{i + 1}/{len(the_plan.decisions)} tensors", refresh=False)
+                    del t
+                if layout.file_kind(target) == "legacy":
+                    w.write(layout.marker_entry()[0], layout.marker_tensor())
+        finally:
+            if bar is not None:
+                bar.close()
+    summary.bytes_out = out.stat().st_size
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def layout_writer(out, entries, meta):
+    from .safetensors_io import AtomicWriter
+    return AtomicWriter(out, entries, meta)

@@ -1,0 +1,163 @@
+"""Presets: data (``presets/*.toml``) that decide, per tensor, ``keep | fp8 | nvfp4``.
+
+A preset is an ordered list of rules; the first rule whose ``match`` globs (fnmatch, ``*`` crosses
+dots) and conditions fit a tensor decides it. A tensor that no rule covers is an error: presets
+must resolve every tensor of their model's real layout (tests check this against quant.arch).
+
+Rule keys:
+  match      = ["glob", ...]                     required
+  action     = "keep" | "quant"                  "quant" = the --format being written
+  nvfp4      = "fp8" | "keep"                    optional: what "quant" means when --format nvfp4
+  ndim       = 2                                 optional condition on the tensor rank
+  min_numel  = 4096                              optional: smaller tensors are kept instead
+  reason     = "why"                             shown by `quantgate plan`
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError, ShapeError, UsageError
+from .spec import FLOAT_DTYPES
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+TARGETS = ("fp8-legacy", "fp8", "nvfp4")
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: tuple[str, ...]
+    action: str
+    nvfp4: str | None = None
+    ndim: int | None = None
+    min_numel: int = 0
+    reason: str = ""
+
+    def fits(self, name: str, shape: tuple) -> bool:
+        if not any(fnmatch.fnmatchcase(name, g) for g in self.match):
+            return False
+        return self.ndim is None or len(shape) == self.ndim
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    family: str | None
+    archs: tuple[str, ...]
+    rules: tuple[Rule, ...]
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    action: str          # "keep" | "fp8" | "nvfp4"
+    reason: str
+    rule: int            # index of the deciding rule (-1: not eligible)
+
+    @property
+    def layer(self) -> str:
+        return self.name[: -len(".weight")] if self.name.endswith(".weight") else self.name
+
+
+@dataclass
+class Plan:
+    preset: Preset
+    target: str
+    decisions: list[Decision] = field(default_factory=list)
+
+    def by_action(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.decisions:
+            out[d.action] = out.get(d.action, 0) + 1
+        return out
+
+    def quantized(self) -> list[Decision]:
+        return [d for d in self.decisions if d.action != "keep"]
+
+
+def _load(path: Path) -> Preset:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"preset is not valid TOML ({e})", path) from None
+    rules = []
+    for i, r in enumerate(data.get("rule", [])):
+        m = r.get("match")
+        if isinstance(m, str):
+            m = [m]
+        if not m or r.get("action") not in ("keep", "quant") or r.get("nvfp4") not in (None, "fp8", "keep"):
+            raise InputError(f"rule {i + 1}: needs match=[...], action='keep'|'quant', optional nvfp4='fp8'|'keep'", path)
+        rules.append(Rule(tuple(m), r["action"], r.get("nvfp4"), r.get("ndim"), int(r.get("min_numel", 0)),
+                          r.get("reason", "")))
+    return Preset(data.get("name", path.stem), data.get("description", ""), data.get("family"),
+                  tuple(data.get("archs", [])), tuple(rules), str(path))
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load(name_or_path: str) -> Preset:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        return _load(p)
+    f = PRESET_DIR / f"{name_or_path}.toml"
+    if not f.exists():
+        raise UsageError(f"unknown preset {name_or_path!r}; available: {', '.join(available())} (or a .toml path)")
+    return _load(f)
+
+
+def auto_preset(names, shapes: dict[str, tuple]) -> str:
+    """Pick a preset from the model's keys (the same keys ComfyUI's detection reads)."""
+    from .arch import detect
+    fam = detect(names)
+    if fam == "wan":
+        head = shapes.get("head.head.weight", (0,))
+        return "wan22-ti2v-5b" if head[0] == 192 else "wan22-a14b"
+    if fam == "qwen_image":
+        return "qwen-image-edit" if "__index_timestep_zero__" in shapes else "qwen-image"
+    if fam in ("flux", "flux2"):
+        return "flux"
+    return "smart"
+
+
+def _eligible(dtype: str, shape: tuple) -> bool:
+    return dtype in FLOAT_DTYPES and len(shape) == 2
+
+
+def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, source: str = "") -> Plan:
+    """Decide every tensor; ``tensors`` = [(name, dtype, shape)] in source order."""
+    if target not in TARGETS:
+        raise UsageError(f"unknown format {target!r}; choose one of {', '.join(TARGETS)}")
+    out = Plan(preset, target)
+    for name, dtype, shape in tensors:
+        idx = next((i for i, r in enumerate(preset.rules) if r.fits(name, shape)), None)
+        if idx is None:
+            raise InputError(f"preset {preset.name!r} has no rule for tensor {name!r} {dtype}{list(shape)} "
+                             "(wrong preset for this model? try --preset smart)", source or None)
+        r = preset.rules[idx]
+        action, reason = r.action, r.reason
+        if action == "quant":
+            if not _eligible(dtype, shape):
+                if dtype not in FLOAT_DTYPES:
+                    raise ShapeError(f"tensor {name!r} is {dtype}; only float (F16/BF16/F32) weights can be "
+                                     f"quantized (already quantized input?)", source or None)
+                raise ShapeError(f"tensor {name!r} has shape {list(shape)}: {target} takes only 2-D Linear "
+                                 f"weights (preset {preset.name!r} rule {idx + 1})", source or None)
+            if math.prod(shape) < r.min_numel:
+                action, reason = "keep", f"smaller than {r.min_numel} elements"
+            elif target == "nvfp4":
+                action = r.nvfp4 or "nvfp4"
+                if r.nvfp4:
+                    reason = reason or f"sensitive layer: {r.nvfp4} under nvfp4"
+            else:
+                action = "fp8"
+        out.decisions.append(Decision(name, dtype, tuple(shape), action, reason, idx))
+    return out
