@@ -75,6 +75,15 @@ def _bad(path, msg):
     return InputError(msg, path)
 
 
+def _no_duplicate_keys(pairs):
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup[:60]!r}")
+    return d
+
+
 def parse_header_bytes(path, raw: bytes, file_size: int, header_len: int) -> Header:
     """Validate an already-read header (``raw`` = the JSON bytes)."""
     try:
@@ -82,9 +91,10 @@ def parse_header_bytes(path, raw: bytes, file_size: int, header_len: int) -> Hea
     except UnicodeDecodeError:
         raise _bad(path, "safetensors header is not valid UTF-8") from None
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise _bad(path, f"safetensors header is not valid JSON ({getattr(e, 'msg', 'too deeply nested')})") from None
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, RecursionError) as e:   # JSONDecodeError, int-digit limit, nesting
+        why = getattr(e, "msg", None) or ("too deeply nested" if isinstance(e, RecursionError) else str(e)[:80])
+        raise _bad(path, f"safetensors header is not valid JSON ({why})") from None
     if not isinstance(obj, dict):
         raise _bad(path, "safetensors header is not a JSON object")
     meta = obj.pop("__metadata__", None) or {}
