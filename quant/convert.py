@@ -149,8 +149,12 @@ def convert(source, output=None, target: str = "fp8", preset: str | None = None,
                         w.write(d.name, t)
                     else:
                         wt = t.to(device) if device != "cpu" else t
-                        for k, v in layout.layer_tensors(target, d.action, d.layer, wt,
-                                                         input_amax=amax.get(d.layer), name=d.name).items():
+                        try:
+                            produced = layout.layer_tensors(target, d.action, d.layer, wt,
+                                                            input_amax=amax.get(d.layer), name=d.name)
+                        except InputError as e:       # name the file, not only the tensor
+                            raise InputError(f"tensor {d.name!r}: {e.problem}", src.info(d.name).file) from None
+                        for k, v in produced.items():
                             w.write(k, v)
                     if bar is not None:
                         bar.update(src.info(d.name).nbytes)

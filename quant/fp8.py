@@ -2,7 +2,8 @@
 
 Round-to-nearest is bit-exact with comfy-kitchen's ``quantize_per_tensor_fp8`` for the same scale:
 the reciprocal of the scale is taken in the input dtype, the product is clamped to +-448 and cast
-(round-to-nearest-even) to float8_e4m3fn.
+(round-to-nearest-even) to float8_e4m3fn. One deliberate exception: an fp16 tensor whose 1/scale
+overflows fp16 (kitchen then saturates every value) is scaled in float32.
 """
 from __future__ import annotations
 
@@ -40,8 +41,13 @@ def quantize(x: torch.Tensor, scale: torch.Tensor | None = None, *, name: str | 
     if scale is None:
         scale = weight_scale(x)
     scale = scale.to(device=x.device, dtype=torch.float32).reshape(())
-    inv = (1.0 / scale).to(x.dtype)
-    t = x * inv
+    inv = 1.0 / scale
+    if x.dtype == torch.float16 and float(inv) > torch.finfo(torch.float16).max:
+        # 1/scale overflows fp16 (a tensor with amax < ~0.0068): kitchen's kernel would turn every
+        # value into +-448; compute in float32 instead (the only deviation from kitchen's bits).
+        t = x.to(torch.float32) * inv
+    else:
+        t = x * inv.to(x.dtype)
     t.clamp_(-FP8_MAX, FP8_MAX)
     return t.to(FP8_DTYPE), scale
 

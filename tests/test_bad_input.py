@@ -1,0 +1,150 @@
+"""Bad input never gives a traceback or a partial output: one line naming the file, exit 2."""
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from quant.safetensors_io import save_file
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _assert_clean_failure(r, path_fragment, out, code=2):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert lines[0].startswith("quantgate: ") and path_fragment in lines[0], lines[0]
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.*")), "temp file left behind"
+
+
+def _copy(src, dst, n=None):
+    data = src.read_bytes()
+    dst.write_bytes(data if n is None else data[:n])
+    return dst
+
+
+def test_truncated_file(cli, thin_wan5b, tmp_path):
+    bad = _copy(thin_wan5b, tmp_path / "trunc.safetensors", n=thin_wan5b.stat().st_size - 1000)
+    out = tmp_path / "o.safetensors"
+    r = cli("convert", bad, "-o", out, "--format", "nvfp4")
+    _assert_clean_failure(r, "trunc.safetensors", out)
+    assert "truncated" in r.stderr or "past the end" in r.stderr
+
+
+def test_bad_json_header(cli, tmp_path):
+    bad = tmp_path / "badjson.safetensors"
+    hdr = b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]'   # unterminated
+    bad.write_bytes(struct.pack("<Q", len(hdr)) + hdr + b"\0" * 4)
+    out = tmp_path / "o.safetensors"
+    r = cli("convert", bad, "-o", out)
+    _assert_clean_failure(r, "badjson.safetensors", out)
+    assert "JSON" in r.stderr
+
+
+def test_absurd_header_length(cli, tmp_path):
+    bad = tmp_path / "huge.safetensors"
+    bad.write_bytes(struct.pack("<Q", 2**60) + b"{}")
+    out = tmp_path / "o.safetensors"
+    r = cli("convert", bad, "-o", out)
+    _assert_clean_failure(r, "huge.safetensors", out)
+
+
+def test_unknown_dtype(cli, tmp_path):
+    bad = tmp_path / "dtype.safetensors"
+    hdr = json.dumps({"w": {"dtype": "F4", "shape": [2, 2], "data_offsets": [0, 2]}}).encode()
+    bad.write_bytes(struct.pack("<Q", len(hdr)) + hdr + b"\0\0")
+    out = tmp_path / "o.safetensors"
+    r = cli("convert", bad, "-o", out)
+    _assert_clean_failure(r, "dtype.safetensors", out)
+    assert "unknown dtype 'F4'" in r.stderr
+
+
+def test_missing_shard(cli, tmp_path):
+    from harness.synth import make_sharded
+    d = make_sharded("wan22-ti2v-5b-thin", tmp_path / "shards", n_shards=3, seed=2)
+    (d / "diffusion_pytorch_model-00002-of-00003.safetensors").unlink()
+    out = tmp_path / "o.safetensors"
+    r = cli("convert", d, "-o", out)
+    _assert_clean_failure(r, "index.json", out)
+    assert "00002-of-00003" in r.stderr and "missing" in r.stderr
+
+
+def test_shape_no_format_can_take(cli, tmp_path):
+    from harness.synth import tensors
+    t = dict(tensors("wan22-ti2v-5b-thin", seed=3))
+    t["blocks.0.ffn.0.weight"] = t["blocks.0.ffn.0.weight"].reshape(512, 16, 16)   # not a Linear weight
+    src = tmp_path / "weird_shape.safetensors"
+    save_file(t, src)
+    out = tmp_path / "o.safetensors"
+    r = cli("convert", src, "-o", out, "--preset", "wan22-ti2v-5b", "--format", "nvfp4")
+    _assert_clean_failure(r, "weird_shape.safetensors", out)
+    assert "blocks.0.ffn.0.weight" in r.stderr and "2-D" in r.stderr
+
+
+def test_non_finite_weights(cli, tmp_path):
+    from harness.synth import tensors
+    t = dict(tensors("wan22-ti2v-5b-thin", seed=4))
+    t["blocks.1.ffn.2.weight"][0, 0] = float("nan")
+    src = tmp_path / "nan.safetensors"
+    save_file(t, src)
+    out = tmp_path / "o.safetensors"
+    r = cli("convert", src, "-o", out, "--format", "fp8")
+    _assert_clean_failure(r, "nan.safetensors", out)
+    assert "blocks.1.ffn.2.weight" in r.stderr and "non-finite" in r.stderr
+
+
+def test_pickle_is_never_loaded(cli, tmp_path):
+    p = tmp_path / "model.ckpt"
+    p.write_bytes(b"\x80\x04not really a pickle")
+    out = tmp_path / "o.safetensors"
+    r = cli("convert", p, "-o", out)
+    _assert_clean_failure(r, "model.ckpt", out)
+    assert "pickle" in r.stderr
+
+
+def test_missing_source_and_unknown_preset(cli, tmp_path, thin_wan5b):
+    out = tmp_path / "o.safetensors"
+    _assert_clean_failure(cli("convert", tmp_path / "nope.safetensors", "-o", out), "nope.safetensors", out)
+    r = cli("convert", thin_wan5b, "-o", out, "--preset", "no-such-preset")
+    assert r.returncode == 2 and "unknown preset" in r.stderr and not out.exists()
+
+
+def test_wrong_preset_for_model(cli, tmp_path, thin_wan5b):
+    out = tmp_path / "o.safetensors"
+    r = cli("convert", thin_wan5b, "-o", out, "--preset", "qwen-image")
+    _assert_clean_failure(r, thin_wan5b.name, out)
+    assert "no rule for tensor" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_conversion_leaves_nothing_under_final_name(tmp_path, sig):
+    from harness.synth import make_model
+    from quant import arch
+    arch.ALL["wan-interrupt-test"] = arch.ARCHS["wan22-ti2v-5b"].thin(dim=1024, ffn_dim=4096, num_layers=6)
+    src = make_model("wan-interrupt-test", tmp_path / "big.safetensors", dtype=torch.bfloat16)
+    out = tmp_path / "out.safetensors"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "convert", str(src), "-o", str(out), "-f", "nvfp4",
+                          "--preset", "smart"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".out.safetensors.*")):
+        time.sleep(0.02)
+    assert list(tmp_path.glob(".out.safetensors.*")), "conversion never started writing"
+    time.sleep(0.3)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert not out.exists()
+    if sig == signal.SIGINT:
+        assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+        assert not list(tmp_path.glob(".out.safetensors.*"))

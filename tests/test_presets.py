@@ -1,0 +1,70 @@
+"""Presets are data; every preset must resolve every tensor of its models' real layouts."""
+import json
+
+import pytest
+
+from quant import arch, presets
+
+CASES = [(p, a) for p in presets.available() for a in presets.load(p).archs]
+
+
+@pytest.mark.parametrize("preset,arch_name", CASES)
+@pytest.mark.parametrize("target", presets.TARGETS)
+def test_preset_resolves_every_tensor(preset, arch_name, target):
+    tensors = [(n, "BF16", s) for n, s in arch.get(arch_name).tensors()]
+    plan = presets.plan(presets.load(preset), target, tensors)
+    assert len(plan.decisions) == len(tensors)
+    for d in plan.decisions:
+        if d.action != "keep":
+            assert len(d.shape) == 2 and d.name.endswith(".weight"), d
+            assert not any(s in d.name for s in ("norm", "modulation", "embedding", "img_in", "txt_in",
+                                                 "patch", "head.", "final_layer", "proj_out")), d
+        if target != "nvfp4":
+            assert d.action in ("keep", "fp8")
+
+
+def test_wan5b_fp8_matches_kj_layer_set():
+    t = [(n, "F32", s) for n, s in arch.ARCHS["wan22-ti2v-5b"].tensors()]
+    plan = presets.plan(presets.load("wan22-ti2v-5b"), "fp8-legacy", t)
+    q = {d.layer for d in plan.quantized()}
+    assert len(q) == 300
+    assert q == {f"blocks.{i}.{a}.{x}" for i in range(30) for a in ("self_attn", "cross_attn") for x in "qkvo"} | \
+               {f"blocks.{i}.ffn.{j}" for i in range(30) for j in (0, 2)}
+
+
+def test_flux2_dev_nvfp4_matches_bfl_layer_set():
+    t = [(n, "BF16", s) for n, s in arch.ARCHS["flux2-dev"].tensors()]
+    plan = presets.plan(presets.load("flux"), "nvfp4", t)
+    assert plan.by_action() == {"keep": 155, "nvfp4": 144}
+    assert not any("txt_attn" in d.name for d in plan.quantized())
+
+
+def test_qwen_keeps_first_img_mod_and_edges_fp8_under_nvfp4():
+    t = [(n, "BF16", s) for n, s in arch.ARCHS["qwen-image"].tensors()]
+    plan = presets.plan(presets.load("qwen-image"), "nvfp4", t)
+    d = {x.name: x.action for x in plan.decisions}
+    assert d["transformer_blocks.0.img_mod.1.weight"] == "keep"
+    assert d["transformer_blocks.0.txt_mod.1.weight"] == "fp8"
+    assert d["transformer_blocks.59.attn.to_q.weight"] == "fp8"
+    assert d["transformer_blocks.30.attn.to_q.weight"] == "nvfp4"
+    assert d["transformer_blocks.30.attn.to_v.weight"] == "fp8"
+    assert d["img_in.weight"] == d["txt_in.weight"] == d["proj_out.weight"] == "keep"
+
+
+def test_auto_preset_detection():
+    def pick(a):
+        t = arch.get(a).tensors()
+        return presets.auto_preset([n for n, _ in t], dict(t))
+    assert pick("wan22-ti2v-5b") == "wan22-ti2v-5b"
+    assert pick("wan22-i2v-a14b") == "wan22-a14b"
+    assert pick("qwen-image") == "qwen-image"
+    assert pick("flux2-dev") == "flux"
+
+
+def test_plan_cli_table_and_json(cli, thin_wan5b):
+    r = cli("plan", thin_wan5b, "--format", "nvfp4")
+    assert r.returncode == 0, r.stderr
+    assert "preset wan22-ti2v-5b -> nvfp4" in r.stdout and "blocks.0.ffn.2.weight" in r.stdout
+    r = cli("plan", thin_wan5b, "--json", "--format", "fp8")
+    data = json.loads(r.stdout)
+    assert data["counts"] == {"keep": 49, "fp8": 20}
