@@ -1,0 +1,129 @@
+"""The format gate: ``verify(checkpoint, source=None, reference=None, strict=False)``.
+
+Modules: ``model`` (what the file declares), ``layout_rules`` (carriers, companions, dtypes, shapes,
+layer kinds, activation policy, minimum ComfyUI), ``value_rules`` (scale values), ``numeric``
+(comfy-kitchen dequantization vs the source, or statistics), ``findings`` (grouping), ``record``
+(gate record JSON). Exit codes: 0 passes, 1 defects, 2 unreadable input.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from quant.sources import open_source
+
+from . import layout_rules, numeric, value_rules
+from .findings import ERROR, INFO, WARNING, Findings
+from .model import build, reference_shapes
+
+MODES = ("header-only", "statistics", "numeric")
+
+
+@dataclass
+class Report:
+    checkpoint: str
+    source: str | None
+    reference: str | None
+    mode: str
+    strict: bool
+    findings: Findings
+    min_comfy: str
+    min_comfy_why: list[str]
+    layers: dict[str, int]                       # format -> count of quantized layers
+    tensors: int
+    shapes_from: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+    bytes_checked: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return self.findings.count(ERROR) == 0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def summary_line(self) -> str:
+        q = ", ".join(f"{n} {fmt}" for fmt, n in sorted(self.layers.items())) or "no quantized layers"
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"{verdict}: {self.checkpoint}: {self.tensors} tensors, {q}; "
+                f"{self.findings.count(ERROR)} errors, {self.findings.count(WARNING)} warnings; "
+                f"needs ComfyUI >= {self.min_comfy}; checked: {self.mode}"
+                + (" (strict)" if self.strict else ""))
+
+    def lines(self, verbose: bool = False) -> list[str]:
+        out = [f.line() for f in self.findings.all() if verbose or f.severity != INFO]
+        out.append(self.summary_line())
+        return out
+
+    def as_dict(self) -> dict:
+        return {"checkpoint": self.checkpoint, "source": self.source, "reference": self.reference,
+                "mode": self.mode, "strict": self.strict, "passed": self.passed, "exit_code": self.exit_code,
+                "min_comfy": self.min_comfy, "min_comfy_because": self.min_comfy_why,
+                "quantized_layers": self.layers, "tensors": self.tensors, "shapes_from": self.shapes_from,
+                "errors": self.findings.count(ERROR), "warnings": self.findings.count(WARNING),
+                "findings": [f.as_dict() for f in self.findings.all()],
+                "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+                "bytes_checked": self.bytes_checked}
+
+
+def verify(checkpoint, source=None, reference=None, *, strict: bool = False, header_only: bool = False,
+           structure_only: bool = False, progress=None) -> Report:
+    """Run the gate. Raises quant.errors.InputError for unreadable inputs (exit 2)."""
+    t0 = time.perf_counter()
+    f = Findings()
+    src_obj = None
+    with open_source(checkpoint) as ck:
+        st = build(ck)
+        try:
+            if source is not None:
+                src_obj = open_source(source)
+            ref, shapes_from = reference_shapes(st, src_obj)
+            plain = layout_rules.run(st, f, ref)
+            value_rules.run(st, f)
+            t1 = time.perf_counter()
+            mode = "header-only"
+            nbytes = 0
+            if src_obj is not None:
+                mode = "numeric"
+                nbytes = numeric.compare(st, src_obj, f, progress)
+            elif not header_only:
+                mode = "statistics"
+                nbytes = numeric.statistics(st, f, progress)
+                if st.declared:
+                    f.info("stats.note", "no --source given: the numbers were checked for plausibility only (NaN codes, "
+                                         "range use, scale magnitudes, block-scale alignment); nibble order, row-major "
+                                         "block scales and e5m2-vs-e4m3 data are only proven with --source")
+            elif st.declared and not plain:
+                f.info("stats.note", "header-only check: tensor data was not read")
+            t2 = time.perf_counter()
+        finally:
+            if src_obj is not None:
+                src_obj.close()
+        mc, why = layout_rules.min_comfy(st)
+        layers: dict[str, int] = {}
+        for la in st.declared:
+            name = la.spec.name if la.spec else str(la.comfy_format)
+            layers[name] = layers.get(name, 0) + 1
+        if mc != "any":
+            f.info("compat.min-comfy", f"needs ComfyUI >= {mc} ({'; '.join(why)})")
+        if "nvfp4" in layers:
+            f.info("compat.note", "nvfp4 runs natively only on Blackwell (SM >= 10, cu130 PyTorch); on H100/H200 "
+                                  "and older GPUs ComfyUI dequantizes it to bf16 on every forward")
+        n_tensors = len(st.infos)
+    if reference is not None:
+        from harness.layout_diff import diff_paths
+        d = diff_paths(checkpoint, reference, structure_only=structure_only)
+        for g in d.groups:
+            sev = INFO if g.equivalent else ERROR
+            f.add(sev, "reference.diff", g.text(), g.examples)
+    if strict:
+        f.promote_warnings()
+    rep = Report(str(checkpoint), None if source is None else str(source),
+                 None if reference is None else str(reference), mode, strict, f, mc, why, layers, n_tensors,
+                 shapes_from, bytes_checked=nbytes)
+    rep.timings = {"rules": t1 - t0, "data": t2 - t1, "total": time.perf_counter() - t0}
+    return rep
+
+
+__all__ = ["verify", "Report", "ERROR", "WARNING", "INFO", "MODES"]

@@ -1,0 +1,306 @@
+"""Header-level rules: carriers, markers, companions (dtypes/shapes), which layers may be quantized,
+activation policy. Every format fact comes from ``quant.spec``; nothing here restates it."""
+from __future__ import annotations
+
+import math
+
+from quant import spec as S
+
+from .findings import Findings
+from .model import (IGNORED_KEYS, LEGACY_SUFFIXES, QUANT_STORAGE, SCALE_SUFFIXES, Layer, Structure,
+                    pattern)
+
+# Layers whose shapes ComfyUI's model detection reads (layouts.md §5, comfy_format.md §4.4, §7.8).
+DETECTION_LAYERS = {
+    "wan": ("patch_embedding", "head.head"),
+    "flux": ("img_in", "txt_in", "vector_in.in_layer", "final_layer.linear"),
+    "flux2": ("img_in", "txt_in", "final_layer.linear"),
+    "qwen_image": ("img_in", "txt_in", "proj_out"),
+}
+# The last name component of modules that are never Linear layers.
+NOT_LINEAR_WORDS = ("norm", "modulation", "embedding_table", "scale_shift_table", "pos_embed", "conv")
+
+
+def _shape_str(dtype: str, shape) -> str:
+    return f"{dtype}{list(shape)}"
+
+
+def _logical_nk(la: Layer, st: Structure, ref: dict) -> tuple[int, int] | None:
+    """The layer's logical [N, K]: from the source/template when known, else from the stored weight."""
+    ref_shape = ref.get(la.name + ".weight")
+    if ref_shape is not None:
+        la.logical_shape = tuple(ref_shape)
+        return tuple(ref_shape) if len(ref_shape) == 2 else None
+    wk = la.keys.get("weight")
+    if wk is None:
+        return None
+    shape = tuple(st.infos[wk].shape)
+    if len(shape) != 2:
+        la.logical_shape = shape
+        return None
+    if la.spec is S.NVFP4:
+        return shape[0], shape[1] * 2            # padded dims: the best we know without a reference
+    la.logical_shape = shape
+    return shape
+
+
+def check_markers(st: Structure, f: Findings):
+    spec_m = S.FP8_LEGACY.marker
+    for m in st.markers:
+        if m.dtype == spec_m["dtype"]:
+            pass
+        elif m.dtype == "F32":
+            f.info("marker.dtype", f"marker {m.key} is F32; ComfyUI treats it as float8_e4m3fn")
+        elif m.dtype == "F8_E5M2":
+            f.error("marker.dtype", f"marker {m.key} is F8_E5M2: since ComfyUI 0.4.0 e5m2 weights are value-cast to "
+                                    "e4m3fn (overflow to NaN, subnormals lost); write e4m3fn")
+        else:
+            f.error("marker.dtype", f"marker {m.key} is {m.dtype}; it must be F8_E4M3 (older ComfyUI uses it as the "
+                                    "weight dtype)")
+        if m.numel not in (0, 2):
+            f.warning("marker.shape", f"marker {m.key} has {m.numel} elements; only 2 (weight-only fp8) or 0 "
+                                      "(fp8 matmul) mean anything, ComfyUI treats it as 0")
+        if st.header_raw is not None or any(la.tensor_conf is not None for la in st.layers.values()):
+            f.error("carrier.mixed-legacy", f"legacy marker {m.key} together with comfy_quant/_quantization_metadata: "
+                                            "ComfyUI then skips the legacy conversion and the scale_weight tensors are ignored")
+
+
+def check_carriers(st: Structure, f: Findings):
+    if st.header_problem:
+        f.error("carrier.header-invalid", st.header_problem)
+    for name, problem in st.tensor_problems.items():
+        rule = "carrier.header-invalid" if "_quantization_metadata" in problem else "carrier.tensor-invalid"
+        f.error(rule, problem.replace(name + ".", "<layer>."), [name])
+    has_header = st.header_layers is not None
+    has_tensors = any(isinstance(la.tensor_conf, dict) for la in st.layers.values())
+    for la in st.layers.values():
+        hc, tc = la.header_conf, la.tensor_conf
+        if isinstance(hc, dict) and isinstance(tc, dict) and hc != tc:
+            diff = sorted(k for k in set(hc) | set(tc) if hc.get(k) != tc.get(k))
+            f.error("carrier.disagree", "header _quantization_metadata and the layer's comfy_quant tensor disagree on "
+                                        f"{', '.join(diff)} (ComfyUI follows the header; older releases only read it)", [la.name])
+        elif has_header and has_tensors and isinstance(hc, dict) != isinstance(tc, dict) and "invalid" not in (hc, tc):
+            where = "the header only" if isinstance(hc, dict) else "its comfy_quant tensor only"
+            f.warning("carrier.disagree", f"layer is declared in {where} while the file uses both carriers "
+                                          "(ComfyUI 0.3.68-0.3.77 read only the header)", [la.name])
+        if la.declared and la.comfy_format is not None and la.spec is None:
+            fmt = la.comfy_format
+            if fmt not in S.QUANT_ALGOS_SINCE:
+                f.error("carrier.unknown-format", f"format {fmt!r} is not a ComfyUI quantization format "
+                                                  "(ComfyUI fails with KeyError)", [la.name])
+            else:
+                f.warning("format.unchecked", f"format {fmt!r} (ComfyUI >= {S.QUANT_ALGOS_SINCE[fmt]}) is not "
+                                              "checked by quantgate yet", [la.name])
+        if la.declared and "weight" not in la.keys and not la.keys.keys() - {"comfy_quant"}:
+            if la.name in st.infos:
+                continue   # a parameter tensor declared quantized: reported by check_layer_kinds
+            f.error("carrier.orphan", "layer is declared quantized but the file has no tensors for it "
+                                      "(wrong name or key prefix in the declaration?)", [la.name])
+
+
+def check_undeclared(st: Structure, f: Findings):
+    """Quantized-looking tensors that nothing declares (ComfyUI silently mis-loads them)."""
+    legacy_file = bool(st.markers)
+    carriers = st.header_raw is not None or any(la.tensor_conf is not None for la in st.layers.values())
+    float_like = [i for k, i in st.infos.items() if k not in IGNORED_KEYS and not k.endswith("comfy_quant")]
+    plain_cast = (not legacy_file and not carriers and float_like
+                  and not any(la.keys.keys() & set(SCALE_SUFFIXES) for la in st.layers.values())
+                  and all(i.dtype in ("F8_E4M3", "F8_E5M2") for i in float_like))
+    if plain_cast:
+        f.warning("quant.plain-cast", "every tensor is a plain fp8 cast with no scales and no quantization carrier: "
+                                      "ComfyUI loads it with an implicit scale of 1 (small weights lose precision)")
+        return True
+    for la in st.layers.values():
+        if la.declared:
+            continue
+        scales = sorted(la.keys.keys() & set(SCALE_SUFFIXES))
+        wk = la.keys.get("weight")
+        wdt = st.infos[wk].dtype if wk else None
+        if scales:
+            if set(scales) & set(LEGACY_SUFFIXES) and not legacy_file:
+                f.error("carrier.missing", "has scale_weight/scale_input but the file has no scaled_fp8 marker: ComfyUI "
+                                           "ignores the scales and uses the fp8 values unscaled", [la.name])
+            else:
+                f.error("carrier.missing", f"has {'/'.join(scales)} but no comfy_quant tensor and no "
+                                           "_quantization_metadata entry: ComfyUI ignores the scales and loads the "
+                                           "layer as unquantized", [la.name])
+        elif wdt in ("F8_E4M3", "F8_E5M2"):
+            if legacy_file:
+                f.error("companion.missing", "fp8 weight without scale_weight in a scaled_fp8 file: ComfyUI loads it "
+                                             "with scale 1.0 (silently wrong)", [la.name])
+            else:
+                f.warning("quant.plain-cast", "fp8 weight with no scale and no quantization carrier: ComfyUI casts it "
+                                              "with an implicit scale of 1", [la.name])
+        elif wdt in ("U8", "I8") and len(st.infos[wk].shape) == 2:
+            f.error("carrier.missing", f"{wdt} weight with no quantization carrier: ComfyUI treats the packed bytes as "
+                                       "a plain weight (shape error or garbage)", [la.name])
+    return False
+
+
+def check_companions(st: Structure, f: Findings, ref: dict):
+    for la in st.declared:
+        spec = la.spec
+        if spec is None:
+            continue
+        fmt = "scaled_fp8 (legacy)" if la.legacy else spec.comfy_format
+        wk = la.keys.get("weight")
+        if wk is None:
+            if la.name in st.infos:
+                continue                           # parameter table declared quantized: check_layer_kinds
+        allowed = set(spec.per_layer_keys)
+        for suf in sorted(la.keys.keys() - allowed):
+            hint = ""
+            if suf in LEGACY_SUFFIXES and not la.legacy:
+                hint = " (legacy name: ComfyUI reads weight_scale/input_scale in comfy_quant layers)"
+            elif la.legacy and suf in ("weight_scale", "weight_scale_2", "input_scale"):
+                hint = " (comfy_quant name in a legacy scaled_fp8 layer: ComfyUI expects scale_weight/scale_input)"
+            f.error("companion.unexpected", f"{fmt} layer has a .{suf} tensor, which this format does not use{hint}",
+                    [la.name])
+        nk = _logical_nk(la, st, ref)
+        if wk is not None and la.logical_shape is not None and len(la.logical_shape) != 2:
+            continue                               # not a Linear: check_layer_kinds reports it
+        for c in spec.companions:
+            k = la.keys.get(c.suffix)
+            if k is None:
+                if c.required:
+                    why = {"scale_weight": "ComfyUI silently uses 1.0 and the layer decodes wrong",
+                           "weight_scale": ("ComfyUI fails with 'Missing NVFP4 scales'" if spec is S.NVFP4
+                                            else "ComfyUI loads it with scale None and crashes at first use"),
+                           "weight_scale_2": "ComfyUI fails with 'Missing NVFP4 scales'",
+                           "weight": "the layer has scales but no weight"}.get(c.suffix, "required by the format")
+                    f.error("companion.missing", f"{fmt} layer has no .{c.suffix}: {why}", [la.name])
+                continue
+            info = st.infos[k]
+            if info.dtype not in c.dtypes:
+                if c.suffix == "weight" and info.dtype in S.FLOAT_DTYPES:
+                    msg = (f"declared {fmt} but its weight is {info.dtype}: it was never quantized "
+                           f"(ComfyUI value-casts it to {'/'.join(c.dtypes)} and the scales no longer fit)")
+                elif c.suffix == "weight" and info.dtype == "F8_E5M2":
+                    msg = (f"declared {fmt} but its weight is F8_E5M2: ComfyUI value-casts e5m2 to e4m3fn "
+                           "(large values become NaN); quantize to e4m3fn")
+                else:
+                    msg = (f"{fmt} .{c.suffix} is {info.dtype}; the format needs {' or '.join(c.dtypes)}")
+                f.error("companion.dtype", msg, [la.name])
+                if c.suffix == "weight":
+                    continue
+            if nk is None:
+                continue
+            n, kk = nk
+            want = S.resolve_shape(c.shape, n, kk)
+            got = tuple(info.shape)
+            if got == want:
+                continue
+            alts = [a for a in c.alt_shapes if S.resolve_shape(a, n, kk) == got]
+            if alts:
+                f.info("companion.alt-shape", f".{c.suffix} is stored as {_shape_str(info.dtype, got)} instead of "
+                                              f"{_shape_str(info.dtype, want)}; ComfyUI accepts both", [la.name])
+                continue
+            msg = (f"{fmt} .{c.suffix} is {_shape_str(info.dtype, got)}, expected {_shape_str(c.dtypes[0], want)} "
+                   f"({S.SHAPE_RULE_DOC[c.shape]}) for a [{n}, {kk}] weight")
+            if c.shape == "nvfp4_block_scales" and got == (n, math.ceil(kk / 16)):
+                msg += "; this is a row-major [N, K/16] layout, not the swizzled one ComfyUI needs"
+            elif c.shape == "nvfp4_packed" and got == (n, kk):
+                msg += "; the weight is not packed (two E2M1 codes per byte)"
+            f.error("companion.shape", msg, [la.name])
+
+
+def check_layer_kinds(st: Structure, f: Findings, ref: dict):
+    det = DETECTION_LAYERS.get(st.family or "", ())
+    for la in st.declared:
+        last = la.name.rsplit(".", 1)[-1]
+        wk = la.keys.get("weight")
+        shape = la.logical_shape if la.logical_shape is not None else (
+            tuple(st.infos[wk].shape) if wk else (tuple(st.infos[la.name].shape) if la.name in st.infos else None))
+        reason = None
+        if wk is None and la.name in st.infos:
+            reason = f"{la.name} is a parameter tensor {list(st.infos[la.name].shape)}, not a Linear layer's weight"
+        elif last == "bias" or la.name.endswith(".bias"):
+            reason = "a bias is quantized"
+        elif any(w in last for w in NOT_LINEAR_WORDS):
+            reason = f"'{last}' is a normalization/modulation module, not a Linear layer"
+        elif shape is not None and len(shape) != 2:
+            kind = "a convolution" if len(shape) >= 3 else "a 1-D parameter (norm or bias)"
+            reason = f"the weight is {len(shape)}-D ({kind}); only 2-D Linear weights can be quantized"
+        if reason:
+            f.error("layer.not-linear", f"quantized layer is not a Linear: {reason}. ComfyUI only consumes "
+                                        "quantization in Linear layers; this loads as garbage", [la.name])
+            continue
+        if la.name in det:
+            changes_shape = la.spec is S.NVFP4 or la.comfy_format not in ("float8_e4m3fn", "float8_e5m2", "int8_tensorwise")
+            if changes_shape:
+                f.error("layer.detection", f"{la.comfy_format} changes the stored shape of a layer ComfyUI's model "
+                                           f"detection reads ({st.family}); the model is mis-detected. Keep it BF16",
+                        [la.name])
+            else:
+                f.warning("layer.detection", f"a layer ComfyUI's model detection reads ({st.family}) is quantized; fp8 "
+                                             "keeps its shape so detection still works, but it is quality-sensitive",
+                          [la.name])
+    # unquantized tensors: must be float (F8/U8 outside a declared layer are mis-loaded)
+    comp = st.companion_keys()
+    for k, info in st.infos.items():
+        if k in comp or k in IGNORED_KEYS or k.endswith(".comfy_quant") or any(m.key == k for m in st.markers):
+            continue
+        if info.dtype in S.FLOAT_DTYPES:
+            continue
+        sk = k.rsplit(".", 1)[-1]
+        la = st.layers.get(k.rsplit(".", 1)[0]) if "." in k else None
+        if sk == "weight" and la is not None and not la.declared:
+            continue    # reported by check_undeclared
+        if info.dtype in QUANT_STORAGE or info.dtype.startswith("F8"):
+            what = "bias" if sk == "bias" else ("norm" if "norm" in k else "tensor")
+            f.error("tensor.dtype", f"unquantized {what} stored as {info.dtype} with no scale: ComfyUI value-casts it "
+                                    "(norms, biases and modulation must stay F16/BF16/F32)", [k])
+        else:
+            f.warning("tensor.dtype", f"tensor stored as {info.dtype}, not a float type", [k])
+
+
+def check_activation(st: Structure, f: Findings):
+    for la in st.declared:
+        if la.spec is S.FP8 and "input_scale" not in la.keys and not la.fpmm:
+            f.warning("activation.policy", "fp8 layer has neither a calibrated input_scale nor "
+                                           "full_precision_matrix_mult: ComfyUI >= 0.4.0 casts its activations to fp8 "
+                                           "with scale 1.0 on fp8 GPUs (noisy output)", [la.name])
+        if la.legacy and not la.fpmm and "scale_input" not in la.keys:
+            f.warning("activation.unit-scale", "scaled_fp8 marker has 0 elements (fp8 matmul allowed) but the layer has "
+                                               "no scale_input: activations are cast to fp8 with scale 1.0 on fp8 GPUs; "
+                                               "use a 2-element marker for weight-only fp8", [la.name])
+
+
+def min_comfy(st: Structure) -> tuple[str, list[str]]:
+    """Oldest ComfyUI that loads the file as intended, and why."""
+    from packaging.version import Version
+    need: list[tuple[str, str]] = []
+    V = S.COMFY_VERSIONS
+    for m in st.markers:
+        need.append((V["scaled_fp8_marker_2"] if m.numel == 2 else V["scaled_fp8_marker"], "scaled_fp8 marker"))
+    if st.header_layers:
+        need.append((V["quantization_metadata_header"], "header _quantization_metadata"))
+    if any(isinstance(la.tensor_conf, dict) for la in st.layers.values()) and not st.header_layers:
+        need.append((V["comfy_quant_tensor"], "per-layer comfy_quant tensors without a header"))
+    for la in st.declared:
+        if la.fpmm and not la.legacy:
+            need.append((V["full_precision_matrix_mult"], "full_precision_matrix_mult"))
+        fmt = la.comfy_format
+        if fmt in S.QUANT_ALGOS_SINCE and not la.legacy:
+            need.append((S.QUANT_ALGOS_SINCE[fmt], f"format {fmt}"))
+        if "pre_quant_scale" in la.keys:
+            need.append((V["pre_quant_scale"], "pre_quant_scale"))
+    if not need:
+        return "any", []
+    top = max(Version(v) for v, _ in need)
+    why = sorted({w for v, w in need if Version(v) == top})
+    return str(top), why
+
+
+def run(st: Structure, f: Findings, ref: dict):
+    check_markers(st, f)
+    check_carriers(st, f)
+    plain = check_undeclared(st, f)
+    check_companions(st, f, ref)
+    if not plain:
+        check_layer_kinds(st, f, ref)
+    check_activation(st, f)
+    return plain
+
+
+__all__ = ["run", "min_comfy", "DETECTION_LAYERS", "pattern"]

@@ -1,0 +1,85 @@
+"""Rules on the small scale tensors' values (read with one pread each; no weight data):
+finite positive scales, input_scale taken from weight statistics, implausible activation ranges."""
+from __future__ import annotations
+
+import math
+import statistics
+
+from quant import spec as S
+
+from .findings import Findings
+from .model import Structure
+
+# full-scale value of the quantized activation: fp8 e4m3 448, nvfp4 448*6
+QMAX = {"fp8": 448.0, "fp8-legacy": 448.0, "nvfp4": 448.0 * 6.0}
+MIN_ACT_AMAX = 0.5          # an input_scale implying |x| never exceeds this clips real activations
+PEER_FACTOR = 30.0          # one layer's input_scale this far below its peers' median is an outlier
+
+
+def _values(st: Structure, key: str) -> list[float]:
+    t = st.src.get(key)
+    return [float(v) for v in t.float().reshape(-1).tolist()]
+
+
+def run(st: Structure, f: Findings) -> dict[str, dict[str, float]]:
+    """Returns {layer: {suffix: value}} for scalar companions (used by the statistics check)."""
+    scalars: dict[str, dict[str, float]] = {}
+    for la in st.declared:
+        spec = la.spec
+        if spec is None:
+            continue
+        vals = {}
+        for c in spec.companions:
+            k = la.keys.get(c.suffix)
+            if k is None or not c.positive_finite:
+                continue
+            info = st.infos[k]
+            if info.dtype not in S.FLOAT_DTYPES or math.prod(info.shape) > 4096:
+                continue                            # dtype/shape already reported
+            v = _values(st, k)
+            bad = [x for x in v if not (math.isfinite(x) and x > 0)]
+            if bad:
+                what = "not finite" if not math.isfinite(bad[0]) else ("zero" if bad[0] == 0 else "negative")
+                f.error("scale.value", f".{c.suffix} is {what}: scales must be finite and > 0", [la.name])
+                continue
+            if len(v) == 1:
+                vals[c.suffix] = v[0]
+        scalars[la.name] = vals
+        w = vals.get("weight_scale_2" if spec is S.NVFP4 else ("scale_weight" if la.legacy else "weight_scale"))
+        i = vals.get("scale_input" if la.legacy else "input_scale")
+        if w is not None and w == 1.0:
+            f.warning("scale.magnitude", "weight scale is exactly 1.0, a default rather than amax-derived "
+                                         "(unit scale?); run with --source to prove the numbers", [la.name])
+        if i is not None and w is not None and math.isclose(i, w, rel_tol=1e-6):
+            wname = "weight_scale_2" if spec is S.NVFP4 else ("scale_weight" if la.legacy else "weight_scale")
+            f.error("input_scale.from-weight", f"input_scale equals {wname}: it was taken from weight statistics, not "
+                                               "calibrated activations; activations get clipped or crushed", [la.name])
+    _check_input_scales(st, f, scalars)
+    return scalars
+
+
+def _check_input_scales(st: Structure, f: Findings, scalars):
+    by_fmt: dict[str, list[tuple[str, float]]] = {}
+    for la in st.declared:
+        if la.spec is None:
+            continue
+        v = scalars.get(la.name, {}).get("scale_input" if la.legacy else "input_scale")
+        if v is not None:
+            by_fmt.setdefault(la.spec.name, []).append((la.name, v))
+    for fmt, items in by_fmt.items():
+        qmax = QMAX[fmt]
+        med = statistics.median(v for _, v in items) if len(items) >= 4 else None
+        for name, v in items:
+            amax = v * qmax
+            if amax < MIN_ACT_AMAX:
+                f.error("input_scale.implausible", f"input_scale x {qmax:g} < {MIN_ACT_AMAX}: it implies activations never exceed "
+                                                   f"|x| = {MIN_ACT_AMAX}; real activations are larger and would be "
+                                                   "clipped (input_scale too small)", [name])
+            elif med is not None and v < med / PEER_FACTOR:
+                f.error("input_scale.implausible", f"input_scale is more than {PEER_FACTOR:g}x smaller than the median of "
+                                                   "the file's input scales: activations would be clipped",
+                        [name])
+            elif med is not None and v > med * PEER_FACTOR:
+                f.warning("input_scale.implausible", f"input_scale is more than {PEER_FACTOR:g}x larger than the median "
+                                                     "of the file's input scales: small activations lose precision",
+                          [name])
