@@ -217,6 +217,10 @@ def compare(st: Structure, source, f: Findings, progress=None) -> int:
                 f.error("numeric.shape", "quantized weight shape does not fit the source weight's shape", [la.name])
                 continue
             nbytes += w.numel() * w.element_size()
+            if la.spec is S.NVFP4:       # the statistics cost no extra I/O here
+                _nvfp4_stats(la, w, scale, bs, f)
+            else:
+                _fp8_stats(la, w, scale, f)
             ref = source.get(key).to(torch.float32)
             got = _dequant(ck, la, w, scale, bs, n, k)
             rel, cos, alpha = _metrics(ref, got)
