@@ -1,0 +1,82 @@
+"""``quantgate gate CKPT --source SRC``: verify + render in ComfyUI + SSIM + report (exit 0/1/2)."""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from quant.errors import UsageError
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def add_server_args(p) -> None:
+    g = p.add_argument_group("ComfyUI server (default: start the embedded ComfyUI 0.3.75 on 127.0.0.1)")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--comfy-url", metavar="URL", help="use this running ComfyUI (the files must be in its models)")
+    x.add_argument("--comfy-root", metavar="PATH", help="start a server from this ComfyUI checkout")
+    g.add_argument("--workflow", metavar="FILE", help="your API-format workflow (default: the built-in WAN 2.1 smoke render)")
+    g.add_argument("--model-node", metavar="ID", help="id of the node in --workflow that loads the checkpoint")
+    g.add_argument("--policy", metavar="TOML", help="thresholds and render plan (default: harness/policy.toml)")
+
+
+def register(sub):
+    p = sub.add_parser("gate", help="render gate: verify, render source vs candidate in ComfyUI, SSIM, report",
+                       description="Render the source and the candidate with the same workflow and seeds in a real "
+                                   "ComfyUI, score SSIM per render, check a control and ComfyUI's load warnings, "
+                                   "and write report.html + gate.json. Exit 0 pass, 1 fail, 2 error.")
+    p.add_argument("checkpoint", nargs="+", help="candidate checkpoint(s) (.safetensors)")
+    p.add_argument("--source", required=True, help="the source checkpoint the candidate was made from")
+    p.add_argument("--out", default="gate-report", metavar="DIR", help="where report.html and gate.json go (default: gate-report/)")
+    p.add_argument("--no-verify", action="store_true", help="skip the format gate (quantgate verify)")
+    add_server_args(p)
+    p.set_defaults(func=run)
+
+
+def print_summary(record: dict, file=sys.stdout) -> None:
+    rows = [("candidate", "format", "rendered as", "min SSIM", "threshold", "verify", "verdict")]
+    for c in record["candidates"]:
+        v = c.get("verify") or {}
+        vt = "n/a" if not v.get("available") else ("pass" if v.get("passed") else "fail")
+        rows.append((c["label"], c["format"], c["rendered_as"], "-" if c["min_ssim"] is None else f"{c['min_ssim']:.4f}",
+                     f"{c['threshold']}", vt, c["verdict"].upper()))
+    ctl, rep = record["control"], record["repeat"]
+    rows.append(("control", "-", f"seed {ctl['seed']}", f"{ctl['ssim']:.4f}", f"<= {ctl['max_ssim']}", "-",
+                 "PASS" if ctl["pass"] else "FAIL"))
+    rows.append(("repeat", "-", f"seed {rep['seed']} twice", f"{rep['ssim']:.4f}", f">= {rep['min_ssim']}", "-",
+                 "PASS" if rep["pass"] else "FAIL"))
+    w = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("  ".join(str(x).ljust(w[j]) for j, x in enumerate(r)).rstrip(), file=file)
+        if i == 0:
+            print("  ".join("-" * n for n in w), file=file)
+    for c in record["candidates"]:
+        for reason in c["reasons"]:
+            print(f"  {c['label']}: {reason}", file=file)
+
+
+def run(args) -> int:
+    from harness.render.gate import load_policy, run_gate
+    from harness.render.report import write_report
+    from harness.render.session import open_session
+    from harness.render.verify_adapter import run_verify
+    from harness.render.workflow import Workflow
+    if args.model_node and not args.workflow:
+        raise UsageError("--model-node needs --workflow")
+    policy = load_policy(args.policy)
+    wf = Workflow.from_arg(args.workflow, args.model_node)
+    out = Path(args.out)
+    verify_fn = None if args.no_verify else run_verify
+    with tempfile.TemporaryDirectory(prefix="quantgate-gate-") as tmp:
+        with open_session(args.comfy_url, args.comfy_root, work_dir=Path(tmp) / "comfy", log=_log,
+                          keep_log=out / "comfyui.log") as session:
+            if args.workflow:
+                session.check_nodes(wf.wf)
+            record = run_gate(session, args.source, args.checkpoint, policy=policy, workflow=wf,
+                              work_dir=Path(tmp), verify_fn=verify_fn, log=_log)
+    rp, gj = write_report(record, out)
+    print_summary(record)
+    print(f"\nverdict: {record['verdict'].upper()}   report: {rp}   record: {gj}")
+    return 0 if record["verdict"] == "pass" else 1

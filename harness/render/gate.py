@@ -1,0 +1,330 @@
+"""The render gate: render the source and each candidate with the same workflow and seeds in a
+real ComfyUI, score every pair with SSIM, prove the render discriminates (control) and is
+deterministic (repeat), read ComfyUI's load warnings, and decide.
+
+Baseline = the source checkpoint; candidate = a converted file; every seed at every size.
+Control = the source rendered with another seed; it must score far below the thresholds.
+Repeat = the first baseline rendered again; it must be pixel-identical.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from quant import __version__ as TOOL_VERSION
+from quant.errors import InputError, UsageError
+
+from ..comfy.errors import ComfyError, ExecutionError
+from . import score, twin
+from .workflow import Workflow
+
+POLICY_PATH = Path(__file__).resolve().parent.parent / "policy.toml"
+
+
+def load_policy(path=None) -> dict:
+    p = Path(path) if path else POLICY_PATH
+    try:
+        pol = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError("no such policy file", p) from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"policy is not valid TOML: {e}", p) from None
+    for sec in ("plan", "thresholds", "control"):
+        if sec not in pol:
+            raise InputError(f"policy has no [{sec}] section", p)
+    sizes = pol["plan"].get("sizes", [])
+    if not sizes or not all(isinstance(s, list) and len(s) == 2 for s in sizes):
+        raise InputError("plan.sizes must be a list of [width, height]", p)
+    return pol
+
+
+def sha256_file(path, bufsize: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(bufsize)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+@dataclass
+class Candidate:
+    path: Path
+    label: str | None = None
+    format: str = ""
+    sha256: str = ""
+    rendered_as: str = "file"          # or "dequantized twin"
+    render_path: Path | None = None
+    twin_sha256: str | None = None
+    threshold: float = 0.0
+    verify: dict | None = None
+    load_warnings: list = field(default_factory=list)
+    execution_error: dict | None = None
+    renders: list = field(default_factory=list)
+    verdict: str = "pending"
+    reasons: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "path": str(self.path), "sha256": self.sha256, "format": self.format,
+                "rendered_as": self.rendered_as, "twin_sha256": self.twin_sha256, "threshold": self.threshold,
+                "min_ssim": min((r["ssim"] for r in self.renders), default=None),
+                "verify": self.verify, "load_warnings": self.load_warnings,
+                "execution_error": self.execution_error, "verdict": self.verdict, "reasons": self.reasons, "notes": self.notes,
+                "seconds": round(self.seconds, 3)}
+
+
+class Progress:
+    def __init__(self, log, total: int):
+        self.log, self.total, self.n = log or (lambda *_: None), total, 0
+
+    def step(self, what: str):
+        self.n += 1
+        return f"[{self.n}/{self.total}] {what}"
+
+
+def _benign_unexpected(c, warning: dict, comfy_version: str) -> list[str]:
+    """``.comfy_quant`` tensors that ComfyUI < 0.4.0 reports as unexpected although the header's
+    ``_quantization_metadata`` gives it the same layer config (converters write both on purpose)."""
+    if warning["kind"] != "unexpected":
+        return []
+    try:
+        from packaging.version import Version
+        if Version(comfy_version) >= Version("0.4.0"):
+            return []
+    except Exception:
+        return []
+    if not hasattr(c, "_header_layers"):
+        from quant.safetensors_io import read_header
+        import json as _json
+        try:
+            raw = read_header(c.path).metadata.get("_quantization_metadata")
+            c._header_layers = set((_json.loads(raw).get("layers") or {}).keys()) if raw else set()
+        except Exception:
+            c._header_layers = set()
+    return [k for k in warning["keys"] if k.endswith(".comfy_quant") and k[: -len(".comfy_quant")] in c._header_layers]
+
+
+def _ssim_pair(a, b):
+    return round(score.ssim(a, b), 6), score.max_abs_diff(a, b)
+
+
+def run_gate(session, source, candidates, *, policy: dict | None = None, workflow: Workflow | None = None,
+             work_dir=None, verify_fn=None, log=None) -> dict:
+    """Render and score. ``candidates``: paths or (label, path). Returns the gate record; images
+    are under ``record["_images"]`` (for the report; not serialised)."""
+    t_start = time.monotonic()
+    log = log or (lambda *_: None)
+    policy = policy or load_policy()
+    plan = policy["plan"]
+    workflow = workflow or Workflow.from_arg(None, None)
+    source = Path(source)
+    work_dir = Path(work_dir) if work_dir else None
+    seeds = [int(s) for s in plan["seeds"]]
+    sizes = [(int(w), int(h)) for w, h in plan["sizes"]]
+    if not seeds:
+        raise UsageError("the policy's plan has no seeds")
+    settings = {k: plan[k] for k in ("steps", "cfg", "sampler", "scheduler", "cond_seed", "neg_seed") if k in plan}
+    timeout = float(plan.get("render_timeout_s", 300))
+    for p in [source] + [c if not isinstance(c, tuple) else c[1] for c in candidates]:
+        if not Path(p).is_file():
+            raise InputError("no such file", p)
+
+    cands = []
+    for c in candidates:
+        label, path = (c if isinstance(c, tuple) else (None, c))
+        cands.append(Candidate(Path(path), label))
+    uses_vae = "vae" in workflow.holes
+    if uses_vae:
+        settings["vae"] = session.vae()
+
+    timings = {"server_start_s": round(session.server.start_seconds, 3) if session.server else None}
+
+    # --- what each candidate is, verify, twins --------------------------------------------
+    t0 = time.monotonic()
+    src_sha = sha256_file(source)
+    for c in cands:
+        c.sha256 = sha256_file(c.path)
+        c.format = twin.candidate_format(c.path)
+        c.label = c.label or c.format
+        thr = policy["thresholds"]
+        c.threshold = float(thr.get(c.format, thr.get("default", 0.95)))
+        if verify_fn is not None:
+            c.verify = verify_fn(c.path, source)
+        if twin.server_supports(c.format, session.version):
+            c.render_path = c.path
+        else:
+            if work_dir is None:
+                raise UsageError("a work directory is needed to write the dequantized twin")
+            c.rendered_as = "dequantized twin"
+            tp = work_dir / f"{c.path.stem}.dequantized-twin.safetensors"
+            log(f"{c.label}: ComfyUI {session.version} cannot load {c.format} (needs >= {twin.NVFP4_MIN_COMFY}); "
+                f"rendering its dequantized twin (comfy-kitchen eager reference)")
+            twin.make_dequantized_twin(c.path, tp, source)
+            c.render_path = tp
+            c.twin_sha256 = sha256_file(tp)
+    timings["prepare_s"] = round(time.monotonic() - t0, 3)
+
+    n_base = len(seeds) * len(sizes)
+    prog = Progress(log, n_base + 2 + n_base * len(cands))
+    images: dict = {"baseline": {}, "control": None, "candidates": {}}
+    baseline_renders, renders = [], []
+    render_times = []
+
+    def render(model_name, seed, w, h, what):
+        wf = workflow.build(model_name, seed, w, h, settings, prefix="qg")
+        msg = prog.step(what)
+        res = session.client.run(wf, timeout=timeout)
+        if not res.images:
+            raise ComfyError("the workflow produced no image (it needs an image output node such as SaveImage)")
+        render_times.append(res.seconds)
+        log(f"  {msg} {res.seconds:.2f} s")
+        return res, wf
+
+    # --- baseline, repeat, control ---------------------------------------------------------
+    src_name = session.model(source)
+    src_warn = []
+    example_wf = None
+    for seed in seeds:
+        for (w, h) in sizes:
+            try:
+                res, wf = render(src_name, seed, w, h, f"source    seed {seed} {w}x{h}")
+            except ExecutionError as e:
+                raise ComfyError(f"the source checkpoint does not render: {e}", source) from None
+            example_wf = example_wf or wf
+            src_warn += [x for x in res.load_warnings if x not in src_warn]
+            img = res.images[0][1]
+            images["baseline"][(seed, w, h)] = img
+            baseline_renders.append({"role": "baseline", "candidate": None, "seed": seed, "width": w, "height": h,
+                                     "seconds": round(res.seconds, 3), "pixels_sha256": score.pixel_sha256(img)})
+    s0, (w0, h0) = seeds[0], sizes[0]
+    base0 = images["baseline"][(s0, w0, h0)]
+    res, _ = render(src_name, s0, w0, h0, f"repeat    seed {s0} {w0}x{h0}")
+    rep_img = res.images[0][1]
+    rep_ssim, rep_diff = _ssim_pair(base0, rep_img)
+    rep_min = float(policy.get("repeat", {}).get("min_ssim", 1.0))
+    repeat = {"seed": s0, "width": w0, "height": h0, "ssim": rep_ssim, "max_abs_diff": rep_diff,
+              "identical": rep_diff == 0, "min_ssim": rep_min, "pass": rep_ssim >= rep_min}
+    renders.append({"role": "repeat", "candidate": None, "seed": s0, "width": w0, "height": h0, "ssim": rep_ssim,
+                    "max_abs_diff": rep_diff, "seconds": round(res.seconds, 3), "threshold": rep_min,
+                    "pass": repeat["pass"], "pixels_sha256": score.pixel_sha256(rep_img)})
+    cseed = s0 + int(plan.get("control_seed_offset", 1000))
+    res, _ = render(src_name, cseed, w0, h0, f"control   seed {cseed} {w0}x{h0}")
+    ctl_img = res.images[0][1]
+    ctl_ssim, ctl_diff = _ssim_pair(base0, ctl_img)
+    images["control"] = (s0, cseed, w0, h0, ctl_img)
+    ctl_pol = policy["control"]
+    lowest = min([c.threshold for c in cands] or [float(policy["thresholds"].get("default", 0.95))])
+    ctl_limit = min(float(ctl_pol.get("max_ssim", 0.9)), lowest - float(ctl_pol.get("min_margin", 0.05)))
+    control = {"seed": cseed, "compared_to_seed": s0, "width": w0, "height": h0, "ssim": ctl_ssim,
+               "max_abs_diff": ctl_diff, "max_ssim": round(ctl_limit, 6), "pass": ctl_ssim <= ctl_limit}
+    renders.append({"role": "control", "candidate": None, "seed": cseed, "width": w0, "height": h0,
+                    "ssim": ctl_ssim, "max_abs_diff": ctl_diff, "seconds": round(res.seconds, 3),
+                    "threshold": round(ctl_limit, 6), "pass": control["pass"],
+                    "pixels_sha256": score.pixel_sha256(ctl_img)})
+
+    # --- candidates ------------------------------------------------------------------------
+    load_pol = policy.get("load", {})
+    for c in cands:
+        tc = time.monotonic()
+        name = session.model(c.render_path)
+        images["candidates"][c.label] = {}
+        for seed in seeds:
+            for (w, h) in sizes:
+                try:
+                    res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h}")
+                except ExecutionError as e:
+                    c.execution_error = {"node_id": e.node_id, "node_type": e.node_type,
+                                         "exception_type": e.exception_type, "message": e.message[:2000]}
+                    log(f"  {c.label}: {e}")
+                    break
+                for x in res.load_warnings:
+                    if x not in c.load_warnings:
+                        c.load_warnings.append(x)
+                img = res.images[0][1]
+                base = images["baseline"][(seed, w, h)]
+                if img.shape != base.shape:
+                    raise ComfyError(f"{c.label}: image size {img.shape} differs from the source's {base.shape}")
+                s, d = _ssim_pair(base, img)
+                images["candidates"][c.label][(seed, w, h)] = img
+                r = {"role": "candidate", "candidate": c.label, "seed": seed, "width": w, "height": h, "ssim": s,
+                     "max_abs_diff": d, "seconds": round(res.seconds, 3), "threshold": c.threshold,
+                     "pass": s >= c.threshold, "pixels_sha256": score.pixel_sha256(img),
+                     "rendered_as": c.rendered_as}
+                c.renders.append(r)
+                renders.append(r)
+            if c.execution_error:
+                break
+        c.seconds = time.monotonic() - tc
+        # verdict
+        if c.execution_error:
+            e = c.execution_error
+            c.reasons.append(f"ComfyUI failed to render it: node {e['node_id']} ({e['node_type']}) raised "
+                             f"{e['exception_type']}: {e['message'].splitlines()[0][:200] if e['message'] else ''}")
+        bad = [r for r in c.renders if not r["pass"]]
+        if bad:
+            worst = min(bad, key=lambda r: r["ssim"])
+            c.reasons.append(f"SSIM {worst['ssim']:.4f} < {c.threshold} (seed {worst['seed']} "
+                             f"{worst['width']}x{worst['height']}; {len(bad)}/{len(c.renders)} renders below)")
+        c.notes = []
+        for x in c.load_warnings:
+            keys = x["keys"]
+            benign = _benign_unexpected(c, x, session.version)
+            if benign:
+                c.notes.append(f"ComfyUI {session.version} ignores {len(benign)} .comfy_quant tensors "
+                               "(< 0.4.0 reads the same per-layer config from the header's _quantization_metadata)")
+                keys = [k for k in keys if k not in benign]
+            if not keys:
+                continue
+            if (x["kind"] == "missing" and load_pol.get("fail_on_missing", True)) or (
+                    x["kind"] == "unexpected" and load_pol.get("fail_on_unexpected", True)):
+                shown = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
+                c.reasons.append(f"ComfyUI loaded it with {x['kind']} keys ({len(keys)}): {shown} "
+                                 "(the model in memory is not the model in the file)")
+        v = c.verify
+        if v and v.get("available") and v.get("passed") is False:
+            c.reasons.append(f"verify: {v.get('summary') or 'defects found'}")
+        if not control["pass"]:
+            c.reasons.append(f"control SSIM {ctl_ssim:.4f} > {ctl_limit:.4f}: the render cannot discriminate")
+        if not repeat["pass"]:
+            c.reasons.append(f"the source rendered twice differs (SSIM {rep_ssim:.6f}, max diff {rep_diff})")
+        if src_warn:
+            c.reasons.append("the source itself loads with warnings: " + "; ".join(
+                f"{x['kind']} {len(x['keys'])}" for x in src_warn))
+        c.verdict = "fail" if c.reasons else "pass"
+
+    stats = session.stats
+    timings.update(total_s=round(time.monotonic() - t_start, 3), renders=len(render_times),
+                   render_s_mean=round(float(np.mean(render_times)), 3) if render_times else None,
+                   render_s_max=round(float(np.max(render_times)), 3) if render_times else None)
+    verdict = "pass" if cands and all(c.verdict == "pass" for c in cands) else "fail"
+    record = {
+        "schema": "quantgate.gate/1",
+        "tool": {"name": "quantgate", "version": TOOL_VERSION},
+        "comfyui": {"version": session.version, "url": None if session.owned else session.client.url,
+                    "embedded": bool(getattr(session, "embedded", False)),
+                    "system": {k: stats.get("system", {}).get(k) for k in
+                               ("os", "python_version", "pytorch_version", "ram_total", "ram_free", "argv")},
+                    "devices": stats.get("devices", [])},
+        "source": {"path": str(source), "sha256": src_sha, "load_warnings": src_warn},
+        "candidates": [c.as_dict() for c in cands],
+        "workflow": {"name": workflow.source, "model_node": workflow.model_node, "settings": settings,
+                     "example_prompt": example_wf},
+        "seeds": seeds, "sizes": [list(s) for s in sizes],
+        "control": control, "repeat": repeat,
+        "baseline_renders": baseline_renders,
+        "renders": renders,
+        "policy": {k: policy[k] for k in policy},
+        "timings": timings,
+        "verdict": verdict,
+        "_images": images,
+    }
+    return record

@@ -1,0 +1,97 @@
+"""Models for smoke renders, generated deterministically on demand (never committed).
+
+* the thin WAN 2.1 t2v diffusion model (``quant.arch.THIN["wan21-t2v-thin"]``: dim 256, 1 block),
+  which ComfyUI 0.3.75 detects as WAN21; made by :mod:`harness.synth` (seeded, real layout);
+* a random TAEHV ``lighttaew2_1`` VAE whose keys and shapes come from ComfyUI's own
+  ``comfy.taesd.taehv.TAEHV(latent_channels=16)``, built in a subprocess of the ComfyUI checkout
+  (``args.cpu = True`` before importing comfy). Stored fp32: an fp16 file is read as HunyuanVideo's.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from quant.safetensors_io import save_file
+
+from ..comfy.errors import ComfyError
+from ..comfy.server import cache_root, comfy_version
+
+THIN_ARCH = "wan21-t2v-thin"
+VAE_NAME = "lighttaew2_1.safetensors"
+
+_SHAPES_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from comfy.cli_args import args
+args.cpu = True
+from comfy.taesd.taehv import TAEHV
+sd = TAEHV(latent_channels=16).state_dict()
+print("QG-SHAPES " + json.dumps([[k, list(v.shape), str(v.dtype)] for k, v in sd.items()]))
+"""
+
+
+def make_thin_model(path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """The seeded thin WAN 2.1 model (the render gate's embedded source checkpoint)."""
+    from harness import synth
+    return synth.make_model(THIN_ARCH, path, seed=seed, dtype=dtype)
+
+
+def taehv_shapes(comfy_root) -> list[tuple[str, tuple[int, ...], str]]:
+    try:
+        r = subprocess.run([sys.executable, "-c", _SHAPES_SCRIPT, str(comfy_root)], cwd=str(comfy_root),
+                           capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ComfyError("building ComfyUI's TAEHV to read its shapes took over 180 s") from None
+    for line in r.stdout.splitlines():
+        if line.startswith("QG-SHAPES "):
+            return [(k, tuple(s), d) for k, s, d in json.loads(line[len("QG-SHAPES "):])]
+    tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+    raise ComfyError(f"could not build ComfyUI's TAEHV (exit {r.returncode}): {tail[0][:300]}")
+
+
+def _fill(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    if len(shape) >= 2:
+        return torch.randn(shape, generator=gen) / math.sqrt(max(1, math.prod(shape[1:])))
+    if name.endswith(".bias"):
+        return 0.02 * torch.randn(shape, generator=gen)
+    return torch.ones(shape)
+
+
+def make_vae(path, comfy_root, seed: int = 0) -> Path:
+    path = Path(path)
+    tensors = {}
+    for i, (name, shape, dt) in enumerate(taehv_shapes(comfy_root)):
+        if not dt.startswith("torch.float"):
+            raise ComfyError(f"unexpected TAEHV tensor {name} of dtype {dt}")
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        tensors[name] = _fill(name, shape, gen).to(torch.float32).contiguous()
+    save_file(tensors, path)
+    return path
+
+
+def cached_vae(comfy_root, seed: int = 0, log=None) -> Path:
+    """The random TAEHV for ``comfy_root``'s version, made once into the cache."""
+    d = cache_root() / "render-models"
+    p = d / f"lighttaew2_1-comfy{comfy_version(comfy_root)}-seed{seed}.safetensors"
+    if not p.is_file():
+        if log:
+            log("making the random TAEHV (lighttaew2_1) VAE")
+        d.mkdir(parents=True, exist_ok=True)
+        make_vae(p, comfy_root, seed)
+    return p
+
+
+def cached_thin_model(seed: int = 0, log=None) -> Path:
+    d = cache_root() / "render-models"
+    p = d / f"{THIN_ARCH}-seed{seed}-fp32.safetensors"
+    if not p.is_file():
+        if log:
+            log(f"making the thin WAN 2.1 model ({THIN_ARCH}, seed {seed})")
+        d.mkdir(parents=True, exist_ok=True)
+        make_thin_model(p, seed)
+    return p

