@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .errors import InputError
+from .nvfp4 import amax_abs
 
 FP8_MAX = 448.0
 FP8_DTYPE = torch.float8_e4m3fn
@@ -23,8 +24,7 @@ def _check_finite(x: torch.Tensor, name: str | None) -> None:
 
 def weight_scale(x: torch.Tensor) -> torch.Tensor:
     """Per-tensor decode scale amax(|x|)/448 as a float32 0-d tensor (1.0 for an all-zero tensor)."""
-    amax = x.abs().amax().to(torch.float32) if x.numel() else torch.zeros((), dtype=torch.float32)
-    s = amax / FP8_MAX
+    s = amax_abs(x) / FP8_MAX
     return torch.where(s > 0, s, torch.ones_like(s)).reshape(())
 
 

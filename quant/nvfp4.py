@@ -49,7 +49,7 @@ def _boundaries(device) -> torch.Tensor:
 
 def e2m1_encode(v: torch.Tensor) -> torch.Tensor:
     """float32 values (already scaled, |v| <= 6) -> uint8 codes 0..15, round-to-nearest-even."""
-    mag = torch.bucketize(v.abs(), _boundaries(v.device), right=False).to(torch.uint8)
+    mag = torch.bucketize(v.abs(), _boundaries(v.device), out_int32=True, right=False).to(torch.uint8)
     return mag | (torch.signbit(v).to(torch.uint8) << 3)
 
 
@@ -90,10 +90,17 @@ def unswizzle(sw: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 
 # ---- quantize / dequantize ---------------------------------------------------------------
+def amax_abs(x: torch.Tensor) -> torch.Tensor:
+    """max |x| as float32 0-d, without materialising |x|."""
+    if not x.numel():
+        return torch.zeros((), dtype=torch.float32, device=x.device)
+    lo, hi = torch.aminmax(x)
+    return torch.maximum(lo.abs(), hi.abs()).to(torch.float32)
+
+
 def global_scale(x: torch.Tensor) -> torch.Tensor:
     """weight_scale_2 = amax(|x|)/(448*6), float32 0-d (1.0 for an all-zero tensor)."""
-    amax = x.abs().amax().to(torch.float32) if x.numel() else torch.zeros((), dtype=torch.float32)
-    s = amax / (FP8_MAX * FP4_MAX)
+    s = amax_abs(x) / (FP8_MAX * FP4_MAX)
     return torch.where(s > 0, s, torch.ones_like(s)).reshape(())
 
 
@@ -115,7 +122,22 @@ def quantize(x: torch.Tensor, s2: torch.Tensor | None = None, *, name: str | Non
     np_, kp = rup(n, 16), rup(k, 16)
     if (np_, kp) != (n, k):
         x = torch.nn.functional.pad(x, (0, kp - k, 0, np_ - n))
-    xb = x.reshape(np_, kp // BLOCK, BLOCK)
+    packed = torch.empty((np_, kp // 2), dtype=torch.uint8, device=x.device)
+    bs = torch.empty((np_, kp // BLOCK), dtype=torch.float8_e4m3fn, device=x.device)
+    # row chunks bound the float32/int intermediates (~CHUNK_ELEMS elements) whatever the weight size
+    step = max(16, (CHUNK_ELEMS // kp) // 16 * 16)
+    for r0 in range(0, np_, step):
+        r1 = min(np_, r0 + step)
+        packed[r0:r1], bs[r0:r1] = _quantize_rows(x[r0:r1], s2)
+    return packed, swizzle(bs), s2
+
+
+CHUNK_ELEMS = 1 << 22
+
+
+def _quantize_rows(x: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, kp = x.shape
+    xb = x.reshape(rows, kp // BLOCK, BLOCK)
     amax_b = xb.abs().amax(dim=-1).to(torch.float32)
     bs = torch.clamp(amax_b / FP4_MAX / s2, max=FP8_MAX).to(torch.float8_e4m3fn)
     total = s2 * bs.to(torch.float32)
@@ -123,8 +145,7 @@ def quantize(x: torch.Tensor, s2: torch.Tensor | None = None, *, name: str | Non
     total = torch.where(zero, torch.ones_like(total), total)
     v = xb.to(torch.float32) / total.unsqueeze(-1)
     v = torch.where(zero.unsqueeze(-1), torch.zeros_like(v), v).clamp_(-FP4_MAX, FP4_MAX)
-    packed = pack(e2m1_encode(v.reshape(np_, kp)))
-    return packed, swizzle(bs), s2
+    return pack(e2m1_encode(v.reshape(rows, kp))), bs
 
 
 def dequantize(packed: torch.Tensor, block_scales: torch.Tensor, s2: torch.Tensor,

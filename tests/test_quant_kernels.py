@@ -158,3 +158,14 @@ def test_all_zero_tensor_gets_unit_scale_not_nan():
     assert float(s2) == 1.0 and int(q.sum()) == 0
     q8, s = fp8.quantize(x)
     assert float(s) == 1.0 and not torch.isnan(fp8.dequantize(q8, s)).any()
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (129, 48), (16, 4096)])
+def test_nvfp4_row_chunking_is_invisible(monkeypatch, shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(torch.bfloat16)
+    whole = nvfp4.quantize(x)
+    monkeypatch.setattr(nvfp4, "CHUNK_ELEMS", 1024)   # many 16-row chunks
+    chunked = nvfp4.quantize(x)
+    qk, bsk = _ck(ck.quantize_nvfp4, x, whole[2], pad_16x=True)
+    assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[0], qk)
+    assert torch.equal(chunked[1].view(torch.uint8), bsk.view(torch.uint8))
