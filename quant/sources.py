@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -17,10 +18,11 @@ from .safetensors_io import SafetensorsFile
 @dataclass(frozen=True)
 class SourceTensor:
     name: str
-    dtype: str              # safetensors dtype string (GGUF: the ggml type name, e.g. "Q4_K")
+    dtype: str              # safetensors dtype string of what get() returns
     shape: tuple[int, ...]  # logical PyTorch shape
     file: str
     nbytes: int
+    stored: str = ""        # storage type when it differs (GGUF: ggml type name, e.g. "Q4_K")
 
 
 class Source:
@@ -122,7 +124,9 @@ class GGUFSource(Source):
                 f = self._r.fields[key]
                 shape = tuple(int(f.parts[i][0]) for i in f.data)
             self._t[t.name] = t
-            self._infos[t.name] = SourceTensor(t.name, t.tensor_type.name, shape, str(path), int(t.n_bytes))
+            tt = t.tensor_type.name
+            dt = tt if tt in ("F32", "F16", "BF16") else "F32"     # quantized types dequantize to F32
+            self._infos[t.name] = SourceTensor(t.name, dt, shape, str(path), int(t.n_bytes), stored=tt)
         arch = self._r.fields.get("general.architecture")
         if arch is not None:
             self.metadata["general.architecture"] = bytes(arch.parts[arch.data[0]]).decode("utf-8", "replace")
@@ -132,12 +136,12 @@ class GGUFSource(Source):
         t = self._t[name]
         info = self._infos[name]
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            arr = t.data
+            arr = np.asarray(t.data)
         elif t.tensor_type == GGMLQuantizationType.BF16:
             return torch.from_numpy(t.data.copy()).view(torch.bfloat16).reshape(info.shape)
         else:
-            arr = quants.dequantize(t.data, t.tensor_type)
-        return torch.from_numpy(arr.copy()).reshape(info.shape)
+            arr = quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        return torch.from_numpy(np.ascontiguousarray(arr).copy()).reshape(info.shape)
 
 
 def _from_index(index: Path) -> SafetensorsSource:
