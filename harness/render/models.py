@@ -74,10 +74,19 @@ def make_vae(path, comfy_root, seed: int = 0) -> Path:
     return path
 
 
+def _code_key(*modules) -> str:
+    """Short hash of the generator code, so a changed generator never reuses a stale cached file."""
+    import hashlib
+    h = hashlib.sha256()
+    for m in modules:
+        h.update(Path(m.__file__).read_bytes())
+    return h.hexdigest()[:10]
+
+
 def cached_vae(comfy_root, seed: int = 0, log=None) -> Path:
     """The random TAEHV for ``comfy_root``'s version, made once into the cache."""
     d = cache_root() / "render-models"
-    p = d / f"lighttaew2_1-comfy{comfy_version(comfy_root)}-seed{seed}.safetensors"
+    p = d / f"lighttaew2_1-comfy{comfy_version(comfy_root)}-seed{seed}-{_code_key(sys.modules[__name__])}.safetensors"
     if not p.is_file():
         if log:
             log("making the random TAEHV (lighttaew2_1) VAE")
@@ -87,8 +96,10 @@ def cached_vae(comfy_root, seed: int = 0, log=None) -> Path:
 
 
 def cached_thin_model(seed: int = 0, log=None) -> Path:
+    from harness import synth
+    from quant import arch
     d = cache_root() / "render-models"
-    p = d / f"{THIN_ARCH}-seed{seed}-fp32.safetensors"
+    p = d / f"{THIN_ARCH}-seed{seed}-fp32-{_code_key(synth, arch)}.safetensors"
     if not p.is_file():
         if log:
             log(f"making the thin WAN 2.1 model ({THIN_ARCH}, seed {seed})")

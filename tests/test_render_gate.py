@@ -1,0 +1,116 @@
+"""The render gate end to end against the real embedded ComfyUI: fp8 in both layouts passes,
+planted silent-wrong files render without any ComfyUI error and fail, the control scores low,
+NVFP4 is rendered as its dequantized twin, report.html and gate.json are written."""
+import base64
+import copy
+import json
+import re
+
+import pytest
+import torch
+
+from harness.render import fixtures, gate, report, twin
+from quant import nvfp4
+from quant.safetensors_io import SafetensorsFile
+
+# a smaller plan than the default policy, to keep CI short (2 seeds x 2 sizes)
+POLICY = gate.load_policy()
+POLICY["plan"] = dict(POLICY["plan"], seeds=[1, 2], sizes=[[64, 64], [96, 64]])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, thin_source):
+    d = tmp_path_factory.mktemp("cands")
+    from quant.convert import convert
+    f = {
+        "legacy": fixtures.fp8_file(thin_source, d / "fp8_legacy.safetensors", "legacy"),
+        "mixed": fixtures.fp8_file(thin_source, d / "fp8_mixed.safetensors", "mixed"),
+        "no-marker": fixtures.fp8_file(thin_source, d / "fp8_legacy_nomarker.safetensors", "legacy", marker=False),
+        "no-head-scale": fixtures.fp8_file(thin_source, d / "fp8_legacy_nohead.safetensors", "legacy",
+                                           drop_scales=("head.head",)),
+    }
+    convert(thin_source, d / "nvfp4.safetensors", "nvfp4")
+    f["nvfp4"] = d / "nvfp4.safetensors"
+    return d, f
+
+
+@pytest.fixture(scope="module")
+def record(comfy_session, thin_source, files):
+    d, f = files
+    cands = [(k, f[k]) for k in ("legacy", "mixed", "no-marker", "no-head-scale", "nvfp4")]
+    return gate.run_gate(comfy_session, thin_source, cands, policy=POLICY, work_dir=d)
+
+
+def _c(rec, label):
+    return next(c for c in rec["candidates"] if c["label"] == label)
+
+
+@pytest.mark.parametrize("label", ["legacy", "mixed"])
+def test_fp8_both_layouts_pass_with_high_ssim(record, label):
+    c = _c(record, label)
+    assert c["format"] == {"legacy": "fp8-legacy", "mixed": "fp8"}[label]
+    assert c["execution_error"] is None and c["load_warnings"] == []
+    assert c["verdict"] == "pass", c["reasons"]
+    assert c["min_ssim"] >= 0.97
+    rs = [r for r in record["renders"] if r["candidate"] == label]
+    assert len(rs) == 4 and {(r["width"], r["height"]) for r in rs} == {(64, 64), (96, 64)}
+
+
+@pytest.mark.parametrize("label,kind,key", [("no-marker", "unexpected", "head.head.scale_weight"),
+                                            ("no-head-scale", "missing", "head.head.scale_weight")])
+def test_planted_silent_wrong_file_renders_without_error_and_fails(record, label, kind, key):
+    c = _c(record, label)
+    assert c["execution_error"] is None                  # ComfyUI itself raised nothing
+    assert len([r for r in record["renders"] if r["candidate"] == label]) == 4   # it rendered every time
+    assert c["verdict"] == "fail"
+    assert any(w["kind"] == kind and key in w["keys"] for w in c["load_warnings"])
+    assert c["min_ssim"] < 0.9                            # and it draws visibly differently
+    assert any("SSIM" in r for r in c["reasons"]) and any(kind in r for r in c["reasons"])
+
+
+def test_control_scores_far_lower(record):
+    ctl = record["control"]
+    assert ctl["pass"] and ctl["ssim"] <= 0.85
+    good = min(_c(record, "legacy")["min_ssim"], _c(record, "mixed")["min_ssim"])
+    assert good - ctl["ssim"] > 0.1
+    assert record["repeat"]["identical"] and record["repeat"]["ssim"] == 1.0
+
+
+def test_nvfp4_is_rendered_as_labelled_dequantized_twin(record, files):
+    d, f = files
+    c = _c(record, "nvfp4")
+    assert c["format"] == "nvfp4" and c["rendered_as"] == "dequantized twin"
+    assert c["twin_sha256"] and c["twin_sha256"] != c["sha256"]
+    assert c["execution_error"] is None and c["load_warnings"] == []
+    assert c["verdict"] == "pass", c["reasons"]
+    # the twin's weights are exactly quantgate's own (independent) NVFP4 decode
+    tw = d / "nvfp4.dequantized-twin.safetensors"
+    with SafetensorsFile(f["nvfp4"]) as q, SafetensorsFile(tw) as t:
+        assert "scaled_fp8" not in t.keys() and not any(k.endswith(".comfy_quant") for k in t.keys())
+        layer = "blocks.0.ffn.0"
+        ref = nvfp4.dequantize(q.get(f"{layer}.weight"), q.get(f"{layer}.weight_scale"),
+                               q.get(f"{layer}.weight_scale_2"), shape=(512, 256))
+        assert torch.equal(t.get(f"{layer}.weight"), ref)
+
+
+def test_server_version_decides_twin():
+    assert not twin.server_supports("nvfp4", "0.3.75")
+    assert twin.server_supports("nvfp4", "0.8.0") and twin.server_supports("fp8", "0.3.75")
+
+
+def test_report_and_record(record, tmp_path):
+    rec = copy.copy(record)
+    rp, gj = report.write_report(rec, tmp_path)
+    g = json.loads(gj.read_text())
+    assert g["verdict"] == "fail"                            # planted files are in this run
+    assert len(g["source"]["sha256"]) == 64 and all(len(c["sha256"]) == 64 for c in g["candidates"])
+    assert g["comfyui"]["version"] == "0.3.75" and g["tool"]["name"] == "quantgate"
+    assert g["seeds"] == [1, 2] and g["workflow"]["example_prompt"]["5"]["class_type"] == "KSampler"
+    cand = [r for r in g["renders"] if r["role"] == "candidate"]
+    assert len(cand) == 5 * 4 and all(isinstance(r["ssim"], float) for r in cand)
+    html = rp.read_text()
+    assert "dequantized twin" in html and "0.3.75" in html
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(uris) >= 3 * 20
+    assert base64.b64decode(uris[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in html.replace("http://127.0.0.1", "") and "<script" not in html
