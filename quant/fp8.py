@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .errors import InputError
-from .nvfp4 import amax_abs
+from .nvfp4 import _const, amax_abs
 
 FP8_MAX = 448.0
 FP8_DTYPE = torch.float8_e4m3fn
@@ -24,7 +24,8 @@ def _check_finite(x: torch.Tensor, name: str | None) -> None:
 
 def weight_scale(x: torch.Tensor) -> torch.Tensor:
     """Per-tensor decode scale amax(|x|)/448 as a float32 0-d tensor (1.0 for an all-zero tensor)."""
-    s = amax_abs(x) / FP8_MAX
+    amax = amax_abs(x)
+    s = amax / _const(FP8_MAX, amax)
     return torch.where(s > 0, s, torch.ones_like(s)).reshape(())
 
 
@@ -41,7 +42,7 @@ def quantize(x: torch.Tensor, scale: torch.Tensor | None = None, *, name: str | 
     if scale is None:
         scale = weight_scale(x)
     scale = scale.to(device=x.device, dtype=torch.float32).reshape(())
-    inv = 1.0 / scale
+    inv = _const(1.0, scale) / scale          # true division on CPU and CUDA alike
     if x.dtype == torch.float16 and float(inv) > torch.finfo(torch.float16).max:
         # 1/scale overflows fp16 (a tensor with amax < ~0.0068): kitchen's kernel would turn every
         # value into +-448; compute in float32 instead (the only deviation from kitchen's bits).

@@ -90,6 +90,13 @@ def unswizzle(sw: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 
 # ---- quantize / dequantize ---------------------------------------------------------------
+def _const(v: float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d constant on ``like``'s device. Dividing by a Python scalar on CUDA is compiled to a
+    multiplication by its reciprocal (not IEEE division), which would make GPU files differ from CPU
+    files; dividing by a device tensor is a true division on every device."""
+    return torch.tensor(v, dtype=torch.float32, device=like.device)
+
+
 def amax_abs(x: torch.Tensor) -> torch.Tensor:
     """max |x| as float32 0-d, without materialising |x|."""
     if not x.numel():
@@ -100,7 +107,8 @@ def amax_abs(x: torch.Tensor) -> torch.Tensor:
 
 def global_scale(x: torch.Tensor) -> torch.Tensor:
     """weight_scale_2 = amax(|x|)/(448*6), float32 0-d (1.0 for an all-zero tensor)."""
-    s = amax_abs(x) / (FP8_MAX * FP4_MAX)
+    amax = amax_abs(x)
+    s = amax / _const(FP8_MAX * FP4_MAX, amax)
     return torch.where(s > 0, s, torch.ones_like(s)).reshape(())
 
 
@@ -139,7 +147,7 @@ def _quantize_rows(x: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, tor
     rows, kp = x.shape
     xb = x.reshape(rows, kp // BLOCK, BLOCK)
     amax_b = xb.abs().amax(dim=-1).to(torch.float32)
-    bs = torch.clamp(amax_b / FP4_MAX / s2, max=FP8_MAX).to(torch.float8_e4m3fn)
+    bs = torch.clamp(amax_b / _const(FP4_MAX, amax_b) / s2, max=FP8_MAX).to(torch.float8_e4m3fn)
     total = s2 * bs.to(torch.float32)
     zero = total == 0
     total = torch.where(zero, torch.ones_like(total), total)
