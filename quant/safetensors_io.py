@@ -218,7 +218,14 @@ class SafetensorsFile:
         dt = TORCH_DTYPES[ti.dtype]
         if ti.nbytes == 0:
             return torch.empty(ti.shape, dtype=dt)
-        t = torch.frombuffer(self.raw(name), dtype=torch.uint8)
+        t = torch.empty(ti.nbytes, dtype=torch.uint8)      # no zero-fill: the read overwrites it all
+        mv = memoryview(t.numpy()).cast("B")
+        got = 0
+        while got < ti.nbytes:
+            n = os.preadv(self._fd, [mv[got:]], ti.begin + got)
+            if n <= 0:
+                raise InputError(f"tensor {name!r}: file ended while reading (truncated?)", self.path)
+            got += n
         return t.view(dt).reshape(ti.shape)
 
 
