@@ -141,6 +141,18 @@ class ComfyClient:
             raise ServerDied(f"ComfyUI /view {filename} answered HTTP {r.status_code}")
         return r.content
 
+    def remote_log(self) -> list | None:
+        """The server's in-memory log (``/internal/logs/raw``, last 300 entries), for servers we did
+        not start; None where the route does not exist."""
+        try:
+            r = self._request("GET", "/internal/logs/raw", timeout=(CONNECT_TIMEOUT, 5))
+            if r.status_code != 200:
+                return None
+            entries = r.json().get("entries")
+            return entries if isinstance(entries, list) else None
+        except (ServerDied, ServerUnreachable, ValueError, AttributeError):
+            return None
+
     def queue_prompt(self, workflow: dict, client_id: str) -> str:
         r = self._request("POST", "/prompt", json={"prompt": workflow, "client_id": client_id})
         try:
@@ -174,6 +186,7 @@ class ComfyClient:
         import websocket
         t0 = time.monotonic()
         log_from = self.server.log_size() if self.server is not None else None
+        remote_before = self.remote_log() if self.server is None else None
         cid = uuid.uuid4().hex
         ws = self._ws_connect(cid)
         try:
@@ -224,6 +237,11 @@ class ComfyClient:
         if self.server is not None and log_from is not None:
             time.sleep(0.05)
             log = self.server.log_text(since=log_from)
+        elif remote_before is not None:
+            after = self.remote_log() or []
+            last = remote_before[-1] if remote_before else None
+            idx = next((i for i in range(len(after) - 1, -1, -1) if after[i] == last), -1) if last else -1
+            log = "".join(str(e.get("m", "")) for e in after[idx + 1:] if isinstance(e, dict))
         err = _execution_error(hist, pid)
         if err is not None:
             err.log = log

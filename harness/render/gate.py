@@ -142,9 +142,6 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     for c in candidates:
         label, path = (c if isinstance(c, tuple) else (None, c))
         cands.append(Candidate(Path(path), label))
-    uses_vae = "vae" in workflow.holes
-    if uses_vae:
-        settings["vae"] = session.vae()
 
     timings = {"server_start_s": round(session.server.start_seconds, 3) if session.server else None}
 
@@ -155,6 +152,8 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
         c.sha256 = sha256_file(c.path)
         c.format = twin.candidate_format(c.path)
         c.label = c.label or c.format
+        if any(o is not c and o.label == c.label for o in cands[: cands.index(c)]):
+            c.label = f"{c.label}#{cands.index(c) + 1}"      # labels key the images and the report
         thr = policy["thresholds"]
         c.threshold = float(thr.get(c.format, thr.get("default", 0.95)))
         if verify_fn is not None:
@@ -172,6 +171,11 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
             c.render_path = tp
             c.twin_sha256 = sha256_file(tp)
     timings["prepare_s"] = round(time.monotonic() - t0, 3)
+    # every file must be visible to the server before anything renders (fails fast on a URL server)
+    src_name = session.model(source)
+    cand_names = {c.label: session.model(c.render_path) for c in cands}
+    if "vae" in workflow.holes:
+        settings["vae"] = session.vae()
 
     n_base = len(seeds) * len(sizes)
     prog = Progress(log, n_base + 2 + n_base * len(cands))
@@ -190,7 +194,6 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
         return res, wf
 
     # --- baseline, repeat, control ---------------------------------------------------------
-    src_name = session.model(source)
     src_warn = []
     example_wf = None
     for seed in seeds:
@@ -235,7 +238,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     load_pol = policy.get("load", {})
     for c in cands:
         tc = time.monotonic()
-        name = session.model(c.render_path)
+        name = cand_names[c.label]
         images["candidates"][c.label] = {}
         for seed in seeds:
             for (w, h) in sizes:

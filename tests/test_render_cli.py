@@ -1,0 +1,112 @@
+"""`quantgate gate` (against the shared real server through --comfy-url) and `quantgate demo`."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.render import fixtures
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_POLICY = """
+[plan]
+seeds = [1]
+sizes = [[64, 64], [80, 48]]
+steps = 4
+cfg = 1.0
+sampler = "euler"
+scheduler = "simple"
+control_seed_offset = 1000
+render_timeout_s = 120
+[thresholds]
+fp8-legacy = 0.97
+default = 0.95
+[control]
+max_ssim = 0.9
+min_margin = 0.05
+"""
+
+
+@pytest.fixture(scope="module")
+def url_files(comfy_session, thin_source, tmp_path_factory):
+    """Files placed in the shared server's models folder under their own names (as a user would)."""
+    d = tmp_path_factory.mktemp("cli")
+    good = fixtures.fp8_file(thin_source, d / "cli_fp8_legacy.safetensors", "legacy")
+    bad = fixtures.fp8_file(thin_source, d / "cli_fp8_legacy_nohead.safetensors", "legacy", drop_scales=("head.head",))
+    for p in (thin_source, good, bad):
+        comfy_session.server.add_model(p, "diffusion_models", p.name)
+    comfy_session.vae()                      # the random TAEHV the built-in workflow decodes with
+    pol = d / "small.toml"
+    pol.write_text(SMALL_POLICY)
+    return d, good, bad, pol
+
+
+def test_gate_cli_pass_exit_0(cli, comfy_session, thin_source, url_files):
+    d, good, bad, pol = url_files
+    r = cli("gate", good, "--source", thin_source, "--comfy-url", comfy_session.client.url, "--policy", pol,
+            "--out", d / "rep-good", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verdict: PASS" in r.stdout and "Traceback" not in r.stderr
+    g = json.loads((d / "rep-good" / "gate.json").read_text())
+    assert g["verdict"] == "pass" and g["comfyui"]["url"] == comfy_session.client.url
+    assert [c["format"] for c in g["candidates"]] == ["fp8-legacy"]
+    assert len([r for r in g["renders"] if r["role"] == "candidate"]) == 2
+    assert (d / "rep-good" / "report.html").stat().st_size > 10_000
+
+
+def test_gate_cli_silent_wrong_exit_1(cli, comfy_session, thin_source, url_files):
+    d, good, bad, pol = url_files
+    r = cli("gate", bad, "--source", thin_source, "--comfy-url", comfy_session.client.url, "--policy", pol,
+            "--out", d / "rep-bad", "--no-verify", timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "verdict: FAIL" in r.stdout and "head.head.scale_weight" in r.stdout
+    g = json.loads((d / "rep-bad" / "gate.json").read_text())
+    assert g["candidates"][0]["execution_error"] is None and g["candidates"][0]["verdict"] == "fail"
+
+
+def test_gate_cli_file_not_on_url_server_exit_2(cli, comfy_session, thin_source, tmp_path, url_files):
+    other = tmp_path / "not_there.safetensors"
+    other.write_bytes(thin_source.read_bytes())
+    r = cli("gate", other, "--source", thin_source, "--comfy-url", comfy_session.client.url, "--out", tmp_path / "o",
+            timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "does not list not_there.safetensors" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("QUANTGATE_DEBUG", None)
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "demo", "--out", str(out)], capture_output=True,
+                       text=True, timeout=400, cwd=ROOT, env=env)
+    return r, out
+
+
+def test_demo_runs_end_to_end(demo):
+    r, out = demo
+    assert r.returncode in (0, 1), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    g = json.loads((out / "gate.json").read_text())
+    by = {c["label"]: c for c in g["candidates"]}
+    assert set(by) == {"fp8-legacy", "fp8", "nvfp4", "planted-defect"}
+    for label in ("fp8-legacy", "fp8", "nvfp4"):
+        assert by[label]["min_ssim"] is not None and by[label]["execution_error"] is None
+        assert label in r.stdout
+    assert by["nvfp4"]["rendered_as"] == "dequantized twin"
+    assert by["fp8"]["verdict"] == "pass" and by["nvfp4"]["verdict"] == "pass"
+    assert by["planted-defect"]["verdict"] == "fail"
+    assert by["fp8"]["verify"]["available"] and by["fp8"]["verify"]["passed"]
+    assert (out / "report.html").stat().st_size > 50_000
+    assert g["demo"]["wall_s"] < 240
+
+
+@pytest.mark.xfail(strict=True, reason="converter bug: fp8-legacy keeps embeddings/head in F32, but ComfyUI <= 0.3.77 "
+                                        "builds every Linear of a scaled_fp8 model in fp8 and casts them unscaled "
+                                        "(log: unet missing ...scale_weight); remove this mark once fixed")
+def test_demo_every_format_passes(demo):
+    r, out = demo
+    g = json.loads((out / "gate.json").read_text())
+    assert r.returncode == 0 and all(c["verdict"] == "pass" for c in g["candidates"] if c["label"] != "planted-defect")
