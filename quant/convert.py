@@ -89,16 +89,17 @@ def load_input_scales(path) -> dict[str, float]:
     return out
 
 
-def make_plan(src, preset_name: str | None, target: str):
+def make_plan(src, preset_name: str | None, target: str, comfy_version: str | None = None):
     tensors = [(n, src.info(n).dtype, src.info(n).shape) for n in src.keys()]
     if preset_name is None:
         preset_name = presets.auto_preset([t[0] for t in tensors], {t[0]: t[2] for t in tensors})
     preset = presets.load(preset_name)
-    return presets.plan(preset, target, tensors, source=str(src.path))
+    return presets.plan(preset, target, tensors, source=str(src.path), comfy_version=comfy_version)
 
 
 def convert(source, output=None, target: str = "fp8", preset: str | None = None, *, device: str = "cpu",
-            force: bool = False, progress: bool = False, input_scales: str | dict | None = None) -> Summary:
+            force: bool = False, progress: bool = False, input_scales: str | dict | None = None,
+            comfy_version: str | None = None) -> Summary:
     if target not in presets.TARGETS:
         raise UsageError(f"unknown format {target!r}; choose one of {', '.join(presets.TARGETS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -114,7 +115,7 @@ def convert(source, output=None, target: str = "fp8", preset: str | None = None,
             raise UsageError("output exists; pass --force to overwrite it", out)
         if out.is_dir():
             raise UsageError("output is a directory", out)
-        the_plan = make_plan(src, preset, target)
+        the_plan = make_plan(src, preset, target, comfy_version)
         amax = input_scales if isinstance(input_scales, dict) else (load_input_scales(input_scales) if input_scales else {})
         unknown = set(amax) - {d.layer for d in the_plan.quantized()}
         if unknown:
@@ -133,6 +134,8 @@ def convert(source, output=None, target: str = "fp8", preset: str | None = None,
         if layout.file_kind(target) == "legacy":
             entries.append(layout.marker_entry())
         extra = {"quantgate.version": __version__, "quantgate.format": target, "quantgate.preset": the_plan.preset.name}
+        if comfy_version:
+            extra["quantgate.comfy_version"] = comfy_version
         meta = layout.header_metadata(target, configs, src.metadata, extra)
         summary = Summary(str(source), str(out), target, the_plan.preset.name, the_plan.by_action(),
                           tensors_in=len(src), tensors_out=len(entries), bytes_in=src.total_bytes)

@@ -132,8 +132,29 @@ def _eligible(dtype: str, shape: tuple) -> bool:
     return dtype in FLOAT_DTYPES and len(shape) == 2
 
 
-def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, source: str = "") -> Plan:
-    """Decide every tensor; ``tensors`` = [(name, dtype, shape)] in source order."""
+# ComfyUI <= 0.3.77 builds *every* Linear of a scaled_fp8 model with an fp8 weight and loads a
+# high-precision weight into it by a plain (unscaled) cast; from 0.4.0 such layers stay high precision.
+LEGACY_ALL_LINEAR_BEFORE = "0.4.0"
+
+
+def legacy_needs_all_linear(target: str, comfy_version: str | None) -> bool:
+    if target != "fp8-legacy" or not comfy_version:
+        return False
+    from packaging.version import InvalidVersion, Version
+    try:
+        return Version(comfy_version) < Version(LEGACY_ALL_LINEAR_BEFORE)
+    except InvalidVersion:
+        raise UsageError(f"--comfy-version {comfy_version!r} is not a version number (e.g. 0.3.75)") from None
+
+
+def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, source: str = "",
+         comfy_version: str | None = None) -> Plan:
+    """Decide every tensor; ``tensors`` = [(name, dtype, shape)] in source order.
+
+    ``comfy_version``: the oldest ComfyUI the file must load correctly on. For fp8-legacy below
+    0.4.0, Linear weights the preset keeps are quantized too (with their own scale), because that
+    ComfyUI would cast them to fp8 without any scale."""
+    all_linear = legacy_needs_all_linear(target, comfy_version)
     if target not in TARGETS:
         raise UsageError(f"unknown format {target!r}; choose one of {', '.join(TARGETS)}")
     out = Plan(preset, target)
@@ -159,5 +180,9 @@ def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, 
                     reason = reason or f"sensitive layer: {r.nvfp4} under nvfp4"
             else:
                 action = "fp8"
+        if all_linear and action == "keep" and name.endswith(".weight") and _eligible(dtype, shape):
+            action = "fp8"
+            reason = (f"ComfyUI {comfy_version} (< {LEGACY_ALL_LINEAR_BEFORE}) loads every Linear of a scaled_fp8 "
+                      "file as fp8; scaled here instead of its unscaled cast")
         out.decisions.append(Decision(name, dtype, tuple(shape), action, reason, idx))
     return out

@@ -68,3 +68,19 @@ def test_plan_cli_table_and_json(cli, thin_wan5b):
     r = cli("plan", thin_wan5b, "--json", "--format", "fp8")
     data = json.loads(r.stdout)
     assert data["counts"] == {"keep": 49, "fp8": 20}
+
+
+def test_legacy_for_old_comfy_scales_every_linear(cli, thin_wan5b):
+    t = [(n, "BF16", s) for n, s in arch.get("wan22-ti2v-5b-thin").tensors()]
+    new = presets.plan(presets.load("wan22-ti2v-5b"), "fp8-legacy", t)
+    old = presets.plan(presets.load("wan22-ti2v-5b"), "fp8-legacy", t, comfy_version="0.3.75")
+    gained = {d.name for d in old.quantized()} - {d.name for d in new.quantized()}
+    assert gained == {"text_embedding.0.weight", "text_embedding.2.weight", "time_embedding.0.weight",
+                      "time_embedding.2.weight", "time_projection.1.weight", "head.head.weight"}
+    # other formats and new ComfyUI are unaffected; the conv and modulation never become fp8
+    assert presets.plan(presets.load("wan22-ti2v-5b"), "fp8", t, comfy_version="0.3.75").by_action() == new.by_action()
+    assert {d.name: d.action for d in old.decisions}["patch_embedding.weight"] == "keep"
+    r = cli("plan", thin_wan5b, "--format", "fp8-legacy", "--comfy-version", "0.3.75", "--json")
+    assert json.loads(r.stdout)["counts"] == {"keep": 43, "fp8": 26}
+    r = cli("plan", thin_wan5b, "--format", "fp8-legacy", "--comfy-version", "banana")
+    assert r.returncode == 2 and "not a version" in r.stderr

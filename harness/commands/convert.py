@@ -30,6 +30,10 @@ def register(sub):
                    help='calibrated activation amax per layer {"layers": {"blocks.0.ffn.0": 12.5}}; '
                         "written as input_scale (fp8: amax/448, nvfp4: amax/2688)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--comfy-version", metavar="X.Y.Z",
+                   help="oldest ComfyUI the file must load correctly on (default: current, >= 0.4). For "
+                        "fp8-legacy below 0.4.0 every Linear is quantized with a scale, because such ComfyUI "
+                        "casts the Linears a preset keeps to fp8 without one")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -37,7 +41,8 @@ def register(sub):
 
 def run(args) -> int:
     s = convert(args.source, args.output, args.target, args.preset, device=args.device, force=args.force,
-                progress=not args.quiet and sys.stderr.isatty(), input_scales=args.input_scales)
+                progress=not args.quiet and sys.stderr.isatty(), input_scales=args.input_scales,
+                comfy_version=args.comfy_version)
     if args.json:
         print(json.dumps(s.as_dict(), indent=1))
     else:

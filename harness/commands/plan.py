@@ -15,6 +15,10 @@ def register(sub):
     p.add_argument("source")
     p.add_argument("--preset", "-p", help=f"one of {', '.join(presets.available())} or a .toml (default: detected)")
     p.add_argument("--format", "-f", dest="target", choices=presets.TARGETS, default="nvfp4")
+    p.add_argument("--comfy-version", metavar="X.Y.Z",
+                   help="oldest ComfyUI the file must load correctly on (default: current, >= 0.4). For "
+                        "fp8-legacy below 0.4.0 every Linear is quantized with a scale, because such ComfyUI "
+                        "casts the Linears a preset keeps to fp8 without one")
     p.add_argument("--json", action="store_true")
     p.add_argument("--all", action="store_true", help="list kept tensors too (default: summary of them)")
     p.set_defaults(func=run)
@@ -22,7 +26,7 @@ def register(sub):
 
 def run(args) -> int:
     with open_source(args.source) as src:
-        plan = make_plan(src, args.preset, args.target)
+        plan = make_plan(src, args.preset, args.target, args.comfy_version)
     if args.json:
         print(json.dumps({"preset": plan.preset.name, "format": plan.target, "counts": plan.by_action(),
                           "tensors": [{"name": d.name, "dtype": d.dtype, "shape": list(d.shape), "action": d.action,
