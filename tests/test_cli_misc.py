@@ -1,0 +1,43 @@
+"""inspect / formats / --help: what users read."""
+import json
+
+from quant import spec
+
+
+def test_inspect_reports_layout_and_formats(cli, thin_wan5b, tmp_path):
+    from quant.convert import convert
+    out = tmp_path / "nv.safetensors"
+    convert(thin_wan5b, out, "nvfp4")
+    r = cli("inspect", out, "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["family"] == "wan" and s["tensors"] == 123
+    assert s["quantized_formats"] == {"nvfp4": 14, "float8_e4m3fn": 6}
+    assert s["layout"].startswith("comfy_quant mixed (20 layers in header, 20 .comfy_quant")
+    r = cli("inspect", thin_wan5b)
+    assert "unquantized" in r.stdout and "BF16" in r.stdout
+    legacy = tmp_path / "l.safetensors"
+    convert(thin_wan5b, legacy, "fp8-legacy")
+    assert "legacy scaled fp8 (marker scaled_fp8, 20 scale_weight)" in cli("inspect", legacy).stdout
+
+
+def test_formats_doc_comes_from_spec(cli):
+    r = cli("formats")
+    assert r.returncode == 0
+    for f in spec.FORMATS.values():
+        assert f.name in r.stdout and f.min_comfy in r.stdout
+    assert "cuBLAS 128x4 swizzled" in r.stdout and "scale_weight" in r.stdout
+
+
+def test_help_lists_commands_and_exit_codes(cli):
+    r = cli("--help")
+    assert r.returncode == 0
+    for c in ("convert", "plan", "inspect", "verify", "diff", "gate", "demo"):
+        assert c in r.stdout
+    assert "exit codes" in r.stdout
+    r = cli("convert", "--help")
+    assert "--format" in r.stdout and "fp8-legacy" in r.stdout and "exit codes" in r.stdout
+
+
+def test_no_command_is_usage_error(cli):
+    assert cli().returncode == 2
