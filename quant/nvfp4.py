@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .errors import InputError, ShapeError
+from .spec import nvfp4_packed_shape, nvfp4_scale_shape, rup
 
 BLOCK = 16
 FP4_MAX = 6.0
@@ -22,18 +23,8 @@ FP8_MAX = 448.0
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
-def rup(x: int, m: int) -> int:
-    return (x + m - 1) // m * m
-
-
-def packed_shape(n: int, k: int) -> tuple[int, int]:
-    """Shape of the U8 weight for a logical [n, k] Linear weight."""
-    return rup(n, 16), rup(k, 16) // 2
-
-
-def scale_shape(n: int, k: int) -> tuple[int, int]:
-    """Shape of the swizzled F8_E4M3 block-scale tensor for a logical [n, k] weight."""
-    return rup(rup(n, 16), 128), rup(rup(k, 16) // BLOCK, 4)
+packed_shape = nvfp4_packed_shape
+scale_shape = nvfp4_scale_shape
 
 
 # ---- E2M1 codes --------------------------------------------------------------------------

@@ -11,7 +11,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from . import nvfp4 as _nv
+
+def rup(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def nvfp4_packed_shape(n: int, k: int) -> tuple[int, int]:
+    """Shape of the U8 NVFP4 weight for a logical [n, k] Linear weight."""
+    return rup(n, 16), rup(k, 16) // 2
+
+
+def nvfp4_scale_shape(n: int, k: int) -> tuple[int, int]:
+    """Shape of the swizzled F8_E4M3 block-scale tensor for a logical [n, k] weight."""
+    return rup(rup(n, 16), 128), rup(rup(k, 16) // 16, 4)
 
 # safetensors dtype string -> bytes per element
 DTYPE_BYTES = {
@@ -30,9 +42,9 @@ def resolve_shape(rule: str, n: int, k: int) -> tuple[int, ...]:
     if rule == "one":
         return (1,)
     if rule == "nvfp4_packed":
-        return _nv.packed_shape(n, k)
+        return nvfp4_packed_shape(n, k)
     if rule == "nvfp4_block_scales":
-        return _nv.scale_shape(n, k)
+        return nvfp4_scale_shape(n, k)
     raise KeyError(rule)
 
 
