@@ -358,3 +358,11 @@ WARNINGS = {
     "fp8 without input_scale or full_precision_matrix_mult": ("fp8", no_activation_policy, "activation.policy"),
     "legacy [0] marker without scale_input": ("fp8-legacy", legacy_marker_zero, "activation.unit-scale"),
 }
+
+
+def nan_in_norm(t, m):
+    t["blocks.1.norm3.weight"][3] = float("nan")
+    return t, m
+
+
+PLANTED["NaN in an unquantized tensor"] = ("fp8", nan_in_norm, "stats.nonfinite", False)

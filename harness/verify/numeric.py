@@ -91,6 +91,15 @@ def _load(st: Structure, la):
 # ---- statistics (no source) ---------------------------------------------------------------------
 def statistics(st: Structure, f: Findings, progress=None) -> int:
     nbytes = 0
+    comp = st.companion_keys()
+    for name, info in st.infos.items():       # unquantized float tensors must be finite (comfy_format §7.9)
+        if name in comp or info.dtype not in S.FLOAT_DTYPES:
+            continue
+        t = st.src.get(name)
+        nbytes += t.numel() * t.element_size()
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            f.error("stats.nonfinite", "unquantized tensor holds NaN/Inf values", [name])
+        del t
     for la in st.declared:
         if not _checkable(st, la):
             continue
@@ -279,6 +288,9 @@ def _check_layer(ck, st, source, la, f) -> int:
 
 def _check_plain(st, source, name, la, f) -> int:
     got = st.src.get(name)
+    if got.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) and got.numel() \
+            and not bool(torch.isfinite(got).all()):
+        f.error("stats.nonfinite", "unquantized tensor holds NaN/Inf values", [name])
     ref = source.get(name)
     if not _equal_after_cast(ref, got):
         if la is not None and name.endswith(".bias") and la.spec is not None:

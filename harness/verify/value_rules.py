@@ -47,6 +47,9 @@ def run(st: Structure, f: Findings) -> dict[str, dict[str, float]]:
         scalars[la.name] = vals
         w = vals.get("weight_scale_2" if spec is S.NVFP4 else ("scale_weight" if la.legacy else "weight_scale"))
         i = vals.get("scale_input" if la.legacy else "input_scale")
+        if la.legacy and not la.fpmm and i == 1.0:
+            f.warning("activation.unit-scale", "scale_input is exactly 1.0, which ComfyUI drops: with a 0-element "
+                                               "marker activations are cast to fp8 with scale 1.0", [la.name])
         if w is not None and w == 1.0:
             f.warning("scale.magnitude", "weight scale is exactly 1.0, a default rather than amax-derived "
                                          "(unit scale?); run with --source to prove the numbers", [la.name])
