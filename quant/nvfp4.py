@@ -111,7 +111,7 @@ def quantize(x: torch.Tensor, s2: torch.Tensor | None = None, *, name: str | Non
         raise ShapeError(f"nvfp4 needs a 2-D weight, got shape {list(x.shape)}", name)
     if not x.is_floating_point():
         raise InputError(f"cannot quantize a {x.dtype} tensor to nvfp4", name)
-    if check_finite and not bool(torch.isfinite(x).all()):
+    if check_finite and not bool(torch.isfinite(amax_abs(x))):   # aminmax propagates NaN/inf
         bad = int((~torch.isfinite(x)).sum())
         raise InputError(f"tensor has {bad} non-finite values (inf/NaN); refusing to quantize", name)
     if s2 is None:
