@@ -17,6 +17,11 @@ from .findings import ERROR, INFO, WARNING, Findings
 from .model import build, reference_shapes
 
 MODES = ("header-only", "statistics", "numeric")
+MODE_TEXT = {
+    "header-only": "header only (no tensor data read)",
+    "statistics": "statistics only (no --source: nibble order, block-scale layout and values not proven)",
+    "numeric": "numeric (every layer dequantized by comfy-kitchen and compared with the source)",
+}
 
 
 @dataclass
@@ -48,7 +53,7 @@ class Report:
         verdict = "PASS" if self.passed else "FAIL"
         return (f"{verdict}: {self.checkpoint}: {self.tensors} tensors, {q}; "
                 f"{self.findings.count(ERROR)} errors, {self.findings.count(WARNING)} warnings; "
-                f"needs ComfyUI >= {self.min_comfy}; checked: {self.mode}"
+                f"needs ComfyUI >= {self.min_comfy}; checked: {MODE_TEXT.get(self.mode, self.mode)}"
                 + (" (strict)" if self.strict else ""))
 
     def lines(self, verbose: bool = False) -> list[str]:
