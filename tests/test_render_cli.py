@@ -46,7 +46,7 @@ def url_files(comfy_session, thin_source, tmp_path_factory):
 def test_gate_cli_pass_exit_0(cli, comfy_session, thin_source, url_files):
     d, good, bad, pol = url_files
     r = cli("gate", good, "--source", thin_source, "--comfy-url", comfy_session.client.url, "--policy", pol,
-            "--out", d / "rep-good", timeout=300)
+            "--out", d / "rep-good", "--no-verify", timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "verdict: PASS" in r.stdout and "Traceback" not in r.stderr
     g = json.loads((d / "rep-good" / "gate.json").read_text())
@@ -56,14 +56,17 @@ def test_gate_cli_pass_exit_0(cli, comfy_session, thin_source, url_files):
     assert (d / "rep-good" / "report.html").stat().st_size > 10_000
 
 
-def test_gate_cli_silent_wrong_exit_1(cli, comfy_session, thin_source, url_files):
+def test_gate_cli_silent_wrong_exit_1_comfy_root(cli, comfy_session, thin_source, url_files):
+    """--comfy-root: quantgate starts (and stops) a server from a given ComfyUI checkout."""
     d, good, bad, pol = url_files
-    r = cli("gate", bad, "--source", thin_source, "--comfy-url", comfy_session.client.url, "--policy", pol,
+    r = cli("gate", bad, "--source", thin_source, "--comfy-root", comfy_session.server.root, "--policy", pol,
             "--out", d / "rep-bad", "--no-verify", timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "verdict: FAIL" in r.stdout and "head.head.scale_weight" in r.stdout
     g = json.loads((d / "rep-bad" / "gate.json").read_text())
     assert g["candidates"][0]["execution_error"] is None and g["candidates"][0]["verdict"] == "fail"
+    assert g["comfyui"]["url"] is None and g["comfyui"]["embedded"] is False
+    assert "unet missing" in (d / "rep-bad" / "comfyui.log").read_text()
 
 
 def test_gate_cli_file_not_on_url_server_exit_2(cli, comfy_session, thin_source, tmp_path, url_files):

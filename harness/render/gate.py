@@ -91,6 +91,28 @@ class Progress:
         return f"[{self.n}/{self.total}] {what}"
 
 
+def _tty() -> bool:
+    import sys
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _step_printer(msg: str):
+    """A one-line progress bar on a terminal, fed by ComfyUI's websocket ``progress`` messages."""
+    import sys
+
+    def show(value: int, maximum: int, node):
+        if maximum > 0:
+            n = int(20 * value / maximum)
+            sys.stderr.write(f"\r  {msg} [{'#' * n}{'.' * (20 - n)}] {value}/{maximum}\x1b[K")
+            if value >= maximum:
+                sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+    return show
+
+
 def _benign_unexpected(c, warning: dict, comfy_version: str) -> list[str]:
     """``.comfy_quant`` tensors that ComfyUI < 0.4.0 reports as unexpected although the header's
     ``_quantization_metadata`` gives it the same layer config (converters write both on purpose)."""
@@ -186,7 +208,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     def render(model_name, seed, w, h, what):
         wf = workflow.build(model_name, seed, w, h, settings, prefix="qg")
         msg = prog.step(what)
-        res = session.client.run(wf, timeout=timeout)
+        res = session.client.run(wf, timeout=timeout, on_progress=_step_printer(msg) if _tty() else None)
         if not res.images:
             raise ComfyError("the workflow produced no image (it needs an image output node such as SaveImage)")
         render_times.append(res.seconds)
