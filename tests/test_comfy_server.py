@@ -1,5 +1,6 @@
 """The real embedded ComfyUI server: API, custom node, determinism, golden renders, errors."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,14 @@ def test_parse_load_warnings():
     assert parse_load_warnings(log) == [{"kind": "missing", "keys": ["head.head.scale_weight"]},
                                         {"kind": "unexpected", "keys": ["a.scale_weight", "b.scale_weight"]}]
     assert parse_load_warnings("all good\n") == []
+
+
+def test_comfy_setup_is_idempotent(cli):
+    r1 = cli("comfy", "setup", timeout=300)
+    assert r1.returncode == 0, r1.stderr
+    root = r1.stdout.split("ComfyUI:")[1].split()[0]
+    assert Path(root, "main.py").is_file() and Path(root, "custom_nodes").is_dir()
+    assert not Path(root, "extra_model_paths.yaml").exists()       # horde's yaml would crash main.py
+    r2 = cli("comfy", "setup", timeout=120)
+    assert r2.returncode == 0 and "preparing" not in r2.stderr     # second run copies nothing
+    assert r2.stdout.split("ComfyUI:")[1].split()[0] == root

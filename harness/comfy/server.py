@@ -147,11 +147,12 @@ def _kill_all_live():
 
 
 def _on_sigterm(signum, frame):
+    """SIGTERM while a server runs: stop every server now, then unwind like Ctrl-C."""
     _kill_all_live()
     prev = _PREV_SIGTERM
     if callable(prev):
         prev(signum, frame)
-    raise SystemExit(128 + signum)
+    raise KeyboardInterrupt
 
 
 def _install_handlers():
@@ -171,7 +172,7 @@ def _install_handlers():
 atexit.register(_kill_all_live)
 
 
-def kill_process_group(pid: int, grace: float = 5.0) -> None:
+def kill_process_group(pid: int, grace: float = 2.0) -> None:
     """SIGTERM the process group led by ``pid``; SIGKILL what is left after ``grace`` seconds."""
     try:
         pgid = os.getpgid(pid)

@@ -80,10 +80,9 @@ def run(args) -> int:
 
     _log("4/5 render in ComfyUI")
     t = time.monotonic()
-    with open_session(work_dir=out / ".comfy", log=_log, keep_log=out / "comfyui.log") as session:
+    with open_session(log=_log, keep_log=out / "comfyui.log") as session:     # temp base dir, removed after
         record = run_gate(session, src, cands, policy=load_policy(), work_dir=mdir,
                           verify_fn=lambda p, s: ver[str(p)], log=_log)
-    shutil.rmtree(out / ".comfy", ignore_errors=True)
     timings["render_s"] = round(time.monotonic() - t, 2)
 
     _log("5/5 report")
