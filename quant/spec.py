@@ -168,6 +168,9 @@ FORMAT_VERSION = "1.0"
 COMFY_VERSIONS = {
     "scaled_fp8_marker": "0.2.4",
     "scaled_fp8_marker_2": "0.3.25",
+    # from 0.4.0 (convert_old_quants) Linears without scale_weight in a scaled_fp8 file stay high
+    # precision; before, scaled_fp8_ops built every Linear in fp8 and cast them without a scale
+    "legacy_high_precision_linear": "0.4.0",
     "quantization_metadata_header": "0.3.68",
     "comfy_quant_tensor": "0.4.0",
     "full_precision_matrix_mult": "0.4.0",

@@ -104,7 +104,8 @@ def test_header_only_no_data_read(planted, files):
 
 
 def test_min_comfy(files):
-    assert verify(files["fp8-legacy"], header_only=True).min_comfy == "0.3.25"
+    # the KJ recipe keeps Linears (embeddings, head) in high precision: exact only from ComfyUI 0.4.0
+    assert verify(files["fp8-legacy"], header_only=True).min_comfy == "0.4.0"
     assert verify(files["fp8"], header_only=True).min_comfy == "0.4.0"
     assert verify(files["nvfp4"], header_only=True).min_comfy == "0.8.0"
 

@@ -266,6 +266,20 @@ def check_activation(st: Structure, f: Findings):
                                                "use a 2-element marker for weight-only fp8", [la.name])
 
 
+def legacy_high_precision_linears(st: Structure) -> list[str]:
+    """2-D float weights of undeclared layers in a scaled_fp8 file: ComfyUI <= 0.3.77 builds every
+    Linear of such a model in fp8 (override dtype) and loads these by an unscaled cast."""
+    out = []
+    for la in st.layers.values():
+        wk = la.keys.get("weight")
+        if la.declared or wk is None:
+            continue
+        info = st.infos[wk]
+        if info.dtype in S.HIGH_PRECISION and len(info.shape) == 2:
+            out.append(la.name)
+    return sorted(out)
+
+
 def min_comfy(st: Structure) -> tuple[str, list[str]]:
     """Oldest ComfyUI that loads the file as intended, and why."""
     from packaging.version import Version
@@ -273,6 +287,10 @@ def min_comfy(st: Structure) -> tuple[str, list[str]]:
     V = S.COMFY_VERSIONS
     for m in st.markers:
         need.append((V["scaled_fp8_marker_2"] if m.numel == 2 else V["scaled_fp8_marker"], "scaled_fp8 marker"))
+    if st.markers and legacy_high_precision_linears(st):
+        need.append((V["legacy_high_precision_linear"],
+                     "high-precision Linear weights beside a scaled_fp8 marker (ComfyUI <= 0.3.77 casts them to fp8 "
+                     "without a scale; convert with --comfy-version to scale them for older ComfyUI)"))
     if st.header_layers:
         need.append((V["quantization_metadata_header"], "header _quantization_metadata"))
     if any(isinstance(la.tensor_conf, dict) for la in st.layers.values()) and not st.header_layers:
