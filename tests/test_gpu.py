@@ -72,22 +72,48 @@ def test_convert_on_cuda_writes_the_same_bytes_as_cpu(tmp_path):
         assert a.layers == b.layers
 
 
+def _read_rate(paths, block=64 << 20) -> float:
+    """MB/s of reading the files start to end (page cache as it is: an upper bound for the disk)."""
+    t0, n = time.perf_counter(), 0
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            buf = bytearray(block)
+            while True:
+                got = f.readinto(buf)
+                if not got:
+                    break
+                n += got
+    return n / 1e6 / (time.perf_counter() - t0)
+
+
 @cuda
 @pytest.mark.slow
-def test_real_size_wan22_5b_nvfp4_on_cuda(tmp_path):
-    """The real TI2V-5B layout at full width (10 GB fp16 source), converted on the GPU."""
+def test_real_size_wan22_5b_convert_and_verify_on_cuda(tmp_path):
+    """The real TI2V-5B layout at full width (10 GB fp16 source): converted to nvfp4 on the GPU, then
+    every layer re-decoded by comfy-kitchen on the GPU and compared with the source."""
     import json
 
     from harness.synth import make_model
+    from harness.verify import verify
     from quant.convert import convert
     from quant.safetensors_io import SafetensorsFile
     t0 = time.perf_counter()
     src = make_model("wan22-ti2v-5b", tmp_path / "wan2.2_ti2v_5B_fp16.safetensors", dtype=torch.float16, outliers=False)
     t_gen = time.perf_counter() - t0
     assert src.stat().st_size > 9_990_000_000
-    s = convert(src, tmp_path / "out.safetensors", "nvfp4", device="cuda")
-    print(json.dumps({"generate_s": round(t_gen, 1), **s.as_dict()}))
+    out = tmp_path / "out.safetensors"
+    s = convert(src, out, "nvfp4", device="cuda")
     assert s.layers == {"nvfp4": 210, "fp8": 90, "keep": 525}
-    f = SafetensorsFile(tmp_path / "out.safetensors")
+    f = SafetensorsFile(out)
     assert f.info("blocks.29.ffn.0.weight").shape == (14336, 1536)
     assert f.info("blocks.29.ffn.0.weight_scale").shape == (14336, 192)
+    f.close()
+    read_mb_s = _read_rate([out, src])
+    t1 = time.perf_counter()
+    rep = verify(out, src, device="cuda")
+    t_verify = time.perf_counter() - t1
+    assert rep.passed and rep.mode == "numeric", rep.lines()
+    total_mb = (out.stat().st_size + src.stat().st_size) / 1e6
+    print(json.dumps({"generate_s": round(t_gen, 1), "convert": s.as_dict(), "verify_s": round(t_verify, 2),
+                      "verify_mb_s": round(total_mb / t_verify, 1), "read_mb_s": round(read_mb_s, 1),
+                      "verify_vs_read": round(total_mb / t_verify / read_mb_s, 3)}))

@@ -18,6 +18,7 @@ def register(sub):
     p.add_argument("--structure-only", action="store_true",
                    help="with --reference: ignore tensor widths (thin test models vs full-size manifests)")
     p.add_argument("--strict", action="store_true", help="treat every warning as an error")
+    p.add_argument("--device", default="cpu", help="where the numeric check dequantizes (cpu, or cuda on a GPU box)")
     p.add_argument("--header-only", action="store_true",
                    help="without --source: check headers and scale values only, do not read weight data")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -31,7 +32,7 @@ def register(sub):
 def run(args) -> int:
     from harness.verify import verify
     rep = verify(args.checkpoint, args.source, args.reference, strict=args.strict,
-                 header_only=args.header_only, structure_only=args.structure_only)
+                 header_only=args.header_only, structure_only=args.structure_only, device=args.device)
     if args.json:
         print(json.dumps(rep.as_dict(), indent=1))
     else:

@@ -8,6 +8,8 @@ layer kinds, activation policy, minimum ComfyUI), ``value_rules`` (scale values)
 from __future__ import annotations
 
 import time
+
+import torch
 from dataclasses import dataclass, field
 
 from quant.sources import open_source
@@ -73,8 +75,12 @@ class Report:
 
 
 def verify(checkpoint, source=None, reference=None, *, strict: bool = False, header_only: bool = False,
-           structure_only: bool = False, progress=None) -> Report:
-    """Run the gate. Raises quant.errors.InputError for unreadable inputs (exit 2)."""
+           structure_only: bool = False, progress=None, device: str = "cpu") -> Report:
+    """Run the gate. Raises quant.errors.InputError for unreadable inputs (exit 2).
+    ``device``: where comfy-kitchen's eager dequantizers run for the numeric check (cpu or cuda)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from quant.errors import UsageError
+        raise UsageError("--device cuda requested but no CUDA device is available")
     t0 = time.perf_counter()
     f = Findings()
     src_obj = None
@@ -91,7 +97,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
             nbytes = 0
             if src_obj is not None:
                 mode = "numeric"
-                nbytes = numeric.compare(st, src_obj, f, progress)
+                nbytes = numeric.compare(st, src_obj, f, progress, device=device)
             elif not header_only:
                 mode = "statistics"
                 nbytes = numeric.statistics(st, f, progress)

@@ -254,10 +254,13 @@ class _Local:
         self.items.append(("info", *a))
 
 
-def _check_layer(ck, st, source, la, f) -> int:
+def _check_layer(ck, st, source, la, f, device="cpu") -> int:
     key = la.name + ".weight"
     n, k = source.info(key).shape
     w, scale, bs = _load(st, la)
+    if device != "cpu":          # kitchen's eager reference is plain torch: it runs on the GPU as is
+        w, scale = w.to(device), scale.to(device)
+        bs = None if bs is None else bs.to(device)
     expect_w = S.resolve_shape(la.spec.companion("weight").shape, n, k)
     if tuple(w.shape) != expect_w:
         f.error("numeric.shape", "quantized weight shape does not fit the source weight's shape", [la.name])
@@ -270,6 +273,8 @@ def _check_layer(ck, st, source, la, f) -> int:
         counts = torch.bincount(w.view(torch.uint8).reshape(-1), minlength=256)
         _fp8_stats(la, w, scale, f, counts)
     ref = source.get(key)
+    if device != "cpu":
+        ref = ref.to(device)
     if la.spec is S.NVFP4:
         ref = ref.to(torch.float32)
         rel, cos, alpha = _metrics(ref, _dequant(ck, la, w, scale, bs, n, k))
@@ -313,7 +318,8 @@ def _check_plain(st, source, name, la, f) -> int:
 WORKERS = max(1, min(2, os.cpu_count() or 1))
 
 
-def compare(st: Structure, source, f: Findings, progress=None, workers: int | None = None) -> int:
+def compare(st: Structure, source, f: Findings, progress=None, workers: int | None = None,
+            device: str = "cpu") -> int:
     """Compare every tensor with ``source`` (a quant.sources.Source). Returns checkpoint bytes read.
     Tasks (one layer or tensor each) run on ``workers`` threads -- torch releases the GIL, so reading
     one layer overlaps computing another; at most ``workers`` layers are in memory."""
@@ -341,7 +347,7 @@ def compare(st: Structure, source, f: Findings, progress=None, workers: int | No
             loc = _Local()
             kind, x = task
             if kind == "layer":
-                nb = _check_layer(ck, st, source, x, loc)
+                nb = _check_layer(ck, st, source, x, loc, device)
             else:
                 nb = _check_plain(st, source, x, declared.get(x.rsplit(".", 1)[0]), loc)
             return loc, nb
