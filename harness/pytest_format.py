@@ -18,9 +18,6 @@ _STATE: dict = {}
 
 
 _OPTIONS = [
-    (("--checkpoint",), dict(default=None, metavar="CKPT",
-                             help="checkpoint to check (pytest -m format / -m render): file, index.json or shard dir")),
-    (("--source",), dict(default=None, metavar="SRC", help="unquantized source it was made from")),
     (("--reference",), dict(default=None, metavar="REF",
                             help="format gate: golden manifest name or checkpoint to compare the layout with")),
     (("--strict-format",), dict(action="store_true", help="format gate: warnings fail the format tests too")),
@@ -30,10 +27,7 @@ _OPTIONS = [
 def pytest_addoption(parser):
     g = parser.getgroup("quantgate format gate")
     for names, kw in _OPTIONS:
-        try:
-            g.addoption(*names, **kw)
-        except ValueError:
-            pass            # --checkpoint/--source are shared with the render-gate plugin
+        g.addoption(*names, **kw)           # --checkpoint/--source: harness.pytest_options
 
 
 def _target(config):

@@ -13,9 +13,6 @@ from pathlib import Path
 import pytest
 
 _OPTIONS = [
-    (("--checkpoint",), dict(action="store", default=None, metavar="CKPT",
-                             help="checkpoint to check (pytest -m render / -m format)")),
-    (("--source",), dict(action="store", default=None, metavar="SRC", help="source checkpoint it was made from")),
     (("--comfy-url",), dict(action="store", default=None, metavar="URL", help="render gate: use this ComfyUI server")),
     (("--comfy-root",), dict(action="store", default=None, metavar="PATH",
                              help="render gate: start a server from this ComfyUI checkout")),
@@ -30,10 +27,7 @@ _OPTIONS = [
 def pytest_addoption(parser):
     group = parser.getgroup("quantgate render gate")
     for names, kw in _OPTIONS:
-        try:
-            group.addoption(*names, **kw)
-        except ValueError:
-            pass            # the format-gate plugin already defines the shared --checkpoint/--source
+        group.addoption(*names, **kw)       # --checkpoint/--source: harness.pytest_options
 
 
 def _opt(config, name):
