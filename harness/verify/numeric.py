@@ -179,7 +179,7 @@ def _fp8_metrics(ck, w, scale, ref_bf: torch.Tensor, counts=None) -> tuple[float
     codes, and the metrics use per-code sums of the source: dot = sum_c D(c) * sum_{i:code_i=c} x_i,
     |x_hat|^2 = sum_c D(c)^2 * count_c -- the same numbers as dequantizing every element, in a
     fraction of the time."""
-    table = ck.dequantize_per_tensor_fp8(torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn),
+    table = ck.dequantize_per_tensor_fp8(torch.arange(256, dtype=torch.uint8, device=w.device).view(torch.float8_e4m3fn),
                                          scale, output_type=torch.float32).double()
     codes = w.view(torch.uint8).reshape(-1)
     x = ref_bf.reshape(-1).float()
