@@ -141,7 +141,9 @@ def test_ctrl_c_on_comfy_start_leaves_no_server(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     p = subprocess.Popen([sys.executable, "-m", "harness.cli", "comfy", "start", "--no-models",
                           "--base", str(tmp_path / "base")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, env=env, cwd=ROOT, start_new_session=True)
+                         text=True, env=env, cwd=ROOT, start_new_session=True,
+                         # a runner started in the background ignores SIGINT, and children inherit that
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         url, deadline = None, time.monotonic() + 120
         for line in p.stdout:
