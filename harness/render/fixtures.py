@@ -13,11 +13,6 @@ from quant import fp8
 from quant.safetensors_io import SafetensorsFile, save_file
 
 
-def _linear_layers(names) -> list[str]:
-    ws = [n[:-7] for n in names if n.endswith(".weight")]
-    return [l for l in ws if f"{l}.bias" in names or True]
-
-
 def fp8_file(src, out, layout: str = "legacy", *, marker: bool = True, drop_scales: tuple[str, ...] = (),
              scale_shape=(1,)) -> Path:
     """Quantize every 2-D weight of ``src`` to fp8 e4m3fn with a per-tensor scale.
