@@ -168,3 +168,27 @@ def test_ctrl_c_on_comfy_start_leaves_no_server(tmp_path):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(5)
+
+
+def test_killed_quantgate_takes_its_server_along(tmp_path):
+    """Even SIGKILL (no finally, no atexit) of the process that started a server ends the server."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "comfy", "start", "--no-models",
+                          "--base", str(tmp_path / "base")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=env, cwd=ROOT)
+    try:
+        for line in p.stdout:
+            if " at http://127.0.0.1:" in line:
+                break
+        server_pids = [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+        assert server_pids
+        p.kill()
+        p.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(psutil.pid_exists(x) for x in server_pids):
+            time.sleep(0.1)
+        assert not any(psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE
+                       for x in server_pids)
+    finally:
+        if p.poll() is None:
+            p.kill()

@@ -171,6 +171,23 @@ def _install_handlers():
 
 atexit.register(_kill_all_live)
 
+# Linux: the server also gets SIGKILL when the process that started it dies (even by SIGKILL, when
+# no atexit/finally can run), so a killed quantgate or pytest never leaves a server behind.
+try:
+    import ctypes
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
+except OSError:
+    _LIBC = None
+
+
+def _die_with_parent(parent_pid: int):
+    def setup():
+        if _LIBC is not None:
+            _LIBC.prctl(1, signal.SIGKILL)          # PR_SET_PDEATHSIG
+            if os.getppid() != parent_pid:          # the parent died before prctl took effect
+                os._exit(1)
+    return setup
+
 
 def kill_process_group(pid: int, grace: float = 2.0) -> None:
     """SIGTERM the process group led by ``pid``; SIGKILL what is left after ``grace`` seconds."""
@@ -285,7 +302,7 @@ class ComfyServer:
         self._log_start = self._logf.tell()
         self.proc = subprocess.Popen(self.command(), cwd=self.root, stdin=subprocess.DEVNULL,
                                      stdout=self._logf, stderr=subprocess.STDOUT, env=self._env(),
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
         with _LIVE_LOCK:
             _LIVE.add(self)
         import requests
