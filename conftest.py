@@ -6,5 +6,5 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Plugins: fixtures and command-line options (--checkpoint/--source/--comfy-url/...) of the gates.
-pytest_plugins = ["harness.pytest_options", "harness.pytest_render", "harness.pytest_format"]
+# The gate plugins (options --checkpoint/--source/--comfy-url/..., fixtures) are loaded with -p in
+# pyproject's addopts, so they also work when the paths given are outside the checkout.

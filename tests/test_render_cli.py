@@ -106,9 +106,6 @@ def test_demo_runs_end_to_end(demo):
     assert g["demo"]["wall_s"] < 240
 
 
-@pytest.mark.xfail(strict=True, reason="converter bug: fp8-legacy keeps embeddings/head in F32, but ComfyUI <= 0.3.77 "
-                                        "builds every Linear of a scaled_fp8 model in fp8 and casts them unscaled "
-                                        "(log: unet missing ...scale_weight); remove this mark once fixed")
 def test_demo_every_format_passes(demo):
     r, out = demo
     g = json.loads((out / "gate.json").read_text())
