@@ -159,3 +159,23 @@ def test_workflow_errors_are_one_line(tmp_path):
         Workflow.from_arg(str(api), None)
     with pytest.raises(QuantgateError, match="no node '7'"):
         Workflow.from_arg(str(api), "7")
+
+
+def test_kj_recipe_on_old_comfy_is_explained_and_scaled_variant_passes(comfy_session, thin_source, files):
+    """The KJ recipe keeps embeddings/head in high precision; ComfyUI < 0.4 casts those Linears to fp8
+    without a scale. The gate says why (verify's min ComfyUI vs the server) and the --comfy-version
+    conversion of the same source passes."""
+    from quant.convert import convert
+    d, _ = files
+    kj = d / "kj_recipe.safetensors"
+    old = d / "for_0375.safetensors"
+    convert(thin_source, kj, "fp8-legacy", force=True)
+    convert(thin_source, old, "fp8-legacy", force=True, comfy_version=comfy_session.version)
+    from harness.render.verify_adapter import run_verify
+    rec = gate.run_gate(comfy_session, thin_source, [("kj", kj), ("old", old)], policy=ONE_SEED, work_dir=d,
+                        verify_fn=run_verify)
+    k, o = _c(rec, "kj"), _c(rec, "old")
+    assert any("needs ComfyUI >= 0.4.0" in n for n in k["notes"]), k["notes"]
+    assert not any("needs ComfyUI" in n for n in o["notes"])
+    assert o["verdict"] == "pass", o["reasons"]
+    assert o["min_ssim"] > k["min_ssim"]

@@ -113,6 +113,14 @@ def _step_printer(msg: str):
     return show
 
 
+def _older(version: str, than: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+    try:
+        return Version(version) < Version(than)
+    except InvalidVersion:
+        return False
+
+
 def _benign_unexpected(c, warning: dict, comfy_version: str) -> list[str]:
     """``.comfy_quant`` tensors that ComfyUI < 0.4.0 reports as unexpected although the header's
     ``_quantization_metadata`` gives it the same layer config (converters write both on purpose)."""
@@ -315,6 +323,11 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
                 c.reasons.append(f"ComfyUI loaded it with {x['kind']} keys ({len(keys)}): {shown} "
                                  "(the model in memory is not the model in the file)")
         v = c.verify
+        need = (v or {}).get("min_comfy")
+        if need and need != "any" and c.rendered_as == "file" and _older(session.version, need):
+            c.notes.append(f"the file needs ComfyUI >= {need} (verify); this server is {session.version}, so the "
+                           f"render shows what {session.version} does with it (for older ComfyUI convert with "
+                           "--comfy-version)")
         if v and v.get("available") and v.get("passed") is False:
             c.reasons.append(f"verify: {v.get('summary') or 'defects found'}")
         if not control["pass"]:
