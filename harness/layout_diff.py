@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from quant import spec as S
-from quant.sources import SourceTensor, open_source
+from quant.sources import Source, SourceTensor, open_source
 
 from harness.verify.model import IGNORED_KEYS, Structure, build, pattern
 
@@ -16,38 +16,21 @@ LEGACY_RENAME = {"scale_weight": "weight_scale", "scale_input": "input_scale"}
 READ_METADATA = ("config", S.QUANT_METADATA_KEY)          # the header keys ComfyUI reads (§4.3)
 
 
-class ManifestSource:
+class ManifestSource(Source):
     """A golden manifest seen through the Source interface (headers only, no data)."""
 
     kind = "manifest"
 
     def __init__(self, m: dict):
+        super().__init__(m.get("name", "manifest"))
         self.m = m
         self.metadata = dict(m.get("metadata") or {})
         self._infos = {n: SourceTensor(n, t["dtype"], tuple(t["shape"]), "manifest", 0)
                        for n, t in m["tensors"].items()}
 
-    def keys(self):
-        return list(self._infos)
-
-    def info(self, name):
-        return self._infos[name]
-
-    def __contains__(self, name):
-        return name in self._infos
-
     def get(self, name):
         import torch
         return torch.zeros(self._infos[name].shape, dtype=torch.uint8)   # content unknown
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def open_side(x):

@@ -201,16 +201,18 @@ class SafetensorsFile:
     def info(self, name: str) -> TensorInfo:
         return self.header.tensors[name]
 
-    def raw(self, name: str) -> bytearray:
+    def _read_into(self, name: str, mv: memoryview) -> None:
         ti = self.header.tensors[name]
-        buf = bytearray(ti.nbytes)
-        mv = memoryview(buf)
         got = 0
         while got < ti.nbytes:
             n = os.preadv(self._fd, [mv[got:]], ti.begin + got)
             if n <= 0:
                 raise InputError(f"tensor {name!r}: file ended while reading (truncated?)", self.path)
             got += n
+
+    def raw(self, name: str) -> bytearray:
+        buf = bytearray(self.header.tensors[name].nbytes)
+        self._read_into(name, memoryview(buf))
         return buf
 
     def get(self, name: str) -> torch.Tensor:
@@ -219,13 +221,7 @@ class SafetensorsFile:
         if ti.nbytes == 0:
             return torch.empty(ti.shape, dtype=dt)
         t = torch.empty(ti.nbytes, dtype=torch.uint8)      # no zero-fill: the read overwrites it all
-        mv = memoryview(t.numpy()).cast("B")
-        got = 0
-        while got < ti.nbytes:
-            n = os.preadv(self._fd, [mv[got:]], ti.begin + got)
-            if n <= 0:
-                raise InputError(f"tensor {name!r}: file ended while reading (truncated?)", self.path)
-            got += n
+        self._read_into(name, memoryview(t.numpy()).cast("B"))
         return t.view(dt).reshape(ti.shape)
 
 

@@ -112,7 +112,9 @@ FP8_LEGACY = FormatSpec(
             "meaning": "2 elements = weight-only fp8 (full_precision_matrix_mult); 0 = fp8 matmul allowed"},
     min_comfy="0.3.25",
     description="Legacy KJ/Comfy 'scaled fp8': F8_E4M3 weights, F32 <layer>.scale_weight [1], marker "
-                "scaled_fp8 F8_E4M3 [2], everything else in source precision.",
+                "scaled_fp8 F8_E4M3 [2], everything else in source precision. Linears kept in high precision "
+                "stay so only from ComfyUI 0.4.0 (older ones cast them to fp8 unscaled: convert with "
+                "--comfy-version 0.3.x to scale every Linear).",
     max_rel_error=0.08, min_cosine=0.995,
 )
 
