@@ -67,6 +67,9 @@ class Companion:
     meaning: str
     alt_shapes: tuple[str, ...] = ()  # other shapes ComfyUI accepts (checker: accept, info)
     positive_finite: bool = False     # value(s) must be finite and > 0
+    # other dtypes ComfyUI converts on load (checker: warning, not error): per-tensor float scales are
+    # cast to float32 (legacy scale_weight param copy; kitchen Params for weight_scale/_2)
+    tolerated_dtypes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,9 @@ FP8_LEGACY = FormatSpec(
     companions=(
         Companion("weight", ("F8_E4M3",), "NK", True, "fp8 weight, pre-divided by scale_weight"),
         Companion("scale_weight", ("F32",), "one", True, "decode multiplier amax/448 (KJ stores [1])",
-                  alt_shapes=("scalar",), positive_finite=True),
+                  alt_shapes=("scalar",), positive_finite=True, tolerated_dtypes=("BF16", "F16")),
         Companion("scale_input", ("F32",), "one", False, "static activation scale (fp8 matmul only)",
-                  alt_shapes=("scalar",), positive_finite=True),
+                  alt_shapes=("scalar",), positive_finite=True, tolerated_dtypes=("BF16", "F16")),
     ),
     per_layer_keys=("weight", "bias", "scale_weight", "scale_input"),
     marker={"key": "scaled_fp8", "dtype": "F8_E4M3", "shape": (2,),
@@ -125,9 +128,9 @@ FP8 = FormatSpec(
     companions=(
         Companion("weight", ("F8_E4M3",), "NK", True, "fp8 weight, pre-divided by weight_scale"),
         Companion("weight_scale", ("F32",), "scalar", True, "decode multiplier amax/448",
-                  alt_shapes=("one",), positive_finite=True),
+                  alt_shapes=("one",), positive_finite=True, tolerated_dtypes=("BF16", "F16")),
         Companion("input_scale", ("F32",), "scalar", False, "calibrated static activation scale amax(x)/448",
-                  alt_shapes=("one",), positive_finite=True),
+                  alt_shapes=("one",), positive_finite=True, tolerated_dtypes=("BF16", "F16")),
     ),
     per_layer_keys=("weight", "bias", "weight_scale", "input_scale", "comfy_quant"),
     min_comfy="0.4.0",
@@ -146,9 +149,9 @@ NVFP4 = FormatSpec(
         Companion("weight_scale", ("F8_E4M3", "U8"), "nvfp4_block_scales", True,
                   "per-16 block scales, e4m3, cuBLAS 128x4 swizzled"),
         Companion("weight_scale_2", ("F32",), "scalar", True, "per-tensor decode scale amax/(448*6)",
-                  alt_shapes=("one",), positive_finite=True),
+                  alt_shapes=("one",), positive_finite=True, tolerated_dtypes=("BF16", "F16")),
         Companion("input_scale", ("F32",), "scalar", False, "calibrated activation scale amax(x)/(448*6)",
-                  alt_shapes=("one",), positive_finite=True),
+                  alt_shapes=("one",), positive_finite=True, tolerated_dtypes=("BF16", "F16")),
     ),
     per_layer_keys=("weight", "bias", "weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale",
                     "comfy_quant"),

@@ -22,6 +22,7 @@ RULES = {
     "companion.missing": ("companions", "every required companion tensor is present"),
     "companion.unexpected": ("companions", "no keys a quantized layer may not have"),
     "companion.dtype": ("dtypes", "weight and scale dtypes match the declared format"),
+    "companion.dtype-cast": ("dtypes", "per-tensor scales are F32 (F16/BF16 work: ComfyUI casts them)"),
     "companion.shape": ("shapes", "weight and scale shapes match the format's rules"),
     "companion.alt-shape": ("shapes", "scalar stored as [1] instead of [] (accepted)"),
     "layer.not-linear": ("layers", "only Linear weights are quantized (no norms, biases, convs, modulation tables)"),

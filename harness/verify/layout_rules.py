@@ -171,7 +171,11 @@ def check_companions(st: Structure, f: Findings, ref: dict):
                     f.error("companion.missing", f"{fmt} layer has no .{c.suffix}: {why}", [la.name])
                 continue
             info = st.infos[k]
-            if info.dtype not in c.dtypes:
+            if info.dtype in c.tolerated_dtypes:
+                f.warning("companion.dtype-cast", f"{fmt} .{c.suffix} is {info.dtype}; ComfyUI casts it to "
+                                                  f"{c.dtypes[0]} on load (works, but the scale carries only "
+                                                  f"{info.dtype}'s precision; write {c.dtypes[0]})", [la.name])
+            elif info.dtype not in c.dtypes:
                 if c.suffix == "weight" and info.dtype in S.FLOAT_DTYPES:
                     msg = (f"declared {fmt} but its weight is {info.dtype}: it was never quantized "
                            f"(ComfyUI value-casts it to {'/'.join(c.dtypes)} and the scales no longer fit)")
