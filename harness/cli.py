@@ -64,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"quantgate: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        return 0
+    except OSError as e:                  # disk full, permission denied, vanished paths, ...
+        if debug:
+            raise
+        where = e.filename or ""
+        print(f"quantgate: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("quantgate: interrupted; no partial output was kept", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return 0
     except MemoryError:
         print("quantgate: out of memory", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -266,12 +266,21 @@ class AtomicWriter:
 
     def __enter__(self):
         d = self.path.parent
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=d)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=d)
+        except OSError as e:
+            raise QuantgateError(f"cannot write the output here: {e.strerror or e}", self.path) from None
         self._tmp = Path(tmp)
         self._f = os.fdopen(fd, "wb", buffering=8 * 1024 * 1024)
-        self._f.write(self._header)
+        self._io(self._f.write, self._header)
         return self
+
+    def _io(self, fn, *a):
+        try:
+            return fn(*a)
+        except OSError as e:          # e.g. disk full: the temp file is removed on exit
+            raise QuantgateError(f"writing the output failed: {e.strerror or e}", self.path) from None
 
     def write(self, name: str, t: torch.Tensor) -> None:
         if self._i >= len(self.entries):
@@ -282,7 +291,7 @@ class AtomicWriter:
                 f"internal error: wrote {name} {dtype_name(t.dtype)}{list(t.shape)}, "
                 f"planned {ename} {edt}{list(eshape)}", self.path)
         mv = tensor_bytes(t)
-        self._f.write(mv)
+        self._io(self._f.write, mv)
         self.bytes_written += len(mv)
         self._i += 1
 
@@ -292,10 +301,10 @@ class AtomicWriter:
                 if self._i != len(self.entries):
                     raise QuantgateError(f"internal error: {len(self.entries) - self._i} planned tensors "
                                          "were never written", self.path)
-                self._f.flush()
-                os.fsync(self._f.fileno())
+                self._io(self._f.flush)
+                self._io(os.fsync, self._f.fileno())
                 self._f.close()
-                os.replace(self._tmp, self.path)
+                self._io(os.replace, self._tmp, self.path)
                 dfd = os.open(self.path.parent, os.O_RDONLY)
                 try:
                     os.fsync(dfd)

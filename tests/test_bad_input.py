@@ -148,3 +148,29 @@ def test_interrupted_conversion_leaves_nothing_under_final_name(tmp_path, sig):
     if sig == signal.SIGINT:
         assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
         assert not list(tmp_path.glob(".out.safetensors.*"))
+
+
+def test_output_write_failure_disk_full(tmp_path, thin_wan5b):
+    """A write that fails part-way (here: a file-size limit standing in for a full disk) ends with one
+    line naming the output, exit 2, and no temp file or output left behind."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)       # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    out = tmp_path / "full.safetensors"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "convert", str(thin_wan5b), "-o", str(out)],
+                       env=env, capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    _assert_clean_failure(r, "full.safetensors", out)
+    assert "writing the output failed" in r.stderr
+
+
+def test_unwritable_output_location(cli, tmp_path, thin_wan5b):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    out = blocker / "o.safetensors"
+    r = cli("convert", thin_wan5b, "-o", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "o.safetensors" in r.stderr

@@ -55,7 +55,7 @@ class Report:
         verdict = "PASS" if self.passed else "FAIL"
         return (f"{verdict}: {self.checkpoint}: {self.tensors} tensors, {q}; "
                 f"{self.findings.count(ERROR)} errors, {self.findings.count(WARNING)} warnings; "
-                f"needs ComfyUI >= {self.min_comfy}; checked: {MODE_TEXT.get(self.mode, self.mode)}"
+                f"needs {'any ComfyUI' if self.min_comfy == 'any' else 'ComfyUI >= ' + self.min_comfy}; checked: {MODE_TEXT.get(self.mode, self.mode)}"
                 + (" (strict)" if self.strict else ""))
 
     def lines(self, verbose: bool = False) -> list[str]:
