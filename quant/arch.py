@@ -180,3 +180,16 @@ def detect(names) -> str | None:
     if any(n.startswith("double_blocks.0.") for n in s):
         return "flux"
     return None
+
+
+def model_type(shapes: dict[str, tuple]) -> str | None:
+    """Short model name for header metadata (KJ files carry e.g. ``model_type: TI2V-5B``)."""
+    fam = detect(shapes)
+    if fam == "wan":
+        in_dim = shapes.get("patch_embedding.weight", (0, 0))[1]
+        dim = shapes.get("head.modulation", (0, 0, 0))[-1]
+        if in_dim == 48:
+            return "TI2V-5B" if dim == 3072 else "TI2V"
+        kind = {16: "T2V", 36: "I2V"}.get(in_dim, "WAN")
+        return f"{kind}-A14B" if dim == 5120 else kind
+    return {"qwen_image": "Qwen-Image", "flux": "FLUX.1", "flux2": "FLUX.2"}.get(fam or "")

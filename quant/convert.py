@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, layout, presets
+from . import __version__, arch, layout, presets
 from .errors import InputError, UsageError
 from .sources import open_source
 
@@ -134,6 +134,9 @@ def convert(source, output=None, target: str = "fp8", preset: str | None = None,
         if layout.file_kind(target) == "legacy":
             entries.append(layout.marker_entry())
         extra = {"quantgate.version": __version__, "quantgate.format": target, "quantgate.preset": the_plan.preset.name}
+        mt = arch.model_type({n: src.info(n).shape for n in src.keys()})
+        if mt and "model_type" not in src.metadata:
+            extra["model_type"] = mt
         if comfy_version:
             extra["quantgate.comfy_version"] = comfy_version
         meta = layout.header_metadata(target, configs, src.metadata, extra)

@@ -41,7 +41,7 @@ def test_fp8_legacy_is_the_kj_recipe(thin_wan5b, src, tmp_path):
     assert _sha(thin_wan5b) == before                      # input untouched
     t, meta = _read(out)
     assert t["scaled_fp8"].dtype == torch.float8_e4m3fn and list(t["scaled_fp8"].shape) == [2]
-    assert meta.get("format") == "pt"
+    assert meta.get("format") == "pt" and meta.get("model_type") == "TI2V"   # KJ: "TI2V-5B" at full width
     assert s.layers == {"fp8": 20, "keep": 49}
     for L in KJ_LAYERS:
         w, sc = t[f"{L}.weight"], t[f"{L}.scale_weight"]
