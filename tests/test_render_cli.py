@@ -58,9 +58,16 @@ def test_gate_cli_pass_exit_0(cli, comfy_session, thin_source, url_files):
 
 def test_gate_cli_silent_wrong_exit_1_comfy_root(cli, comfy_session, thin_source, url_files):
     """--comfy-root: quantgate starts (and stops) a server from a given ComfyUI checkout."""
+    import sys
     d, good, bad, pol = url_files
+    # --comfy-python: the checkout's own interpreter (here a wrapper that leaves a trace, then runs ours)
+    trace = d / "comfy-python-used"
+    wrapper = d / "comfy-python"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> "{trace}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
     r = cli("gate", bad, "--source", thin_source, "--comfy-root", comfy_session.server.root, "--policy", pol,
-            "--out", d / "rep-bad", "--no-verify", timeout=300)
+            "--out", d / "rep-bad", "--no-verify", "--comfy-python", wrapper, timeout=300)
+    assert "main.py" in trace.read_text()
     assert r.returncode == 1, r.stdout + r.stderr
     assert "verdict: FAIL" in r.stdout and "head.head.scale_weight" in r.stdout
     g = json.loads((d / "rep-bad" / "gate.json").read_text())
@@ -110,3 +117,11 @@ def test_demo_every_format_passes(demo):
     r, out = demo
     g = json.loads((out / "gate.json").read_text())
     assert r.returncode == 0 and all(c["verdict"] == "pass" for c in g["candidates"] if c["label"] != "planted-defect")
+
+
+def test_comfy_python_needs_root_and_an_executable(cli, thin_source, tmp_path):
+    r = cli("gate", thin_source, "--source", thin_source, "--comfy-python", "/bin/sh", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "--comfy-root" in r.stderr and "Traceback" not in r.stderr
+    r = cli("gate", thin_source, "--source", thin_source, "--comfy-root", tmp_path, "--comfy-python",
+            tmp_path / "nope", "--out", tmp_path / "o")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1

@@ -220,8 +220,10 @@ class ComfyServer:
     """
 
     def __init__(self, root, base_dir, *, cpu: bool | None = None, port: int | None = None,
-                 startup_timeout: float = 180.0, extra_args: tuple[str, ...] = (), log=None):
+                 startup_timeout: float = 180.0, extra_args: tuple[str, ...] = (), log=None,
+                 python: str | None = None):
         self.root = Path(root)
+        self.python = python or sys.executable       # a user checkout may need its own environment
         self.base = Path(base_dir).resolve()
         self.cpu = (not cuda_available()) if cpu is None else cpu
         self.port = port
@@ -262,7 +264,7 @@ class ComfyServer:
 
     # -- lifecycle --------------------------------------------------------------------------
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-u", str(self.root / "main.py"), "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [self.python, "-u", str(self.root / "main.py"), "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch", "--cache-none", "--dont-print-server"]
         if self.cpu:
             cmd.append("--cpu")

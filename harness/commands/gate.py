@@ -17,6 +17,9 @@ def add_server_args(p) -> None:
     x = g.add_mutually_exclusive_group()
     x.add_argument("--comfy-url", metavar="URL", help="use this running ComfyUI (the files must be in its models)")
     x.add_argument("--comfy-root", metavar="PATH", help="start a server from this ComfyUI checkout")
+    g.add_argument("--comfy-python", metavar="PATH",
+                   help="with --comfy-root: the Python (of that checkout's environment) that runs it "
+                        "(default: quantgate's own)")
     g.add_argument("--workflow", metavar="FILE", help="your API-format workflow (default: the built-in WAN 2.1 smoke render)")
     g.add_argument("--model-node", metavar="ID", help="id of the node in --workflow that loads the checkpoint")
     g.add_argument("--policy", metavar="TOML", help="thresholds and render plan (default: harness/policy.toml)")
@@ -71,7 +74,7 @@ def run(args) -> int:
     verify_fn = None if args.no_verify else run_verify
     with tempfile.TemporaryDirectory(prefix="quantgate-gate-") as tmp:
         with open_session(args.comfy_url, args.comfy_root, work_dir=Path(tmp) / "comfy", log=_log,
-                          keep_log=out / "comfyui.log") as session:
+                          keep_log=out / "comfyui.log", comfy_python=args.comfy_python) as session:
             if args.workflow:
                 session.check_nodes(wf.wf)
             record = run_gate(session, args.source, args.checkpoint, policy=policy, workflow=wf,

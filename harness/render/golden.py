@@ -24,7 +24,7 @@ PLAN = {"seeds": [7, 8], "sizes": [[64, 64], [96, 64]],
 
 def render_golden(session) -> dict:
     src = models.cached_thin_model()
-    vae = models.cached_vae(session.server.root) if session.server is not None else None
+    vae = models.cached_vae(session.server.root, python=session.server.python) if session.server is not None else None
     wf = Workflow.from_arg(None, None)
     settings = dict(PLAN["settings"], vae=session.vae())
     name = session.model(src)

@@ -41,9 +41,9 @@ def make_thin_model(path, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
     return synth.make_model(THIN_ARCH, path, seed=seed, dtype=dtype)
 
 
-def taehv_shapes(comfy_root) -> list[tuple[str, tuple[int, ...], str]]:
+def taehv_shapes(comfy_root, python: str | None = None) -> list[tuple[str, tuple[int, ...], str]]:
     try:
-        r = subprocess.run([sys.executable, "-c", _SHAPES_SCRIPT, str(comfy_root)], cwd=str(comfy_root),
+        r = subprocess.run([python or sys.executable, "-c", _SHAPES_SCRIPT, str(comfy_root)], cwd=str(comfy_root),
                            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise ComfyError("building ComfyUI's TAEHV to read its shapes took over 180 s") from None
@@ -62,10 +62,10 @@ def _fill(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tens
     return torch.ones(shape)
 
 
-def make_vae(path, comfy_root, seed: int = 0) -> Path:
+def make_vae(path, comfy_root, seed: int = 0, python: str | None = None) -> Path:
     path = Path(path)
     tensors = {}
-    for i, (name, shape, dt) in enumerate(taehv_shapes(comfy_root)):
+    for i, (name, shape, dt) in enumerate(taehv_shapes(comfy_root, python)):
         if not dt.startswith("torch.float"):
             raise ComfyError(f"unexpected TAEHV tensor {name} of dtype {dt}")
         gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
@@ -83,7 +83,7 @@ def _code_key(*modules) -> str:
     return h.hexdigest()[:10]
 
 
-def cached_vae(comfy_root, seed: int = 0, log=None) -> Path:
+def cached_vae(comfy_root, seed: int = 0, log=None, python: str | None = None) -> Path:
     """The random TAEHV for ``comfy_root``'s version, made once into the cache."""
     d = cache_root() / "render-models"
     p = d / f"lighttaew2_1-comfy{comfy_version(comfy_root)}-seed{seed}-{_code_key(sys.modules[__name__])}.safetensors"
@@ -91,7 +91,7 @@ def cached_vae(comfy_root, seed: int = 0, log=None) -> Path:
         if log:
             log("making the random TAEHV (lighttaew2_1) VAE")
         d.mkdir(parents=True, exist_ok=True)
-        make_vae(p, comfy_root, seed)
+        make_vae(p, comfy_root, seed, python)
     return p
 
 

@@ -66,7 +66,7 @@ class RenderSession:
         """The random TAEHV the shipped template decodes with."""
         if self.server is not None:
             # VAELoader lists a vae_approx file only if its name starts with lighttaew2_1 / taehv
-            return self.model(models.cached_vae(self.server.root, log=self.log), "vae_approx",
+            return self.model(models.cached_vae(self.server.root, log=self.log, python=self.server.python), "vae_approx",
                               "VAELoader", "vae_name", name=models.VAE_NAME)
         opts = self.options("VAELoader", "vae_name")
         name = next((o for o in opts if str(o).startswith(("lighttaew2_1", "taehv"))), None)
@@ -86,11 +86,16 @@ class RenderSession:
 
 @contextlib.contextmanager
 def open_session(comfy_url: str | None = None, comfy_root=None, *, work_dir=None, log=None,
-                 cpu: bool | None = None, keep_log: Path | None = None, startup_timeout: float = 180.0):
+                 cpu: bool | None = None, keep_log: Path | None = None, startup_timeout: float = 180.0,
+                 comfy_python: str | None = None):
     """Yield a :class:`RenderSession`; a server we started is always stopped on the way out."""
     log = log or (lambda *_: None)
     if comfy_url and comfy_root:
         raise ComfyError("use either --comfy-url or --comfy-root, not both")
+    if comfy_python and not comfy_root:
+        raise ComfyError("--comfy-python goes with --comfy-root (the Python that runs that checkout)")
+    if comfy_python and not (Path(comfy_python).is_file() and os.access(comfy_python, os.X_OK)):
+        raise ComfyError(f"--comfy-python {comfy_python}: not an executable file")
     if comfy_url:
         client = ComfyClient(comfy_url)
         yield RenderSession(client, None, log)
@@ -100,7 +105,7 @@ def open_session(comfy_url: str | None = None, comfy_root=None, *, work_dir=None
     if work_dir is None:
         tmp = tempfile.mkdtemp(prefix="quantgate-comfy-")
         work_dir = tmp
-    srv = ComfyServer(root, work_dir, cpu=cpu, log=log, startup_timeout=startup_timeout)
+    srv = ComfyServer(root, work_dir, cpu=cpu, log=log, startup_timeout=startup_timeout, python=comfy_python)
     try:
         log(f"starting ComfyUI {srv.version} ({'embedded' if not comfy_root else root}) on 127.0.0.1 ...")
         srv.start()
