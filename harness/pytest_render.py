@@ -16,6 +16,8 @@ _OPTIONS = [
     (("--comfy-url",), dict(action="store", default=None, metavar="URL", help="render gate: use this ComfyUI server")),
     (("--comfy-root",), dict(action="store", default=None, metavar="PATH",
                              help="render gate: start a server from this ComfyUI checkout")),
+    (("--comfy-python",), dict(action="store", default=None, metavar="PATH",
+                               help="render gate: with --comfy-root, the Python that runs that checkout")),
     (("--workflow",), dict(action="store", default=None, metavar="FILE", help="render gate: API-format workflow")),
     (("--model-node",), dict(action="store", default=None, metavar="ID",
                              help="render gate: node id in --workflow that loads the checkpoint")),
@@ -83,7 +85,7 @@ def render_gate_record(request, tmp_path_factory):
         return rec
     wf = Workflow.from_arg(_opt(cfg, "workflow"), _opt(cfg, "model_node"))
     with open_session(_opt(cfg, "comfy_url"), _opt(cfg, "comfy_root"), work_dir=work / "comfy",
-                      keep_log=out / "comfyui.log") as s:
+                      keep_log=out / "comfyui.log", comfy_python=_opt(cfg, "comfy_python")) as s:
         if _opt(cfg, "workflow"):
             s.check_nodes(wf.wf)
         rec = run_gate(s, src, [ckpt], workflow=wf, work_dir=work, verify_fn=run_verify)
