@@ -31,7 +31,7 @@ RULES = {
     "scale.value": ("scales", "scales are finite and > 0"),
     "scale.magnitude": ("scales", "scales decode to plausible weight magnitudes (not unit/inverted)"),
     "activation.policy": ("activation", "fp8 layers have a calibrated input_scale or full_precision_matrix_mult"),
-    "activation.unit-scale": ("activation", "legacy [0] marker layers have scale_input"),
+    "activation.unit-scale": ("activation", "activation scales are calibrated, not a default 1.0"),
     "input_scale.from-weight": ("activation", "input_scale is not a weight statistic (== weight_scale[_2])"),
     "input_scale.implausible": ("activation", "input_scale implies a plausible activation range"),
     "numeric.mismatch": ("numeric", "dequantized weights (comfy-kitchen) match the source"),

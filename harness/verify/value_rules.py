@@ -50,6 +50,11 @@ def run(st: Structure, f: Findings) -> dict[str, dict[str, float]]:
         if la.legacy and not la.fpmm and i == 1.0:
             f.warning("activation.unit-scale", "scale_input is exactly 1.0, which ComfyUI drops: with a 0-element "
                                                "marker activations are cast to fp8 with scale 1.0", [la.name])
+        if not la.legacy and spec is S.FP8 and not la.fpmm and i == 1.0:
+            f.warning("activation.unit-scale", "input_scale is exactly 1.0, a default rather than a calibrated value: "
+                                               "ComfyUI >= 0.4 casts this layer's activations to fp8 at scale 1.0 on "
+                                               "fp8 GPUs (noisy output); calibrate it or set full_precision_matrix_mult",
+                      [la.name])
         if w is not None and w == 1.0:
             f.warning("scale.magnitude", "weight scale is exactly 1.0, a default rather than amax-derived "
                                          "(unit scale?); run with --source to prove the numbers", [la.name])
@@ -71,6 +76,10 @@ def _check_input_scales(st: Structure, f: Findings, scalars):
             by_fmt.setdefault(la.spec.name, []).append((la.name, v))
     for fmt, items in by_fmt.items():
         qmax = QMAX[fmt]
+        if len(items) >= 4 and len({v for _, v in items}) == 1 and items[0][1] != 1.0:
+            f.warning("input_scale.implausible", f"all {len(items)} {fmt} layers share one input_scale "
+                                                 f"({items[0][1]:.6g}): not a per-layer calibration",
+                      [n for n, _ in items])
         med = statistics.median(v for _, v in items) if len(items) >= 4 else None
         for name, v in items:
             amax = v * qmax
