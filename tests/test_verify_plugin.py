@@ -54,3 +54,17 @@ def test_without_checkpoint_runs_demo():
     assert rc == 0, out
     assert "test_format[numeric] PASSED" in out and "test_format_checked_something PASSED" in out
     assert f"{len(GROUPS) + 1} passed" in out
+
+
+@pytest.mark.slow
+def test_relative_checkpoint_paths_resolve_against_the_callers_directory(files):
+    """./qg runs pytest from the checkout; relative --checkpoint/--source are the user's, not the repo's."""
+    import os
+    ck, src = Path(files["nvfp4"]), Path(files["src"])
+    env = dict(os.environ, QUANTGATE_CALLER_DIR=str(ck.parent))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-m", "format", "-p", "no:cacheprovider",
+                        "tests/test_verify_format_gate.py", "--checkpoint", ck.name,
+                        "--source", os.path.relpath(src, ck.parent)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"checkpoint {ck}" in r.stdout + r.stderr
