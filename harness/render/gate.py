@@ -133,11 +133,10 @@ def _benign_unexpected(c, warning: dict, comfy_version: str) -> list[str]:
     except Exception:
         return []
     if not hasattr(c, "_header_layers"):
-        from quant.safetensors_io import read_header
-        import json as _json
         try:
-            raw = read_header(c.path).metadata.get("_quantization_metadata")
-            c._header_layers = set((_json.loads(raw).get("layers") or {}).keys()) if raw else set()
+            st = twin.structure(c.path)
+            st.src.close()
+            c._header_layers = set(st.header_layers or {})
         except Exception:
             c._header_layers = set()
     return [k for k in warning["keys"] if k.endswith(".comfy_quant") and k[: -len(".comfy_quant")] in c._header_layers]

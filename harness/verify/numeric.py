@@ -51,7 +51,8 @@ def _code_stats(codes_u8: torch.Tensor, counts: torch.Tensor | None = None) -> t
     return nan, float(torch.tensor([top], dtype=torch.uint8).view(torch.float8_e4m3fn).float())
 
 
-def _scale_key(la) -> str:
+def scale_key(la) -> str:
+    """The per-tensor decode scale's suffix of a declared layer."""
     return "weight_scale_2" if la.spec is S.NVFP4 else ("scale_weight" if la.legacy else "weight_scale")
 
 
@@ -73,13 +74,14 @@ def _checkable(st: Structure, la) -> bool:
         np_, kp = w.shape[0], w.shape[1] * 2
         if len(bs) != 2 or bs[0] % 128 or bs[1] % 4 or bs[0] < np_ or bs[1] * 16 < kp:
             return False
-    s = st.infos[la.keys[_scale_key(la)]]
+    s = st.infos[la.keys[scale_key(la)]]
     return math.prod(s.shape) == 1
 
 
-def _load(st: Structure, la):
+def load_layer(st: Structure, la):
+    """(weight, per-tensor scale as float32 0-d, nvfp4 block scales viewed as e4m3 or None)."""
     w = st.src.get(la.keys["weight"])
-    scale = st.src.get(la.keys[_scale_key(la)]).float().reshape(())
+    scale = st.src.get(la.keys[scale_key(la)]).float().reshape(())
     bs = None
     if la.spec is S.NVFP4:
         bs = st.src.get(la.keys["weight_scale"])
@@ -103,7 +105,7 @@ def statistics(st: Structure, f: Findings, progress=None) -> int:
     for la in st.declared:
         if not _checkable(st, la):
             continue
-        w, scale, bs = _load(st, la)
+        w, scale, bs = load_layer(st, la)
         nbytes += w.numel() * w.element_size()
         if la.spec is S.NVFP4:
             _nvfp4_stats(la, w, scale, bs, f)
@@ -257,7 +259,7 @@ class _Local:
 def _check_layer(ck, st, source, la, f, device="cpu") -> int:
     key = la.name + ".weight"
     n, k = source.info(key).shape
-    w, scale, bs = _load(st, la)
+    w, scale, bs = load_layer(st, la)
     if device != "cpu":          # kitchen's eager reference is plain torch: it runs on the GPU as is
         w, scale = w.to(device), scale.to(device)
         bs = None if bs is None else bs.to(device)
