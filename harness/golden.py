@@ -18,11 +18,10 @@ from pathlib import Path
 from quant import arch as A
 from quant import spec as S
 from quant.errors import InputError
+from quant.safetensors_io import SAFETENSORS_DTYPE_ORDER, plan_layout, safetensors_order
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
-# safetensors (Rust) Dtype enum order; tensors are sorted by dtype *descending*, then name
-DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32",
-               "F64", "I64", "U64"]
+DTYPE_ORDER = SAFETENSORS_DTYPE_ORDER
 _WAN_BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])\.weight$")
 _FLUX2_NVFP4 = re.compile(r"^(double_blocks\.\d+\.(img_attn\.(qkv|proj)|img_mlp\.[02]|txt_mlp\.[02])|"
                           r"single_blocks\.\d+\.linear[12])\.weight$")
@@ -103,19 +102,7 @@ def _tensor_list(r: Recipe) -> tuple[list[tuple[str, str, tuple]], dict[str, str
 
 def serialize_header(tensors: list[tuple[str, str, tuple]], metadata: dict[str, str]) -> tuple[bytes, list]:
     """Header bytes exactly as safetensors writes them, and the tensors in file order with offsets."""
-    order = sorted(tensors, key=lambda t: (-DTYPE_ORDER.index(t[1]), t[0]))
-    hdr: dict = {}
-    if metadata:
-        hdr["__metadata__"] = metadata
-    off, placed = 0, []
-    for name, dt, shape in order:
-        n = math.prod(shape) * S.DTYPE_BYTES[dt]
-        hdr[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + n]}
-        placed.append((name, dt, tuple(shape), off, off + n))
-        off += n
-    raw = json.dumps(hdr, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    return raw, placed
+    return plan_layout(safetensors_order(tensors), metadata)
 
 
 def generate(r: Recipe) -> dict:

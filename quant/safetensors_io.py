@@ -232,18 +232,36 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
 
 
-def build_header(entries: list[tuple[str, str, tuple]], metadata: dict[str, str] | None) -> bytes:
-    """Header bytes (length prefix included) for tensors laid out consecutively in ``entries`` order."""
+# safetensors' (Rust) Dtype enum order; its writer sorts tensors by dtype *descending*, then name
+SAFETENSORS_DTYPE_ORDER = ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32",
+                           "F32", "F64", "I64", "U64")
+
+
+def safetensors_order(entries: list[tuple[str, str, tuple]]) -> list[tuple[str, str, tuple]]:
+    """``entries`` in the order the safetensors library writes them (reproduces real files' bytes)."""
+    return sorted(entries, key=lambda e: (-SAFETENSORS_DTYPE_ORDER.index(e[1]), e[0]))
+
+
+def plan_layout(entries: list[tuple[str, str, tuple]], metadata: dict[str, str] | None):
+    """Header JSON bytes (padded to 8, no length prefix) for tensors laid out consecutively in
+    ``entries`` order, and ``[(name, dtype, shape, begin, end)]`` with data-section offsets."""
     hdr: dict = {}
     if metadata:
         hdr["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    off = 0
+    off, placed = 0, []
     for name, dt, shape in entries:
         n = math.prod(shape) * DTYPE_BYTES[dt]
         hdr[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + n]}
+        placed.append((name, dt, tuple(shape), off, off + n))
         off += n
     raw = json.dumps(hdr, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
+    return raw, placed
+
+
+def build_header(entries: list[tuple[str, str, tuple]], metadata: dict[str, str] | None) -> bytes:
+    """Header bytes (length prefix included) for tensors laid out consecutively in ``entries`` order."""
+    raw, _ = plan_layout(entries, metadata)
     return struct.pack("<Q", len(raw)) + raw
 
 
