@@ -2,9 +2,7 @@
 and comfy_quant bytes are real; the weight data are holes (cost no disk)."""
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import struct
 

@@ -74,8 +74,13 @@ def layer_tensors(target: str, action: str, layer: str, weight: torch.Tensor, *,
         out[f"{layer}.{key}"] = v.reshape(1) if spec is FP8_LEGACY else v
     conf = layer_config(target, action, input_amax is not None)
     if conf is not None:
-        out[f"{layer}.comfy_quant"] = torch.frombuffer(bytearray(comfy_quant_bytes(conf)), dtype=torch.uint8)
+        out[f"{layer}.comfy_quant"] = comfy_quant_tensor(conf)
     return out
+
+
+def comfy_quant_tensor(conf: dict) -> torch.Tensor:
+    """The per-layer ``<layer>.comfy_quant`` tensor: 1-D U8 bytes of the JSON config."""
+    return torch.frombuffer(bytearray(comfy_quant_bytes(conf)), dtype=torch.uint8)
 
 
 def marker_entry() -> tuple[str, str, tuple]:
@@ -98,5 +103,5 @@ def header_metadata(target: str, layer_configs: dict[str, dict], source_meta: di
     return meta
 
 
-__all__ = ["FORMATS", "file_kind", "layer_entries", "layer_tensors", "layer_config", "marker_entry",
+__all__ = ["FORMATS", "file_kind", "layer_entries", "layer_tensors", "layer_config", "comfy_quant_tensor", "marker_entry",
            "marker_tensor", "header_metadata", "activation_scale"]

@@ -107,7 +107,6 @@ class GGUFSource(Source):
     def __init__(self, path):
         super().__init__(path)
         try:
-            import gguf  # noqa: F401
             from gguf import GGUFReader
         except ImportError:
             raise InputError("reading GGUF needs the 'gguf' package (pip install gguf)", path) from None

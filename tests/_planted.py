@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from quant import layout
 from quant import nvfp4 as nv
 from quant.safetensors_io import SafetensorsFile, save_file
 
@@ -36,7 +37,7 @@ def set_qmeta(meta: dict, q: dict) -> dict:
 
 
 def comfy_quant_tensor(conf: dict) -> torch.Tensor:
-    return torch.frombuffer(bytearray(json.dumps(conf).encode()), dtype=torch.uint8)
+    return layout.comfy_quant_tensor(conf)
 
 
 def make_sources(tmp: Path) -> dict[str, Path]:

@@ -3,8 +3,6 @@ and the committed golden/*.json equal freshly generated ones."""
 from __future__ import annotations
 
 import json
-import math
-import struct
 
 import pytest
 

@@ -6,6 +6,7 @@ from safetensors import safe_open
 
 from harness.verify import verify
 from quant.convert import convert
+from quant.layout import comfy_quant_tensor
 from quant.safetensors_io import save_file
 
 
@@ -17,7 +18,7 @@ def _fp8_with_input_scales(src, tmp_path, value_of):
     q = json.loads(meta["_quantization_metadata"])
     for i, (L, c) in enumerate(q["layers"].items()):
         c.pop("full_precision_matrix_mult", None)
-        t[f"{L}.comfy_quant"] = torch.frombuffer(bytearray(json.dumps(c).encode()), dtype=torch.uint8)
+        t[f"{L}.comfy_quant"] = comfy_quant_tensor(c)
         t[f"{L}.input_scale"] = torch.tensor(value_of(i), dtype=torch.float32)
     meta["_quantization_metadata"] = json.dumps(q)
     out = tmp_path / f"in-{value_of(0)}-{value_of(1)}.safetensors"

@@ -75,7 +75,7 @@ def render_html(record: dict, title: str = "quantgate render gate") -> str:
     for c in record["candidates"]:
         ss = [r["ssim"] for r in record["renders"] if r.get("candidate") == c["label"]]
         mean = sum(ss) / len(ss) if ss else None
-        rend = (f"<span class='twin'>dequantized twin</span>" if c["rendered_as"] != "file" else "the file")
+        rend = ("<span class='twin'>dequantized twin</span>" if c["rendered_as"] != "file" else "the file")
         v = c.get("verify") or {}
         vtxt = ("n/a" if not v.get("available") else ("pass" if v.get("passed") else "fail"))
         why = "<br>".join(_e(r) for r in c["reasons"]) or "<span class='muted'>—</span>"
