@@ -12,7 +12,7 @@ def test_inspect_reports_layout_and_formats(cli, thin_wan5b, tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["family"] == "wan" and s["tensors"] == 123
-    assert s["quantized_formats"] == {"nvfp4": 14, "float8_e4m3fn": 6}
+    assert s["quantized_formats"] == {"nvfp4": 14, "fp8": 6}
     assert s["layout"].startswith("comfy_quant mixed (20 layers in header, 20 .comfy_quant")
     r = cli("inspect", thin_wan5b)
     assert "unquantized" in r.stdout and "BF16" in r.stdout
@@ -41,3 +41,19 @@ def test_help_lists_commands_and_exit_codes(cli):
 
 def test_no_command_is_usage_error(cli):
     assert cli().returncode == 2
+
+
+def test_inspect_counts_layers_declared_only_by_comfy_quant_tensors(cli, thin_wan5b, tmp_path):
+    from safetensors import safe_open
+
+    from quant.convert import convert
+    from quant.safetensors_io import save_file
+    out = tmp_path / "nv.safetensors"
+    convert(thin_wan5b, out, "nvfp4")
+    with safe_open(str(out), "pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "_quantization_metadata"}
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    cq_only = tmp_path / "cq_only.safetensors"
+    save_file(t, cq_only, meta)
+    s = json.loads(cli("inspect", cq_only, "--json").stdout)
+    assert s["quantized_formats"] == {"nvfp4": 14, "fp8": 6}

@@ -6,33 +6,24 @@ from collections import Counter
 
 from quant import arch
 from quant.sources import open_source
-from quant.spec import QUANT_METADATA_KEY
 
 
 def summarize(src) -> dict:
+    from harness.verify.model import build
     names = src.keys()
     dtypes = Counter(src.info(n).dtype for n in names)
     bytes_by = Counter()
     for n in names:
         bytes_by[src.info(n).dtype] += src.info(n).nbytes
-    layers = {}
-    qm = src.metadata.get(QUANT_METADATA_KEY)
-    if qm:
-        try:
-            layers = json.loads(qm).get("layers", {})
-        except (ValueError, AttributeError):
-            layers = {"<unparseable _quantization_metadata>": {}}
-    fmts = Counter()
-    for v in layers.values():
-        fmts[v.get("format", "?") if isinstance(v, dict) else f"<{type(v).__name__}>"] += 1
+    st = build(src)             # what the file declares, read like the format gate reads it
+    fmts = Counter(la.spec.name if la.spec else str(la.comfy_format) for la in st.declared)
     comfy_quant = sum(1 for n in names if n.endswith(".comfy_quant"))
-    legacy = [n for n in names if n.endswith("scaled_fp8")]
-    scale_weight = sum(1 for n in names if n.endswith(".scale_weight"))
-    if legacy:
-        layout = f"legacy scaled fp8 (marker {legacy[0]}, {scale_weight} scale_weight)"
-    elif layers or comfy_quant:
-        layout = f"comfy_quant mixed ({len(layers)} layers in header, {comfy_quant} .comfy_quant tensors)"
-    elif dtypes.get("F8_E4M3") and not scale_weight:
+    if st.markers:
+        layout = f"legacy scaled fp8 (marker {st.markers[0].key}, {fmts.get('fp8-legacy', 0)} scale_weight)"
+    elif st.header_raw is not None or comfy_quant:
+        layout = (f"comfy_quant mixed ({len(st.header_layers or {})} layers in header, "
+                  f"{comfy_quant} .comfy_quant tensors)")
+    elif dtypes.get("F8_E4M3"):
         layout = "plain fp8 cast (no scales)"
     else:
         layout = "unquantized"
