@@ -8,7 +8,6 @@ Repeat = the first baseline rendered again; it must be pixel-identical.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from quant import __version__ as TOOL_VERSION
 from quant.errors import InputError, UsageError
 
 from ..comfy.errors import ComfyError, ExecutionError
+from ..verify.record import sha256_file
 from . import score, twin
 from .workflow import Workflow
 
@@ -41,17 +41,6 @@ def load_policy(path=None) -> dict:
     if not sizes or not all(isinstance(s, list) and len(s) == 2 for s in sizes):
         raise InputError("plan.sizes must be a list of [width, height]", p)
     return pol
-
-
-def sha256_file(path, bufsize: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(bufsize)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 @dataclass

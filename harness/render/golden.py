@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import models, score
-from .gate import sha256_file
+from ..verify.record import sha256_file
 from .workflow import Workflow
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "render-wan21-t2v-thin.json"

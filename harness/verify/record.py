@@ -10,6 +10,18 @@ from pathlib import Path
 from quant import __version__
 
 
+def sha256_file(path, bufsize: int = 8 << 20) -> str:
+    """sha256 of one file, streamed (the key of gate records and render reports)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(bufsize)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
 def sha256_path(path) -> dict:
     """sha256 of a file, or of every file of an index/shard dir (streamed, 8 MiB at a time)."""
     p = Path(path)
@@ -18,17 +30,7 @@ def sha256_path(path) -> dict:
         from quant.sources import open_source
         with open_source(p) as s:
             files = [Path(x) for x in s.files]
-    out = {}
-    for fp in files:
-        h = hashlib.sha256()
-        with open(fp, "rb") as fh:
-            while True:
-                b = fh.read(8 << 20)
-                if not b:
-                    break
-                h.update(b)
-        out[str(fp)] = h.hexdigest()
-    return out
+    return {str(fp): sha256_file(fp) for fp in files}
 
 
 def make_record(report, *, hash_files: bool = True) -> dict:
