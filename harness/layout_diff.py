@@ -214,7 +214,7 @@ def _diff_layer(a, b, x, y, add, structure_only, la_name, lb_name):
         if ia.dtype == ib.dtype and same_shape and sa == sb:
             continue
         if ia.dtype == ib.dtype and (same_shape or scalar_pair):
-            since = S.COMFY_VERSIONS["comfy_quant_tensor"] if sa != sb else "0.3.68"
+            since = S.COMFY_VERSIONS["comfy_quant_tensor" if sa != sb else "quantization_metadata_header"]
             add(f"{sb} {_ts(ib)} {lb_name}, {sa} {_ts(ia)} {la_name}: equivalent for ComfyUI >= {since}", True, name)
             continue
         if ia.dtype != ib.dtype and same_shape and s == "bias":

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError, ShapeError, UsageError
+from . import spec as S
 from .spec import FLOAT_DTYPES
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -132,19 +133,15 @@ def _eligible(dtype: str, shape: tuple) -> bool:
     return dtype in FLOAT_DTYPES and len(shape) == 2
 
 
-# ComfyUI <= 0.3.77 builds *every* Linear of a scaled_fp8 model with an fp8 weight and loads a
-# high-precision weight into it by a plain (unscaled) cast; from 0.4.0 such layers stay high precision.
-LEGACY_ALL_LINEAR_BEFORE = "0.4.0"
-
-
 def legacy_needs_all_linear(target: str, comfy_version: str | None) -> bool:
+    """ComfyUI <= 0.3.77 builds *every* Linear of a scaled_fp8 model with an fp8 weight and loads a
+    high-precision weight into it by a plain (unscaled) cast; from 0.4.0 such layers stay high precision."""
     if target != "fp8-legacy" or not comfy_version:
         return False
-    from packaging.version import InvalidVersion, Version
-    try:
-        return Version(comfy_version) < Version(LEGACY_ALL_LINEAR_BEFORE)
-    except InvalidVersion:
-        raise UsageError(f"--comfy-version {comfy_version!r} is not a version number (e.g. 0.3.75)") from None
+    has = S.comfy_has("legacy_high_precision_linear", comfy_version)
+    if has is None:
+        raise UsageError(f"--comfy-version {comfy_version!r} is not a version number (e.g. 0.3.75)")
+    return not has
 
 
 def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, source: str = "",
@@ -182,7 +179,8 @@ def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, 
                 action = "fp8"
         if all_linear and action == "keep" and name.endswith(".weight") and _eligible(dtype, shape):
             action = "fp8"
-            reason = (f"ComfyUI {comfy_version} (< {LEGACY_ALL_LINEAR_BEFORE}) loads every Linear of a scaled_fp8 "
+            reason = (f"ComfyUI {comfy_version} (< {S.COMFY_VERSIONS['legacy_high_precision_linear']}) loads every "
+                      "Linear of a scaled_fp8 "
                       "file as fp8; scaled here instead of its unscaled cast")
         out.decisions.append(Decision(name, dtype, tuple(shape), action, reason, idx))
     return out

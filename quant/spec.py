@@ -185,6 +185,23 @@ COMFY_VERSIONS = {
     "int8_tensorwise": "0.27.0",
     "pre_quant_scale": "0.30.0",
 }
+
+
+def version_lt(a: str, b: str) -> bool | None:
+    """a < b for ComfyUI version strings; None when either is not a version (e.g. "unknown")."""
+    from packaging.version import InvalidVersion, Version
+    try:
+        return Version(a) < Version(b)
+    except InvalidVersion:
+        return None
+
+
+def comfy_has(feature: str, comfy_version: str) -> bool | None:
+    """Whether ComfyUI ``comfy_version`` has ``feature`` (a key of COMFY_VERSIONS); None if unknown."""
+    lt = version_lt(comfy_version, COMFY_VERSIONS[feature])
+    return None if lt is None else not lt
+
+
 # comfy "format" strings known per version (QUANT_ALGOS history)
 QUANT_ALGOS_SINCE = {
     "float8_e4m3fn": "0.3.68", "float8_e5m2": "0.8.0", "nvfp4": "0.8.0", "mxfp8": "0.18.0",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from quant import __version__ as TOOL_VERSION
+from quant import spec as S
 from quant.errors import InputError, UsageError
 
 from ..comfy.errors import ComfyError, ExecutionError
@@ -102,25 +103,13 @@ def _step_printer(msg: str):
     return show
 
 
-def _older(version: str, than: str) -> bool:
-    from packaging.version import InvalidVersion, Version
-    try:
-        return Version(version) < Version(than)
-    except InvalidVersion:
-        return False
-
-
 def _benign_unexpected(c, warning: dict, comfy_version: str) -> list[str]:
     """``.comfy_quant`` tensors that ComfyUI < 0.4.0 reports as unexpected although the header's
     ``_quantization_metadata`` gives it the same layer config (converters write both on purpose)."""
     if warning["kind"] != "unexpected":
         return []
-    try:
-        from packaging.version import Version
-        if Version(comfy_version) >= Version("0.4.0"):
-            return []
-    except Exception:
-        return []
+    if S.comfy_has("comfy_quant_tensor", comfy_version) is not False:
+        return []                                   # >= 0.4.0 reads them (or the version is unknown)
     if not hasattr(c, "_header_layers"):
         try:
             st = twin.structure(c.path)
@@ -312,7 +301,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
                                  "(the model in memory is not the model in the file)")
         v = c.verify
         need = (v or {}).get("min_comfy")
-        if need and need != "any" and c.rendered_as == "file" and _older(session.version, need):
+        if need and need != "any" and c.rendered_as == "file" and S.version_lt(session.version, need):
             c.notes.append(f"the file needs ComfyUI >= {need} (verify); this server is {session.version}, so the "
                            f"render shows what {session.version} does with it (for older ComfyUI convert with "
                            "--comfy-version)")

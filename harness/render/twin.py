@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from packaging.version import InvalidVersion, Version
 
 from quant import spec as S
 from quant.errors import InputError
 from quant.safetensors_io import read_header, save_file
 
-NVFP4_MIN_COMFY = "0.8.0"
+NVFP4_MIN_COMFY = S.COMFY_VERSIONS["nvfp4"]
 
 
 def structure(path):
@@ -52,10 +51,7 @@ def candidate_format(path) -> str:
 def server_supports(fmt: str, comfy_version: str) -> bool:
     if fmt != "nvfp4":
         return True
-    try:
-        return Version(comfy_version) >= Version(NVFP4_MIN_COMFY)
-    except InvalidVersion:
-        return False
+    return bool(S.comfy_has("nvfp4", comfy_version))
 
 
 def make_dequantized_twin(path, out, source=None) -> Path:
