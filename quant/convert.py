@@ -16,20 +16,20 @@ import torch
 
 from . import __version__, arch, layout, presets
 from .errors import InputError, UsageError
+from .safetensors_io import AtomicWriter
 from .sources import open_source
 
 SUFFIX = {"fp8-legacy": "_fp8_e4m3fn_scaled", "fp8": "_fp8mixed", "nvfp4": "_nvfp4mixed"}
 
 
 def default_output(src: Path, target: str) -> Path:
-    base = src.name
-    if src.is_dir():
-        parent = src.parent
+    """Beside the source: ``<stem>`` of a file, or the shard directory's name (dir or its index.json),
+    without a trailing precision tag, plus the format's usual suffix."""
+    if src.is_dir() or src.name.endswith(".json"):
+        d = src if src.is_dir() else src.parent
+        parent, base = d.parent, d.name
     else:
-        parent = src.parent
-        base = re.sub(r"(\.safetensors)?(\.index)?\.json$", "", base) if base.endswith(".json") else Path(base).stem
-        if src.name.endswith(".index.json"):
-            base = src.parent.name or base
+        parent, base = src.parent, src.stem
     base = re.sub(r"[_-](bf16|fp16|fp32|f16|f32|float16|float32|bfloat16)$", "", base, flags=re.I)
     return parent / f"{base}{SUFFIX[target]}.safetensors"
 
@@ -148,7 +148,7 @@ def convert(source, output=None, target: str = "fp8", preset: str | None = None,
             bar = tqdm(total=src.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=f"convert -> {target}", dynamic_ncols=True, leave=False)
         try:
-            with layout_writer(out, entries, meta) as w:
+            with AtomicWriter(out, entries, meta) as w:
                 for i, d in enumerate(the_plan.decisions):
                     t = src.get(d.name)
                     if d.action == "keep":
@@ -175,7 +175,3 @@ def convert(source, output=None, target: str = "fp8", preset: str | None = None,
     summary.seconds = time.perf_counter() - t0
     return summary
 
-
-def layout_writer(out, entries, meta):
-    from .safetensors_io import AtomicWriter
-    return AtomicWriter(out, entries, meta)

@@ -152,3 +152,7 @@ def test_default_output_name(tmp_path):
     from pathlib import Path
     assert default_output(Path("/m/wan2.2_ti2v_5B_fp16.safetensors"), "fp8-legacy").name == "wan2.2_ti2v_5B_fp8_e4m3fn_scaled.safetensors"
     assert default_output(Path("/m/qwen_image_bf16.safetensors"), "nvfp4").name == "qwen_image_nvfp4mixed.safetensors"
+    shards = tmp_path / "wan_fp32"
+    shards.mkdir()
+    for src in (shards, shards / "diffusion_pytorch_model.safetensors.index.json"):
+        assert default_output(src, "fp8") == tmp_path / "wan_fp8mixed.safetensors"
