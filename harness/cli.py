@@ -35,18 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"quantgate {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"harness.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"harness.commands.{name}":
-                continue          # command not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"harness.commands.{name}").register(sub)
     return p
-
-
-
-
 
 
 def main(argv: list[str] | None = None) -> int:
