@@ -1,11 +1,14 @@
-"""Conversion: source -> plan (preset) -> quantize -> layout -> atomic file.
+"""Conversion: source -> plan (preset) -> quantize (quant.quantize: a rounding strategy on a kernel
+backend) -> layer tensors (the format objects) -> atomic file.
 
-Memory: one source tensor (plus its quantized outputs) at a time; the output header is computed
-from the plan before any data is read, then tensors stream into a temp file that is fsynced and
-renamed only when everything was written.
+The output header is computed from the plan before any data is read; the quantized layers come back
+from :func:`quant.quantize.quantize_layers` in plan order and stream into a temp file that is fsynced
+and renamed only when everything was written. Memory: with the default round-to-nearest strategy, one
+source tensor (plus its quantized outputs) at a time.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -14,12 +17,11 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, arch, layout, presets
+from . import __version__, arch, formats, layout, presets
 from .errors import InputError, UsageError
+from .quantize import LayerJob, quantize_layers
 from .safetensors_io import AtomicWriter
 from .sources import open_source
-
-SUFFIX = {"fp8-legacy": "_fp8_e4m3fn_scaled", "fp8": "_fp8mixed", "nvfp4": "_nvfp4mixed"}
 
 
 def default_output(src: Path, target: str) -> Path:
@@ -31,7 +33,7 @@ def default_output(src: Path, target: str) -> Path:
     else:
         parent, base = src.parent, src.stem
     base = re.sub(r"[_-](bf16|fp16|fp32|f16|f32|float16|float32|bfloat16)$", "", base, flags=re.I)
-    return parent / f"{base}{SUFFIX[target]}.safetensors"
+    return parent / f"{base}{formats.get(target).file_suffix}.safetensors"
 
 
 @dataclass
@@ -99,9 +101,10 @@ def make_plan(src, preset_name: str | None, target: str, comfy_version: str | No
 
 def convert(source, output=None, target: str = "fp8", preset: str | None = None, *, device: str = "cpu",
             force: bool = False, progress: bool = False, input_scales: str | dict | None = None,
-            comfy_version: str | None = None) -> Summary:
-    if target not in presets.TARGETS:
-        raise UsageError(f"unknown format {target!r}; choose one of {', '.join(presets.TARGETS)}")
+            comfy_version: str | None = None, backend: str | None = None, rounding: str | None = None) -> Summary:
+    """``backend``: kernel backend name (quant.kernels; default: the best available on ``device``);
+    ``rounding``: rounding strategy name (quant.rounding; default round-to-nearest)."""
+    fmt = formats.get(target)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda requested but no CUDA device is available")
     source = Path(source)
@@ -127,12 +130,14 @@ def convert(source, output=None, target: str = "fp8", preset: str | None = None,
                 entries.append((d.name, d.dtype, d.shape))
                 continue
             has_in = d.layer in amax
-            entries += layout.layer_entries(target, d.action, d.layer, d.shape[0], d.shape[1], input_scale=has_in)
-            conf = layout.layer_config(target, d.action, has_in)
+            lf = fmt.for_action(d.action)
+            entries += lf.layer_entries(d.layer, d.shape[0], d.shape[1], input_scale=has_in)
+            conf = lf.layer_config(has_in)
             if conf is not None:
                 configs[d.layer] = conf
-        if layout.file_kind(target) == "legacy":
-            entries.append(layout.marker_entry())
+        marker = layout.marker_entry(target)
+        if marker is not None:
+            entries.append(marker)
         extra = {"quantgate.version": __version__, "quantgate.format": target, "quantgate.preset": the_plan.preset.name}
         mt = arch.model_type({n: src.info(n).shape for n in src.keys()})
         if mt and "model_type" not in src.metadata:
@@ -147,28 +152,33 @@ def convert(source, output=None, target: str = "fp8", preset: str | None = None,
             from tqdm import tqdm
             bar = tqdm(total=src.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=f"convert -> {target}", dynamic_ncols=True, leave=False)
+        jobs = (LayerJob(d.layer, d.name, fmt.for_action(d.action), functools.partial(src.get, d.name),
+                         amax.get(d.layer), tuple(d.shape))
+                for d in the_plan.quantized())
+        results = quantize_layers(jobs, device=device, backend=backend, rounding=rounding)
         try:
             with AtomicWriter(out, entries, meta) as w:
                 for i, d in enumerate(the_plan.decisions):
-                    t = src.get(d.name)
                     if d.action == "keep":
+                        t = src.get(d.name)
                         w.write(d.name, t)
+                        del t
                     else:
-                        wt = t.to(device) if device != "cpu" else t
                         try:
-                            produced = layout.layer_tensors(target, d.action, d.layer, wt,
-                                                            input_amax=amax.get(d.layer), name=d.name)
+                            r = next(results)
                         except InputError as e:       # name the file, not only the tensor
                             raise InputError(f"tensor {d.name!r}: {e.problem}", src.info(d.name).file) from None
-                        for k, v in produced.items():
+                        assert r.job.name == d.name, (r.job.name, d.name)   # strategies keep job order
+                        for k, v in r.tensors.items():
                             w.write(k, v)
+                        del r
                     if bar is not None:
                         bar.update(src.info(d.name).nbytes)
                         bar.set_postfix_str(f"{i + 1}/{len(the_plan.decisions)} tensors", refresh=False)
-                    del t
-                if layout.file_kind(target) == "legacy":
-                    w.write(layout.marker_entry()[0], layout.marker_tensor())
+                if marker is not None:
+                    w.write(marker[0], fmt.marker_tensor())
         finally:
+            results.close()
             if bar is not None:
                 bar.close()
     summary.bytes_out = out.stat().st_size

@@ -1,101 +1,55 @@
-"""Layout writers: the tensors ComfyUI expects for each quantized layer, driven by quant.spec.
-
-``layer_entries`` says up front which tensors a layer becomes (so the output header can be written
-before any data), ``layer_tensors`` produces them. Pure functions of the source weight.
-"""
+"""File-level layout: which tensors a converted file holds and its header metadata, from the format
+registry (:mod:`quant.formats`). Per-layer tensors are the format objects' business."""
 from __future__ import annotations
 
-import torch
-
-from . import fp8 as _fp8
-from . import nvfp4 as _nv
-from .spec import (FORMATS, FP8, FP8_LEGACY, NVFP4, QUANT_METADATA_KEY, comfy_quant_bytes, comfy_quant_config,
-                   quantization_metadata)
+from . import formats
+from .formats import QUANT_METADATA_KEY, comfy_quant_tensor, quantization_metadata  # noqa: F401
 
 
 def file_kind(target: str) -> str:
     """'legacy' (scaled_fp8 marker file) or 'mixed' (comfy_quant file)."""
-    return "legacy" if target == "fp8-legacy" else "mixed"
+    return "legacy" if formats.get(target).legacy else "mixed"
 
 
-def layer_spec(target: str, action: str):
-    if action == "fp8":
-        return FP8_LEGACY if target == "fp8-legacy" else FP8
-    if action == "nvfp4":
-        return NVFP4
-    raise ValueError(action)
+def layer_format(target: str, action: str) -> formats.Format:
+    """The format of a layer the preset decided ``action`` ("fp8" | "nvfp4") for in a ``target`` file."""
+    return formats.get(target).for_action(action)
 
 
 def layer_config(target: str, action: str, has_input_scale: bool) -> dict | None:
-    spec = layer_spec(target, action)
-    if spec is FP8_LEGACY:
-        return None
-    # FP8 without a calibrated input_scale must not have its activations cast at scale 1.0
-    # (ComfyUI >= 0.4 on fp8-capable GPUs): weight-only via full_precision_matrix_mult.
-    return comfy_quant_config(spec, full_precision_mm=(spec is FP8 and not has_input_scale))
+    return layer_format(target, action).layer_config(has_input_scale)
 
 
 def layer_entries(target: str, action: str, layer: str, n: int, k: int, *,
                   input_scale: bool = False) -> list[tuple[str, str, tuple]]:
-    spec = layer_spec(target, action)
-    ents = spec.entries(layer, n, k, with_input_scale=input_scale)
-    conf = layer_config(target, action, input_scale)
-    if conf is not None:
-        ents.append((f"{layer}.comfy_quant", "U8", (len(comfy_quant_bytes(conf)),)))
-    return ents
+    return layer_format(target, action).layer_entries(layer, n, k, input_scale=input_scale)
 
 
-def activation_scale(action: str, amax: float) -> torch.Tensor:
-    """input_scale from a calibrated activation amax: amax/448 (fp8) or amax/(448*6) (nvfp4)."""
-    div = 448.0 if action == "fp8" else 448.0 * 6.0
-    return torch.tensor(float(amax) / div, dtype=torch.float32)
-
-
-def layer_tensors(target: str, action: str, layer: str, weight: torch.Tensor, *,
-                  input_amax: float | None = None, name: str | None = None) -> dict[str, torch.Tensor]:
+def layer_tensors(target: str, action: str, layer: str, weight, *, input_amax: float | None = None,
+                  name: str | None = None) -> dict:
     """Quantize one Linear weight [N, K] into its ComfyUI tensors (CPU tensors, spec order)."""
-    spec = layer_spec(target, action)
-    out: dict[str, torch.Tensor] = {}
-    if spec is NVFP4:
-        q, bs, s2 = _nv.quantize(weight, name=name)
-        out[f"{layer}.weight"] = q.cpu()
-        out[f"{layer}.weight_scale"] = bs.cpu()
-        out[f"{layer}.weight_scale_2"] = s2.cpu()
-    else:
-        q, s = _fp8.quantize(weight, name=name)
-        out[f"{layer}.weight"] = q.cpu()
-        if spec is FP8_LEGACY:
-            out[f"{layer}.scale_weight"] = s.cpu().reshape(1)
-        else:
-            out[f"{layer}.weight_scale"] = s.cpu()
-    if input_amax is not None:
-        key = "scale_input" if spec is FP8_LEGACY else "input_scale"
-        v = activation_scale(action, input_amax)
-        out[f"{layer}.{key}"] = v.reshape(1) if spec is FP8_LEGACY else v
-    conf = layer_config(target, action, input_amax is not None)
-    if conf is not None:
-        out[f"{layer}.comfy_quant"] = comfy_quant_tensor(conf)
-    return out
+    fmt = layer_format(target, action)
+    return fmt.layer_tensors(layer, fmt.quantize(weight, name=name), input_amax=input_amax)
 
 
-def comfy_quant_tensor(conf: dict) -> torch.Tensor:
-    """The per-layer ``<layer>.comfy_quant`` tensor: 1-D U8 bytes of the JSON config."""
-    return torch.frombuffer(bytearray(comfy_quant_bytes(conf)), dtype=torch.uint8)
+def activation_scale(target: str, action: str, amax: float):
+    """input_scale from a calibrated activation amax: amax / the layer format's full scale."""
+    return layer_format(target, action).activation_scale(amax)
 
 
-def marker_entry() -> tuple[str, str, tuple]:
-    m = FP8_LEGACY.marker
-    return (m["key"], m["dtype"], tuple(m["shape"]))
+def marker_entry(target: str = "fp8-legacy") -> tuple[str, str, tuple] | None:
+    m = formats.get(target).marker
+    return (m["key"], m["dtype"], tuple(m["shape"])) if m else None
 
 
-def marker_tensor() -> torch.Tensor:
-    return torch.zeros(FP8_LEGACY.marker["shape"], dtype=torch.float8_e4m3fn)
+def marker_tensor(target: str = "fp8-legacy"):
+    return formats.get(target).marker_tensor()
 
 
 def header_metadata(target: str, layer_configs: dict[str, dict], source_meta: dict[str, str],
                     extra: dict[str, str]) -> dict[str, str]:
     meta = {k: v for k, v in source_meta.items() if k != QUANT_METADATA_KEY}
-    if file_kind(target) == "mixed" and layer_configs:
+    if not formats.get(target).legacy and layer_configs:
         meta[QUANT_METADATA_KEY] = quantization_metadata(layer_configs)
     else:
         meta.setdefault("format", "pt")
@@ -103,5 +57,5 @@ def header_metadata(target: str, layer_configs: dict[str, dict], source_meta: di
     return meta
 
 
-__all__ = ["FORMATS", "file_kind", "layer_entries", "layer_tensors", "layer_config", "comfy_quant_tensor", "marker_entry",
-           "marker_tensor", "header_metadata", "activation_scale"]
+__all__ = ["file_kind", "layer_format", "layer_entries", "layer_tensors", "layer_config", "comfy_quant_tensor",
+           "marker_entry", "marker_tensor", "header_metadata", "activation_scale"]

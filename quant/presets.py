@@ -20,12 +20,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import formats
+from .dtypes import FLOAT_DTYPES
 from .errors import InputError, ShapeError, UsageError
-from . import spec as S
-from .spec import FLOAT_DTYPES
+from .formats.comfy import COMFY_VERSIONS, comfy_has
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
-TARGETS = ("fp8-legacy", "fp8", "nvfp4")
+TARGETS = formats.TARGETS
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Rule:
     ndim: int | None = None
     min_numel: int = 0
     reason: str = ""
+
+    def override(self, kernel: str) -> str | None:
+        """What "quant" means for this rule when the file's format uses ``kernel`` (None: the kernel itself).
+        Only nvfp4 files have per-rule overrides today (sensitive layers in fp8 or kept)."""
+        return {"nvfp4": self.nvfp4}.get(kernel)
 
     def fits(self, name: str, shape: tuple) -> bool:
         if not any(fnmatch.fnmatchcase(name, g) for g in self.match):
@@ -136,9 +142,9 @@ def _eligible(dtype: str, shape: tuple) -> bool:
 def legacy_needs_all_linear(target: str, comfy_version: str | None) -> bool:
     """ComfyUI <= 0.3.77 builds *every* Linear of a scaled_fp8 model with an fp8 weight and loads a
     high-precision weight into it by a plain (unscaled) cast; from 0.4.0 such layers stay high precision."""
-    if target != "fp8-legacy" or not comfy_version:
+    if not formats.get(target).legacy or not comfy_version:
         return False
-    has = S.comfy_has("legacy_high_precision_linear", comfy_version)
+    has = comfy_has("legacy_high_precision_linear", comfy_version)
     if has is None:
         raise UsageError(f"--comfy-version {comfy_version!r} is not a version number (e.g. 0.3.75)")
     return not has
@@ -151,9 +157,8 @@ def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, 
     ``comfy_version``: the oldest ComfyUI the file must load correctly on. For fp8-legacy below
     0.4.0, Linear weights the preset keeps are quantized too (with their own scale), because that
     ComfyUI would cast them to fp8 without any scale."""
+    fmt = formats.get(target)
     all_linear = legacy_needs_all_linear(target, comfy_version)
-    if target not in TARGETS:
-        raise UsageError(f"unknown format {target!r}; choose one of {', '.join(TARGETS)}")
     out = Plan(preset, target)
     for name, dtype, shape in tensors:
         idx = next((i for i, r in enumerate(preset.rules) if r.fits(name, shape)), None)
@@ -171,15 +176,14 @@ def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, 
                                  f"weights (preset {preset.name!r} rule {idx + 1})", source or None)
             if math.prod(shape) < r.min_numel:
                 action, reason = "keep", f"smaller than {r.min_numel} elements"
-            elif target == "nvfp4":
-                action = r.nvfp4 or "nvfp4"
-                if r.nvfp4:
-                    reason = reason or f"sensitive layer: {r.nvfp4} under nvfp4"
             else:
-                action = "fp8"
+                over = r.override(fmt.kernel)
+                action = over or fmt.kernel
+                if over:
+                    reason = reason or f"sensitive layer: {over} under {fmt.kernel}"
         if all_linear and action == "keep" and name.endswith(".weight") and _eligible(dtype, shape):
             action = "fp8"
-            reason = (f"ComfyUI {comfy_version} (< {S.COMFY_VERSIONS['legacy_high_precision_linear']}) loads every "
+            reason = (f"ComfyUI {comfy_version} (< {COMFY_VERSIONS['legacy_high_precision_linear']}) loads every "
                       "Linear of a scaled_fp8 "
                       "file as fp8; scaled here instead of its unscaled cast")
         out.decisions.append(Decision(name, dtype, tuple(shape), action, reason, idx))

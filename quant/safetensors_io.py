@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, QuantgateError
-from .spec import DTYPE_BYTES
+from .dtypes import DTYPE_BYTES
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024   # the safetensors library's own limit
 

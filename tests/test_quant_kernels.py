@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quant import fp8, nvfp4
+from quant.kernels import fp8, nvfp4
 from quant.errors import InputError, ShapeError
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

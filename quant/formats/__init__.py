@@ -1,0 +1,68 @@
+"""The format registry: one object per output format, everything quantgate knows about it.
+
+    from quant import formats
+    fmt = formats.get("nvfp4")          # UsageError naming the choices for an unknown name
+    fmt.companions, fmt.decode_scale_key, fmt.full_scale, fmt.min_comfy, fmt.file_suffix, ...
+    fmt.layer_entries(...), fmt.quantize(w), fmt.dequantize(...)
+    formats.FORMATS                      # name -> format, in --format order
+    formats.TARGETS                      # names `convert` writes
+
+A format is a class in this package deriving from :class:`Format` (defining it registers it). Adding
+one (mxfp8, int8, ...) = one module with its traits and its quantize/dequantize; writer, checker, twin,
+CLI choices and `quantgate formats` pick it up. Facts follow ../shared/reference/comfy_format.md. The
+checker still proves numerics through comfy-kitchen, never through a format's own dequantize.
+"""
+from __future__ import annotations
+
+from ..errors import UsageError
+from .base import (CARRIER_COMFY_QUANT, CARRIER_MARKER, SHAPE_RULE_DOC, SHAPES, Companion, Format,  # noqa: F401
+                   _REGISTRY, resolve_shape, shape_rule)
+from .comfy import (COMFY_QUANT_SUFFIX, COMFY_VERSIONS, FORMAT_VERSION, QUANT_ALGOS_SINCE,  # noqa: F401
+                    QUANT_METADATA_KEY, comfy_has, comfy_quant_bytes, comfy_quant_config, comfy_quant_tensor,
+                    quantization_metadata, version_lt)
+from . import fp8 as _fp8_formats  # noqa: F401  (registers fp8-legacy, fp8)
+from . import nvfp4 as _nvfp4_formats  # noqa: F401  (registers nvfp4)
+
+FORMATS: dict[str, Format] = dict(sorted(_REGISTRY.items(), key=lambda kv: kv[1].order))
+TARGETS: tuple[str, ...] = tuple(n for n, f in FORMATS.items() if f.target)
+# comfy "format" string -> the comfy_quant-carried format that reads it (legacy files are found by marker)
+BY_COMFY_FORMAT: dict[str, Format] = {f.comfy_format: f for f in FORMATS.values()
+                                      if f.carrier == CARRIER_COMFY_QUANT and f.comfy_format}
+
+
+def get(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise UsageError(f"unknown format {name!r}; choose one of {', '.join(TARGETS)}") from None
+
+
+def marker_format() -> Format:
+    """The format whose files are declared by a marker tensor (the legacy scaled_fp8 file)."""
+    return next(f for f in FORMATS.values() if f.carrier == CARRIER_MARKER)
+
+
+def layer_suffixes() -> list[str]:
+    """Every per-layer key suffix any format uses."""
+    return sorted({c.suffix for f in FORMATS.values() for c in f.companions}
+                  | {k for f in FORMATS.values() for k in f.per_layer_keys} | {"bias", COMFY_QUANT_SUFFIX})
+
+
+def describe() -> str:
+    """Human-readable description of the formats (`quantgate formats`)."""
+    lines = []
+    for f in FORMATS.values():
+        lines.append(f"{f.name}  (ComfyUI >= {f.min_comfy}; carrier: {f.carrier})")
+        lines.append(f"  {f.description}")
+        for c in f.companions:
+            req = "required" if c.required else "optional"
+            lines.append(f"  <layer>.{c.suffix:<15} {'/'.join(c.dtypes):<12} {SHAPE_RULE_DOC[c.shape]:<40} {req}: {c.meaning}")
+        if f.marker:
+            m = f.marker
+            lines.append(f"  {m['key']:<22} {m['dtype']:<12} {list(m['shape'])}  marker: {m['meaning']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+__all__ = ["Format", "Companion", "FORMATS", "TARGETS", "BY_COMFY_FORMAT", "get", "marker_format", "describe",
+           "resolve_shape", "layer_suffixes"]

@@ -1,0 +1,68 @@
+"""NVFP4 (ComfyUI/comfy-kitchen ``nvfp4``): packed E2M1 codes, swizzled e4m3 per-16 block scales, a
+float32 per-tensor ``weight_scale_2``; the layout math is in :mod:`quant.kernels.nvfp4`."""
+from __future__ import annotations
+
+from ..kernels.common import E2M1_MAX, E4M3_MAX
+from ..kernels.nvfp4 import BLOCK, packed_shape, scale_shape
+from .base import CARRIER_COMFY_QUANT, Companion, Format, shape_rule
+from .comfy import QUANT_ALGOS_SINCE
+
+shape_rule("nvfp4_packed", packed_shape,
+           "[rup(N,16), rup(K,16)/2], two E2M1 codes per byte, even element in the high nibble")
+shape_rule("nvfp4_block_scales", scale_shape,
+           "[rup(rup(N,16),128), rup(rup(K,16)/16,4)], cuBLAS 128x4 swizzled, zero padded")
+
+_TOLERATED = ("BF16", "F16")
+
+
+class Nvfp4(Format):
+    name = "nvfp4"
+    order = 2
+    kernel = "nvfp4"
+    comfy_format = "nvfp4"
+    carrier = CARRIER_COMFY_QUANT
+    file_suffix = "_nvfp4mixed"
+    full_scale = E4M3_MAX * E2M1_MAX
+    decode_scale_key = "weight_scale_2"
+    input_scale_key = "input_scale"
+    block_scale_key = "weight_scale"
+    companions = (
+        Companion("weight", ("U8",), "nvfp4_packed", True, "packed E2M1 codes, even element in the high nibble"),
+        Companion("weight_scale", ("F8_E4M3", "U8"), "nvfp4_block_scales", True,
+                  "per-16 block scales, e4m3, cuBLAS 128x4 swizzled"),
+        Companion("weight_scale_2", ("F32",), "scalar", True, "per-tensor decode scale amax/(448*6)",
+                  alt_shapes=("one",), positive_finite=True, tolerated_dtypes=_TOLERATED),
+        Companion("input_scale", ("F32",), "scalar", False, "calibrated activation scale amax(x)/(448*6)",
+                  alt_shapes=("one",), positive_finite=True, tolerated_dtypes=_TOLERATED),
+    )
+    per_layer_keys = ("weight", "bias", "weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale",
+                      "comfy_quant")
+    min_comfy = QUANT_ALGOS_SINCE["nvfp4"]
+    description = ("ComfyUI/comfy-kitchen NVFP4: U8 packed E2M1 weight, swizzled F8_E4M3 block scales, F32 0-d "
+                   "weight_scale_2, optional calibrated input_scale; .comfy_quant and _quantization_metadata.")
+    max_rel_error = 0.25
+    min_cosine = 0.96
+
+    def stored_nk(self, weight_shape):
+        return weight_shape[0], weight_shape[1] * 2            # padded dims
+
+    def block_scales_fit(self, weight_shape, scales_shape) -> bool:
+        np_, kp = weight_shape[0], weight_shape[1] * 2
+        bs = scales_shape
+        return not (len(bs) != 2 or bs[0] % 128 or bs[1] % 4 or bs[0] < np_ or bs[1] * BLOCK < kp)
+
+    def quantize(self, w, *, backend=None, name=None) -> dict:
+        from ..kernels import get_backend
+        q, bs, s2 = (backend or get_backend(w.device)).quantize_nvfp4(w, name=name)
+        return {"weight": q, "weight_scale": bs, "weight_scale_2": s2}
+
+    def dequantize(self, tensors, shape=None, dtype=None, *, backend=None):
+        import torch
+        from ..kernels import get_backend
+        q = tensors["weight"]
+        n, k = shape if shape is not None else (q.shape[0], q.shape[1] * 2)
+        bs = tensors["weight_scale"]
+        if bs.dtype == torch.uint8:
+            bs = bs.view(torch.float8_e4m3fn)
+        return (backend or get_backend(q.device)).dequantize_nvfp4(q, bs, tensors["weight_scale_2"], n, k,
+                                                                   dtype or torch.float32)
