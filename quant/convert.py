@@ -91,19 +91,24 @@ def load_input_scales(path) -> dict[str, float]:
     return out
 
 
-def make_plan(src, preset_name: str | None, target: str, comfy_version: str | None = None):
-    tensors = [(n, src.info(n).dtype, src.info(n).shape) for n in src.keys()]
+def make_plan(src, preset_name, target: str, comfy_version: str | None = None):
+    """``preset_name``: a preset name, a .toml path, a :class:`presets.Preset` (e.g. GGUF-derived) or
+    None (detected from the keys). A GGUF source's GGML types reach the decisions."""
+    tensors = [(n, src.info(n).dtype, src.info(n).shape, src.info(n).stored) for n in src.keys()]
     if preset_name is None:
         preset_name = presets.auto_preset([t[0] for t in tensors], {t[0]: t[2] for t in tensors})
-    preset = presets.load(preset_name)
+    preset = preset_name if isinstance(preset_name, presets.Preset) else presets.load(preset_name)
     return presets.plan(preset, target, tensors, source=str(src.path), comfy_version=comfy_version)
 
 
-def convert(source, output=None, target: str = "fp8", preset: str | None = None, *, device: str = "cpu",
+def convert(source, output=None, target: str = "fp8", preset=None, *, device: str = "cpu",
             force: bool = False, progress: bool = False, input_scales: str | dict | None = None,
-            comfy_version: str | None = None, backend: str | None = None, rounding: str | None = None) -> Summary:
+            comfy_version: str | None = None, backend: str | None = None, rounding: str | None = None,
+            preset_from_gguf=None, gguf_mapping=None) -> Summary:
     """``backend``: kernel backend name (quant.kernels; default: the best available on ``device``);
-    ``rounding``: rounding strategy name (quant.rounding; default round-to-nearest)."""
+    ``rounding``: rounding strategy name (quant.rounding; default round-to-nearest).
+    ``preset_from_gguf``: derive the preset from this GGUF (its GGML type per tensor, mapped by
+    ``gguf_mapping``, a :class:`quant.gguf_model.Mapping`) instead of ``preset``."""
     fmt = formats.get(target)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda requested but no CUDA device is available")
@@ -114,6 +119,14 @@ def convert(source, output=None, target: str = "fp8", preset: str | None = None,
         srcs = {Path(f).resolve() for f in src.files}
         if out.resolve() in srcs or out.resolve() == source.resolve():
             raise UsageError("output would overwrite the input; choose another -o", out)
+        if preset_from_gguf is not None:
+            from . import gguf_model
+            if preset is not None:
+                raise UsageError("--preset and --preset-from-gguf exclude each other")
+            if out.resolve() == Path(preset_from_gguf).resolve():
+                raise UsageError("output would overwrite the input GGUF; choose another -o", out)
+            preset = gguf_model.derive_preset(gguf_model.read(preset_from_gguf), gguf_mapping or gguf_model.Mapping(),
+                                              source_shapes={n: src.info(n).shape for n in src.keys()})
         if out.exists() and not force:
             raise UsageError("output exists; pass --force to overwrite it", out)
         if out.is_dir():
@@ -144,6 +157,10 @@ def convert(source, output=None, target: str = "fp8", preset: str | None = None,
             extra["model_type"] = mt
         if comfy_version:
             extra["quantgate.comfy_version"] = comfy_version
+        prov = the_plan.preset.provenance or {}
+        if prov.get("sha256"):
+            extra["quantgate.preset_gguf"] = str(prov.get("gguf_file", ""))
+            extra["quantgate.preset_gguf_sha256"] = str(prov["sha256"])
         meta = layout.header_metadata(target, configs, src.metadata, extra)
         summary = Summary(str(source), str(out), target, the_plan.preset.name, the_plan.by_action(),
                           tensors_in=len(src), tensors_out=len(entries), bytes_in=src.total_bytes)

@@ -11,6 +11,9 @@ Rule keys:
   ndim       = 2                                 optional condition on the tensor rank
   min_numel  = 4096                              optional: smaller tensors are kept instead
   reason     = "why"                             shown by `quantgate plan`
+  gguf       = "Q4_0"                            optional: the GGUF type the rule came from (GGUF-derived
+                                                 presets, `quantgate preset from-gguf`); shown by `plan`
+A ``[provenance]`` table (GGUF file name, sha256, counts per type, mapping options) is kept as data.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ class Rule:
     ndim: int | None = None
     min_numel: int = 0
     reason: str = ""
+    gguf: str = ""
 
     def override(self, kernel: str) -> str | None:
         """What "quant" means for this rule when the file's format uses ``kernel`` (None: the kernel itself).
@@ -57,6 +61,7 @@ class Preset:
     archs: tuple[str, ...]
     rules: tuple[Rule, ...]
     path: str = ""
+    provenance: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Decision:
     action: str          # "keep" | "fp8" | "nvfp4"
     reason: str
     rule: int            # index of the deciding rule (-1: not eligible)
+    gguf: str = ""       # GGML type this decision came from: the source's own (GGUF source) or the rule's
 
     @property
     def layer(self) -> str:
@@ -102,9 +108,11 @@ def _load(path: Path) -> Preset:
         if not m or r.get("action") not in ("keep", "quant") or r.get("nvfp4") not in (None, "fp8", "keep"):
             raise InputError(f"rule {i + 1}: needs match=[...], action='keep'|'quant', optional nvfp4='fp8'|'keep'", path)
         rules.append(Rule(tuple(m), r["action"], r.get("nvfp4"), r.get("ndim"), int(r.get("min_numel", 0)),
-                          r.get("reason", "")))
+                          r.get("reason", ""), str(r.get("gguf", ""))))
+    prov = data.get("provenance", {})
     return Preset(data.get("name", path.stem), data.get("description", ""), data.get("family"),
-                  tuple(data.get("archs", [])), tuple(rules), str(path))
+                  tuple(data.get("archs", [])), tuple(rules), str(path),
+                  provenance=prov if isinstance(prov, dict) else {})
 
 
 def available() -> list[str]:
@@ -152,7 +160,8 @@ def legacy_needs_all_linear(target: str, comfy_version: str | None) -> bool:
 
 def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, source: str = "",
          comfy_version: str | None = None) -> Plan:
-    """Decide every tensor; ``tensors`` = [(name, dtype, shape)] in source order.
+    """Decide every tensor; ``tensors`` = [(name, dtype, shape)] or [(name, dtype, shape, stored)] in
+    source order (``stored``: the GGML type of a GGUF source's tensor, carried into the Decision).
 
     ``comfy_version``: the oldest ComfyUI the file must load correctly on. For fp8-legacy below
     0.4.0, Linear weights the preset keeps are quantized too (with their own scale), because that
@@ -160,7 +169,8 @@ def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, 
     fmt = formats.get(target)
     all_linear = legacy_needs_all_linear(target, comfy_version)
     out = Plan(preset, target)
-    for name, dtype, shape in tensors:
+    for name, dtype, shape, *rest in tensors:
+        stored = rest[0] if rest else ""
         idx = next((i for i, r in enumerate(preset.rules) if r.fits(name, shape)), None)
         if idx is None:
             raise InputError(f"preset {preset.name!r} has no rule for tensor {name!r} {dtype}{list(shape)} "
@@ -186,5 +196,5 @@ def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, 
             reason = (f"ComfyUI {comfy_version} (< {COMFY_VERSIONS['legacy_high_precision_linear']}) loads every "
                       "Linear of a scaled_fp8 "
                       "file as fp8; scaled here instead of its unscaled cast")
-        out.decisions.append(Decision(name, dtype, tuple(shape), action, reason, idx))
+        out.decisions.append(Decision(name, dtype, tuple(shape), action, reason, idx, r.gguf or stored))
     return out

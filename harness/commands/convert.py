@@ -25,6 +25,9 @@ def register(sub):
     p.add_argument("-o", "--output", help="output .safetensors (default: beside the source, e.g. *_fp8mixed)")
     p.add_argument("--format", "-f", dest="target", choices=presets.TARGETS, default="fp8")
     p.add_argument("--preset", "-p", help="preset name or .toml path (see `quantgate plan`)")
+    p.add_argument("--preset-from-gguf", metavar="FILE.gguf",
+                   help="derive the preset from this GGUF's per-tensor types in one step "
+                        "(= `quantgate preset from-gguf` + --preset; mapping options below)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] for the quantize step")
     p.add_argument("--input-scales", metavar="JSON",
                    help='calibrated activation amax per layer {"layers": {"blocks.0.ffn.0": 12.5}}; '
@@ -36,13 +39,19 @@ def register(sub):
                         "casts the Linears a preset keeps to fp8 without one")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from harness.commands.preset import add_mapping_args
+    add_mapping_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    mapping = None
+    if args.preset_from_gguf:
+        from harness.commands.preset import mapping_from
+        mapping = mapping_from(args)
     s = convert(args.source, args.output, args.target, args.preset, device=args.device, force=args.force,
                 progress=not args.quiet and sys.stderr.isatty(), input_scales=args.input_scales,
-                comfy_version=args.comfy_version)
+                comfy_version=args.comfy_version, preset_from_gguf=args.preset_from_gguf, gguf_mapping=mapping)
     if args.json:
         print(json.dumps(s.as_dict(), indent=1))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from quant import presets
+from quant.errors import UsageError
 from quant.convert import make_plan
 from quant.sources import open_source
 
@@ -14,6 +15,8 @@ def register(sub):
                                    "tensor under the preset: keep, fp8 or nvfp4, and why.")
     p.add_argument("source")
     p.add_argument("--preset", "-p", help=f"one of {', '.join(presets.available())} or a .toml (default: detected)")
+    p.add_argument("--preset-from-gguf", metavar="FILE.gguf",
+                   help="derive the preset from this GGUF's per-tensor types (see `quantgate preset from-gguf`)")
     p.add_argument("--format", "-f", dest="target", choices=presets.TARGETS, default="nvfp4")
     p.add_argument("--comfy-version", metavar="X.Y.Z",
                    help="oldest ComfyUI the file must load correctly on (default: current, >= 0.4). For "
@@ -21,26 +24,43 @@ def register(sub):
                         "casts the Linears a preset keeps to fp8 without one")
     p.add_argument("--json", action="store_true")
     p.add_argument("--all", action="store_true", help="list kept tensors too (default: summary of them)")
+    from harness.commands.preset import add_mapping_args
+    add_mapping_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     with open_source(args.source) as src:
-        plan = make_plan(src, args.preset, args.target, args.comfy_version)
+        preset = args.preset
+        if args.preset_from_gguf:
+            from harness.commands.preset import mapping_from
+            from quant import gguf_model
+            if preset:
+                raise UsageError("--preset and --preset-from-gguf exclude each other")
+            preset = gguf_model.derive_preset(gguf_model.read(args.preset_from_gguf), mapping_from(args),
+                                              source_shapes={n: src.info(n).shape for n in src.keys()})
+        plan = make_plan(src, preset, args.target, args.comfy_version)
+    has_gguf = any(d.gguf for d in plan.decisions)
     if args.json:
         print(json.dumps({"preset": plan.preset.name, "format": plan.target, "counts": plan.by_action(),
+                          "provenance": plan.preset.provenance or None,
                           "tensors": [{"name": d.name, "dtype": d.dtype, "shape": list(d.shape), "action": d.action,
-                                       "reason": d.reason} for d in plan.decisions]}, indent=1))
+                                       "gguf": d.gguf or None, "reason": d.reason} for d in plan.decisions]}, indent=1))
         return 0
     w = max((len(d.name) for d in plan.decisions), default=10)
     print(f"preset {plan.preset.name} -> {plan.target}: " + ", ".join(f"{v} {k}" for k, v in plan.by_action().items()))
-    print(f"{'tensor':<{w}}  {'dtype':<6} {'shape':<18} action  reason")
+    prov = plan.preset.provenance or {}
+    if prov.get("gguf_file"):
+        print(f"derived from {prov['gguf_file']} (sha256 {str(prov.get('sha256', ''))[:16]}...)")
+    gcol = f"{'gguf':<6} " if has_gguf else ""
+    print(f"{'tensor':<{w}}  {'dtype':<6} {'shape':<18} {gcol}action  reason")
     kept = 0
     for d in plan.decisions:
         if d.action == "keep" and not args.all:
             kept += 1
             continue
-        print(f"{d.name:<{w}}  {d.dtype:<6} {str(list(d.shape)):<18} {d.action:<7} {d.reason}")
+        g = f"{d.gguf or '-':<6} " if has_gguf else ""
+        print(f"{d.name:<{w}}  {d.dtype:<6} {str(list(d.shape)):<18} {g}{d.action:<7} {d.reason}")
     if kept:
         print(f"... {kept} tensors kept in source precision (--all lists them)")
     return 0
