@@ -15,7 +15,8 @@ import sys
 from quant.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, QuantgateError
 
 # Order = order in --help.
-COMMANDS = ["demo", "convert", "plan", "inspect", "verify", "diff", "manifest", "gate", "comfy", "formats", "workflow", "preset"]
+COMMANDS = ["demo", "convert", "plan", "inspect", "verify", "diff", "manifest", "gate", "comfy", "formats", "workflow", "preset",
+            "doctor"]
 
 EPILOG = """\
 exit codes: 0 ok/passes, 1 defects found, 2 unreadable input, usage error or server failure, 130 interrupted.
