@@ -4,7 +4,8 @@ Checks (each a row: area, item, status, detail):
 
 * **comfyui**: the version (``/system_stats`` of ``--comfy-url``, or ``comfyui_version.py`` of
   ``--comfy-root``) and, per quantgate output format, whether that version loads it (the format's
-  ``min_comfy`` from the format registry, compared with :func:`quant.spec.version_lt`).
+  ``min_comfy`` from the format registry, compared with :func:`quant.formats.version_lt`; the
+  comfy_quant layer formats it reads from ``quant.formats.QUANT_ALGOS_SINCE``).
 * **gpu**: device, VRAM, PyTorch build, and whether fp8 / nvfp4 run natively or emulated there
   (SM from the device name; fp8 native from SM 8.9, nvfp4 from SM 10 with a cu13 PyTorch and
   ComfyUI >= the nvfp4 format's minimum; comfy_format.md section 3.6).
@@ -72,14 +73,9 @@ class Row:
 
 
 def formats():
-    """quantgate's output formats (name -> object with ``min_comfy``): the format registry when it
-    exists, else the declarative spec it is built from."""
-    try:
-        from quant import formats as F    # the registry (quant/formats/)
-        return dict(F.FORMATS)
-    except ImportError:
-        from quant import spec
-        return dict(spec.FORMATS)
+    """quantgate's output formats (name -> Format with ``min_comfy``), from the format registry."""
+    from quant import formats as F
+    return dict(F.FORMATS)
 
 
 def gpu_sm(name: str) -> float | None:
@@ -240,7 +236,7 @@ def run(comfy_url=None, comfy_root=None, models=None, workflows=None) -> dict:
                     f"ComfyUI {version} ({facts['comfyui']['source']})"))
 
     # -- formats this version loads (one source of truth: the format registry + quant.spec version facts)
-    from quant.spec import version_lt
+    from quant.formats import version_lt
     for name, f in formats().items():
         lt = version_lt(version, f.min_comfy)
         loads = None if lt is None else not lt
@@ -249,6 +245,11 @@ def run(comfy_url=None, comfy_root=None, models=None, workflows=None) -> dict:
                         (f"loads (needs >= {f.min_comfy})" if loads else
                          f"NOT loadable: needs ComfyUI >= {f.min_comfy}" if loads is False else
                          f"unknown (needs >= {f.min_comfy})")))
+
+    from quant.formats import QUANT_ALGOS_SINCE
+    known = [a for a, since in QUANT_ALGOS_SINCE.items() if version_lt(version, since) is False]
+    facts["comfyui"]["quant_algos"] = known
+    rows.append(Row("formats", "comfy_quant", INFO, "layer formats this ComfyUI reads: " + (", ".join(known) or "none")))
 
     # -- GPU
     _gpu(stats, version, rows, facts)
@@ -327,7 +328,7 @@ def _size(n: int) -> str:
 
 
 def _gpu(stats, version, rows, facts):
-    from quant.spec import version_lt
+    from quant.formats import version_lt
     dev = None
     torch_v = None
     if stats is not None:

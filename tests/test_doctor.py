@@ -62,10 +62,12 @@ def test_doctor_against_the_embedded_server(install, comfy_session):
     assert facts["comfyui"]["pytorch"] == stats["system"]["pytorch_version"]
     # formats this version loads: from the format facts, not hard-coded here
     from harness.doctor import formats
-    from quant.spec import version_lt
+    from quant.formats import QUANT_ALGOS_SINCE, version_lt
     for name, f in formats().items():
         assert facts["formats"][name]["loads"] == (not version_lt("0.3.75", f.min_comfy))
     assert facts["formats"]["fp8-legacy"]["loads"] and not facts["formats"]["nvfp4"]["loads"]
+    assert facts["comfyui"]["quant_algos"] == [a for a, v in QUANT_ALGOS_SINCE.items() if not version_lt("0.3.75", v)]
+    assert facts["comfyui"]["quant_algos"] == ["float8_e4m3fn"]
     dev = stats["devices"][0]
     assert facts["gpu"]["name"] == dev["name"] and facts["gpu"]["vram_total"] == dev["vram_total"]
     if dev["type"] == "cpu":
