@@ -70,19 +70,28 @@ def comfy_version(root: Path) -> str:
 
 def prepare_embedded(force: bool = False, log=None) -> Path:
     """Copy the embedded ComfyUI into the cache (once). Returns the copy's root."""
-    src = embedded_source()
+    return prepare_copy(embedded_source(), "", force=force, log=log, what="embedded")
+
+
+def prepare_copy(src, tag: str, force: bool = False, log=None, what: str = "") -> Path:
+    """A writable copy of the ComfyUI tree ``src`` in the cache, ``comfyui-<version><tag>`` (made once; the
+    source tree may be read-only). Returns the copy's root."""
+    src = Path(src)
     ver = comfy_version(src)
-    dst = cache_root() / f"comfyui-{ver}"
+    dst = cache_root() / f"comfyui-{ver}{tag}"
     marker = dst / ".quantgate-ready"
-    if marker.is_file() and not force and (dst / "main.py").is_file():
+    if marker.is_file() and not force and (dst / "main.py").is_file() and \
+            marker.read_text().startswith(f"source={src}\n"):
         return dst
     if log:
-        log(f"preparing embedded ComfyUI {ver} in {dst}")
+        log(f"preparing {what + ' ' if what else ''}ComfyUI {ver} in {dst}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(*COPY_IGNORE), symlinks=True)
+        for d, _, _ in os.walk(tmp):          # a read-only source stays read-only in a plain copy
+            os.chmod(d, 0o755)
         (tmp / "custom_nodes").mkdir(exist_ok=True)
         (tmp / ".quantgate-ready").write_text(f"source={src}\nversion={ver}\n")
         if dst.exists():

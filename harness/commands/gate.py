@@ -16,10 +16,14 @@ def add_server_args(p) -> None:
     g = p.add_argument_group("ComfyUI server (default: start the embedded ComfyUI 0.3.75 on 127.0.0.1)")
     x = g.add_mutually_exclusive_group()
     x.add_argument("--comfy-url", metavar="URL", help="use this running ComfyUI (the files must be in its models)")
-    x.add_argument("--comfy-root", metavar="PATH", help="start a server from this ComfyUI checkout")
-    g.add_argument("--comfy-python", metavar="PATH",
-                   help="with --comfy-root: the Python (of that checkout's environment) that runs it "
-                        "(default: quantgate's own)")
+    x.add_argument("--comfy-root", metavar="PATH", action="append",
+                   help="start a server from this ComfyUI checkout. Repeat it for a version matrix: the gate runs "
+                        "on each and reports a verdict per version and the oldest version the file passes on. "
+                        "'embedded' names the embedded 0.3.75, 'upstream' the current ComfyUI beside the checkout "
+                        "(../shared/comfyui, with the venv ./qg setup builds for it)")
+    g.add_argument("--comfy-python", metavar="PATH", action="append",
+                   help="with --comfy-root PATH: the Python (of that checkout's environment) that runs it "
+                        "(default: quantgate's own); one per checkout, in the same order")
     g.add_argument("--workflow", metavar="FILE", help="your API-format workflow (default: the built-in WAN 2.1 smoke render)")
     g.add_argument("--model-node", metavar="ID", help="id of the node in --workflow that loads the checkpoint")
     g.add_argument("--policy", metavar="TOML", help="thresholds and render plan (default: harness/policy.toml)")
@@ -60,7 +64,13 @@ def print_summary(record: dict, file=sys.stdout) -> None:
             print(f"  {c['label']}: {reason}", file=file)
 
 
+def _version_of(t) -> str:
+    from harness.comfy.server import check_comfy_root, comfy_version, prepare_embedded
+    return comfy_version(prepare_embedded(log=_log) if t.root is None else check_comfy_root(t.root))
+
+
 def run(args) -> int:
+    from harness.render import matrix
     from harness.render.gate import load_policy, run_gate
     from harness.render.report import write_report
     from harness.render.session import open_session
@@ -72,14 +82,35 @@ def run(args) -> int:
     wf = Workflow.from_arg(args.workflow, args.model_node)
     out = Path(args.out)
     verify_fn = None if args.no_verify else run_verify
-    with tempfile.TemporaryDirectory(prefix="quantgate-gate-") as tmp:
-        with open_session(args.comfy_url, args.comfy_root, work_dir=Path(tmp) / "comfy", log=_log,
-                          keep_log=out / "comfyui.log", comfy_python=args.comfy_python) as session:
-            if args.workflow:
-                session.check_nodes(wf.wf)
-            record = run_gate(session, args.source, args.checkpoint, policy=policy, workflow=wf,
-                              work_dir=Path(tmp), verify_fn=verify_fn, log=_log)
-    rp, gj = write_report(record, out)
-    print_summary(record)
-    print(f"\nverdict: {record['verdict'].upper()}   report: {rp}   record: {gj}")
-    return 0 if record["verdict"] == "pass" else 1
+    if args.comfy_url:
+        tgts = [None]
+    else:
+        tgts = matrix.targets(args.comfy_root, args.comfy_python)
+    runs, subs = [], []
+    for t in tgts:
+        name = "" if len(tgts) == 1 else f"comfyui-{_version_of(t)}"
+        subs.append(name + (f"-{len([x for x in subs if x.startswith(name)]) + 1}" if name in subs else ""))
+    for t, sub in zip(tgts, subs):
+        sub = out / sub if sub else out
+        with tempfile.TemporaryDirectory(prefix="quantgate-gate-") as tmp:
+            with open_session(args.comfy_url, None if t is None else t.root, work_dir=Path(tmp) / "comfy", log=_log,
+                              keep_log=sub / "comfyui.log", comfy_python=None if t is None else t.python) as session:
+                if args.workflow:
+                    session.check_nodes(wf.wf)
+                record = run_gate(session, args.source, args.checkpoint, policy=policy, workflow=wf,
+                                  work_dir=Path(tmp), verify_fn=verify_fn, log=_log)
+        rp, gj = write_report(record, sub)
+        runs.append({"target": "url" if t is None else t.label, "version": record["comfyui"]["version"],
+                     "record": record, "report": str(rp)})
+        if len(tgts) > 1:
+            print(f"\nComfyUI {record['comfyui']['version']} ({runs[-1]['target']}):")
+        print_summary(record)
+        print(f"\nverdict: {record['verdict'].upper()}   report: {rp}   record: {gj}")
+    if len(tgts) == 1:
+        return 0 if record["verdict"] == "pass" else 1
+    m = matrix.summarize(runs)
+    rp, gj = matrix.write(m, out)
+    print(f"\nversion matrix ({len(runs)} ComfyUI versions):")
+    matrix.print_summary(m)
+    print(f"\nverdict: {m['verdict'].upper()} (pass = passes on every version)   report: {rp}   record: {gj}")
+    return 0 if m["verdict"] == "pass" else 1
