@@ -30,7 +30,7 @@ sys.path.insert(0, sys.argv[1])
 from comfy.cli_args import args
 args.cpu = True
 from comfy.taesd.taehv import TAEHV
-sd = TAEHV(latent_channels=16).state_dict()
+sd = TAEHV(latent_channels=int(sys.argv[2])).state_dict()
 print("QG-SHAPES " + json.dumps([[k, list(v.shape), str(v.dtype)] for k, v in sd.items()]))
 """
 
@@ -41,9 +41,15 @@ def make_thin_model(path, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
     return synth.make_model(THIN_ARCH, path, seed=seed, dtype=dtype)
 
 
-def taehv_shapes(comfy_root, python: str | None = None) -> list[tuple[str, tuple[int, ...], str]]:
+def vae_name(latent_channels: int = 16) -> str:
+    """VAELoader lists a vae_approx file only under these names; 48 latent channels = WAN 2.2 (TI2V 5B)."""
+    return VAE_NAME if latent_channels == 16 else "lighttaew2_2.safetensors"
+
+
+def taehv_shapes(comfy_root, python: str | None = None, latent_channels: int = 16) -> list[tuple[str, tuple[int, ...], str]]:
     try:
-        r = subprocess.run([python or sys.executable, "-c", _SHAPES_SCRIPT, str(comfy_root)], cwd=str(comfy_root),
+        r = subprocess.run([python or sys.executable, "-c", _SHAPES_SCRIPT, str(comfy_root), str(latent_channels)],
+                           cwd=str(comfy_root),
                            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise ComfyError("building ComfyUI's TAEHV to read its shapes took over 180 s") from None
@@ -62,10 +68,10 @@ def _fill(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tens
     return torch.ones(shape)
 
 
-def make_vae(path, comfy_root, seed: int = 0, python: str | None = None) -> Path:
+def make_vae(path, comfy_root, seed: int = 0, python: str | None = None, latent_channels: int = 16) -> Path:
     path = Path(path)
     tensors = {}
-    for i, (name, shape, dt) in enumerate(taehv_shapes(comfy_root, python)):
+    for i, (name, shape, dt) in enumerate(taehv_shapes(comfy_root, python, latent_channels)):
         if not dt.startswith("torch.float"):
             raise ComfyError(f"unexpected TAEHV tensor {name} of dtype {dt}")
         gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
@@ -83,15 +89,17 @@ def _code_key(*modules) -> str:
     return h.hexdigest()[:10]
 
 
-def cached_vae(comfy_root, seed: int = 0, log=None, python: str | None = None) -> Path:
-    """The random TAEHV for ``comfy_root``'s version, made once into the cache."""
+def cached_vae(comfy_root, seed: int = 0, log=None, python: str | None = None, latent_channels: int = 16) -> Path:
+    """The random TAEHV for ``comfy_root``'s version (16 latent channels: WAN 2.1 / A14B; 48: WAN 2.2 TI2V
+    5B), made once into the cache."""
     d = cache_root() / "render-models"
-    p = d / f"lighttaew2_1-comfy{comfy_version(comfy_root)}-seed{seed}-{_code_key(sys.modules[__name__])}.safetensors"
+    stem = vae_name(latent_channels).removesuffix(".safetensors")
+    p = d / f"{stem}-comfy{comfy_version(comfy_root)}-seed{seed}-{_code_key(sys.modules[__name__])}.safetensors"
     if not p.is_file():
         if log:
-            log("making the random TAEHV (lighttaew2_1) VAE")
+            log(f"making the random TAEHV ({stem}) VAE")
         d.mkdir(parents=True, exist_ok=True)
-        make_vae(p, comfy_root, seed, python)
+        make_vae(p, comfy_root, seed, python, latent_channels)
     return p
 
 

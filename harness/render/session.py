@@ -62,12 +62,17 @@ class RenderSession:
         self._names[key] = name
         return name
 
+    # latent channels of the VAE the workflow decodes with (16: WAN 2.1 / A14B; 48: WAN 2.2 TI2V 5B)
+    vae_latent_channels = 16
+
     def vae(self) -> str:
         """The random TAEHV the shipped template decodes with."""
         if self.server is not None:
-            # VAELoader lists a vae_approx file only if its name starts with lighttaew2_1 / taehv
-            return self.model(models.cached_vae(self.server.root, log=self.log, python=self.server.python), "vae_approx",
-                              "VAELoader", "vae_name", name=models.VAE_NAME)
+            # VAELoader lists a vae_approx file only if its name starts with lighttaew2_1 / lighttaew2_2 / taehv
+            ch = self.vae_latent_channels
+            return self.model(models.cached_vae(self.server.root, log=self.log, python=self.server.python,
+                                                latent_channels=ch), "vae_approx",
+                              "VAELoader", "vae_name", name=models.vae_name(ch))
         opts = self.options("VAELoader", "vae_name")
         name = next((o for o in opts if str(o).startswith(("lighttaew2_1", "taehv"))), None)
         if name is None:

@@ -1,0 +1,130 @@
+"""The nightly GPU renders: real-size random-weight checkpoints rendered in ComfyUI on CUDA.
+
+For one real layout (WAN 2.2 TI2V 5B by default: 48 latent channels, decoded by a random ``lighttaew2_2``
+TAEHV) the source (bf16) and its conversions are rendered with the same seeds in one ComfyUI server on the
+GPU, and per format this records:
+
+* SSIM against the bf16 render (the render gate's own ``run_gate``: NVFP4 on ComfyUI < 0.8 is its
+  dequantized twin, labelled so);
+* seconds per sampling step: renders of ``steps_lo`` and ``steps_hi`` steps differ only by the extra steps
+  (ComfyUI runs with ``--cache-none``, so both load the model and decode alike), s/step = Δt / Δsteps;
+* load (+ decode) seconds: the ``steps_lo`` render minus its steps;
+* peak VRAM of the ComfyUI process (``/quantgate/memory``, the allocator peak in the server itself) and
+  the device's used memory from ``/system_stats``.
+
+Sharding over the GPUs of one host: under pytest-xdist each worker starts its own server on GPU
+``worker index % GPU count`` (``CUDA_VISIBLE_DEVICES``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMATS = ("bf16", "fp8-legacy", "fp8", "fp8-matmul", "nvfp4")
+POLICY = {
+    "plan": {"seeds": [1, 2], "sizes": [[256, 256]], "steps": 4, "cfg": 1.0, "sampler": "euler",
+             "scheduler": "simple", "control_seed_offset": 1000, "render_timeout_s": 600},
+    "thresholds": {"fp8-legacy": 0.9, "fp8": 0.9, "nvfp4": 0.8, "default": 0.8},
+    "control": {"max_ssim": 0.95, "min_margin": 0.0},
+}
+
+
+def gpu_for_worker() -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` for this pytest-xdist worker (gw0, gw1, ...), None outside xdist."""
+    w = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not w.startswith("gw"):
+        return None
+    import torch
+    n = torch.cuda.device_count()
+    return str(int(w[2:]) % n) if n else None
+
+
+@dataclass
+class CaseResult:
+    fmt: str
+    path: str
+    bytes: int
+    convert_s: float | None = None
+    ssim_min: float | None = None
+    ssim_mean: float | None = None
+    rendered_as: str = "file"
+    verdict: str | None = None
+    s_per_step: float | None = None
+    load_decode_s: float | None = None
+    render_s: list = field(default_factory=list)
+    peak_vram_mib: float | None = None
+    reserved_vram_mib: float | None = None
+    device_used_mib: float | None = None
+    notes: list = field(default_factory=list)
+
+    def extra_info(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("path", "render_s")}
+
+
+def start_server(work: Path, log=print, cpu: bool | None = None):
+    """The embedded ComfyUI (on the GPU when there is one); no frontend package needed (an empty
+    --front-end-root)."""
+    import importlib.util
+
+    from harness.comfy.server import ComfyServer, prepare_embedded
+    from harness.render.session import RenderSession
+    root = prepare_embedded(log=log)
+    extra = ()
+    if importlib.util.find_spec("comfyui_frontend_package") is None:
+        web = work / "no-frontend"
+        web.mkdir(parents=True, exist_ok=True)
+        (web / "index.html").write_text("<!doctype html><title>quantgate nightly</title>")
+        extra = ("--front-end-root", str(web))
+    gpu = gpu_for_worker()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    srv = ComfyServer(root, work / "comfy", cpu=cpu, log=log, extra_args=extra, startup_timeout=300)
+    srv.start()
+    return srv, RenderSession(srv.client(), srv, log, embedded=True)
+
+
+def memory(session, reset: bool = False) -> dict:
+    import requests
+    r = requests.get(f"{session.client.url}/quantgate/memory", params={"reset": 1} if reset else None, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def device_used_mib(session) -> float | None:
+    devs = session.client.system_stats().get("devices") or []
+    d = next((d for d in devs if d.get("type") == "cuda"), None)
+    if not d:
+        return None
+    return round((d["vram_total"] - d["vram_free"]) / 2**20, 1)
+
+
+def timed_render(session, workflow, model_name: str, steps: int, settings: dict, seed: int = 1, size=(256, 256),
+                 timeout: float = 600.0) -> float:
+    s = dict(settings, steps=steps)
+    wf = workflow.build(model_name, seed, size[0], size[1], s, prefix="qgn")
+    t0 = time.monotonic()
+    res = session.client.run(wf, timeout=timeout)
+    if not res.images:
+        raise RuntimeError("the nightly workflow produced no image")
+    return time.monotonic() - t0
+
+
+def speed_and_memory(session, workflow, path: Path, settings: dict, steps_lo: int = 2, steps_hi: int = 10,
+                     repeats: int = 2) -> dict:
+    """Seconds per step, load+decode seconds and peak VRAM of one model file in the running server."""
+    name = session.model(path)
+    memory(session, reset=True)
+    lo, hi = [], []
+    for _ in range(repeats):
+        lo.append(timed_render(session, workflow, name, steps_lo, settings))
+        hi.append(timed_render(session, workflow, name, steps_hi, settings))
+    mem = memory(session)
+    lo_s, hi_s = min(lo), min(hi)
+    sps = (hi_s - lo_s) / (steps_hi - steps_lo)
+    return {"s_per_step": round(sps, 5), "load_decode_s": round(lo_s - steps_lo * sps, 3),
+            "render_s": [round(x, 3) for x in lo + hi],
+            "peak_vram_mib": round(mem.get("max_allocated", 0) / 2**20, 1) if mem.get("cuda") else None,
+            "reserved_vram_mib": round(mem.get("max_reserved", 0) / 2**20, 1) if mem.get("cuda") else None,
+            "device_used_mib": device_used_mib(session)}
