@@ -114,7 +114,11 @@ def timed_render(session, workflow, model_name: str, steps: int, settings: dict,
 def speed_and_memory(session, workflow, path: Path, settings: dict, steps_lo: int = 2, steps_hi: int = 10,
                      repeats: int = 2) -> dict:
     """Seconds per step, load+decode seconds and peak VRAM of one model file in the running server."""
+    import requests
     name = session.model(path)
+    # unload what earlier cases left in VRAM, then open a new peak window: the peak is this file's alone
+    requests.post(f"{session.client.url}/free", json={"unload_models": True, "free_memory": True}, timeout=60)
+    time.sleep(1.0)
     memory(session, reset=True)
     lo, hi = [], []
     for _ in range(repeats):
