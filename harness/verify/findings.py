@@ -29,6 +29,7 @@ RULES = {
     "layer.detection": ("layers", "layers ComfyUI's model detection reads stay unquantized"),
     "tensor.dtype": ("layers", "unquantized tensors are float (F16/BF16/F32)"),
     "scale.value": ("scales", "scales are finite and > 0"),
+    "scale.log8": ("scales", "scales are floats, not 8-bit log codes (quantgate repair expands them)"),
     "scale.magnitude": ("scales", "scales decode to plausible weight magnitudes (not unit/inverted)"),
     "activation.policy": ("activation", "fp8 layers have a calibrated input_scale or full_precision_matrix_mult"),
     "activation.unit-scale": ("activation", "activation scales are calibrated, not a default 1.0"),
