@@ -60,7 +60,8 @@ def write_gate_json(record: dict, path) -> Path:
     return path
 
 
-def render_html(record: dict, title: str = "quantgate render gate") -> str:
+def render_html(record: dict, title: str = "quantgate render gate", extra_sections=()) -> str:
+    """``extra_sections``: HTML fragments placed before the workflow (e.g. harness.ladder.html_section)."""
     imgs = record.get("_images") or {"baseline": {}, "candidates": {}, "control": None}
     cf = record["comfyui"]
     o = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>"]
@@ -179,6 +180,7 @@ def render_html(record: dict, title: str = "quantgate render gate") -> str:
                  f"<td class='num'>{r['threshold']}</td><td class='num'>{r['max_abs_diff']}</td>"
                  f"<td class='num'>{r['seconds']:.2f}</td><td><code>{_e(r['pixels_sha256'][:12])}</code></td></tr>")
     o.append("</table>")
+    o.extend(extra_sections)
     o.append("<h2>Workflow (API format, first source render)</h2><details><summary>show</summary><pre>"
              + _e(json.dumps(wf.get("example_prompt"), indent=1)) + "</pre></details>")
     o.append("<p class='muted'>SSIM: skimage.metrics.structural_similarity on decoded RGB pixels (channel_axis=2, "
@@ -187,12 +189,12 @@ def render_html(record: dict, title: str = "quantgate render gate") -> str:
     return "\n".join(o)
 
 
-def write_report(record: dict, out_dir, title: str = "quantgate render gate") -> tuple[Path, Path]:
+def write_report(record: dict, out_dir, title: str = "quantgate render gate", extra_sections=()) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gj = write_gate_json(record, out_dir / "gate.json")
     rp = out_dir / "report.html"
     tmp = rp.with_name(".report.html.tmp")
-    tmp.write_text(render_html(record, title), encoding="utf-8")
+    tmp.write_text(render_html(record, title, extra_sections), encoding="utf-8")
     os.replace(tmp, rp)
     return rp, gj
