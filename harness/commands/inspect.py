@@ -30,7 +30,15 @@ def summarize(src) -> dict:
     return {"path": str(src.path), "kind": src.kind, "files": len(src.files), "tensors": len(names),
             "bytes": src.total_bytes, "family": arch.detect(names), "layout": layout,
             "dtypes": dict(dtypes), "bytes_by_dtype": dict(bytes_by), "quantized_formats": dict(fmts),
-            "metadata": {k: (v if len(v) < 200 else v[:200] + f"... ({len(v)} chars)") for k, v in src.metadata.items()}}
+            "metadata": {k: (v if len(v) < 200 else v[:200] + f"... ({len(v)} chars)") for k, v in src.metadata.items()},
+            "model_kind": _model_kind(st)}
+
+
+def _model_kind(st) -> dict | None:
+    """VAEs and text encoders (quant.model_kind): what they are, which modules ComfyUI can quantize."""
+    from quant import model_kind
+    mk = model_kind.detect(st.infos)
+    return None if mk is None else dict(mk.as_dict(), summary=mk.summary())
 
 
 def register(sub):
@@ -49,6 +57,12 @@ def run(args) -> int:
     print(f"{s['path']}  ({s['kind']}, {s['files']} file(s))")
     print(f"  model     {s['family'] or 'unknown'}")
     print(f"  layout    {s['layout']}")
+    if s.get("model_kind"):
+        mk = s["model_kind"]
+        print(f"  kind      {mk['summary']}")
+        if mk["quantized"]:
+            print(f"  quantized {len(mk['quantized'])} module(s) stored 8-bit: {', '.join(mk['quantized'][:3])}"
+                  + (" ..." if len(mk["quantized"]) > 3 else ""))
     print(f"  tensors   {s['tensors']}, {s['bytes'] / 1e6:,.1f} MB")
     for dt, c in sorted(s["dtypes"].items(), key=lambda x: -s["bytes_by_dtype"][x[0]]):
         print(f"    {dt:<8} {c:>6} tensors  {s['bytes_by_dtype'][dt] / 1e6:>12,.1f} MB")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from quant.sources import open_source
 
-from . import layout_rules, log_scales, numeric, value_rules
+from . import layout_rules, log_scales, non_transformer, numeric, value_rules
 from .findings import ERROR, INFO, WARNING, Findings
 from .model import build, reference_shapes
 
@@ -92,6 +92,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
             ref, shapes_from = reference_shapes(st, src_obj)
             plain = layout_rules.run(st, f, ref)
             log_scales.run(st, f)                      # 8-bit log-coded scales: name them, point to repair
+            non_transformer.run(st, f)                 # VAEs / text encoders: what ComfyUI can quantize
             value_rules.run(st, f)
             t1 = time.perf_counter()
             mode = "header-only"
