@@ -34,10 +34,14 @@ def register(sub):
                        description="Render the source and the candidate with the same workflow and seeds in a real "
                                    "ComfyUI, score SSIM per render, check a control and ComfyUI's load warnings, "
                                    "and write report.html + gate.json. Exit 0 pass, 1 fail, 2 error.")
-    p.add_argument("checkpoint", nargs="+", help="candidate checkpoint(s) (.safetensors)")
+    p.add_argument("checkpoint", nargs="+", help="candidate checkpoint(s) (.safetensors, or .gguf: rendered as its "
+                   "dequantized twin, decoded by gguf-py)")
     p.add_argument("--source", required=True, help="the source checkpoint the candidate was made from")
     p.add_argument("--out", default="gate-report", metavar="DIR", help="where report.html and gate.json go (default: gate-report/)")
     p.add_argument("--no-verify", action="store_true", help="skip the format gate (quantgate verify)")
+    p.add_argument("--ladder", action="store_true",
+                   help="add the quality ladder (weight SQNR per layer: the GGUF candidates beside FP8 and NVFP4-mixed "
+                        "made from the source, detected preset) to report.html")
     add_server_args(p)
     p.set_defaults(func=run)
 
@@ -87,6 +91,13 @@ def run(args) -> int:
     else:
         tgts = matrix.targets(args.comfy_root, args.comfy_python)
     runs, subs = [], []
+    sections = None
+    if args.ladder:
+        from harness import ladder
+        from harness.render.twin import is_gguf
+        lad = ladder.run(args.source, [c for c in args.checkpoint if is_gguf(c)], ("fp8", "nvfp4"), [None], ())
+        print(lad.table(per_layer=False))
+        sections = lambda d: [ladder.html_section(lad, d)]  # noqa: E731
     for t in tgts:
         name = "" if len(tgts) == 1 else f"comfyui-{_version_of(t)}"
         subs.append(name + (f"-{len([x for x in subs if x.startswith(name)]) + 1}" if name in subs else ""))
@@ -99,7 +110,7 @@ def run(args) -> int:
                     session.check_nodes(wf.wf)
                 record = run_gate(session, args.source, args.checkpoint, policy=policy, workflow=wf,
                                   work_dir=Path(tmp), verify_fn=verify_fn, log=_log)
-        rp, gj = write_report(record, sub)
+        rp, gj = write_report(record, sub, extra_sections=sections(sub) if sections else ())
         runs.append({"target": "url" if t is None else t.label, "version": record["comfyui"]["version"],
                      "record": record, "report": str(rp)})
         if len(tgts) > 1:

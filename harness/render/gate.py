@@ -157,15 +157,30 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     src_sha = sha256_file(source)
     for c in cands:
         c.sha256 = sha256_file(c.path)
-        c.format = twin.candidate_format(c.path)
+        if twin.is_gguf(c.path):
+            c.format = "gguf"
+            c.label = c.label or twin.gguf_label(c.path)
+        else:
+            c.format = twin.candidate_format(c.path)
         c.label = c.label or c.format
         if any(o is not c and o.label == c.label for o in cands[: cands.index(c)]):
             c.label = f"{c.label}#{cands.index(c) + 1}"      # labels key the images and the report
         thr = policy["thresholds"]
         c.threshold = float(thr.get(c.format, thr.get("default", 0.95)))
-        if verify_fn is not None:
+        if verify_fn is not None and c.format != "gguf":
             c.verify = verify_fn(c.path, source)
-        if twin.server_supports(c.format, session.version):
+        if c.format == "gguf":
+            if work_dir is None:
+                raise UsageError("a work directory is needed to write the dequantized twin")
+            c.rendered_as = "dequantized twin (gguf-py)"
+            tp = work_dir / f"{c.path.stem}.gguf-dequantized-twin.safetensors"
+            log(f"{c.label}: rendering its dequantized safetensors twin (gguf-py; the format gate does not apply)")
+            twin.make_gguf_twin(c.path, tp)
+            c.render_path = tp
+            c.twin_sha256 = sha256_file(tp)
+            c.notes.append("GGUF: rendered as its dequantized twin (every tensor decoded by gguf-py, as ComfyUI-GGUF "
+                           "dequantizes on the fly); quantgate verify does not apply to GGUF files")
+        elif twin.server_supports(c.format, session.version):
             c.render_path = c.path
         else:
             if work_dir is None:

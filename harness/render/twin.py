@@ -102,3 +102,29 @@ def make_dequantized_twin(path, out, source=None) -> Path:
         st.src.close()
     save_file(tensors, out, {"quantgate_twin_of": path.name})
     return out
+
+
+def is_gguf(path) -> bool:
+    p = Path(path)
+    if p.suffix.lower() == ".gguf":
+        return True
+    try:
+        with open(p, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def gguf_label(path) -> str:
+    """'gguf Q4_0' from the file's general.file_type (the file name's stem when absent)."""
+    from quant import gguf_model
+    m = gguf_model.read(path)
+    return f"gguf {(m.file_type or Path(path).stem).replace('MOSTLY_', '')}"
+
+
+def make_gguf_twin(path, out) -> Path:
+    """A GGUF's dequantized twin: every tensor decoded by gguf-py (quant.gguf_export), float tensors
+    as stored, so the render shows the weights ComfyUI-GGUF computes with."""
+    from quant.gguf_export import export_safetensors
+    export_safetensors(path, out, "keep", force=True)
+    return Path(out)
