@@ -7,7 +7,8 @@ import re
 import struct
 
 from quant import arch
-from quant import spec as S
+from quant import formats as S
+from quant.dtypes import DTYPE_BYTES
 from quant.safetensors_io import build_header
 
 BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])\.weight$")
@@ -38,7 +39,7 @@ def write_sparse_14b(path, fmt: str = "fp8", base_dtype: str = "BF16") -> int:
     off = len(header)
     offsets = {}
     for k, dt, shp in entries:
-        n = math.prod(shp) * S.DTYPE_BYTES[dt]
+        n = math.prod(shp) * DTYPE_BYTES[dt]
         offsets[k] = off
         off += n
     with open(path, "wb") as f:

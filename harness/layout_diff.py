@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from quant import spec as S
+from quant.checkpoint import IGNORED_KEYS, Structure, build, pattern
+from quant.formats import marker_format
+from quant.formats.comfy import COMFY_VERSIONS, QUANT_METADATA_KEY
 from quant.sources import Source, SourceTensor, open_source
 
-from harness.verify.model import IGNORED_KEYS, Structure, build, pattern
-
 # legacy name -> comfy_quant name (ComfyUI's convert_old_quants renames them, comfy_format.md §1.4)
-LEGACY_RENAME = {"scale_weight": "weight_scale", "scale_input": "input_scale"}
-READ_METADATA = ("config", S.QUANT_METADATA_KEY)          # the header keys ComfyUI reads (§4.3)
+LEGACY_RENAME = dict(marker_format().legacy_names)
+READ_METADATA = ("config", QUANT_METADATA_KEY)          # the header keys ComfyUI reads (§4.3)
 
 
 class ManifestSource(Source):
@@ -165,7 +165,7 @@ def diff_structures(a: Structure, b: Structure, *, structure_only=False, la_name
             add("scaled_fp8 marker present on one side only", False, k)
     # metadata
     for k in sorted(a.metadata.keys() | b.metadata.keys()):
-        if k == S.QUANT_METADATA_KEY:
+        if k == QUANT_METADATA_KEY:
             continue          # compared through the layers above
         va, vb = a.metadata.get(k), b.metadata.get(k)
         if va == vb:
@@ -173,10 +173,10 @@ def diff_structures(a: Structure, b: Structure, *, structure_only=False, la_name
         eq = k not in READ_METADATA
         what = ("only " + (la_name if vb is None else lb_name)) if va is None or vb is None else "differs"
         add(f"header metadata {k!r} {what}" + ("; ComfyUI does not read it" if eq else ""), eq, f"__metadata__.{k}")
-    hq_a, hq_b = S.QUANT_METADATA_KEY in a.metadata, S.QUANT_METADATA_KEY in b.metadata
+    hq_a, hq_b = QUANT_METADATA_KEY in a.metadata, QUANT_METADATA_KEY in b.metadata
     if hq_a != hq_b:
         add(f"header _quantization_metadata {'only ' + (la_name if hq_a else lb_name)}", _carriers_equivalent(a, b),
-            f"__metadata__.{S.QUANT_METADATA_KEY}")
+            f"__metadata__.{QUANT_METADATA_KEY}")
     return sorted(groups.values(), key=lambda g: (g.equivalent, -len(g.names), g.message))
 
 
@@ -196,7 +196,7 @@ def _diff_layer(a, b, x, y, add, structure_only, la_name, lb_name):
         add(f"full_precision_matrix_mult {x.fpmm} {la_name}, {y.fpmm} {lb_name}", False, name)
     if x.legacy != y.legacy:
         add(f"{_fmt_label(x)} {la_name}, {_fmt_label(y)} {lb_name}: equivalent for ComfyUI >= "
-            f"{S.COMFY_VERSIONS['comfy_quant_tensor']} (it converts legacy files on load)", True, name)
+            f"{COMFY_VERSIONS['comfy_quant_tensor']} (it converts legacy files on load)", True, name)
     ka = {LEGACY_RENAME.get(s, s): (s, a.infos[k]) for s, k in x.keys.items() if s not in ("comfy_quant",)}
     kb = {LEGACY_RENAME.get(s, s): (s, b.infos[k]) for s, k in y.keys.items() if s not in ("comfy_quant",)}
     for s in sorted(ka.keys() | kb.keys()):
@@ -214,7 +214,7 @@ def _diff_layer(a, b, x, y, add, structure_only, la_name, lb_name):
         if ia.dtype == ib.dtype and same_shape and sa == sb:
             continue
         if ia.dtype == ib.dtype and (same_shape or scalar_pair):
-            since = S.COMFY_VERSIONS["comfy_quant_tensor" if sa != sb else "quantization_metadata_header"]
+            since = COMFY_VERSIONS["comfy_quant_tensor" if sa != sb else "quantization_metadata_header"]
             add(f"{sb} {_ts(ib)} {lb_name}, {sa} {_ts(ia)} {la_name}: equivalent for ComfyUI >= {since}", True, name)
             continue
         if ia.dtype != ib.dtype and same_shape and s == "bias":

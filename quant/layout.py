@@ -37,13 +37,15 @@ def activation_scale(target: str, action: str, amax: float):
     return layer_format(target, action).activation_scale(amax)
 
 
-def marker_entry(target: str = "fp8-legacy") -> tuple[str, str, tuple] | None:
-    m = formats.get(target).marker
+def marker_entry(target: str | None = None) -> tuple[str, str, tuple] | None:
+    """The file-level marker tensor's entry of a ``target`` file (None: the format has none; default: the
+    marker format's)."""
+    m = (formats.get(target) if target else formats.marker_format()).marker
     return (m["key"], m["dtype"], tuple(m["shape"])) if m else None
 
 
-def marker_tensor(target: str = "fp8-legacy"):
-    return formats.get(target).marker_tensor()
+def marker_tensor(target: str | None = None):
+    return (formats.get(target) if target else formats.marker_format()).marker_tensor()
 
 
 def header_metadata(target: str, layer_configs: dict[str, dict], source_meta: dict[str, str],

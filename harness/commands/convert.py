@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from quant import presets
+from quant import formats, presets
 from quant.convert import convert
 
 
@@ -23,7 +23,7 @@ def register(sub):
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("source", help="source checkpoint (.safetensors, *.index.json, shard dir, .gguf)")
     p.add_argument("-o", "--output", help="output .safetensors (default: beside the source, e.g. *_fp8mixed)")
-    p.add_argument("--format", "-f", dest="target", choices=presets.TARGETS, default="fp8")
+    p.add_argument("--format", "-f", dest="target", choices=formats.TARGETS, default="fp8")
     p.add_argument("--preset", "-p", help="preset name or .toml path (see `quantgate plan`)")
     p.add_argument("--preset-from-gguf", metavar="FILE.gguf",
                    help="derive the preset from this GGUF's per-tensor types in one step "
@@ -31,7 +31,8 @@ def register(sub):
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] for the quantize step")
     p.add_argument("--input-scales", metavar="JSON",
                    help='calibrated activation amax per layer {"layers": {"blocks.0.ffn.0": 12.5}}; '
-                        "written as input_scale (fp8: amax/448, nvfp4: amax/2688)")
+                        "written as the input scale (" + ", ".join(
+                            f"{f.name}: {f.input_scale_key} = amax/{f.full_scale:g}" for f in formats.FORMATS.values()) + ")")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--comfy-version", metavar="X.Y.Z",
                    help="oldest ComfyUI the file must load correctly on (default: current, >= 0.4). For "

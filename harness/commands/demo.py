@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-FORMATS = ("fp8-legacy", "fp8", "nvfp4")
+from quant.formats import TARGETS as FORMATS  # every output format, from the registry
 PLANTED = "planted-defect"
 
 

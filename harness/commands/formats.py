@@ -1,5 +1,5 @@
-"""quantgate formats: the format facts (from quant.spec, the single source of truth)."""
-from quant import spec
+"""quantgate formats: the format facts, printed from the format registry (quant.formats)."""
+from quant import formats
 
 
 def register(sub):
@@ -8,5 +8,5 @@ def register(sub):
 
 
 def run(args) -> int:
-    print(spec.describe())
+    print(formats.describe())
     return 0

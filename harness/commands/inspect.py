@@ -5,11 +5,12 @@ import json
 from collections import Counter
 
 from quant import arch
+from quant.formats import marker_format
 from quant.sources import open_source
 
 
 def summarize(src) -> dict:
-    from harness.verify.model import build
+    from quant.checkpoint import build
     names = src.keys()
     dtypes = Counter(src.info(n).dtype for n in names)
     bytes_by = Counter()
@@ -19,7 +20,9 @@ def summarize(src) -> dict:
     fmts = Counter(la.spec.name if la.spec else str(la.comfy_format) for la in st.declared)
     comfy_quant = sum(1 for n in names if n.endswith(".comfy_quant"))
     if st.markers:
-        layout = f"legacy scaled fp8 (marker {st.markers[0].key}, {fmts.get('fp8-legacy', 0)} scale_weight)"
+        legacy = marker_format()
+        layout = (f"legacy scaled fp8 (marker {st.markers[0].key}, {fmts.get(legacy.name, 0)} "
+                  f"{legacy.decode_scale_key})")
     elif st.header_raw is not None or comfy_quant:
         layout = (f"comfy_quant mixed ({len(st.header_layers or {})} layers in header, "
                   f"{comfy_quant} .comfy_quant tensors)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from quant import presets
+from quant import formats, presets
 from quant.errors import UsageError
 from quant.convert import make_plan
 from quant.sources import open_source
@@ -17,7 +17,7 @@ def register(sub):
     p.add_argument("--preset", "-p", help=f"one of {', '.join(presets.available())} or a .toml (default: detected)")
     p.add_argument("--preset-from-gguf", metavar="FILE.gguf",
                    help="derive the preset from this GGUF's per-tensor types (see `quantgate preset from-gguf`)")
-    p.add_argument("--format", "-f", dest="target", choices=presets.TARGETS, default="nvfp4")
+    p.add_argument("--format", "-f", dest="target", choices=formats.TARGETS, default="nvfp4")
     p.add_argument("--comfy-version", metavar="X.Y.Z",
                    help="oldest ComfyUI the file must load correctly on (default: current, >= 0.4). For "
                         "fp8-legacy below 0.4.0 every Linear is quantized with a scale, because such ComfyUI "

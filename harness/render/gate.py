@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from quant import __version__ as TOOL_VERSION
-from quant import spec as S
+from quant.formats.comfy import comfy_has, version_lt
 from quant.errors import InputError, UsageError
 
 from ..comfy.errors import ComfyError, ExecutionError
@@ -108,7 +108,7 @@ def _benign_unexpected(c, warning: dict, comfy_version: str) -> list[str]:
     ``_quantization_metadata`` gives it the same layer config (converters write both on purpose)."""
     if warning["kind"] != "unexpected":
         return []
-    if S.comfy_has("comfy_quant_tensor", comfy_version) is not False:
+    if comfy_has("comfy_quant_tensor", comfy_version) is not False:
         return []                                   # >= 0.4.0 reads them (or the version is unknown)
     if not hasattr(c, "_header_layers"):
         try:
@@ -187,7 +187,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
                 raise UsageError("a work directory is needed to write the dequantized twin")
             c.rendered_as = "dequantized twin"
             tp = work_dir / f"{c.path.stem}.dequantized-twin.safetensors"
-            log(f"{c.label}: ComfyUI {session.version} cannot load {c.format} (needs >= {twin.NVFP4_MIN_COMFY}); "
+            log(f"{c.label}: ComfyUI {session.version} cannot load {c.format} (needs >= {twin.loads_since(c.format)}); "
                 f"rendering its dequantized twin (comfy-kitchen eager reference)")
             twin.make_dequantized_twin(c.path, tp, source)
             c.render_path = tp
@@ -316,7 +316,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
                                  "(the model in memory is not the model in the file)")
         v = c.verify
         need = (v or {}).get("min_comfy")
-        if need and need != "any" and c.rendered_as == "file" and S.version_lt(session.version, need):
+        if need and need != "any" and c.rendered_as == "file" and version_lt(session.version, need):
             c.notes.append(f"the file needs ComfyUI >= {need} (verify); this server is {session.version}, so the "
                            f"render shows what {session.version} does with it (for older ComfyUI convert with "
                            "--comfy-version)")

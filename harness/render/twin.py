@@ -12,17 +12,15 @@ from pathlib import Path
 
 import torch
 
-from quant import spec as S
+from quant import formats
 from quant.errors import InputError
+from quant.formats.comfy import COMFY_VERSIONS, version_lt
 from quant.safetensors_io import read_header, save_file
 
-NVFP4_MIN_COMFY = S.COMFY_VERSIONS["nvfp4"]
-
-
 def structure(path):
-    """What the file declares (both carriers, header wins, legacy marker), parsed by the format
-    gate's own reader so the render gate and verify never disagree about a file."""
-    from harness.verify.model import build
+    """What the file declares (both carriers, header wins, legacy marker), parsed by the reader
+    every part uses (quant.checkpoint), so the render gate and verify never disagree about a file."""
+    from quant.checkpoint import build
     from quant.sources import open_source
     src = open_source(path)
     return build(src)
@@ -33,32 +31,44 @@ def candidate_format(path) -> str:
     st = structure(path)
     try:
         if st.markers:
-            return "fp8-legacy"
+            return formats.marker_format().name
+        known = {la.spec for la in st.declared if la.spec is not None}
+        if known:         # a file's format is the last of its layers' formats in registry order (nvfp4 files
+            return max(known, key=lambda f: f.order).name     # hold fp8 layers too)
         fmts = {la.comfy_format for la in st.declared if la.comfy_format}
-        if "nvfp4" in fmts:
-            return "nvfp4"
-        if "float8_e4m3fn" in fmts:
-            return "fp8"
         if fmts:
             return sorted(fmts)[0]
         if any(i.dtype in ("F8_E4M3", "F8_E5M2") for i in st.infos.values()):
-            return "fp8-legacy"       # fp8 weights with no marker and no metadata (a malformed file)
+            return formats.marker_format().name   # fp8 weights with no marker and no metadata (a malformed file)
         return "unquantized"
     finally:
         st.src.close()
 
 
+def loads_since(fmt: str) -> str | None:
+    """Oldest ComfyUI that reads format ``fmt`` at all (None: not a quantgate format)."""
+    f = formats.FORMATS.get(fmt)
+    return None if f is None else f.loads_since
+
+
 def server_supports(fmt: str, comfy_version: str) -> bool:
-    if fmt != "nvfp4":
+    """Whether a ComfyUI of ``comfy_version`` loads files of ``fmt`` (else the gate renders the twin).
+    An unknown version is taken to read comfy_quant files (>= 0.4.0)."""
+    since = loads_since(fmt)
+    if since is None:
         return True
-    return bool(S.comfy_has("nvfp4", comfy_version))
+    lt = version_lt(comfy_version, since)
+    if lt is None:
+        return not version_lt(COMFY_VERSIONS["comfy_quant_tensor"], since)
+    return not lt
 
 
 def make_dequantized_twin(path, out, source=None) -> Path:
     """Write a plain checkpoint whose quantized layers are dequantized (comfy-kitchen eager)."""
     import comfy_kitchen as ck
 
-    from harness.verify.numeric import load_layer, scale_key
+    from harness.verify.kitchen import reference_for
+    from quant.checkpoint import load_layer
     path, out = Path(path), Path(out)
     src_shapes = {}
     if source is not None:
@@ -74,22 +84,21 @@ def make_dequantized_twin(path, out, source=None) -> Path:
             drop |= {k for suf, k in la.keys.items() if suf not in ("weight", "bias")}
         with ck.use_backend("eager"):
             for la in st.declared:
-                if "weight" not in la.keys or la.spec not in (S.NVFP4, S.FP8, S.FP8_LEGACY):
+                kr = reference_for(la.spec)
+                if "weight" not in la.keys or kr is None:
                     continue
-                if la.spec is not S.NVFP4 and scale_key(la) not in la.keys:
+                if la.spec.block_scale_key is None and la.decode_scale_key not in la.keys:
                     w = st.src.get(la.keys["weight"]).to(torch.float32)   # ComfyUI: implicit scale 1
                 else:
                     w, scale, bs = load_layer(st, la)
-                    if la.spec is S.NVFP4:
-                        w = ck.dequantize_nvfp4(w.view(torch.uint8), scale, bs, torch.float32)
-                        shape = src_shapes.get(la.keys["weight"])
-                        if shape is not None and len(shape) == 2:
-                            w = w[: shape[0], : shape[1]]
-                        if "pre_quant_scale" in la.keys:
-                            pqs = st.src.get(la.keys["pre_quant_scale"]).to(torch.float32).reshape(1, -1)
-                            w = w * pqs[:, : w.shape[1]]
+                    shape = src_shapes.get(la.keys["weight"]) if la.spec.changes_weight_shape else None
+                    if shape is not None and len(shape) == 2:
+                        w = kr.dequantize(ck, w, scale, bs, shape[0], shape[1])
                     else:
-                        w = ck.dequantize_per_tensor_fp8(w, scale, torch.float32)
+                        w = kr.dequantize(ck, w, scale, bs)
+                    if "pre_quant_scale" in la.keys:
+                        pqs = st.src.get(la.keys["pre_quant_scale"]).to(torch.float32).reshape(1, -1)
+                        w = w * pqs[:, : w.shape[1]]
                 tensors[la.keys["weight"]] = w.contiguous()
         for n in st.infos:
             if n in drop or n in tensors:

@@ -1,8 +1,9 @@
 """The format gate: ``verify(checkpoint, source=None, reference=None, strict=False)``.
 
-Modules: ``model`` (what the file declares), ``layout_rules`` (carriers, companions, dtypes, shapes,
+Modules: ``quant.checkpoint`` (what the file declares), ``layout_rules`` (carriers, companions, dtypes, shapes,
 layer kinds, activation policy, minimum ComfyUI), ``value_rules`` (scale values), ``numeric``
-(comfy-kitchen dequantization vs the source, or statistics), ``findings`` (grouping), ``record``
+(comfy-kitchen dequantization vs the source: ``kitchen``, ``metrics``, ``diagnosis``, ``pool``), ``stats``
+(no-source plausibility), ``findings`` (grouping), ``record``
 (gate record JSON). Exit codes: 0 passes, 1 defects, 2 unreadable input.
 """
 from __future__ import annotations
@@ -12,11 +13,11 @@ import time
 import torch
 from dataclasses import dataclass, field
 
+from quant.checkpoint import build, reference_shapes
 from quant.sources import open_source
 
-from . import layout_rules, log_scales, non_transformer, numeric, value_rules
+from . import layout_rules, log_scales, non_transformer, numeric, stats, value_rules
 from .findings import ERROR, INFO, WARNING, Findings
-from .model import build, reference_shapes
 
 MODES = ("header-only", "statistics", "numeric")
 MODE_TEXT = {
@@ -102,7 +103,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
                 nbytes = numeric.compare(st, src_obj, f, progress, device=device)
             elif not header_only:
                 mode = "statistics"
-                nbytes = numeric.statistics(st, f, progress)
+                nbytes = stats.statistics(st, f, progress)
                 if st.declared:
                     f.info("stats.note", "no --source given: the numbers were checked for plausibility only (NaN codes, "
                                          "range use, scale magnitudes, block-scale alignment); nibble order, row-major "
@@ -120,7 +121,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
             layers[name] = layers.get(name, 0) + 1
         if mc != "any":
             f.info("compat.min-comfy", f"needs ComfyUI >= {mc} ({'; '.join(why)})")
-        if "nvfp4" in layers:
+        if "nvfp4" in layers:   # a hardware fact about this comfy format, not a format rule
             f.info("compat.note", "nvfp4 runs natively only on Blackwell (SM >= 10, cu130 PyTorch); on H100/H200 "
                                   "and older GPUs ComfyUI dequantizes it to bf16 on every forward")
         n_tensors = len(st.infos)

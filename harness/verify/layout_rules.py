@@ -1,14 +1,17 @@
 """Header-level rules: carriers, markers, companions (dtypes/shapes), which layers may be quantized,
-activation policy. Every format fact comes from ``quant.spec``; nothing here restates it."""
+activation policy. Every format fact comes from the format objects (``quant.formats``); nothing here
+restates it or tests which format a layer has."""
 from __future__ import annotations
 
 import math
 
-from quant import spec as S
+from quant import formats
+from quant.checkpoint import (IGNORED_KEYS, LEGACY_SUFFIXES, QUANT_STORAGE, SCALE_SUFFIXES, Layer, Structure,
+                              pattern)
+from quant.dtypes import FLOAT_DTYPES, HIGH_PRECISION
+from quant.formats.comfy import COMFY_VERSIONS, QUANT_ALGOS_SINCE
 
 from .findings import Findings
-from .model import (IGNORED_KEYS, LEGACY_SUFFIXES, QUANT_STORAGE, SCALE_SUFFIXES, Layer, Structure,
-                    pattern)
 
 # Layers whose shapes ComfyUI's model detection reads (layouts.md §5, comfy_format.md §4.4, §7.8).
 DETECTION_LAYERS = {
@@ -38,14 +41,14 @@ def _logical_nk(la: Layer, st: Structure, ref: dict) -> tuple[int, int] | None:
     if len(shape) != 2:
         la.logical_shape = shape
         return None
-    if la.spec is S.NVFP4:
-        return shape[0], shape[1] * 2            # padded dims: the best we know without a reference
+    if la.spec is not None and la.spec.changes_weight_shape:
+        return la.spec.stored_nk(shape)          # padded dims: the best we know without a reference
     la.logical_shape = shape
     return shape
 
 
 def check_markers(st: Structure, f: Findings):
-    spec_m = S.FP8_LEGACY.marker
+    spec_m = formats.marker_format().marker
     for m in st.markers:
         if m.dtype == spec_m["dtype"]:
             pass
@@ -85,11 +88,11 @@ def check_carriers(st: Structure, f: Findings):
                                           "(ComfyUI 0.3.68-0.3.77 read only the header)", [la.name])
         if la.declared and la.comfy_format is not None and la.spec is None:
             fmt = la.comfy_format
-            if fmt not in S.QUANT_ALGOS_SINCE:
+            if fmt not in QUANT_ALGOS_SINCE:
                 f.error("carrier.unknown-format", f"format {fmt!r} is not a ComfyUI quantization format "
                                                   "(ComfyUI fails with KeyError)", [la.name])
             else:
-                f.warning("format.unchecked", f"format {fmt!r} (ComfyUI >= {S.QUANT_ALGOS_SINCE[fmt]}) is not "
+                f.warning("format.unchecked", f"format {fmt!r} (ComfyUI >= {QUANT_ALGOS_SINCE[fmt]}) is not "
                                               "checked by quantgate yet", [la.name])
         if la.declared and "weight" not in la.keys and not la.keys.keys() - {"comfy_quant"}:
             if la.name in st.infos:
@@ -163,11 +166,7 @@ def check_companions(st: Structure, f: Findings, ref: dict):
             k = la.keys.get(c.suffix)
             if k is None:
                 if c.required:
-                    why = {"scale_weight": "ComfyUI silently uses 1.0 and the layer decodes wrong",
-                           "weight_scale": ("ComfyUI fails with 'Missing NVFP4 scales'" if spec is S.NVFP4
-                                            else "ComfyUI loads it with scale None and crashes at first use"),
-                           "weight_scale_2": "ComfyUI fails with 'Missing NVFP4 scales'",
-                           "weight": "the layer has scales but no weight"}.get(c.suffix, "required by the format")
+                    why = c.missing
                     f.error("companion.missing", f"{fmt} layer has no .{c.suffix}: {why}", [la.name])
                 continue
             info = st.infos[k]
@@ -176,7 +175,7 @@ def check_companions(st: Structure, f: Findings, ref: dict):
                                                   f"{c.dtypes[0]} on load (works, but the scale carries only "
                                                   f"{info.dtype}'s precision; write {c.dtypes[0]})", [la.name])
             elif info.dtype not in c.dtypes:
-                if c.suffix == "weight" and info.dtype in S.FLOAT_DTYPES:
+                if c.suffix == "weight" and info.dtype in FLOAT_DTYPES:
                     msg = (f"declared {fmt} but its weight is {info.dtype}: it was never quantized "
                            f"(ComfyUI value-casts it to {'/'.join(c.dtypes)} and the scales no longer fit)")
                 elif c.suffix == "weight" and info.dtype == "F8_E5M2":
@@ -190,17 +189,17 @@ def check_companions(st: Structure, f: Findings, ref: dict):
             if nk is None:
                 continue
             n, kk = nk
-            want = S.resolve_shape(c.shape, n, kk)
+            want = formats.resolve_shape(c.shape, n, kk)
             got = tuple(info.shape)
             if got == want:
                 continue
-            alts = [a for a in c.alt_shapes if S.resolve_shape(a, n, kk) == got]
+            alts = [a for a in c.alt_shapes if formats.resolve_shape(a, n, kk) == got]
             if alts:
                 f.info("companion.alt-shape", f".{c.suffix} is stored as {_shape_str(info.dtype, got)} instead of "
                                               f"{_shape_str(info.dtype, want)}; ComfyUI accepts both", [la.name])
                 continue
             msg = (f"{fmt} .{c.suffix} is {_shape_str(info.dtype, got)}, expected {_shape_str(c.dtypes[0], want)} "
-                   f"({S.SHAPE_RULE_DOC[c.shape]}) for a [{n}, {kk}] weight")
+                   f"({formats.SHAPE_RULE_DOC[c.shape]}) for a [{n}, {kk}] weight")
             if c.shape == "nvfp4_block_scales" and got == (n, math.ceil(kk / 16)):
                 msg += "; this is a row-major [N, K/16] layout, not the swizzled one ComfyUI needs"
             elif c.shape == "nvfp4_packed" and got == (n, kk):
@@ -230,7 +229,8 @@ def check_layer_kinds(st: Structure, f: Findings, ref: dict):
                                         "quantization in Linear layers; this loads as garbage", [la.name])
             continue
         if la.name in det:
-            changes_shape = la.spec is S.NVFP4 or la.comfy_format not in ("float8_e4m3fn", "float8_e5m2", "int8_tensorwise")
+            changes_shape = (la.spec.changes_weight_shape if la.spec is not None
+                             else la.comfy_format not in ("float8_e4m3fn", "float8_e5m2", "int8_tensorwise"))
             if changes_shape:
                 f.error("layer.detection", f"{la.comfy_format} changes the stored shape of a layer ComfyUI's model "
                                            f"detection reads ({st.family}); the model is mis-detected. Keep it BF16",
@@ -244,7 +244,7 @@ def check_layer_kinds(st: Structure, f: Findings, ref: dict):
     for k, info in st.infos.items():
         if k in comp or k in IGNORED_KEYS or k.endswith(".comfy_quant") or any(m.key == k for m in st.markers):
             continue
-        if info.dtype in S.FLOAT_DTYPES:
+        if info.dtype in FLOAT_DTYPES:
             continue
         sk = k.rsplit(".", 1)[-1]
         la = st.layers.get(k.rsplit(".", 1)[0]) if "." in k else None
@@ -260,7 +260,8 @@ def check_layer_kinds(st: Structure, f: Findings, ref: dict):
 
 def check_activation(st: Structure, f: Findings):
     for la in st.declared:
-        if la.spec is S.FP8 and "input_scale" not in la.keys and not la.fpmm:
+        if (la.spec is not None and la.spec.weight_only_without_input_scale
+                and la.spec.input_scale_key not in la.keys and not la.fpmm):
             f.warning("activation.policy", "fp8 layer has neither a calibrated input_scale nor "
                                            "full_precision_matrix_mult: ComfyUI >= 0.4.0 casts its activations to fp8 "
                                            "with scale 1.0 on fp8 GPUs (noisy output)", [la.name])
@@ -279,7 +280,7 @@ def legacy_high_precision_linears(st: Structure) -> list[str]:
         if la.declared or wk is None:
             continue
         info = st.infos[wk]
-        if info.dtype in S.HIGH_PRECISION and len(info.shape) == 2:
+        if info.dtype in HIGH_PRECISION and len(info.shape) == 2:
             out.append(la.name)
     return sorted(out)
 
@@ -288,7 +289,7 @@ def min_comfy(st: Structure) -> tuple[str, list[str]]:
     """Oldest ComfyUI that loads the file as intended, and why."""
     from packaging.version import Version
     need: list[tuple[str, str]] = []
-    V = S.COMFY_VERSIONS
+    V = COMFY_VERSIONS
     for m in st.markers:
         need.append((V["scaled_fp8_marker_2"] if m.numel == 2 else V["scaled_fp8_marker"], "scaled_fp8 marker"))
     if st.markers and legacy_high_precision_linears(st):
@@ -303,8 +304,12 @@ def min_comfy(st: Structure) -> tuple[str, list[str]]:
         if la.fpmm and not la.legacy:
             need.append((V["full_precision_matrix_mult"], "full_precision_matrix_mult"))
         fmt = la.comfy_format
-        if fmt in S.QUANT_ALGOS_SINCE and not la.legacy:
-            need.append((S.QUANT_ALGOS_SINCE[fmt], f"format {fmt}"))
+        if la.legacy:
+            pass                                 # the marker above says it
+        elif la.spec is not None:
+            need.append((QUANT_ALGOS_SINCE[la.spec.comfy_format], f"format {fmt}"))
+        elif fmt in QUANT_ALGOS_SINCE:
+            need.append((QUANT_ALGOS_SINCE[fmt], f"format {fmt}"))
         if "pre_quant_scale" in la.keys:
             need.append((V["pre_quant_scale"], "pre_quant_scale"))
     if not need:

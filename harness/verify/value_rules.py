@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 import statistics
 
-from quant import spec as S
+from quant.checkpoint import Structure
+from quant.dtypes import FLOAT_DTYPES
 
 from .findings import Findings
-from .model import Structure
 
-# full-scale value of the quantized activation: fp8 e4m3 448, nvfp4 448*6
-QMAX = {"fp8": 448.0, "fp8-legacy": 448.0, "nvfp4": 448.0 * 6.0}
 MIN_ACT_AMAX = 0.5          # an input_scale implying |x| never exceeds this clips real activations
 PEER_FACTOR = 30.0          # one layer's input_scale this far below its peers' median is an outlier
 
@@ -34,7 +32,7 @@ def run(st: Structure, f: Findings) -> dict[str, dict[str, float]]:
             if k is None or not c.positive_finite:
                 continue
             info = st.infos[k]
-            if info.dtype not in S.FLOAT_DTYPES or math.prod(info.shape) > 4096:
+            if info.dtype not in FLOAT_DTYPES or math.prod(info.shape) > 4096:
                 continue                            # dtype/shape already reported
             v = _values(st, k)
             bad = [x for x in v if not (math.isfinite(x) and x > 0)]
@@ -45,12 +43,13 @@ def run(st: Structure, f: Findings) -> dict[str, dict[str, float]]:
             if len(v) == 1:
                 vals[c.suffix] = v[0]
         scalars[la.name] = vals
-        w = vals.get("weight_scale_2" if spec is S.NVFP4 else ("scale_weight" if la.legacy else "weight_scale"))
-        i = vals.get("scale_input" if la.legacy else "input_scale")
+        wname = spec.decode_scale_key
+        w = vals.get(wname)
+        i = vals.get(spec.input_scale_key)
         if la.legacy and not la.fpmm and i == 1.0:
             f.warning("activation.unit-scale", "scale_input is exactly 1.0, which ComfyUI drops: with a 0-element "
                                                "marker activations are cast to fp8 with scale 1.0", [la.name])
-        if not la.legacy and spec is S.FP8 and not la.fpmm and i == 1.0:
+        if not la.legacy and spec.weight_only_without_input_scale and not la.fpmm and i == 1.0:
             f.warning("activation.unit-scale", "input_scale is exactly 1.0, a default rather than a calibrated value: "
                                                "ComfyUI >= 0.4 casts this layer's activations to fp8 at scale 1.0 on "
                                                "fp8 GPUs (noisy output); calibrate it or set full_precision_matrix_mult",
@@ -59,7 +58,6 @@ def run(st: Structure, f: Findings) -> dict[str, dict[str, float]]:
             f.warning("scale.magnitude", "weight scale is exactly 1.0, a default rather than amax-derived "
                                          "(unit scale?); run with --source to prove the numbers", [la.name])
         if i is not None and w is not None and math.isclose(i, w, rel_tol=1e-6):
-            wname = "weight_scale_2" if spec is S.NVFP4 else ("scale_weight" if la.legacy else "weight_scale")
             f.error("input_scale.from-weight", f"input_scale equals {wname}: it was taken from weight statistics, not "
                                                "calibrated activations; activations get clipped or crushed", [la.name])
     _check_input_scales(st, f, scalars)
@@ -71,11 +69,11 @@ def _check_input_scales(st: Structure, f: Findings, scalars):
     for la in st.declared:
         if la.spec is None:
             continue
-        v = scalars.get(la.name, {}).get("scale_input" if la.legacy else "input_scale")
+        v = scalars.get(la.name, {}).get(la.spec.input_scale_key)
         if v is not None:
-            by_fmt.setdefault(la.spec.name, []).append((la.name, v))
-    for fmt, items in by_fmt.items():
-        qmax = QMAX[fmt]
+            by_fmt.setdefault(la.spec, []).append((la.name, v))
+    for spec, items in by_fmt.items():
+        fmt, qmax = spec.name, spec.full_scale
         if len(items) >= 4 and len({v for _, v in items}) == 1 and items[0][1] != 1.0:
             f.warning("input_scale.implausible", f"all {len(items)} {fmt} layers share one input_scale "
                                                  f"({items[0][1]:.6g}): not a per-layer calibration",

@@ -54,6 +54,7 @@ class Companion:
     # other dtypes ComfyUI converts on load (checker: warning, not error): per-tensor float scales are
     # cast to float32 (legacy scale_weight param copy; kitchen Params for weight_scale/_2)
     tolerated_dtypes: tuple[str, ...] = ()
+    missing: str = "required by the format"   # what ComfyUI does when a required companion is absent
 
     def fit(self, t):
         """``t`` reshaped to this companion's written shape where that is a scalar rule."""
@@ -79,6 +80,8 @@ class Format:
     per_layer_keys: ClassVar[tuple[str, ...]] = ()   # every suffix a layer of this format may have
     marker: ClassVar[dict] = {}              # the file-level marker tensor (legacy carrier)
     min_comfy: ClassVar[str]                 # oldest ComfyUI that loads a file of this format correctly
+    loads_since: ClassVar[str]               # oldest ComfyUI that reads the format at all (the render gate
+                                             # renders a dequantized twin on older servers)
     description: ClassVar[str]
     file_suffix: ClassVar[str]               # default output name: <source stem><file_suffix>.safetensors
     full_scale: ClassVar[float]              # amax / full_scale = the per-tensor decode (and input) scale

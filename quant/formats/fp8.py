@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..kernels.common import E4M3_MAX
 from .base import CARRIER_COMFY_QUANT, CARRIER_MARKER, Companion, Format
-from .comfy import COMFY_VERSIONS
+from .comfy import COMFY_VERSIONS, QUANT_ALGOS_SINCE
 
 _TOLERATED = ("BF16", "F16")
 
@@ -38,9 +38,11 @@ class Fp8Legacy(_Fp8):
     input_scale_key = "scale_input"
     legacy_names = {"scale_weight": "weight_scale", "scale_input": "input_scale"}
     companions = (
-        Companion("weight", ("F8_E4M3",), "NK", True, "fp8 weight, pre-divided by scale_weight"),
+        Companion("weight", ("F8_E4M3",), "NK", True, "fp8 weight, pre-divided by scale_weight",
+                  missing="the layer has scales but no weight"),
         Companion("scale_weight", ("F32",), "one", True, "decode multiplier amax/448 (KJ stores [1])",
-                  alt_shapes=("scalar",), positive_finite=True, tolerated_dtypes=_TOLERATED),
+                  alt_shapes=("scalar",), positive_finite=True, tolerated_dtypes=_TOLERATED,
+                  missing="ComfyUI silently uses 1.0 and the layer decodes wrong"),
         Companion("scale_input", ("F32",), "one", False, "static activation scale (fp8 matmul only)",
                   alt_shapes=("scalar",), positive_finite=True, tolerated_dtypes=_TOLERATED),
     )
@@ -48,6 +50,7 @@ class Fp8Legacy(_Fp8):
     marker = {"key": "scaled_fp8", "dtype": "F8_E4M3", "shape": (2,),
               "meaning": "2 elements = weight-only fp8 (full_precision_matrix_mult); 0 = fp8 matmul allowed"}
     min_comfy = COMFY_VERSIONS["scaled_fp8_marker_2"]
+    loads_since = COMFY_VERSIONS["scaled_fp8_marker"]
     description = ("Legacy KJ/Comfy 'scaled fp8': F8_E4M3 weights, F32 <layer>.scale_weight [1], marker "
                    "scaled_fp8 F8_E4M3 [2], everything else in source precision. Linears kept in high precision "
                    "stay so only from ComfyUI 0.4.0 (older ones cast them to fp8 unscaled: convert with "
@@ -64,14 +67,17 @@ class Fp8(_Fp8):
     input_scale_key = "input_scale"
     weight_only_without_input_scale = True
     companions = (
-        Companion("weight", ("F8_E4M3",), "NK", True, "fp8 weight, pre-divided by weight_scale"),
+        Companion("weight", ("F8_E4M3",), "NK", True, "fp8 weight, pre-divided by weight_scale",
+                  missing="the layer has scales but no weight"),
         Companion("weight_scale", ("F32",), "scalar", True, "decode multiplier amax/448",
-                  alt_shapes=("one",), positive_finite=True, tolerated_dtypes=_TOLERATED),
+                  alt_shapes=("one",), positive_finite=True, tolerated_dtypes=_TOLERATED,
+                  missing="ComfyUI loads it with scale None and crashes at first use"),
         Companion("input_scale", ("F32",), "scalar", False, "calibrated static activation scale amax(x)/448",
                   alt_shapes=("one",), positive_finite=True, tolerated_dtypes=_TOLERATED),
     )
     per_layer_keys = ("weight", "bias", "weight_scale", "input_scale", "comfy_quant")
     min_comfy = COMFY_VERSIONS["comfy_quant_tensor"]
+    loads_since = QUANT_ALGOS_SINCE["float8_e4m3fn"]
     description = ("ComfyUI mixed precision (comfy_quant): F8_E4M3 weight, F32 0-d weight_scale, per-layer "
                    ".comfy_quant U8 JSON and header _quantization_metadata; full_precision_matrix_mult unless "
                    "a calibrated input_scale is given.")

@@ -13,6 +13,7 @@ shape_rule("nvfp4_block_scales", scale_shape,
            "[rup(rup(N,16),128), rup(rup(K,16)/16,4)], cuBLAS 128x4 swizzled, zero padded")
 
 _TOLERATED = ("BF16", "F16")
+_MISSING = "ComfyUI fails with 'Missing NVFP4 scales'"
 
 
 class Nvfp4(Format):
@@ -27,17 +28,19 @@ class Nvfp4(Format):
     input_scale_key = "input_scale"
     block_scale_key = "weight_scale"
     companions = (
-        Companion("weight", ("U8",), "nvfp4_packed", True, "packed E2M1 codes, even element in the high nibble"),
+        Companion("weight", ("U8",), "nvfp4_packed", True, "packed E2M1 codes, even element in the high nibble",
+                  missing="the layer has scales but no weight"),
         Companion("weight_scale", ("F8_E4M3", "U8"), "nvfp4_block_scales", True,
-                  "per-16 block scales, e4m3, cuBLAS 128x4 swizzled"),
+                  "per-16 block scales, e4m3, cuBLAS 128x4 swizzled", missing=_MISSING),
         Companion("weight_scale_2", ("F32",), "scalar", True, "per-tensor decode scale amax/(448*6)",
-                  alt_shapes=("one",), positive_finite=True, tolerated_dtypes=_TOLERATED),
+                  alt_shapes=("one",), positive_finite=True, tolerated_dtypes=_TOLERATED, missing=_MISSING),
         Companion("input_scale", ("F32",), "scalar", False, "calibrated activation scale amax(x)/(448*6)",
                   alt_shapes=("one",), positive_finite=True, tolerated_dtypes=_TOLERATED),
     )
     per_layer_keys = ("weight", "bias", "weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale",
                       "comfy_quant")
     min_comfy = QUANT_ALGOS_SINCE["nvfp4"]
+    loads_since = QUANT_ALGOS_SINCE["nvfp4"]
     description = ("ComfyUI/comfy-kitchen NVFP4: U8 packed E2M1 weight, swizzled F8_E4M3 block scales, F32 0-d "
                    "weight_scale_2, optional calibrated input_scale; .comfy_quant and _quantization_metadata.")
     max_rel_error = 0.25

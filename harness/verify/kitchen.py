@@ -1,0 +1,87 @@
+"""comfy-kitchen, the independent reference the numeric check decodes with (never quantgate's own
+kernels or a format object's dequantize).
+
+One reference per kernel family (``fmt.kernel``): how kitchen decodes it, which cheap statistics it
+has, and which usual mistakes a failed comparison is re-tried against. A format without an entry here
+is reported as not numerically checkable instead of being guessed at.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from . import stats
+from .metrics import fp8_code_metrics, metrics
+
+
+@contextlib.contextmanager
+def open_kitchen():
+    """comfy-kitchen with its eager (plain torch) backend forced: the reference on any device."""
+    try:
+        import comfy_kitchen as ck
+    except ImportError as e:   # pragma: no cover - the test extra pins it
+        from quant.errors import QuantgateError
+        raise QuantgateError(f"numeric verification needs comfy-kitchen (pip install comfy-kitchen): {e}") from None
+    with ck.use_backend("eager"):
+        yield ck
+
+
+class Fp8Reference:
+    """Per-tensor fp8: ``ck.dequantize_per_tensor_fp8``; metrics from a 256-code table (exact, cheap)."""
+    kernel = "fp8"
+    exact_fast_metrics = False     # the code-table metrics are confirmed on a full dequantization on failure
+
+    def dequantize(self, ck, w, scale, bs, n=None, k=None):
+        return ck.dequantize_per_tensor_fp8(w, scale, output_type=torch.float32)
+
+    def precompute(self, w):
+        return torch.bincount(w.view(torch.uint8).reshape(-1), minlength=256)
+
+    def stats(self, la, w, scale, bs, f, pre=None):
+        stats.fp8_stats(la, w, scale, f, pre)
+
+    def fast_metrics(self, ck, w, scale, bs, ref, n, k, pre):
+        return fp8_code_metrics(ck, w, scale, ref, pre)
+
+    def mistakes(self, ck, w, scale, bs, n, k):
+        return [("the data is e5m2 but declared e4m3fn", lambda: w.view(torch.float8_e5m2).float() * scale)]
+
+
+class Nvfp4Reference:
+    """NVFP4: ``ck.dequantize_nvfp4`` (swizzled block scales, high-nibble-first packing)."""
+    kernel = "nvfp4"
+    exact_fast_metrics = True
+
+    def dequantize(self, ck, w, scale, bs, n=None, k=None):
+        out = ck.dequantize_nvfp4(w.view(torch.uint8), scale, bs, output_type=torch.float32)
+        return out if n is None else out[:n, :k]
+
+    def precompute(self, w):
+        return None
+
+    def stats(self, la, w, scale, bs, f, pre=None):
+        stats.nvfp4_stats(la, w, scale, bs, f)
+
+    def fast_metrics(self, ck, w, scale, bs, ref, n, k, pre):
+        return metrics(ref.to(torch.float32), self.dequantize(ck, w, scale, bs, n, k))
+
+    def mistakes(self, ck, w, scale, bs, n, k):
+        tries = [("the nibbles are swapped (ComfyUI puts the even element in the HIGH nibble)",
+                  lambda: ck.dequantize_nvfp4(ck.swap_nibbles(w), scale, bs, output_type=torch.float32)[:n, :k])]
+        np_, c = w.shape[0], w.shape[1] * 2 // 16
+        if bs.numel() == np_ * c or (bs.shape[0] >= np_ and bs.shape[1] >= c):
+            def rowmajor():
+                flat = bs.reshape(-1)[: np_ * c].reshape(np_, c)
+                sw = ck.to_blocked(flat.view(torch.uint8), flatten=False).view(torch.float8_e4m3fn).reshape(bs.shape)
+                return ck.dequantize_nvfp4(w, scale, sw, output_type=torch.float32)[:n, :k]
+            tries.append(("the block scales are stored row-major, not in the cuBLAS swizzled layout", rowmajor))
+        return tries
+
+
+REFERENCES = {r.kernel: r for r in (Fp8Reference(), Nvfp4Reference())}
+
+
+def reference_for(fmt):
+    """The kitchen reference of a format object (None: kitchen cannot decode it here)."""
+    return None if fmt is None else REFERENCES.get(fmt.kernel)
