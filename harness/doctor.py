@@ -127,7 +127,7 @@ def detect_format(path) -> dict:
             main = by_bytes.most_common(1)[0][0] if by_bytes else None
             return {"container": "gguf", "format": f"gguf {main}", "types": sorted(by_bytes),
                     "tensors": len(names), "bytes": src.total_bytes}
-        from harness.verify.model import build
+        from quant.checkpoint import build
         for n in names:
             by_bytes[src.info(n).dtype] += src.info(n).nbytes
         st = build(src)
