@@ -7,7 +7,27 @@ import os
 import pytest
 import torch
 
+from harness.cli import main as cli_main
 from tests.conftest import run_cli
+
+
+class _Done:
+    def __init__(self, rc, out, err):
+        self.returncode, self.stdout, self.stderr = rc, out, err
+
+
+@pytest.fixture
+def cli(capsys):
+    """`quantgate ARGS` in this process (harness.cli.main: same parser, exit codes and messages, without a
+    new interpreter's start-up); the process-level path is covered by one run_cli case per file."""
+    def run(*args, subprocess=False):
+        if subprocess:
+            return run_cli(*args)
+        capsys.readouterr()
+        rc = cli_main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return _Done(rc, cap.out, cap.err)
+    return run
 
 
 @pytest.fixture
@@ -50,10 +70,10 @@ def install(tmp_path, comfy_session, thin_source):
     return {"models": models, "workflows": wfs, "root": root}
 
 
-def test_doctor_against_the_embedded_server(install, comfy_session):
+def test_doctor_against_the_embedded_server(install, comfy_session, cli):
     url = comfy_session.client.url
     before = {p: p.stat().st_mtime_ns for p in install["workflows"].iterdir()}
-    r = run_cli("doctor", "--comfy-url", url, "--comfy-root", install["root"], "--models", install["models"],
+    r = cli("doctor", "--comfy-url", url, "--comfy-root", install["root"], "--models", install["models"],
                 "--workflows", install["workflows"], "--json")
     assert r.returncode == 1, r.stderr
     facts = json.loads(r.stdout)
@@ -91,26 +111,26 @@ def test_doctor_against_the_embedded_server(install, comfy_session):
     used = {m["name"]: m["used_by"] for m in facts["models"]}
     assert sorted(used["wan21_thin_fp8_e4m3fn_scaled.safetensors"]) == ["api.json#6", "ui.json#1"]
     # the table: one line per check, no colour codes when stdout is not a terminal
-    t = run_cli("doctor", "--comfy-url", url, "--models", install["models"], "--workflows", install["workflows"])
+    t = cli("doctor", "--comfy-url", url, "--models", install["models"], "--workflows", install["workflows"])
     assert t.returncode == 1
     assert "\033[" not in t.stdout
     assert "ComfyUI 0.3.75 (/system_stats)" in t.stdout and t.stdout.strip().splitlines()[-1].startswith("FAIL: 3 failure")
     assert {p: p.stat().st_mtime_ns for p in install["workflows"].iterdir()} == before
 
 
-def test_doctor_ok_install_exits_0(install, comfy_session):
+def test_doctor_ok_install_exits_0(install, comfy_session, cli):
     wf = install["workflows"]
     for f in wf.iterdir():
         f.unlink()
     (wf / "good.json").write_text(json.dumps({"1": {"class_type": "UNETLoader", "inputs": {
         "unet_name": "wan21_thin_fp8_e4m3fn_scaled.safetensors", "weight_dtype": "default"}}}))
-    r = run_cli("doctor", "--comfy-url", comfy_session.client.url, "--models", install["models"], "--workflows", wf)
+    r = cli("doctor", "--comfy-url", comfy_session.client.url, "--models", install["models"], "--workflows", wf)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1].startswith("OK: 0 failure(s)")
 
 
 @pytest.mark.parametrize("case", ["unreachable", "malformed-workflow", "no-models-dir", "no-server", "bad-root"])
-def test_doctor_bad_input_one_line_exit_2(tmp_path, case):
+def test_doctor_bad_input_one_line_exit_2(tmp_path, case, cli):
     wfs = tmp_path / "wf"
     wfs.mkdir()
     args = ["--comfy-url", "http://127.0.0.1:9"]
@@ -126,7 +146,7 @@ def test_doctor_bad_input_one_line_exit_2(tmp_path, case):
     elif case == "bad-root":
         args = ["--comfy-root", str(tmp_path / "nope")]
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    r = run_cli("doctor", *args)
+    r = cli("doctor", *args, subprocess=case == "unreachable")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr and not r.stdout
     assert {"unreachable": "cannot reach ComfyUI", "malformed-workflow": "x.json: not valid JSON",

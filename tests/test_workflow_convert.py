@@ -8,7 +8,27 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli import main as cli_main
 from tests.conftest import run_cli
+
+
+class _Done:
+    def __init__(self, rc, out, err):
+        self.returncode, self.stdout, self.stderr = rc, out, err
+
+
+@pytest.fixture
+def cli(capsys):
+    """`quantgate ARGS` in this process (harness.cli.main: same parser, exit codes and messages, without a
+    new interpreter's start-up); the process-level path is covered by one run_cli case per file."""
+    def run(*args, subprocess=False):
+        if subprocess:
+            return run_cli(*args)
+        capsys.readouterr()
+        rc = cli_main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return _Done(rc, cap.out, cap.err)
+    return run
 
 # A UI-format workflow as the ComfyUI frontend saves it (indent 2), with ComfyUI-GGUF loaders:
 # WAN 2.1 T2V Q8_0 unet + umt5 Q5_K_M text encoder, plus a Flux-style dual clip loader not wired up.
@@ -80,13 +100,13 @@ def _tree(d: Path) -> dict:
     return {str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.rglob("*")) if f.is_file()}
 
 
-def test_ui_and_api_convert_then_rollback_byte_exact(tmp_path):
+def test_ui_and_api_convert_then_rollback_byte_exact(tmp_path, cli):
     ui = tmp_path / "wan_t2v_gguf.json"
     api = tmp_path / "api" / "wan_api.json"
     api.parent.mkdir()
     ui_bytes = _write(ui, UI_WF)
     api_bytes = _write(api, API_WF, indent=None)
-    r = run_cli("workflow", "convert", tmp_path, *MAPS)
+    r = cli("workflow", "convert", tmp_path, *MAPS)
     assert r.returncode == 0, r.stderr
     assert "2 of 2 workflow(s) converted" in r.stderr
 
@@ -120,21 +140,21 @@ def test_ui_and_api_convert_then_rollback_byte_exact(tmp_path):
     assert (api.parent / "wan_api.json.quantgate-backup").read_bytes() == api_bytes
     # converting again is refused while a backup exists, and changes nothing
     before = _tree(tmp_path)
-    r2 = run_cli("workflow", "convert", ui, "--map", "wan2.1_t2v_14B_fp8_scaled.safetensors=x.safetensors")
+    r2 = cli("workflow", "convert", ui, "--map", "wan2.1_t2v_14B_fp8_scaled.safetensors=x.safetensors")
     assert r2.returncode == 2 and "rollback" in r2.stderr and len(r2.stderr.strip().splitlines()) == 1
     assert _tree(tmp_path) == before
 
-    r3 = run_cli("workflow", "rollback", tmp_path)
+    r3 = cli("workflow", "rollback", tmp_path)
     assert r3.returncode == 0, r3.stderr
     assert ui.read_bytes() == ui_bytes and api.read_bytes() == api_bytes
     assert not list(tmp_path.rglob("*.quantgate-backup"))
 
 
-def test_dry_run_prints_diff_and_writes_nothing(tmp_path):
+def test_dry_run_prints_diff_and_writes_nothing(tmp_path, cli):
     ui = tmp_path / "wf.json"
     _write(ui, UI_WF)
     before = _tree(tmp_path)
-    r = run_cli("workflow", "convert", ui, *MAPS, "--dry-run")
+    r = cli("workflow", "convert", ui, *MAPS, "--dry-run")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("--- a/wf.json\n+++ b/wf.json\n")
     assert '-      "type": "UnetLoaderGGUF",' in r.stdout and '+      "type": "UNETLoader",' in r.stdout
@@ -144,7 +164,7 @@ def test_dry_run_prints_diff_and_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("case", ["malformed-json", "not-a-workflow", "gguf-unmapped", "linked-sha256",
                                   "bad-widgets", "missing"])
-def test_refused_changes_nothing(tmp_path, case):
+def test_refused_changes_nothing(tmp_path, case, cli):
     good = tmp_path / "a_good.json"
     _write(good, UI_WF)
     bad = tmp_path / "b_bad.json"
@@ -166,7 +186,7 @@ def test_refused_changes_nothing(tmp_path, case):
         _write(bad, wf)
     target = tmp_path / "nope.json" if case == "missing" else tmp_path
     before = _tree(tmp_path)
-    r = run_cli("workflow", "convert", target, *MAPS)
+    r = cli("workflow", "convert", target, *MAPS, subprocess=case == "malformed-json")
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
@@ -174,16 +194,16 @@ def test_refused_changes_nothing(tmp_path, case):
     assert _tree(tmp_path) == before
 
 
-def test_rollback_without_backup_and_bad_map(tmp_path):
+def test_rollback_without_backup_and_bad_map(tmp_path, cli):
     wf = tmp_path / "wf.json"
     _write(wf, API_WF)
-    r = run_cli("workflow", "rollback", wf)
+    r = cli("workflow", "rollback", wf)
     assert r.returncode == 2 and "no backup" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = run_cli("workflow", "convert", wf, "--map", "justaname")
+    r = cli("workflow", "convert", wf, "--map", "justaname")
     assert r.returncode == 2 and "OLD=NEW" in r.stderr
 
 
-def test_converted_api_workflow_renders_on_the_embedded_server(tmp_path, comfy_session, thin_source):
+def test_converted_api_workflow_renders_on_the_embedded_server(tmp_path, comfy_session, thin_source, cli):
     """A GGUF-loader API workflow, converted with --map to an fp8 file, is accepted by /prompt and renders
     exactly what the same workflow written for UNETLoader renders."""
     from harness.render.gate import load_policy
@@ -202,7 +222,7 @@ def test_converted_api_workflow_renders_on_the_embedded_server(tmp_path, comfy_s
                  "_meta": {"title": "Unet Loader (GGUF)"}}
     wf_path = tmp_path / "wf_api.json"
     _write(wf_path, gguf)
-    r = run_cli("workflow", "convert", wf_path, "--map", f"wan2.1-t2v-thin-Q8_0.gguf={name}")
+    r = cli("workflow", "convert", wf_path, "--map", f"wan2.1-t2v-thin-Q8_0.gguf={name}")
     assert r.returncode == 0, r.stderr
     converted = json.loads(wf_path.read_text())
     assert converted["1"]["class_type"] == "UNETLoader"
