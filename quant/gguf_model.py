@@ -273,11 +273,13 @@ def derive_preset(model: GGUFModel, mapping: Mapping = Mapping(), *, name: str |
     from .presets import Preset, Rule
     mapping.check()
     aside: list[str] = []
+    to_src = {}                       # normalised key -> the source's own name (rules match the source)
     if source_shapes is not None:
+        to_src = normalise_names(source_shapes)
         m = match(model, source_shapes)
         if not m.clean:
             raise InputError("the GGUF does not describe this source: " + "; ".join(m.lines()[1:]), model.path)
-        aside = [k for k, n in normalise_names(source_shapes).items() if n in m.aside]
+        aside = [k for k, n in to_src.items() if n in m.aside]
     elif model.arch == "wan" and "patch_embedding.weight" not in model.tensors:
         aside = ["patch_embedding.weight"]
     edge = _edge_blocks(list(model.tensors), mapping.keep_edge_blocks)
@@ -287,9 +289,9 @@ def derive_preset(model: GGUFModel, mapping: Mapping = Mapping(), *, name: str |
         groups.setdefault((action, nv, t.ggml_type, reason), []).append(k)
     rules = []
     for (action, nv, gt, reason), keys in groups.items():
-        rules.append(Rule(tuple(_glob_escape(k) for k in keys), action, nv, None, 0, reason, gguf=gt))
+        rules.append(Rule(tuple(_glob_escape(to_src.get(k, k)) for k in keys), action, nv, None, 0, reason, gguf=gt))
     if aside:
-        rules.append(Rule(tuple(_glob_escape(k) for k in aside), "keep", None, None, 0,
+        rules.append(Rule(tuple(_glob_escape(to_src.get(k, k)) for k in aside), "keep", None, None, 0,
                           "> 4-D, kept aside by city96's GGUF tools: source precision", gguf="aside"))
     sha = sha256 or model.sha256()
     prov = {"gguf_file": model.path.name, "sha256": sha, "architecture": model.arch or "",

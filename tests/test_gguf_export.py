@@ -71,12 +71,15 @@ def test_export_bad_input_one_line_nothing_written(q4, tmp_path, capsys, cli):
     (tmp_path / "trunc.gguf").write_bytes(before[: len(before) - 4096])
     (tmp_path / "absurd.gguf").write_bytes(before[:8] + (2**62).to_bytes(8, "little") + before[16:])
     _unknown_type(g, tmp_path / "unknowntype.gguf")
+    badstr = bytearray(before)
+    struct.pack_into("<Q", badstr, 24, 2**60)          # length of the first KV key string
+    (tmp_path / "absurdstring.gguf").write_bytes(bytes(badstr))
     cases = [(["export-gguf", str(g), "-o", str(g)], "in.gguf"),
              (["export-gguf", str(g), "-o", str(exists)], "--force"),
              (["export-gguf", str(g), "-o", str(tmp_path / "x.bin")], ".safetensors"),
              (["export-gguf", str(tmp_path / "nope.gguf"), "-o", str(out)], "nope.gguf")]
     cases += [(["export-gguf", str(tmp_path / n), "-o", str(out)], n)
-              for n in ("badmagic.gguf", "trunc.gguf", "absurd.gguf", "unknowntype.gguf")]
+              for n in ("badmagic.gguf", "trunc.gguf", "absurd.gguf", "unknowntype.gguf", "absurdstring.gguf")]
     for args, needle in cases:
         rc = main(args)
         err = capsys.readouterr().err

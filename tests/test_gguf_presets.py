@@ -156,6 +156,11 @@ def test_names_normalised_and_one_sided_report(thin, tmp_path):
     assert "keep them aside" in lines and "head.head.bias" in lines and "extra.weight" in lines
     with pytest.raises(InputError, match="does not describe this source"):
         G.derive_preset(m, source_shapes={n: tuple(t.shape) for n, t in ref.items()}, sha256="0" * 64)
+    # a prefixed source (ComfyUI-saved checkpoint) against the unprefixed GGUF: rules use the source's names
+    pre = {"model.diffusion_model." + n: tuple(t.shape) for n, t in ref.items()}
+    pr = G.derive_preset(G.read(files["Q4_0"]), source_shapes=pre, sha256="0" * 64)
+    plan = presets.plan(pr, "nvfp4", [(n, "F16", s) for n, s in pre.items()])
+    assert plan.by_action() == {"keep": 49, "nvfp4": 20}
     # the 5-D tensor alone missing (city96 before fix_5d_tensors.py) is fine: kept by an 'aside' rule
     g2 = _write_plain(tmp_path / "no5d.gguf", [(n, ref[n].numpy()) for n in ref if n != "patch_embedding.weight"])
     pr = G.derive_preset(G.read(g2), source_shapes={n: tuple(t.shape) for n, t in ref.items()})
