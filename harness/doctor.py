@@ -52,6 +52,8 @@ LOADERS: dict[str, tuple[tuple[tuple[int, str], ...], tuple[str, ...]]] = {
     "LoraLoaderModelOnly": (((0, "lora_name"),), ("loras",)),
 }
 GGUF_NODES = ("UnetLoaderGGUF", "CLIPLoaderGGUF", "DualCLIPLoaderGGUF")
+RULES_GGUF = ("UnetLoaderGGUF", "UnetLoaderGGUFAdvanced", "CLIPLoaderGGUF", "DualCLIPLoaderGGUF", "TripleCLIPLoaderGGUF",
+              "QuadrupleCLIPLoaderGGUF")
 
 # GPU name -> SM (compute capability); /system_stats has no capability field
 _SM = [
@@ -157,6 +159,27 @@ def claim_holds(claim: str, det: dict) -> bool:
     return fmt == claim
 
 
+# frontend-only node types (never in /object_info)
+FRONTEND_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+def workflow_classes(wf_dir) -> dict[str, set[str]]:
+    """workflow file -> node types its active nodes use (subgraph instances and frontend-only nodes left out)."""
+    from harness.workflow_convert import BACKUP_SUFFIX, _ui_nodes, read_workflow
+    out = {}
+    for f in sorted(Path(wf_dir).rglob("*.json")):
+        if f.name.endswith(BACKUP_SUFFIX):
+            continue
+        _, obj, kind = read_workflow(f)
+        if kind == "ui":
+            subs = {str(sg.get("id")) for sg in ((obj.get("definitions") or {}).get("subgraphs") or [])
+                    if isinstance(sg, dict)}
+            out[str(f)] = {n["type"] for n in _ui_nodes(obj, f) if n.get("mode") not in (2, 4)} - subs - FRONTEND_NODES
+        else:
+            out[str(f)] = {v["class_type"] for v in obj.values()}
+    return out
+
+
 def workflow_refs(wf_dir) -> list[dict]:
     """Every model file named by a loader node in the workflows under ``wf_dir`` (UI or API format)."""
     from harness.workflow_convert import BACKUP_SUFFIX, _ui_nodes, read_workflow
@@ -256,6 +279,18 @@ def run(comfy_url=None, comfy_root=None, models=None, workflows=None) -> dict:
 
     # -- custom nodes
     gguf_state = _custom_nodes(info, root, rows, facts)
+
+    # -- node types the workflows use that the server does not have (e.g. GGUF loaders, GGUF disabled)
+    if info is not None and workflows:
+        for wf, classes in workflow_classes(workflows).items():
+            missing = sorted(classes - set(info))
+            if missing:
+                gg = [m for m in missing if m in RULES_GGUF]
+                rows.append(Row("workflows", Path(wf).name, FAIL, f"uses node types this server lacks: {', '.join(missing)}"
+                                + (f" (ComfyUI-GGUF {gguf_state}; or 'quantgate workflow convert' them to core loaders)"
+                                   if gg else "")))
+            else:
+                rows.append(Row("workflows", Path(wf).name, OK, f"all {len(classes)} node types available"))
 
     # -- models the workflows reference
     if workflows and models_dir is None and not comfy_root:

@@ -108,13 +108,17 @@ def test_doctor_against_the_embedded_server(install, comfy_session, cli):
     assert rows[("models", "broken_fp16.safetensors")]["status"] == "fail"
     assert ("models", "bypassed-Q4_K_M.gguf") not in rows             # a bypassed node loads nothing
     assert rows[("disk", "free space")]["status"] in ("ok", "warn")
+    # the UI workflow's UnetLoaderGGUF does not exist on this server (ComfyUI-GGUF disabled): it cannot run
+    w = rows[("workflows", "ui.json")]
+    assert w["status"] == "fail" and "lacks: UnetLoaderGGUF (ComfyUI-GGUF disabled" in w["detail"]
+    assert rows[("workflows", "api.json")]["status"] == "ok"
     used = {m["name"]: m["used_by"] for m in facts["models"]}
     assert sorted(used["wan21_thin_fp8_e4m3fn_scaled.safetensors"]) == ["api.json#6", "ui.json#1"]
     # the table: one line per check, no colour codes when stdout is not a terminal
     t = cli("doctor", "--comfy-url", url, "--models", install["models"], "--workflows", install["workflows"])
     assert t.returncode == 1
     assert "\033[" not in t.stdout
-    assert "ComfyUI 0.3.75 (/system_stats)" in t.stdout and t.stdout.strip().splitlines()[-1].startswith("FAIL: 3 failure")
+    assert "ComfyUI 0.3.75 (/system_stats)" in t.stdout and t.stdout.strip().splitlines()[-1].startswith("FAIL: 4 failure")
     assert {p: p.stat().st_mtime_ns for p in install["workflows"].iterdir()} == before
 
 
