@@ -24,7 +24,7 @@ from pathlib import Path
 
 FORMATS = ("bf16", "fp8-legacy", "fp8", "fp8-matmul", "nvfp4")
 POLICY = {
-    "plan": {"seeds": [1, 2], "sizes": [[256, 256]], "steps": 4, "cfg": 1.0, "sampler": "euler",
+    "plan": {"seeds": [1, 2], "sizes": [[int(os.environ.get("QUANTGATE_NIGHTLY_SIZE", 256))] * 2], "steps": 4, "cfg": 1.0, "sampler": "euler",
              "scheduler": "simple", "control_seed_offset": 1000, "render_timeout_s": 600},
     "thresholds": {"fp8-legacy": 0.9, "fp8": 0.9, "nvfp4": 0.8, "default": 0.8},
     "control": {"max_ssim": 0.95, "min_margin": 0.0},
