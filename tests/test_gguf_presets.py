@@ -272,3 +272,28 @@ def test_preset_bad_input_nothing_written(thin, tmp_path, qg, cli):
     assert g.read_bytes() == before and t.read_text() == "x = 1\n"
     assert not (tmp_path / "m.toml").exists() and not (tmp_path / "m.safetensors").exists()
     assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.parametrize("arch,ftype,src_dtype,name,want", [
+    (THIN, "Q5_0", "F16", "blocks.0.ffn.2.weight", "Q5_1"),               # FFN-down override
+    (THIN, "Q5_1", "F16", "blocks.1.self_attn.q.weight", "Q5_1"),
+    ("qwen-image-thin", "BF16", "BF16", "transformer_blocks.1.attn.to_q.weight", "BF16"),
+    ("qwen-image-thin", "Q4_1", "BF16", "transformer_blocks.1.img_mlp.net.2.weight", "Q4_1"),
+])
+def test_every_gguf_py_quantizer_writes_real_data(tmp_path, arch, ftype, src_dtype, name, want):
+    """Q5_0, Q5_1, BF16 (and Q4_1 on Qwen) tensors hold gguf.quants' real encoding of the source."""
+    from harness.synth import tensors
+    dt = {"F16": torch.float16, "BF16": torch.bfloat16}[src_dtype]
+    src_t = dict(tensors(arch, seed=7, dtype=dt))
+    p = gguf_synth.make_gguf(arch, tmp_path / f"{ftype}.gguf", ftype, src_dtype=src_dtype, source_tensors=src_t)
+    m = G.read(p)
+    assert m.tensors[name].ggml_type == want
+    if arch.startswith("qwen"):
+        assert m.arch == "qwen_image" and m.tensors["img_in.weight"].ggml_type == "BF16"
+        assert m.tensors["txt_norm.weight"].ggml_type == "F32"           # 1-D from a BF16 source
+    x = src_t[name].float().numpy()
+    with open_source(p) as s:
+        got = s.get(name).float().numpy()
+    assert np.array_equal(got, quants.dequantize(quants.quantize(x, Q[want]), Q[want]))
+    err = np.linalg.norm(got - x) / np.linalg.norm(x)
+    assert err == 0 if want == "BF16" else 0 < err < 0.2    # bf16 source -> BF16 is lossless; Qn: a code, not noise
