@@ -83,6 +83,8 @@ def render_gate_record(request, tmp_path_factory):
         write_report(rec, out)
         rec["_out"] = str(out)
         return rec
+    from harness.render.gate import check_render_inputs
+    check_render_inputs(src, [ckpt])            # no pickle ever reaches the server
     wf = Workflow.from_arg(_opt(cfg, "workflow"), _opt(cfg, "model_node"))
     with open_session(_opt(cfg, "comfy_url"), _opt(cfg, "comfy_root"), work_dir=work / "comfy",
                       keep_log=out / "comfyui.log", comfy_python=_opt(cfg, "comfy_python")) as s:

@@ -19,6 +19,7 @@ import torch
 
 from . import __version__, arch, formats, layout, presets
 from .errors import InputError, UsageError
+from .outputs import check_output
 from .quantize import LayerJob, quantize_layers
 from .safetensors_io import AtomicWriter
 from .sources import open_source
@@ -116,21 +117,14 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     out = Path(output) if output else default_output(source, target)
     t0 = time.perf_counter()
     with open_source(source) as src:
-        srcs = {Path(f).resolve() for f in src.files}
-        if out.resolve() in srcs or out.resolve() == source.resolve():
-            raise UsageError("output would overwrite the input; choose another -o", out)
+        check_output(out, [source, *src.files, preset_from_gguf,
+                           input_scales if isinstance(input_scales, (str, Path)) else None], overwrite=force)
         if preset_from_gguf is not None:
             from . import gguf_model
             if preset is not None:
                 raise UsageError("--preset and --preset-from-gguf exclude each other")
-            if out.resolve() == Path(preset_from_gguf).resolve():
-                raise UsageError("output would overwrite the input GGUF; choose another -o", out)
             preset = gguf_model.derive_preset(gguf_model.read(preset_from_gguf), gguf_mapping or gguf_model.Mapping(),
                                               source_shapes={n: src.info(n).shape for n in src.keys()})
-        if out.exists() and not force:
-            raise UsageError("output exists; pass --force to overwrite it", out)
-        if out.is_dir():
-            raise UsageError("output is a directory", out)
         the_plan = make_plan(src, preset, target, comfy_version)
         amax = input_scales if isinstance(input_scales, dict) else (load_input_scales(input_scales) if input_scales else {})
         unknown = set(amax) - {d.layer for d in the_plan.quantized()}

@@ -14,6 +14,16 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+def short(name, limit: int = 80) -> str:
+    """``repr`` of a name from a file, cut for a one-line message (a 300,000-character tensor name
+    must not become a 300 KB line); lone surrogates are shown escaped, never crash a print."""
+    s = str(name)
+    r = repr(s if len(s) <= limit else s[:limit])
+    if len(s) > limit:
+        r = f"{r[:-1]}...{r[-1]} ({len(s):,} chars)"
+    return r
+
+
 class QuantgateError(Exception):
     """A problem the user can act on. ``str(err)`` is the one line the CLI prints."""
 

@@ -13,17 +13,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
 import struct
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import InputError, QuantgateError
+from .errors import InputError, QuantgateError, short
 from .dtypes import DTYPE_BYTES
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024   # the safetensors library's own limit
+MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit (MAX_HEADER_SIZE)
 
 TORCH_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "F8_E5M2": torch.float8_e5m2,
@@ -75,85 +77,211 @@ def _bad(path, msg):
     return InputError(msg, path)
 
 
-def _no_duplicate_keys(pairs):
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        seen = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"duplicate key {dup[:60]!r}")
+# --- the header parser: accepts exactly what the safetensors library (Rust, serde_json) accepts ----
+# Every rule below mirrors one of safetensors' (checked by tests/test_safetensors_parity.py, a
+# property test that feeds the same bytes to both): serde_json's grammar (no NaN/Infinity, no lone
+# UTF-16 surrogates, numbers in f64 range, nesting depth <= 127), serde's typing (``__metadata__``
+# absent/null or a map of strings, exactly one of each tensor field, usize shapes/offsets -- "-0" is a
+# float there), duplicate tensor names: the last one wins, and Metadata::validate's offset walk.
+SAFETENSORS_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+    "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}
+_U64 = 2**64 - 1
+_MAX_DEPTH = 127                  # serde_json's recursion limit, as the whole document's nesting
+_SURROGATE_ESC = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Obj(list):
+    """A JSON object as its list of (key, value) pairs (duplicates kept; context decides)."""
+
+
+class _Reject(ValueError):
+    pass
+
+
+def _parse_int(s: str):
+    v = int(s)                       # > 4300 digits: ValueError (also out of f64 range for serde)
+    if s == "-0" or v > _U64 or v < -2**63:
+        return _parse_float(s)       # serde_json: "-0" and out-of-(i64|u64) integers are f64
+    return v
+
+
+def _parse_float(s: str):
+    v = float(s)
+    if math.isinf(v):
+        raise _Reject("number out of range")
+    return v
+
+
+def _no_constant(name):
+    raise _Reject(f"{name} is not JSON")
+
+
+def _depth(v) -> int:
+    d, stack = 0, [(v, 1)]
+    while stack:
+        x, lvl = stack.pop()
+        if isinstance(x, list):
+            d = max(d, lvl)
+            if lvl > _MAX_DEPTH:
+                break
+            stack.extend((y[1] if isinstance(x, _Obj) else y, lvl + 1) for y in x)
     return d
 
 
+def _has_lone_surrogate(v) -> bool:
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if _SURROGATE.search(x):
+                return True
+        elif isinstance(x, _Obj):
+            for k, y in x:
+                if _SURROGATE.search(k):
+                    return True
+                stack.append(y)
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
+
+
+def _usize(v) -> bool:
+    return type(v) is int and 0 <= v <= _U64
+
+
+def _what(v) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", type(None): "null",
+            _Obj: "an object", list: "an array"}.get(type(v), "a value")
+
+
 def parse_header_bytes(path, raw: bytes, file_size: int, header_len: int) -> Header:
-    """Validate an already-read header (``raw`` = the JSON bytes)."""
+    """Validate an already-read header (``raw`` = the JSON bytes) exactly as the safetensors
+    library does; then refuse dtypes quantgate does not handle."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _bad(path, "safetensors header is not valid UTF-8") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except (ValueError, RecursionError) as e:   # JSONDecodeError, int-digit limit, nesting
-        why = getattr(e, "msg", None) or ("too deeply nested" if isinstance(e, RecursionError) else str(e)[:80])
+        top = json.loads(text, object_pairs_hook=_Obj, parse_int=_parse_int, parse_float=_parse_float,
+                         parse_constant=_no_constant)
+    except _Reject as e:
+        raise _bad(path, f"safetensors header is not valid JSON ({e})") from None
+    except RecursionError:
+        raise _bad(path, "safetensors header is not valid JSON (nested too deeply)") from None
+    except ValueError as e:   # JSONDecodeError, the int-digit limit
+        why = getattr(e, "msg", None) or "a number out of range"
         raise _bad(path, f"safetensors header is not valid JSON ({why})") from None
-    if not isinstance(obj, dict):
-        raise _bad(path, "safetensors header is not a JSON object")
-    meta = obj.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise _bad(path, "__metadata__ must map strings to strings")
+    if not isinstance(top, _Obj):
+        raise _bad(path, f"safetensors header is {_what(top)}, not a JSON object")
+    if _SURROGATE_ESC.search(text) and _has_lone_surrogate(top):
+        raise _bad(path, "safetensors header holds a lone UTF-16 surrogate (\\uD800-\\uDFFF escape); "
+                         "not valid for the safetensors library")
+    meta_pairs, seen_meta, entries = None, False, {}
+    for k, v in top:
+        if k == "__metadata__":
+            if seen_meta:
+                raise _bad(path, "safetensors header has two __metadata__ entries")
+            seen_meta = True
+            if v is None:
+                continue
+            if not isinstance(v, _Obj):
+                raise _bad(path, f"__metadata__ is {_what(v)}; it must be an object mapping strings to strings")
+            meta_pairs = v
+        else:
+            entries[k] = v              # a repeated tensor name: the last one wins (as in safetensors)
+    metadata: dict[str, str] = {}
+    for mk, mv in meta_pairs or ():
+        if not isinstance(mv, str):
+            raise _bad(path, f"__metadata__[{short(mk)}] is {_what(mv)}; __metadata__ must map strings to strings")
+        metadata[mk] = mv
     data_start = 8 + header_len
     data_size = file_size - data_start
-    tensors: dict[str, TensorInfo] = {}
     spans = []
-    for name, e in obj.items():
-        if not isinstance(e, dict):
-            raise _bad(path, f"tensor {name!r}: entry is not an object")
-        dt, shape, offs = e.get("dtype"), e.get("shape"), e.get("data_offsets")
-        if not isinstance(dt, str) or dt not in DTYPE_BYTES:
-            raise _bad(path, f"tensor {name!r}: unknown dtype {dt!r}")
-        if (not isinstance(shape, list) or len(shape) > 8
-                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**48 for d in shape)):
-            raise _bad(path, f"tensor {name!r}: invalid shape {str(shape)[:60]}")
-        if (not isinstance(offs, list) or len(offs) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
-            raise _bad(path, f"tensor {name!r}: invalid data_offsets {str(offs)[:60]}")
-        b, en = offs
-        if b < 0 or en < b:
-            raise _bad(path, f"tensor {name!r}: invalid data offsets [{b}, {en}]")
-        if en > data_size:
-            raise _bad(path, f"tensor {name!r} extends past the end of the file "
-                             f"(ends at {en}, data section is {data_size} bytes; truncated file?)")
-        need = math.prod(shape) * DTYPE_BYTES[dt]
-        if en - b != need:
-            raise _bad(path, f"tensor {name!r}: {en - b} data bytes but {dt}{shape} needs {need}")
-        tensors[name] = TensorInfo(name, dt, tuple(shape), data_start + b, data_start + en)
-        spans.append((b, en, name))
-    spans.sort()
+    for name, e in entries.items():
+        if not isinstance(e, _Obj):
+            raise _bad(path, f"tensor {short(name)}: entry is {_what(e)}, not an object")
+        fields: dict = {}
+        for fk, fv in e:
+            if fk in ("dtype", "shape", "data_offsets"):
+                if fk in fields:
+                    raise _bad(path, f"tensor {short(name)}: field {fk!r} given twice")
+                fields[fk] = fv
+            elif isinstance(fv, list) and 2 + _depth(fv) > _MAX_DEPTH:
+                raise _bad(path, "safetensors header is not valid JSON (nested too deeply)")
+        for fk in ("dtype", "shape", "data_offsets"):
+            if fk not in fields:
+                raise _bad(path, f"tensor {short(name)}: missing field {fk!r}")
+        dt, shape, offs = fields["dtype"], fields["shape"], fields["data_offsets"]
+        if not isinstance(dt, str) or dt not in SAFETENSORS_BITS:
+            raise _bad(path, f"tensor {short(name)}: unknown dtype {short(dt) if isinstance(dt, str) else _what(dt)}")
+        if type(shape) is not list or not all(_usize(d) for d in shape):
+            raise _bad(path, f"tensor {short(name)}: invalid shape (not a list of non-negative integers)")
+        if type(offs) is not list or len(offs) != 2 or not all(_usize(o) for o in offs):
+            raise _bad(path, f"tensor {short(name)}: invalid data_offsets (not two non-negative integers)")
+        spans.append((offs[0], offs[1], name, dt, shape))
+    spans.sort(key=lambda x: (x[0], x[1]))
     pos = 0
-    for b, en, name in spans:
-        if b < pos:
-            raise _bad(path, f"tensor {name!r} overlaps another tensor's data (offset {b} < {pos})")
-        if b > pos:
-            raise _bad(path, f"gap of {b - pos} bytes before tensor {name!r}: data not fully covered")
+    tensors: dict[str, TensorInfo] = {}
+    for b, en, name, dt, shape in spans:
+        if b != pos or en < b:
+            if b < pos:
+                why = f"overlaps another tensor's data (offset {b} < {pos})"
+            elif b > pos:
+                why = f"leaves a gap of {b - pos} bytes before it: data not fully covered"
+            else:
+                why = f"has invalid data offsets [{b}, {en}]"
+            raise _bad(path, f"tensor {short(name)} {why}")
         pos = en
+        n = 1
+        for d in shape:
+            n *= d
+            if n > _U64:
+                raise _bad(path, f"tensor {short(name)}: shape {str(shape)[:80]} overflows (element count)")
+        bits = n * SAFETENSORS_BITS[dt]
+        if bits > _U64:
+            raise _bad(path, f"tensor {short(name)}: shape {str(shape)[:80]} overflows (byte count)")
+        if bits % 8:
+            raise _bad(path, f"tensor {short(name)}: {dt}{str(shape)[:80]} is not a whole number of bytes")
+        if en - b != bits // 8:
+            raise _bad(path, f"tensor {short(name)}: {en - b} data bytes but {dt}{str(shape)[:80]} needs {bits // 8}")
+        if en > data_size:
+            raise _bad(path, f"tensor {short(name)} extends past the end of the file "
+                             f"(ends at {en}, data section is {data_size} bytes; truncated file?)")
+        tensors[name] = TensorInfo(name, dt, tuple(shape), data_start + b, data_start + en)
     if pos != data_size:
         raise _bad(path, f"file has {data_size - pos} bytes after the last tensor (not a clean safetensors file)")
-    return Header(str(path), tensors, dict(meta), header_len, file_size)
+    for t in tensors.values():      # valid for safetensors, but not something quantgate reads
+        if t.dtype not in DTYPE_BYTES:
+            raise _bad(path, f"tensor {short(t.name)}: dtype {t.dtype} is valid safetensors but not supported "
+                             f"by quantgate (supported: {', '.join(DTYPE_BYTES)})")
+    return Header(str(path), tensors, metadata, header_len, file_size)
 
 
 def read_header(path) -> Header:
-    """Read and validate the header of a safetensors file without touching tensor data."""
+    """Read and validate the header of a safetensors file without touching tensor data. No byte
+    of a file that is not safetensors is ever echoed in the error."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode) and not path.is_dir():   # never open a FIFO (blocks)
+            raise _bad(path, "not a regular file (a FIFO, device or socket)")
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise _bad(path, "not a regular file")
+            size = st.st_size
             head = f.read(8)
             if len(head) < 8:
                 raise _bad(path, f"file is {size} bytes, too short to be safetensors")
             (hlen,) = struct.unpack("<Q", head)
             if hlen > MAX_HEADER_BYTES:
-                raise _bad(path, f"header length {hlen} is absurd (limit {MAX_HEADER_BYTES}); not a safetensors file?")
+                raise _bad(path, "not a safetensors file (its first 8 bytes are not a plausible header length)")
             if 8 + hlen > size:
-                raise _bad(path, f"header length {hlen} exceeds the file size {size} (truncated file?)")
+                raise _bad(path, f"the header length in the first 8 bytes runs past the end of the file "
+                                 f"({size} bytes; truncated, or not a safetensors file)")
             raw = f.read(hlen)
     except IsADirectoryError:
         raise _bad(path, "is a directory, expected a .safetensors file") from None
@@ -279,19 +407,17 @@ class AtomicWriter:
         self._header = build_header(self.entries, metadata)
         self._i = 0
         self._f = None
-        self._tmp = None
         self.bytes_written = 0
 
     def __enter__(self):
-        d = self.path.parent
+        from .outputs import atomic_file
+        self._cm = atomic_file(self.path)
+        self._f = self._cm.__enter__()
         try:
-            d.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=d)
-        except OSError as e:
-            raise QuantgateError(f"cannot write the output here: {e.strerror or e}", self.path) from None
-        self._tmp = Path(tmp)
-        self._f = os.fdopen(fd, "wb", buffering=8 * 1024 * 1024)
-        self._io(self._f.write, self._header)
+            self._io(self._f.write, self._header)
+        except BaseException:
+            self._cm.__exit__(*sys.exc_info())
+            raise
         return self
 
     def _io(self, fn, *a):
@@ -314,29 +440,14 @@ class AtomicWriter:
         self._i += 1
 
     def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                if self._i != len(self.entries):
-                    raise QuantgateError(f"internal error: {len(self.entries) - self._i} planned tensors "
-                                         "were never written", self.path)
-                self._io(self._f.flush)
-                self._io(os.fsync, self._f.fileno())
-                self._f.close()
-                self._io(os.replace, self._tmp, self.path)
-                dfd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-                self._tmp = None
-        finally:
-            if self._tmp is not None:
-                try:
-                    self._f.close()
-                except Exception:
-                    pass
-                self._tmp.unlink(missing_ok=True)
-        return False
+        if exc_type is None and self._i != len(self.entries):
+            try:
+                raise QuantgateError(f"internal error: {len(self.entries) - self._i} planned tensors "
+                                     "were never written", self.path)
+            except QuantgateError:
+                self._cm.__exit__(*sys.exc_info())
+                raise
+        return self._cm.__exit__(exc_type, exc, tb)
 
 
 def save_file(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> None:

@@ -61,12 +61,18 @@ def test_absurd_header_length(cli, tmp_path):
 
 def test_unknown_dtype(cli, tmp_path):
     bad = tmp_path / "dtype.safetensors"
-    hdr = json.dumps({"w": {"dtype": "F4", "shape": [2, 2], "data_offsets": [0, 2]}}).encode()
+    hdr = json.dumps({"w": {"dtype": "F5", "shape": [2, 2], "data_offsets": [0, 2]}}).encode()
     bad.write_bytes(struct.pack("<Q", len(hdr)) + hdr + b"\0\0")
     out = tmp_path / "o.safetensors"
     r = cli("convert", bad, "-o", out)
     _assert_clean_failure(r, "dtype.safetensors", out)
-    assert "unknown dtype 'F4'" in r.stderr
+    assert "unknown dtype 'F5'" in r.stderr
+    # F4 is valid safetensors (the library reads it) but nothing quantgate handles: said so, exit 2
+    hdr = json.dumps({"w": {"dtype": "F4", "shape": [2, 2], "data_offsets": [0, 2]}}).encode()
+    bad.write_bytes(struct.pack("<Q", len(hdr)) + hdr + b"\0\0")
+    r = cli("convert", bad, "-o", out)
+    _assert_clean_failure(r, "dtype.safetensors", out)
+    assert "dtype F4 is valid safetensors but not supported" in r.stderr
 
 
 def test_missing_shard(cli, tmp_path):

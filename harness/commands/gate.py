@@ -82,9 +82,15 @@ def run(args) -> int:
     from harness.render.workflow import Workflow
     if args.model_node and not args.workflow:
         raise UsageError("--model-node needs --workflow")
+    from harness.render.gate import check_render_inputs
+    from quant.outputs import check_output
+    check_render_inputs(args.source, args.checkpoint)          # before any server starts
     policy = load_policy(args.policy)
     wf = Workflow.from_arg(args.workflow, args.model_node)
     out = Path(args.out)
+    for name in ("gate.json", "report.html"):
+        check_output(out / name, [args.source, *args.checkpoint], overwrite=True,
+                     what="report" if name.endswith("html") else "gate record")
     verify_fn = None if args.no_verify else run_verify
     if args.comfy_url:
         tgts = [None]

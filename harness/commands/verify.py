@@ -31,6 +31,9 @@ def register(sub):
 
 def run(args) -> int:
     from harness.verify import verify
+    if args.record:             # before any work: a record never replaces an input
+        from harness.verify.record import check_record_path
+        check_record_path(args.record, [args.checkpoint, args.source, args.reference])
     rep = verify(args.checkpoint, args.source, args.reference, strict=args.strict,
                  header_only=args.header_only, structure_only=args.structure_only, device=args.device)
     if args.json:
@@ -40,7 +43,8 @@ def run(args) -> int:
             print(line)
     if args.record:
         from harness.verify.record import make_record, write_record
-        write_record(make_record(rep, hash_files=not args.no_hash), args.record)
+        write_record(make_record(rep, hash_files=not args.no_hash), args.record,
+                     [args.checkpoint, args.source, args.reference])
         if not args.json:
             print(f"gate record: {args.record}", file=sys.stderr)
     return rep.exit_code

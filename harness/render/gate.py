@@ -124,6 +124,20 @@ def _ssim_pair(a, b):
     return round(score.ssim(a, b), 6), score.max_abs_diff(a, b)
 
 
+def check_render_inputs(source, candidates) -> None:
+    """Every file the gate hands to ComfyUI must be a valid safetensors file: ComfyUI unpickles
+    .ckpt/.pt/.bin files, so those (and anything else) are refused before a server starts."""
+    from quant.safetensors_io import read_header
+    for p in [source] + [c if not isinstance(c, tuple) else c[1] for c in candidates]:
+        p = Path(p)
+        if p.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"):
+            raise InputError("pickle-based checkpoints are never given to ComfyUI (it would unpickle them); "
+                             "the render gate takes .safetensors files", p)
+        if p.is_dir() or not p.is_file():
+            raise InputError("not a file; the render gate takes single .safetensors files", p)
+        read_header(p)      # InputError for anything that is not a well-formed safetensors file
+
+
 def run_gate(session, source, candidates, *, policy: dict | None = None, workflow: Workflow | None = None,
              work_dir=None, verify_fn=None, log=None) -> dict:
     """Render and score. ``candidates``: paths or (label, path). Returns the gate record; images
@@ -141,9 +155,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
         raise UsageError("the policy's plan has no seeds")
     settings = {k: plan[k] for k in ("steps", "cfg", "sampler", "scheduler", "cond_seed", "neg_seed") if k in plan}
     timeout = float(plan.get("render_timeout_s", 300))
-    for p in [source] + [c if not isinstance(c, tuple) else c[1] for c in candidates]:
-        if not Path(p).is_file():
-            raise InputError("no such file", p)
+    check_render_inputs(source, candidates)
 
     cands = []
     for c in candidates:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 from . import score
@@ -50,14 +49,18 @@ def _img(a, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="{score.png_data_uri(a)}">'
 
 
-def write_gate_json(record: dict, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _record_inputs(record: dict) -> list[str]:
+    """The files a gate record is about: its outputs must never replace one of them."""
+    out = [((record.get("source") or {}).get("path"))]
+    out += [c.get("path") for c in record.get("candidates") or []]
+    return [p for p in out if p]
+
+
+def write_gate_json(record: dict, path, inputs=()) -> Path:
+    from quant.outputs import write_text
     data = {k: v for k, v in record.items() if not k.startswith("_")}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(data, indent=1, default=str) + "\n", [*inputs, *_record_inputs(record)],
+                      what="gate record")
 
 
 def render_html(record: dict, title: str = "quantgate render gate", extra_sections=()) -> str:
@@ -189,12 +192,13 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
     return "\n".join(o)
 
 
-def write_report(record: dict, out_dir, title: str = "quantgate render gate", extra_sections=()) -> tuple[Path, Path]:
+def write_report(record: dict, out_dir, title: str = "quantgate render gate", extra_sections=(),
+                 inputs=()) -> tuple[Path, Path]:
+    from quant.outputs import write_text
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    gj = write_gate_json(record, out_dir / "gate.json")
     rp = out_dir / "report.html"
-    tmp = rp.with_name(".report.html.tmp")
-    tmp.write_text(render_html(record, title, extra_sections), encoding="utf-8")
-    os.replace(tmp, rp)
+    ins = [*inputs, *_record_inputs(record)]
+    html_text = render_html(record, title, extra_sections)
+    gj = write_gate_json(record, out_dir / "gate.json", ins)
+    write_text(rp, html_text, ins, what="report")
     return rp, gj

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from quant import __version__
@@ -59,8 +58,38 @@ def _size(path) -> int:
     return sum(f.stat().st_size for f in (p.parent if p.is_file() else p).glob("*.safetensors"))
 
 
-def write_record(rec: dict, path) -> None:
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.partial")
-    tmp.write_text(json.dumps(rec, indent=1) + "\n")
-    os.replace(tmp, p)
+def record_inputs(rec: dict) -> list[str]:
+    """Every file a record describes (never to be overwritten by the record itself)."""
+    out = []
+    for key in ("checkpoint", "source"):
+        e = rec.get(key) or {}
+        if e.get("path"):
+            out.append(e["path"])
+        if isinstance(e.get("sha256"), dict):
+            out += list(e["sha256"])
+    if rec.get("reference"):
+        out.append(rec["reference"])
+    return out
+
+
+def check_record_path(path, inputs) -> None:
+    """Before any work: refuse a --record path that is an input (or one of its shards) or a special file."""
+    from quant.outputs import check_output
+    files = list(inputs)
+    for i in inputs:
+        if i is None:
+            continue
+        p = Path(i)
+        if p.is_dir() or p.name.endswith(".json"):
+            try:
+                from quant.sources import open_source
+                with open_source(p) as s:
+                    files += s.files
+            except Exception:
+                pass
+    check_output(path, files, overwrite=True, what="record")
+
+
+def write_record(rec: dict, path, inputs=()) -> None:
+    from quant.outputs import write_text
+    write_text(path, json.dumps(rec, indent=1) + "\n", [*inputs, *record_inputs(rec)], what="record")
