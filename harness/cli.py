@@ -28,6 +28,9 @@ def command_names() -> list[str]:
 
 COMMANDS = command_names()
 
+# commands whose checkpoint arguments may be an index.json / shard directory
+READS_CHECKPOINTS = ("convert", "plan", "inspect", "verify", "diff")
+
 EPILOG = """\
 exit codes: 0 ok/passes, 1 defects found, 2 unreadable input, usage error or server failure, 130 interrupted.
 Typical release gate:
@@ -47,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"harness.commands.{name}").register(sub)
+    for name in READS_CHECKPOINTS:
+        if name in sub.choices:
+            sub.choices[name].add_argument(
+                "--allow-outside", action="store_true",
+                help="read index.json shards that lie outside the index's directory (absolute paths, '..', "
+                     "symlinks out); refused by default")
     return p
 
 
@@ -57,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    if getattr(args, "allow_outside", False):
+        from quant.sources import ALLOW_OUTSIDE
+        ALLOW_OUTSIDE.set(True)
     try:
         rc = args.func(args)
         return int(rc or 0)

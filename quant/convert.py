@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, arch, formats, layout, presets
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, short
 from .outputs import check_output
 from .quantize import LayerJob, quantize_layers
 from .safetensors_io import AtomicWriter
@@ -75,19 +75,16 @@ class Summary:
 
 def load_input_scales(path) -> dict[str, float]:
     """JSON ``{"layers": {layer: activation_amax}}`` (or a flat map) of calibrated activation amax."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError("no such file", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError("input scales file is not JSON", path) from None
+    from .sources import load_json
+    obj = load_json(path, "input scales file")      # bounded numbers and nesting, no NaN, one-line errors
     layers = obj.get("layers", obj) if isinstance(obj, dict) else None
     if not isinstance(layers, dict):
         raise InputError('expected {"layers": {"<layer>": <activation amax>, ...}}', path)
     out = {}
     for k, v in layers.items():
-        if not isinstance(v, (int, float)) or not (v > 0) or v == float("inf"):
-            raise InputError(f"layer {k!r}: activation amax must be a positive number, got {v!r}", path)
+        if type(v) not in (int, float) or not (0 < float(v) < float("inf")):
+            raise InputError(f"layer {short(k)}: activation amax must be a positive number, got "
+                             f"{short(v, 40) if isinstance(v, str) else str(v)[:40]}", path)
         out[k] = float(v)
     return out
 

@@ -4,6 +4,7 @@ tensors one at a time (``get``), so nothing ever holds the whole model.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, short
 from .safetensors_io import SafetensorsFile
 
 
@@ -110,6 +111,8 @@ class GGUFSource(Source):
             from gguf import GGUFReader
         except ImportError:
             raise InputError("reading GGUF needs the 'gguf' package (pip install gguf)", path) from None
+        from . import gguf_safety
+        gguf_safety.prescan(path)      # every count/length bounded by the file size before gguf-py reads
         try:
             self._r = GGUFReader(str(path), "r")
         except Exception as e:  # gguf-py raises ValueError/struct.error/IndexError/... on bad files
@@ -118,10 +121,10 @@ class GGUFSource(Source):
         for t in self._r.tensors:
             ggml_shape = tuple(int(d) for d in t.shape)
             shape = tuple(reversed(ggml_shape))
+            gguf_safety.check_tensor(path, t.name, t.tensor_type.name)
             key = f"comfy.gguf.orig_shape.{t.name}"
             if key in self._r.fields:
-                f = self._r.fields[key]
-                shape = tuple(int(f.parts[i][0]) for i in f.data)
+                shape = gguf_safety.orig_shape(path, t.name, self._r.fields[key], int(t.n_elements))
             self._t[t.name] = t
             tt = t.tensor_type.name
             dt = tt if tt in ("F32", "F16", "BF16") else "F32"     # quantized types dequantize to F32
@@ -143,33 +146,103 @@ class GGUFSource(Source):
         return torch.from_numpy(np.ascontiguousarray(arr).copy()).reshape(info.shape)
 
 
-def _from_index(index: Path) -> SafetensorsSource:
+def load_json(path, what: str = "JSON file"):
+    """A small JSON file read defensively: no NaN/Infinity, numbers bounded, nesting bounded, lone
+    surrogates refused; every failure is one InputError line naming the file."""
+    from .safetensors_io import _has_lone_surrogate, _Obj, _Reject, _depth, _no_constant, _parse_float, \
+        _parse_int
+    p = Path(path)
     try:
-        obj = json.loads(index.read_text())
-        wm = obj["weight_map"]
-        if not isinstance(wm, dict):
-            raise TypeError
+        raw = p.read_bytes()
     except FileNotFoundError:
-        raise InputError("no such file", index) from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise InputError("not a safetensors index (expected JSON with a 'weight_map' object)", index) from None
+        raise InputError("no such file", p) from None
+    except IsADirectoryError:
+        raise InputError(f"is a directory, expected a {what}", p) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", p) from None
+    try:
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_Obj, parse_int=_parse_int,
+                         parse_float=_parse_float, parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise InputError(f"{what} is not UTF-8 text", p) from None
+    except RecursionError:
+        raise InputError(f"{what} is not valid JSON (nested too deeply)", p) from None
+    except ValueError as e:         # JSONDecodeError, _Reject, the int-digit limit
+        why = getattr(e, "msg", None) or (str(e) if isinstance(e, _Reject) else "a number out of range")
+        raise InputError(f"{what} is not valid JSON ({why})", p) from None
+    if _depth(obj) > 64:
+        raise InputError(f"{what} is not valid JSON (nested too deeply)", p)
+    if _has_lone_surrogate(obj):
+        raise InputError(f"{what} holds a lone UTF-16 surrogate (\\uD800-\\uDFFF escape)", p)
+
+    def plain(v):
+        if isinstance(v, _Obj):
+            return {k: plain(x) for k, x in v}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+    return plain(obj)
+
+
+def _inside(p: Path, root: Path) -> bool:
+    try:
+        p.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
+def _from_index(index: Path, allow_outside: bool = False) -> SafetensorsSource:
+    obj = load_json(index, "safetensors index")
+    wm = obj.get("weight_map") if isinstance(obj, dict) else None
+    if not isinstance(wm, dict):
+        raise InputError("not a safetensors index (expected JSON with a 'weight_map' object)", index)
+    if not wm:
+        raise InputError("the index's weight_map is empty: no tensors to read", index)
+    bad = next((k for k, v in wm.items() if not isinstance(v, str) or not v), None)
+    if bad is not None:
+        raise InputError(f"weight_map[{short(bad)}] is not a shard file name (a non-empty string)", index)
+    root = index.parent
     files = []
     for shard in dict.fromkeys(wm.values()):
-        p = index.parent / str(shard)
+        if "\0" in shard:
+            raise InputError(f"shard {short(shard)} listed in the index is not a file name", index)
+        p = root / shard
+        if not allow_outside:
+            if Path(shard).is_absolute() or ".." in Path(shard).parts:
+                raise InputError(f"shard {short(shard)} lies outside the index's directory (absolute path or "
+                                 "'..'); refused (--allow-outside reads it anyway)", index)
+            if not _inside(p, root):
+                raise InputError(f"shard {short(shard)} resolves outside the index's directory (a symlink "
+                                 "out of it); refused (--allow-outside reads it anyway)", index)
         if not p.is_file():
-            raise InputError(f"shard {shard!r} listed in the index is missing", index)
+            raise InputError(f"shard {short(shard)} listed in the index is missing", index)
         files.append(p)
     src = SafetensorsSource(index, files)
     missing = [k for k in wm if k not in src]
     if missing:
         src.close()
         raise InputError(f"{len(missing)} tensors listed in the index are not in their shards "
-                         f"(first: {missing[0]!r})", index)
+                         f"(first: {short(missing[0])})", index)
     return src
 
 
-def open_source(path) -> Source:
-    """Open a checkpoint: ``.safetensors`` file, ``*.index.json``, shard directory or ``.gguf``."""
+# set by the CLI's --allow-outside (one flag for every command that reads checkpoints)
+ALLOW_OUTSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("quantgate_allow_outside", default=False)
+
+
+def open_source(path, *, allow_outside: bool | None = None) -> Source:
+    """Open a checkpoint: ``.safetensors`` file, ``*.index.json``, shard directory or ``.gguf``.
+    An index's shards must lie inside its directory unless ``allow_outside``; a source without
+    tensors is refused."""
+    src = _open(Path(path), ALLOW_OUTSIDE.get() if allow_outside is None else allow_outside)
+    if len(src) == 0:
+        src.close()
+        raise InputError("holds no tensors", path)
+    return src
+
+
+def _open(path: Path, allow_outside: bool) -> Source:
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or directory", p)
@@ -178,13 +251,17 @@ def open_source(path) -> Source:
         if len(idx) > 1:
             raise InputError(f"several index files ({', '.join(i.name for i in idx)}); pass one of them", p)
         if idx:
-            return _from_index(idx[0])
+            return _from_index(idx[0], allow_outside)
         files = sorted(p.glob("*.safetensors"))
         if not files:
             raise InputError("directory holds no .safetensors files", p)
+        out = next((f for f in files if not _inside(f, p)), None)
+        if out is not None and not allow_outside:
+            raise InputError(f"shard {short(out.name)} is a symlink out of the directory; refused "
+                             "(--allow-outside reads it anyway)", p)
         return SafetensorsSource(p, files)
     if p.name.endswith(".json"):
-        return _from_index(p)
+        return _from_index(p, allow_outside)
     if p.suffix.lower() == ".gguf":
         return GGUFSource(p)
     if p.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin", ".pkl"):

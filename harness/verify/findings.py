@@ -54,6 +54,12 @@ RULES = {
 }
 
 
+def _cut(name: str, limit: int = 120) -> str:
+    """A layer name as printed in a finding's line: long names are cut, lone surrogates escaped."""
+    s = name if len(name) <= limit else f"{name[:limit]}... ({len(name):,} chars)"
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def group_of(rule: str) -> str:
     return RULES.get(rule, (rule.split(".")[0], ""))[0]
 
@@ -78,7 +84,7 @@ class Finding:
     def line(self, max_layers: int = 3) -> str:
         where = ""
         if self.layers:
-            shown = ", ".join(self.layers[:max_layers])
+            shown = ", ".join(_cut(x) for x in self.layers[:max_layers])
             more = f" (+{len(self.layers) - max_layers} more)" if len(self.layers) > max_layers else ""
             n = len(self.layers)
             unit = "tensor" if all(x.rsplit(".", 1)[-1] in ("bias", "weight") for x in self.layers) else "layer"
@@ -91,6 +97,7 @@ class Findings:
 
     def __init__(self):
         self._by_key: dict[tuple, Finding] = {}
+        self._seen: dict[tuple, set] = {}
 
     def add(self, severity: str, rule: str, message: str, layers=None):
         if isinstance(layers, str):
@@ -98,11 +105,13 @@ class Findings:
         k = (severity, rule, message)
         f = self._by_key.get(k)
         if f is None:
-            self._by_key[k] = Finding(severity, rule, message, list(layers or []))
-        else:
-            for layer in layers or []:
-                if layer not in f.layers:
-                    f.layers.append(layer)
+            f = self._by_key[k] = Finding(severity, rule, message, [])
+            self._seen[k] = set()
+        seen = self._seen[k]
+        for layer in layers or []:          # a set beside the list: linear in the number of layers
+            if layer not in seen:
+                seen.add(layer)
+                f.layers.append(layer)
 
     def error(self, rule, message, layers=None):
         self.add(ERROR, rule, message, layers)
@@ -129,6 +138,6 @@ class Findings:
     def promote_warnings(self):
         """--strict: every warning becomes an error."""
         old = list(self._by_key.values())
-        self._by_key = {}
+        self._by_key, self._seen = {}, {}
         for f in old:
             self.add(ERROR if f.severity == WARNING else f.severity, f.rule, f.message, f.layers)
