@@ -40,6 +40,15 @@ Typical release gate:
 """
 
 
+def one_line(msg: str, limit: int = 2000) -> str:
+    """The error line as printed: one line, at most ``limit`` characters, printable (a lone
+    surrogate from a hostile file is escaped, never a UnicodeEncodeError)."""
+    msg = " ".join(msg.splitlines())
+    if len(msg) > limit:
+        msg = msg[:limit] + f"... ({len(msg):,} characters)"
+    return msg.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quantgate",
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except QuantgateError as e:
         if debug:
             raise
-        print(f"quantgate: {e}", file=sys.stderr)
+        print(f"quantgate: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import formats
 from .dtypes import FLOAT_DTYPES
-from .errors import InputError, ShapeError, UsageError
+from .errors import InputError, ShapeError, UsageError, short
 from .formats.comfy import COMFY_VERSIONS, comfy_has
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -173,16 +173,16 @@ def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, 
         stored = rest[0] if rest else ""
         idx = next((i for i, r in enumerate(preset.rules) if r.fits(name, shape)), None)
         if idx is None:
-            raise InputError(f"preset {preset.name!r} has no rule for tensor {name!r} {dtype}{list(shape)} "
+            raise InputError(f"preset {preset.name!r} has no rule for tensor {short(name)} {dtype}{list(shape)} "
                              "(wrong preset for this model? try --preset smart)", source or None)
         r = preset.rules[idx]
         action, reason = r.action, r.reason
         if action == "quant":
             if not _eligible(dtype, shape):
                 if dtype not in FLOAT_DTYPES:
-                    raise ShapeError(f"tensor {name!r} is {dtype}; only float (F16/BF16/F32) weights can be "
+                    raise ShapeError(f"tensor {short(name)} is {dtype}; only float (F16/BF16/F32) weights can be "
                                      f"quantized (already quantized input?)", source or None)
-                raise ShapeError(f"tensor {name!r} has shape {list(shape)}: {target} takes only 2-D Linear "
+                raise ShapeError(f"tensor {short(name)} has shape {list(shape)}: {target} takes only 2-D Linear "
                                  f"weights (preset {preset.name!r} rule {idx + 1})", source or None)
             if math.prod(shape) < r.min_numel:
                 action, reason = "keep", f"smaller than {r.min_numel} elements"

@@ -335,7 +335,7 @@ class SafetensorsFile:
         while got < ti.nbytes:
             n = os.preadv(self._fd, [mv[got:]], ti.begin + got)
             if n <= 0:
-                raise InputError(f"tensor {name!r}: file ended while reading (truncated?)", self.path)
+                raise InputError(f"tensor {short(name)}: file ended while reading (truncated?)", self.path)
             got += n
 
     def raw(self, name: str) -> bytearray:

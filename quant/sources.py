@@ -81,7 +81,7 @@ class SafetensorsSource(Source):
                 self._files[str(f)] = sf
                 for name, ti in sf.header.tensors.items():
                     if name in self._where:
-                        raise InputError(f"tensor {name!r} appears in two shards "
+                        raise InputError(f"tensor {short(name)} appears in two shards "
                                          f"({Path(self._where[name]).name} and {f.name})", self.path)
                     self._where[name] = str(f)
                     self._infos[name] = SourceTensor(name, ti.dtype, ti.shape, str(f), ti.nbytes)

@@ -89,7 +89,7 @@ class Finding:
             n = len(self.layers)
             unit = "tensor" if all(x.rsplit(".", 1)[-1] in ("bias", "weight") for x in self.layers) else "layer"
             where = f" [{n} {unit}{'s' if n != 1 else ''}: {shown}{more}]"
-        return f"{self.severity}: {self.rule}: {self.text()}{where}"
+        return f"{self.severity}: {self.rule}: {_cut(self.text(), 600)}{where}"
 
 
 class Findings:
