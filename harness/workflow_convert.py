@@ -20,7 +20,6 @@ import difflib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -322,22 +321,20 @@ def backup_path(p: Path) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """quantgate's one output path (quant.outputs.atomic_file: temp beside it, fsync, rename, never
+    onto a FIFO/device), keeping the workflow file's permissions."""
+    import stat as _stat
+
+    from quant.outputs import atomic_file
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        except FileNotFoundError:
-            pass
-        os.replace(tmp, path)
-        tmp = None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        mode = _stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = None
+    with atomic_file(path, buffering=-1) as f:
+        f.write(data)
+        if mode is not None:
+            os.fchmod(f.fileno(), mode)
 
 
 def convert_all(target, maps: dict[str, str], weight_dtype: str = "default") -> list[Result]:

@@ -61,12 +61,8 @@ def run_from_gguf(args) -> int:
     if out.suffix != ".toml":
         raise UsageError("the preset file name must end in .toml (that is how --preset tells a file from a name)", out)
     inputs = [gg] + ([Path(args.source)] if args.source else [])
-    if any(out.exists() and i.exists() and out.resolve() == i.resolve() for i in inputs):
-        raise UsageError("output would overwrite an input; choose another -o", out)
-    if out.exists() and not args.force:
-        raise UsageError("output exists; pass --force to overwrite it", out)
-    if out.is_dir():
-        raise UsageError("output is a directory", out)
+    from quant.outputs import check_output
+    check_output(out, inputs, overwrite=args.force, what="preset")     # the one output check
     mapping = mapping_from(args)
     model = gguf_model.read(gg)
     shapes = None
@@ -78,7 +74,7 @@ def run_from_gguf(args) -> int:
         report = gguf_model.match(model, shapes)
     pr = gguf_model.derive_preset(model, mapping, name=args.name, source_shapes=shapes)
     text = gguf_model.preset_toml(pr)
-    atomic.write_text(out, text)
+    atomic.write_text(out, text, inputs)
     back = presets.load(str(out))           # what convert will read: must be the same rules
     if back.rules != pr.rules:
         out.unlink(missing_ok=True)
