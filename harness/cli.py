@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from quant.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, QuantgateError
 
@@ -68,16 +70,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM / SIGHUP: unwinds exactly like Ctrl-C (temp files removed, servers stopped, exit 130)."""
+
+    def __init__(self, signame: str):
+        super().__init__(signame)
+        self.signame = signame
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
+def install_signal_handlers() -> dict:
+    """SIGTERM and SIGHUP behave like SIGINT (a KeyboardInterrupt) in the main thread. Returns the
+    previous handlers (``main`` puts them back when it returns)."""
+    prev = {}
+    if threading.current_thread() is not threading.main_thread():
+        return prev
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            prev[sig] = signal.signal(sig, _raise_terminated)
+        except (ValueError, OSError):
+            pass
+    return prev
+
+
 def main(argv: list[str] | None = None) -> int:
+    prev = install_signal_handlers()
+    try:
+        return _main(argv)
+    finally:
+        for sig, h in prev.items():
+            try:
+                signal.signal(sig, h if h is not None else signal.SIG_DFL)
+            except (ValueError, OSError):
+                pass
+
+
+def _main(argv: list[str] | None) -> int:
     debug = bool(os.environ.get("QUANTGATE_DEBUG"))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    token = None
     if getattr(args, "allow_outside", False):
         from quant.sources import ALLOW_OUTSIDE
-        ALLOW_OUTSIDE.set(True)
+        token = ALLOW_OUTSIDE.set(True)
     try:
         rc = args.func(args)
         return int(rc or 0)
@@ -92,14 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         where = e.filename or ""
-        print(f"quantgate: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
+        print(one_line(f"quantgate: {str(where) + ': ' if where else ''}{e.strerror or e}"), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("quantgate: interrupted; no partial output was kept", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        why = f"terminated ({e.signame})" if isinstance(e, Terminated) else "interrupted"
+        print(f"quantgate: {why}; no partial output was kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
         print("quantgate: out of memory", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        if token is not None:
+            from quant.sources import ALLOW_OUTSIDE
+            ALLOW_OUTSIDE.reset(token)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,10 +38,19 @@ def run_setup(args) -> int:
 
 
 def run_start(args) -> int:
-    from harness.comfy.server import ComfyServer, check_comfy_root, prepare_embedded
-    from harness.render import models
+    from harness.comfy.server import check_comfy_root, prepare_embedded
     root = check_comfy_root(args.comfy_root) if args.comfy_root else prepare_embedded(log=_log)
-    base = Path(args.base) if args.base else Path(tempfile.mkdtemp(prefix="quantgate-comfy-"))
+    from harness.comfy import temp_bases
+    temp_bases.remove_stale(log=_log)
+    if args.base:
+        return _start(args, root, Path(args.base))
+    with temp_bases.owned("comfy") as base:       # removed on exit (and by the next start after SIGKILL)
+        return _start(args, root, base)
+
+
+def _start(args, root, base) -> int:
+    from harness.comfy.server import ComfyServer
+    from harness.render import models
     srv = ComfyServer(root, base, port=args.port, log=_log)
     with srv:
         if not args.no_models:

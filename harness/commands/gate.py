@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 from quant.errors import UsageError
@@ -107,9 +106,11 @@ def run(args) -> int:
     for t in tgts:
         name = "" if len(tgts) == 1 else f"comfyui-{_version_of(t)}"
         subs.append(name + (f"-{len([x for x in subs if x.startswith(name)]) + 1}" if name in subs else ""))
+    from harness.comfy import temp_bases
+    temp_bases.remove_stale(log=_log)           # left by a quantgate killed with SIGKILL
     for t, sub in zip(tgts, subs):
         sub = out / sub if sub else out
-        with tempfile.TemporaryDirectory(prefix="quantgate-gate-") as tmp:
+        with temp_bases.owned("gate") as tmp:
             with open_session(args.comfy_url, None if t is None else t.root, work_dir=Path(tmp) / "comfy", log=_log,
                               keep_log=sub / "comfyui.log", comfy_python=None if t is None else t.python) as session:
                 if args.workflow:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from ..comfy import temp_bases
 from ..comfy.client import ComfyClient
 from ..comfy.errors import ComfyError
 from ..comfy.server import ComfyServer, check_comfy_root, prepare_embedded
@@ -105,10 +105,11 @@ def open_session(comfy_url: str | None = None, comfy_root=None, *, work_dir=None
         client = ComfyClient(comfy_url)
         yield RenderSession(client, None, log)
         return
+    temp_bases.remove_stale(log=log)     # bases of quantgate runs killed with SIGKILL
     root = check_comfy_root(comfy_root) if comfy_root else prepare_embedded(log=log)
     tmp = None
     if work_dir is None:
-        tmp = tempfile.mkdtemp(prefix="quantgate-comfy-")
+        tmp = temp_bases.make("comfy")
         work_dir = tmp
     srv = ComfyServer(root, work_dir, cpu=cpu, log=log, startup_timeout=startup_timeout, python=comfy_python)
     try:
