@@ -116,7 +116,7 @@ def _parse_comfy_quant(src, key, info) -> tuple[dict | None, str | None]:
         return None, f"{key} is {info.dtype}{list(info.shape)}, but must be a 1-D U8 tensor of JSON bytes"
     if info.shape[0] > 1 << 16:
         return None, f"{key} holds {info.shape[0]} bytes, far too many for a layer config"
-    raw = bytes(src.get(key).numpy().tobytes())
+    raw = src.raw(key)                      # a pread; no torch (header-only verify stays light)
     try:
         conf = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from . import __version__, arch, formats, layout, presets
 from .errors import InputError, UsageError, short
 from .outputs import check_output
@@ -108,7 +106,7 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     ``preset_from_gguf``: derive the preset from this GGUF (its GGML type per tensor, mapped by
     ``gguf_mapping``, a :class:`quant.gguf_model.Mapping`) instead of ``preset``."""
     fmt = formats.get(target)
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device.startswith("cuda") and not __import__("torch").cuda.is_available():
         raise UsageError("--device cuda requested but no CUDA device is available")
     source = Path(source)
     out = Path(output) if output else default_output(source, target)

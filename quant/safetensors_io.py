@@ -20,25 +20,39 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .errors import InputError, QuantgateError, short
 from .dtypes import DTYPE_BYTES
 
 MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit (MAX_HEADER_SIZE)
 
-TORCH_DTYPES = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "F8_E5M2": torch.float8_e5m2,
-    "F8_E4M3": torch.float8_e4m3fn, "I16": torch.int16, "U16": torch.uint16, "F16": torch.float16,
-    "BF16": torch.bfloat16, "I32": torch.int32, "U32": torch.uint32, "F32": torch.float32,
-    "F64": torch.float64, "I64": torch.int64, "U64": torch.uint64,
-}
-DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+_LAZY: dict = {}
+
+
+def _torch_dtypes() -> dict:
+    """safetensors dtype name -> torch dtype (torch is imported on first use, not at import)."""
+    if "TORCH_DTYPES" not in _LAZY:
+        import torch
+        _LAZY["TORCH_DTYPES"] = d = {
+            "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "F8_E5M2": torch.float8_e5m2,
+            "F8_E4M3": torch.float8_e4m3fn, "I16": torch.int16, "U16": torch.uint16, "F16": torch.float16,
+            "BF16": torch.bfloat16, "I32": torch.int32, "U32": torch.uint32, "F32": torch.float32,
+            "F64": torch.float64, "I64": torch.int64, "U64": torch.uint64,
+        }
+        _LAZY["DTYPE_NAMES"] = {v: k for k, v in d.items()}
+    return _LAZY["TORCH_DTYPES"]
+
+
+def __getattr__(name):          # TORCH_DTYPES / DTYPE_NAMES stay importable names
+    if name in ("TORCH_DTYPES", "DTYPE_NAMES"):
+        _torch_dtypes()
+        return _LAZY[name]
+    raise AttributeError(name)
 
 
 def dtype_name(t: torch.dtype) -> str:
     try:
-        return DTYPE_NAMES[t]
+        _torch_dtypes()
+        return _LAZY["DTYPE_NAMES"][t]
     except KeyError:
         raise QuantgateError(f"dtype {t} cannot be stored in safetensors") from None
 
@@ -345,7 +359,8 @@ class SafetensorsFile:
 
     def get(self, name: str) -> torch.Tensor:
         ti = self.header.tensors[name]
-        dt = TORCH_DTYPES[ti.dtype]
+        import torch
+        dt = _torch_dtypes()[ti.dtype]
         if ti.nbytes == 0:
             return torch.empty(ti.shape, dtype=dt)
         t = torch.empty(ti.nbytes, dtype=torch.uint8)      # no zero-fill: the read overwrites it all
@@ -353,7 +368,22 @@ class SafetensorsFile:
         return t.view(dt).reshape(ti.shape)
 
 
+def decode_floats(dtype: str, raw: bytes) -> list[float] | None:
+    """Little-endian F32/F64/F16/BF16 bytes as Python floats without torch; None for other dtypes."""
+    if dtype == "F32":
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    if dtype == "F64":
+        return list(struct.unpack(f"<{len(raw) // 8}d", raw))
+    if dtype == "F16":
+        return list(struct.unpack(f"<{len(raw) // 2}e", raw))
+    if dtype == "BF16":
+        hs = struct.unpack(f"<{len(raw) // 2}H", raw)
+        return list(struct.unpack(f"<{len(hs)}f", struct.pack(f"<{len(hs)}I", *(h << 16 for h in hs))))
+    return None
+
+
 def tensor_bytes(t: torch.Tensor) -> memoryview:
+    import torch
     t = t.detach().contiguous()
     if t.device.type != "cpu":
         t = t.cpu()

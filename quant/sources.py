@@ -9,9 +9,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .errors import InputError, short
 from .safetensors_io import SafetensorsFile
 
@@ -57,6 +54,21 @@ class Source:
     def get(self, name: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def raw(self, name: str) -> bytes:
+        """The stored bytes of one (small) tensor, without torch where the source allows."""
+        from .safetensors_io import tensor_bytes
+        return bytes(tensor_bytes(self.get(name)))
+
+    def values(self, name: str) -> list[float]:
+        """A small float tensor's values as Python floats (scales), without torch for
+        F32/F64/F16/BF16 safetensors data."""
+        from .safetensors_io import decode_floats
+        info = self.info(name)
+        v = decode_floats(info.dtype, self.raw(name)) if not info.stored else None
+        if v is None:
+            v = [float(x) for x in self.get(name).float().reshape(-1).tolist()]
+        return v
+
     def close(self):
         pass
 
@@ -93,6 +105,9 @@ class SafetensorsSource(Source):
 
     def get(self, name: str) -> torch.Tensor:
         return self._files[self._where[name]].get(name)
+
+    def raw(self, name: str) -> bytes:
+        return bytes(self._files[self._where[name]].raw(name))
 
     def close(self):
         for f in self._files.values():
@@ -134,6 +149,8 @@ class GGUFSource(Source):
             self.metadata["general.architecture"] = bytes(arch.parts[arch.data[0]]).decode("utf-8", "replace")
 
     def get(self, name: str) -> torch.Tensor:
+        import numpy as np
+        import torch
         from gguf import GGMLQuantizationType, quants
         t = self._t[name]
         info = self._infos[name]

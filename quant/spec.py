@@ -9,9 +9,9 @@ from .formats import (BY_COMFY_FORMAT, COMFY_QUANT_SUFFIX, COMFY_VERSIONS, FORMA
                       comfy_quant_bytes, comfy_quant_config, describe, quantization_metadata, resolve_shape,
                       version_lt)
 from .formats import Format as FormatSpec  # noqa: F401
-from .kernels.common import rup  # noqa: F401
-from .kernels.nvfp4 import packed_shape as nvfp4_packed_shape  # noqa: F401
-from .kernels.nvfp4 import scale_shape as nvfp4_scale_shape  # noqa: F401
+from .kernels.facts import packed_shape as nvfp4_packed_shape  # noqa: F401
+from .kernels.facts import rup  # noqa: F401
+from .kernels.facts import scale_shape as nvfp4_scale_shape  # noqa: F401
 
 FP8_LEGACY = FORMATS["fp8-legacy"]
 FP8 = FORMATS["fp8"]

@@ -432,3 +432,29 @@ def test_render_temp_base_of_a_killed_process_is_removed_at_the_next_start(tmp_p
     finally:
         import shutil
         shutil.rmtree(mine, ignore_errors=True)
+
+
+# ---- light commands do not pay for torch ---------------------------------------------------------------------
+def test_light_commands_do_not_import_torch(pair):
+    """--version, --help, formats, manifest and header-only verify run without importing torch
+    (about 2 s and 650 MB of start-up before, see notes/harden.md)."""
+    _, ck = pair
+    code = f"""
+import contextlib, io, sys
+import harness.cli
+from harness.cli import main
+for argv in (["--version"], ["--help"], ["convert", "--help"], ["formats"], ["manifest", "list"],
+             ["verify", {str(ck)!r}, "--header-only"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code
+    assert rc in (0, None), (argv, rc)
+    heavy = sorted(m for m in ("torch", "comfy_kitchen", "matplotlib", "gguf") if m in sys.modules)
+    assert not heavy, (argv, heavy)
+print("light")
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "light", r.stderr[-2000:]

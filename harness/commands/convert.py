@@ -5,7 +5,6 @@ import json
 import sys
 
 from quant import formats, presets
-from quant.convert import convert
 
 
 def register(sub):
@@ -50,6 +49,7 @@ def run(args) -> int:
     if args.preset_from_gguf:
         from harness.commands.preset import mapping_from
         mapping = mapping_from(args)
+    from quant.convert import convert
     s = convert(args.source, args.output, args.target, args.preset, device=args.device, force=args.force,
                 progress=not args.quiet and sys.stderr.isatty(), input_scales=args.input_scales,
                 comfy_version=args.comfy_version, preset_from_gguf=args.preset_from_gguf, gguf_mapping=mapping)

@@ -9,14 +9,12 @@ layer kinds, activation policy, minimum ComfyUI), ``value_rules`` (scale values)
 from __future__ import annotations
 
 import time
-
-import torch
 from dataclasses import dataclass, field
 
 from quant.checkpoint import build, reference_shapes
 from quant.sources import open_source
 
-from . import layout_rules, log_scales, non_transformer, numeric, stats, value_rules
+from . import layout_rules, log_scales, non_transformer, value_rules
 from .findings import ERROR, INFO, WARNING, Findings
 
 MODES = ("header-only", "statistics", "numeric")
@@ -79,7 +77,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
            structure_only: bool = False, progress=None, device: str = "cpu") -> Report:
     """Run the gate. Raises quant.errors.InputError for unreadable inputs (exit 2).
     ``device``: where comfy-kitchen's eager dequantizers run for the numeric check (cpu or cuda)."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device.startswith("cuda") and not __import__("torch").cuda.is_available():
         from quant.errors import UsageError
         raise UsageError("--device cuda requested but no CUDA device is available")
     t0 = time.perf_counter()
@@ -100,9 +98,11 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
             nbytes = 0
             if src_obj is not None:
                 mode = "numeric"
+                from . import numeric       # torch and comfy-kitchen: only when data is compared
                 nbytes = numeric.compare(st, src_obj, f, progress, device=device)
             elif not header_only:
                 mode = "statistics"
+                from . import stats     # torch: only when tensor data is read
                 nbytes = stats.statistics(st, f, progress)
                 if st.declared:
                     f.info("stats.note", "no --source given: the numbers were checked for plausibility only (NaN codes, "

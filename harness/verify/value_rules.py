@@ -15,8 +15,7 @@ PEER_FACTOR = 30.0          # one layer's input_scale this far below its peers' 
 
 
 def _values(st: Structure, key: str) -> list[float]:
-    t = st.src.get(key)
-    return [float(v) for v in t.float().reshape(-1).tolist()]
+    return st.src.values(key)               # F32/F16/BF16 scalars decoded without torch
 
 
 def run(st: Structure, f: Findings) -> dict[str, dict[str, float]]:

@@ -2,7 +2,7 @@
 ``float8_e4m3fn``. Same numbers (amax/448 per tensor), different tensor names and carriers."""
 from __future__ import annotations
 
-from ..kernels.common import E4M3_MAX
+from ..kernels.facts import E4M3_MAX
 from .base import CARRIER_COMFY_QUANT, CARRIER_MARKER, Companion, Format
 from .comfy import COMFY_VERSIONS, QUANT_ALGOS_SINCE
 

@@ -2,8 +2,7 @@
 float32 per-tensor ``weight_scale_2``; the layout math is in :mod:`quant.kernels.nvfp4`."""
 from __future__ import annotations
 
-from ..kernels.common import E2M1_MAX, E4M3_MAX
-from ..kernels.nvfp4 import BLOCK, packed_shape, scale_shape
+from ..kernels.facts import BLOCK, E2M1_MAX, E4M3_MAX, packed_shape, scale_shape
 from .base import CARRIER_COMFY_QUANT, Companion, Format, shape_rule
 from .comfy import QUANT_ALGOS_SINCE
 

@@ -16,7 +16,6 @@ import contextlib
 import contextvars
 
 from ..errors import UsageError
-from .eager import EagerBackend
 
 _BACKENDS: dict[str, object] = {}
 _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("quant_kernel_backend", default=None)
@@ -34,13 +33,29 @@ def register(backend) -> object:
     return backend
 
 
+def _builtin() -> None:
+    """Register the eager backend on first use (importing it imports torch: light commands never do)."""
+    if "eager" not in _BACKENDS:
+        from .eager import EagerBackend
+        register(EagerBackend)
+
+
+def __getattr__(name):
+    if name == "EagerBackend":
+        from .eager import EagerBackend
+        return EagerBackend
+    raise AttributeError(name)
+
+
 def names() -> list[str]:
+    _builtin()
     return sorted(_BACKENDS, key=lambda n: -getattr(_BACKENDS[n], "priority", 0))
 
 
 def get_backend(device="cpu", name: str | None = None):
     """The backend to use on ``device``: ``name`` if given (or forced by :func:`use_backend`),
     else the available one with the highest priority."""
+    _builtin()
     name = name or _FORCED.get()
     dev = str(device)
     if name is not None:
@@ -59,6 +74,7 @@ def get_backend(device="cpu", name: str | None = None):
 @contextlib.contextmanager
 def use_backend(name: str):
     """Force backend ``name`` inside the block (raises UsageError for an unknown name)."""
+    _builtin()
     if name not in _BACKENDS:
         raise UsageError(f"unknown kernel backend {name!r}; available: {', '.join(names())}")
     tok = _FORCED.set(name)
@@ -67,7 +83,5 @@ def use_backend(name: str):
     finally:
         _FORCED.reset(tok)
 
-
-register(EagerBackend)
 
 __all__ = ["register", "get_backend", "use_backend", "names", "EagerBackend"]

@@ -8,14 +8,9 @@ import torch
 
 from ..errors import InputError
 
-E4M3_MAX = 448.0             # largest finite float8_e4m3fn value
-E2M1_MAX = 6.0               # largest E2M1 (fp4) magnitude
+from .facts import E2M1_MAX, E4M3_MAX, rup  # noqa: F401  (torch-free facts, re-exported)
+
 FP8_DTYPE = torch.float8_e4m3fn
-
-
-def rup(x: int, m: int) -> int:
-    """x rounded up to a multiple of m."""
-    return (x + m - 1) // m * m
 
 
 def const(v: float, like: torch.Tensor) -> torch.Tensor:

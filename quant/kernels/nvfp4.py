@@ -16,21 +16,11 @@ import torch
 
 from ..errors import InputError, ShapeError
 from .common import E2M1_MAX, E4M3_MAX, const, ensure_finite, per_tensor_scale, rup
+from .facts import BLOCK, packed_shape, scale_shape  # noqa: F401  (torch-free, re-exported)
 
-BLOCK = 16
 FP4_MAX = E2M1_MAX
 FP8_MAX = E4M3_MAX
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
-
-
-def packed_shape(n: int, k: int) -> tuple[int, int]:
-    """Shape of the U8 NVFP4 weight for a logical [n, k] Linear weight."""
-    return rup(n, 16), rup(k, 16) // 2
-
-
-def scale_shape(n: int, k: int) -> tuple[int, int]:
-    """Shape of the swizzled F8_E4M3 block-scale tensor for a logical [n, k] weight."""
-    return rup(rup(n, 16), 128), rup(rup(k, 16) // 16, 4)
 
 
 # ---- E2M1 codes --------------------------------------------------------------------------
