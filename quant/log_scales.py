@@ -22,8 +22,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from .errors import InputError, UsageError
 
 LOG_MIN, LOG_MAX, LEVELS = -10.0, 2.0, 255           # 1e-10 ... 100, 255 levels
@@ -34,6 +32,7 @@ STEP = (LOG_MAX - LOG_MIN) / (LEVELS - 1)
 
 def decode(code: torch.Tensor) -> torch.Tensor:
     """uint8 codes -> float32 scales (float64 math, then rounded once to float32)."""
+    import torch            # lazily: header-only verify reads this module without torch
     c = code.to(torch.float64)
     return torch.pow(10.0, LOG_MIN + c * STEP).to(torch.float32)
 
@@ -41,6 +40,7 @@ def decode(code: torch.Tensor) -> torch.Tensor:
 def encode(scale: torch.Tensor | float, *, ceil: bool = True) -> torch.Tensor:
     """float scales -> uint8 codes. ``ceil`` rounds up (the decoded scale is >= the requested one, so
     weights divided by it never clip): what a converter that stores codes must quantize with."""
+    import torch
     s = torch.as_tensor(scale, dtype=torch.float64)
     x = (torch.log10(s.clamp(min=10 ** LOG_MIN, max=10 ** LOG_MAX)) - LOG_MIN) / STEP
     x = torch.ceil(x - 1e-9) if ceil else torch.round(x)
