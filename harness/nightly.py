@@ -155,7 +155,6 @@ def trend_html(records: list[tuple[str, dict]], out_html, max_plots: int = 40) -
             "body{font:14px system-ui,sans-serif;margin:2em}figure{display:inline-block;margin:6px}"
             "figcaption{font-size:11px;color:#555}</style></head><body><h1>quantgate nightly trend</h1>"
             f"<p>{len(recs)} records:</p><ul>{rows}</ul>{''.join(body)}</body></html>")
-    tmp = out_html.with_name(f".{out_html.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out_html)
+    from quant.outputs import write_text          # quantgate's one output path
+    write_text(out_html, page)
     return out_html

@@ -41,14 +41,10 @@ def export_safetensors(gguf_path, output, dtype: str = "keep", *, force: bool = 
     g, out = Path(gguf_path), Path(output)
     if not g.is_file():
         raise InputError("no such file", g)
-    if out.exists() and out.resolve() == g.resolve():
-        raise UsageError("output would overwrite the input; choose another -o", out)
     if out.suffix != ".safetensors":
         raise UsageError("the output must be a .safetensors file", out)
-    if out.is_dir():
-        raise UsageError("output is a directory", out)
-    if out.exists() and not force:
-        raise UsageError("output exists; pass --force to overwrite it", out)
+    from .outputs import check_output                    # never over the input, never a FIFO/device
+    check_output(out, [g], overwrite=force)
     want = DTYPES[dtype]
     with GGUFSource(g) as src:
         names = src.keys()

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError, UsageError
+from .errors import InputError
 
 LOG_MIN, LOG_MAX, LEVELS = -10.0, 2.0, 255           # 1e-10 ... 100, 255 levels
 SCALE_SUFFIXES = ("scale_weight", "weight_scale")
@@ -106,11 +106,9 @@ def repair(src_path, out_path, *, force: bool = False, progress=None) -> dict:
     from .safetensors_io import AtomicWriter, safetensors_order
     from .sources import open_source
     src_p, out_p = Path(src_path), Path(out_path)
-    if out_p.exists() and not force:
-        raise UsageError("the output exists (use --force to overwrite)", out_p)
-    if out_p.exists() and src_p.exists() and out_p.resolve() == src_p.resolve():
-        raise UsageError("the output would replace the input; the input is never modified", out_p)
+    from .outputs import check_output
     with open_source(src_p) as src:
+        check_output(out_p, [src_p, *src.files], overwrite=force)   # never over the input or a shard of it
         infos = {k: src.info(k) for k in src.keys()}
         plan = find(infos)
         if not plan.coded:

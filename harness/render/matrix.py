@@ -106,18 +106,18 @@ def summarize(runs: list[dict]) -> dict:
             "verdict": "pass" if rows and all(r["verdict"] == "pass" for r in rows) else "fail"}
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _write_text(path: Path, text: str, inputs=()) -> None:
+    from quant.outputs import write_text          # quantgate's one output path
+    write_text(path, text, inputs)
 
 
 def write(matrix: dict, out_dir) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gj, rp = out / "gate.json", out / "report.html"
-    _write_text(gj, json.dumps(matrix, indent=1) + "\n")
-    _write_text(rp, render_html(matrix))
+    src = (matrix.get("source") or {}).get("path")
+    _write_text(gj, json.dumps(matrix, indent=1) + "\n", [src])
+    _write_text(rp, render_html(matrix), [src])
     return rp, gj
 
 
