@@ -36,6 +36,7 @@ RULES = {
     "input_scale.from-weight": ("activation", "input_scale is not a weight statistic (== weight_scale[_2])"),
     "input_scale.implausible": ("activation", "input_scale implies a plausible activation range"),
     "numeric.mismatch": ("numeric", "dequantized weights (comfy-kitchen) match the source"),
+    "numeric.rows": ("numeric", "every output channel (row) and nvfp4 16-block is within the format's worst-case error"),
     "numeric.unquantized-mismatch": ("numeric", "unquantized tensors equal the source within dtype conversion"),
     "numeric.bias-corrected": ("numeric", "biases of quantized layers may carry a small bias correction"),
     "numeric.source-missing": ("numeric", "every source tensor is present in the checkpoint"),

@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from . import stats
+from . import row_bounds, stats
 from .metrics import fp8_code_metrics, metrics
 
 
@@ -47,6 +47,14 @@ class Fp8Reference:
     def mistakes(self, ck, w, scale, bs, n, k):
         return [("the data is e5m2 but declared e4m3fn", lambda: w.view(torch.float8_e5m2).float() * scale)]
 
+    def metrics_and_rows(self, ck, w, scale, bs, ref, n, k, pre):
+        """(rel, cos, alpha) of the whole tensor and the rows beyond the format's per-row worst case."""
+        m = self.fast_metrics(ck, w, scale, bs, ref, n, k, pre)
+        table = ck.dequantize_per_tensor_fp8(torch.arange(256, dtype=torch.uint8, device=w.device)
+                                             .view(torch.float8_e4m3fn), scale, output_type=torch.float32)
+        bad, n_bad, worst = row_bounds.fp8_bad_rows(w.view(torch.uint8), table, float(scale), ref, 8)
+        return m, (bad, n_bad, worst, None)
+
 
 class Nvfp4Reference:
     """NVFP4: ``ck.dequantize_nvfp4`` (swizzled block scales, high-nibble-first packing)."""
@@ -77,6 +85,17 @@ class Nvfp4Reference:
                 return ck.dequantize_nvfp4(w, scale, sw, output_type=torch.float32)[:n, :k]
             tries.append(("the block scales are stored row-major, not in the cuBLAS swizzled layout", rowmajor))
         return tries
+
+    def metrics_and_rows(self, ck, w, scale, bs, ref, n, k, pre):
+        """One kitchen dequantization for both the tensor metrics and the per-16-block bound."""
+        from quant.kernels.nvfp4 import unswizzle
+        got = self.dequantize(ck, w, scale, bs, n, k)
+        ref32 = ref.to(torch.float32)
+        m = metrics(ref32, got)
+        np_, c = w.shape[0], w.shape[1] * 2 // 16
+        logical = unswizzle(bs.view(torch.uint8), np_, c).view(torch.float8_e4m3fn)
+        bad, n_bad, n_blocks, worst = row_bounds.nvfp4_bad_blocks(got, ref32, logical, float(scale), 8)
+        return m, (bad, n_bad, worst, n_blocks)
 
 
 REFERENCES = {r.kernel: r for r in (Fp8Reference(), Nvfp4Reference())}

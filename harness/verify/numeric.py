@@ -16,6 +16,7 @@ import torch
 from quant.checkpoint import IGNORED_KEYS, Structure, load_layer
 from quant.formats import resolve_shape
 
+from . import row_bounds
 from .diagnosis import diagnose
 from .findings import Findings
 from .kitchen import open_kitchen, reference_for
@@ -67,7 +68,14 @@ def _check_layer(ck, st, source, la, f, device="cpu") -> int:
     ref = source.get(key)
     if device != "cpu":
         ref = ref.to(device)
-    rel, cos, alpha = kr.fast_metrics(ck, w, scale, bs, ref, n, k, pre)
+    if hasattr(kr, "metrics_and_rows"):     # tensor metrics + per-row / per-block worst-case bounds
+        (rel, cos, alpha), (bad_rows, n_bad, worst, n_blocks) = kr.metrics_and_rows(ck, w, scale, bs, ref, n, k, pre)
+    else:
+        (rel, cos, alpha), (bad_rows, n_bad, worst, n_blocks) = kr.fast_metrics(ck, w, scale, bs, ref, n, k, pre), \
+            ([], 0, None, None)
+    if n_bad and within(la.spec, rel, cos):     # the tensor passes, some output channels do not
+        f.error("numeric.rows", "comfy-kitchen's dequantization: " + row_bounds.describe(
+            la.spec.kernel, bad_rows, n_bad, n, worst, n_blocks), [la.name])
     if not within(la.spec, rel, cos):
         ref = ref.to(torch.float32)
         if not kr.exact_fast_metrics:   # confirm on the full kitchen dequantization
