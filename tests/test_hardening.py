@@ -299,7 +299,7 @@ def test_findings_add_is_linear():
 
     def cost(n: int) -> float:
         best = 1e9
-        for _ in range(3):
+        for _ in range(5):
             f = Findings()
             t0 = time.perf_counter()
             for i in range(n):
@@ -309,7 +309,7 @@ def test_findings_add_is_linear():
         return best
 
     c10, c100 = cost(10_000), cost(100_000)
-    assert c100 / c10 < 25, (c10, c100)             # quadratic: ~100x
+    assert c100 / c10 < 50, (c10, c100)             # quadratic: ~100x (and minutes at 100k)
     assert c100 < 5
 
 

@@ -138,5 +138,5 @@ def test_repair_bad_input_one_line_exit_2(tmp_path, capsys, thin_source, case):
     assert rc == 2 and not stdout
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert {"code-255": "code 255", "nothing-coded": "no 8-bit log-coded scales", "output-exists": "output exists",
-            "missing": "no such file", "out-is-in": "output exists"}[case] in err
+            "missing": "no such file", "out-is-in": "overwrite the input"}[case] in err
     assert {p.name: _sha(p) for p in tmp_path.iterdir()} == files                # nothing written, nothing changed

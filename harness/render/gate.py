@@ -126,15 +126,20 @@ def _ssim_pair(a, b):
 
 def check_render_inputs(source, candidates) -> None:
     """Every file the gate hands to ComfyUI must be a valid safetensors file: ComfyUI unpickles
-    .ckpt/.pt/.bin files, so those (and anything else) are refused before a server starts."""
+    .ckpt/.pt/.bin files, so those (and anything else) are refused before a server starts. GGUF
+    candidates are rendered as their dequantized twin (never handed over) and pre-scanned."""
     from quant.safetensors_io import read_header
-    for p in [source] + [c if not isinstance(c, tuple) else c[1] for c in candidates]:
+    for i, p in enumerate([source] + [c if not isinstance(c, tuple) else c[1] for c in candidates]):
         p = Path(p)
         if p.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"):
             raise InputError("pickle-based checkpoints are never given to ComfyUI (it would unpickle them); "
                              "the render gate takes .safetensors files", p)
         if p.is_dir() or not p.is_file():
             raise InputError("not a file; the render gate takes single .safetensors files", p)
+        if i > 0 and twin.is_gguf(p):   # a candidate rendered as its gguf-py dequantized twin
+            from quant.gguf_safety import prescan
+            prescan(p)
+            continue
         read_header(p)      # InputError for anything that is not a well-formed safetensors file
 
 
