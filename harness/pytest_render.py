@@ -45,7 +45,7 @@ def _opt(config, name):
 @pytest.fixture(scope="session")
 def thin_source():
     from harness.render import models
-    return models.cached_thin_model()
+    return models.reference_model()
 
 
 @pytest.fixture(scope="session")

@@ -152,6 +152,8 @@ THIN: dict[str, Arch] = {
     "wan22-ti2v-5b-thin": ARCHS["wan22-ti2v-5b"].thin(dim=256, ffn_dim=512, num_layers=2),
     # thin WAN 2.1 T2V: what ComfyUI 0.3.75 detects and renders on a CPU (comfy_in_ci.md)
     "wan21-t2v-thin": ARCHS["wan21-t2v-14b"].thin(dim=256, ffn_dim=512, num_layers=1),
+    # the trained tiny reference model (harness/train): 1 head of 128, 6 blocks, so depth statistics exist
+    "wan21-t2v-tiny": ARCHS["wan21-t2v-14b"].thin(dim=128, ffn_dim=512, num_layers=6),
     "wan22-t2v-a14b-thin": ARCHS["wan22-t2v-a14b"].thin(dim=256, ffn_dim=512, num_layers=2),
     # thin Qwen-Image block structure (converter tests only: ComfyUI needs the real 3072 width)
     "qwen-image-thin": ARCHS["qwen-image"].thin(num_layers=2, inner=256, joint=512),

@@ -114,7 +114,7 @@ def test_server_killed_mid_render(tmp_path, thin_source):
         with ComfyServer(root, tmp_path / "base") as srv:
             pgid = os.getpgid(srv.proc.pid)
             name = srv.add_model(thin_source)
-            vae = srv.add_model(models.cached_vae(root), "vae_approx", models.VAE_NAME)
+            vae = srv.add_model(models.reference_vae(root), "vae_approx", models.VAE_NAME)
             killer = threading.Timer(2.0, lambda: os.killpg(pgid, signal.SIGKILL))
             killer.start()
             t = time.monotonic()

@@ -21,7 +21,7 @@ def register(sub):
     pt.add_argument("--comfy-root", metavar="PATH", help="a ComfyUI checkout to run (default: the embedded one)")
     pt.add_argument("--base", metavar="DIR", help="base directory (models/, output/, custom_nodes/); default: a temp dir")
     pt.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
-    pt.add_argument("--no-models", action="store_true", help="do not link the thin WAN model and random VAE")
+    pt.add_argument("--no-models", action="store_true", help="do not link the reference WAN model and its VAE ($QUANTGATE_REFERENCE: trained or random)")
     pt.set_defaults(func=run_start)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
@@ -31,9 +31,9 @@ def run_setup(args) -> int:
     from harness.render import models
     t0 = time.monotonic()
     root = prepare_embedded(force=args.force, log=_log)
-    vae = models.cached_vae(root, log=_log)
-    thin = models.cached_thin_model(log=_log)
-    print(f"ComfyUI:     {root}\nrender VAE:  {vae}\nthin model:  {thin}\nready in {time.monotonic() - t0:.1f} s")
+    vae = models.reference_vae(root, log=_log)
+    thin = models.reference_model(log=_log)
+    print(f"ComfyUI:     {root}\nrender VAE:  {vae}\nmodel:       {thin}\nready in {time.monotonic() - t0:.1f} s")
     return 0
 
 
@@ -54,8 +54,8 @@ def _start(args, root, base) -> int:
     srv = ComfyServer(root, base, port=args.port, log=_log)
     with srv:
         if not args.no_models:
-            srv.add_model(models.cached_thin_model(log=_log), "diffusion_models", "wan21-t2v-thin.safetensors")
-            srv.add_model(models.cached_vae(root, log=_log), "vae_approx", models.VAE_NAME)
+            srv.add_model(models.reference_model(log=_log), "diffusion_models", f"{models.reference_arch()}.safetensors")
+            srv.add_model(models.reference_vae(root, log=_log), "vae_approx", models.VAE_NAME)
         print(f"ComfyUI {srv.version} at {srv.url} (started in {srv.start_seconds:.1f} s)\n"
               f"base: {base}\nlog:  {srv.log_path}\nCtrl-C stops it.", flush=True)
         try:

@@ -1,6 +1,7 @@
-"""``quantgate demo``: the whole story on a thin WAN 2.1 model in a few minutes on a CPU.
+"""``quantgate demo``: the whole story on a tiny WAN 2.1 model in a few minutes on a CPU.
 
-build the seeded thin model -> convert to fp8-legacy, fp8, nvfp4 -> verify each -> render each in
+take the reference model (by default the tiny WAN 2.1 trained on procedural images, weights in the
+repo; ``--reference random`` for the seeded random thin model) -> convert to fp8-legacy, fp8, nvfp4 -> verify each -> render each in
 the embedded ComfyUI (NVFP4 as its dequantized twin on ComfyUI < 0.8) next to the source, with a
 control and a planted silent-wrong file that ComfyUI renders without error -> report.html +
 gate.json -> summary table. Exit 0 when every real format passes and the planted file fails.
@@ -24,6 +25,10 @@ def register(sub):
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out/)")
     p.add_argument("--no-planted", action="store_true", help="leave out the planted silent-wrong file")
+    p.add_argument("--reference", choices=("trained", "random"), default=None,
+                   help="source model: 'trained' (default; the tiny WAN 2.1 trained on procedural images, "
+                        "renders show shapes) or 'random' (seeded random weights, renders are noise-like blobs); "
+                        "default from $QUANTGATE_REFERENCE")
     p.set_defaults(func=run)
 
 
@@ -42,9 +47,14 @@ def run(args) -> int:
     mdir.mkdir(parents=True, exist_ok=True)
     timings = {}
 
-    _log("1/5 source: seeded thin WAN 2.1 t2v (dim 256, 1 block; real tensor names)")
-    src = mdir / "wan21_t2v_thin_fp32.safetensors"
-    shutil.copyfile(models.cached_thin_model(log=_log), src)
+    import os
+    kind = models.reference_kind(args.reference)
+    os.environ[models.ENV] = kind              # the render session's VAE follows the same choice
+    stem = models.reference_arch(kind).replace("-", "_")
+    _log("1/5 source: " + ("tiny WAN 2.1 t2v trained on procedural images (dim 128, 6 blocks; real tensor names)"
+                           if kind == "trained" else "seeded random thin WAN 2.1 t2v (dim 256, 1 block; real tensor names)"))
+    src = mdir / f"{stem}_fp32.safetensors"
+    shutil.copyfile(models.reference_model(log=_log, kind=kind), src)
 
     from harness.comfy.server import comfy_version, embedded_source
     from quant.convert import convert
@@ -53,14 +63,14 @@ def run(args) -> int:
     t = time.monotonic()
     cands = []
     for fmt in FORMATS:
-        dst = mdir / f"wan21_t2v_thin_{fmt}.safetensors"
+        dst = mdir / f"{stem}_{fmt}.safetensors"
         # --comfy-version: on ComfyUI < 0.4 a scaled_fp8 file must scale every Linear (that ComfyUI
         # casts the Linears a preset keeps to fp8 without a scale)
         s = convert(src, dst, fmt, force=True, comfy_version=target_comfy)
         cands.append((fmt, dst))
         _log(f"    {dst.name}  {dst.stat().st_size / 1e6:.1f} MB  ({', '.join(f'{v} {k}' for k, v in s.layers.items())})")
     if not args.no_planted:
-        planted = mdir / "wan21_t2v_thin_fp8-legacy_PLANTED_no_head_scale.safetensors"
+        planted = mdir / f"{stem}_fp8-legacy_PLANTED_no_head_scale.safetensors"
         fixtures.fp8_file(src, planted, "legacy", drop_scales=("head.head",))
         cands.append((PLANTED, planted))
         _log(f"    {planted.name}  (legacy fp8 with head.head.scale_weight removed: loads and renders without "
@@ -83,7 +93,7 @@ def run(args) -> int:
     timings["render_s"] = round(time.monotonic() - t, 2)
 
     _log("5/5 report")
-    record["demo"] = {"planted": PLANTED if not args.no_planted else None, "timings": timings,
+    record["demo"] = {"planted": PLANTED if not args.no_planted else None, "timings": timings, "reference": kind,
                       "wall_s": round(time.monotonic() - t0, 2)}
     real = [c for c in record["candidates"] if c["label"] != PLANTED]
     plant = [c for c in record["candidates"] if c["label"] == PLANTED]
@@ -94,7 +104,7 @@ def run(args) -> int:
     # verdict over all candidates is kept beside it
     record["gate_verdict"] = record["verdict"]
     record["verdict"] = "pass" if ok else "fail"
-    title = (f"quantgate demo: thin WAN 2.1 in ComfyUI {record['comfyui']['version']} - "
+    title = (f"quantgate demo: {'trained tiny' if kind == 'trained' else 'random thin'} WAN 2.1 in ComfyUI {record['comfyui']['version']} - "
              + ("every format passes, the planted defect is caught" if ok else "expectation NOT met"))
     rp, gj = write_report(record, out, title=title)
     print()

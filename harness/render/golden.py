@@ -23,8 +23,8 @@ PLAN = {"seeds": [7, 8], "sizes": [[64, 64], [96, 64]],
 
 
 def render_golden(session) -> dict:
-    src = models.cached_thin_model()
-    vae = models.cached_vae(session.server.root, python=session.server.python) if session.server is not None else None
+    src = models.reference_model()
+    vae = models.reference_vae(session.server.root, python=session.server.python) if session.server is not None else None
     wf = Workflow.from_arg(None, None)
     settings = dict(PLAN["settings"], vae=session.vae())
     name = session.model(src)
@@ -35,7 +35,7 @@ def render_golden(session) -> dict:
             img = res.images[0][1]
             out.append({"seed": seed, "width": w, "height": h, "pixels_sha256": score.pixel_sha256(img),
                         "fingerprint8": score.fingerprint(img)})
-    return {"model": models.THIN_ARCH, "model_sha256": sha256_file(src),
+    return {"model": models.reference_arch(), "model_sha256": sha256_file(src),
             "vae_sha256": sha256_file(vae) if vae else None, "comfyui_version": session.version,
             "pytorch_version": session.stats.get("system", {}).get("pytorch_version"),
             "plan": PLAN, "renders": out}

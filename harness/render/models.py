@@ -1,4 +1,12 @@
-"""Models for smoke renders, generated deterministically on demand (never committed).
+"""Models for smoke renders.
+
+The **reference** pair the demo, the render gate and the render tests use (``reference_model`` /
+``reference_vae``) is chosen by ``QUANTGATE_REFERENCE`` (``trained``, the default, or ``random``):
+
+* ``trained``: the tiny WAN 2.1 t2v model trained on procedural images (``harness/train``, weights
+  committed in bf16 and upcast to an fp32 copy in the cache) with its analytic TAEHV decoder
+  (``harness.train.latent``: latents map to RGB by a known linear map + upsampling);
+* ``random``: the seeded random models below (generated deterministically on demand, never committed):
 
 * the thin WAN 2.1 t2v diffusion model (``quant.arch.THIN["wan21-t2v-thin"]``: dim 256, 1 block),
   which ComfyUI 0.3.75 detects as WAN21; made by :mod:`harness.synth` (seeded, real layout);
@@ -10,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +31,9 @@ from ..comfy.errors import ComfyError
 from ..comfy.server import cache_root, comfy_version
 
 THIN_ARCH = "wan21-t2v-thin"
+TRAINED_ARCH = "wan21-t2v-tiny"
+REFERENCES = ("trained", "random")
+ENV = "QUANTGATE_REFERENCE"
 VAE_NAME = "lighttaew2_1.safetensors"
 
 _SHAPES_SCRIPT = r"""
@@ -114,3 +126,74 @@ def cached_thin_model(seed: int = 0, log=None) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         make_thin_model(p, seed)
     return p
+
+
+def reference_kind(kind: str | None = None) -> str:
+    """``kind``, else ``$QUANTGATE_REFERENCE``, else ``trained``."""
+    k = kind or os.environ.get(ENV) or "trained"
+    if k not in REFERENCES:
+        from quant.errors import UsageError
+        raise UsageError(f"{ENV}={k!r}: choose one of {', '.join(REFERENCES)}")
+    return k
+
+
+def reference_arch(kind: str | None = None) -> str:
+    return TRAINED_ARCH if reference_kind(kind) == "trained" else THIN_ARCH
+
+
+def cached_trained_model(log=None) -> Path:
+    """fp32 copy of the committed trained weights (bf16 values, exactly upcast), keyed by their sha256."""
+    from harness.train import tiny_model
+    from quant.safetensors_io import AtomicWriter, SafetensorsFile, dtype_name
+    from ..verify.record import sha256_file
+    src = tiny_model.WEIGHTS
+    if not src.is_file():
+        raise ComfyError(f"the trained reference weights are missing ({src}); run quantgate train-tiny "
+                         "or use QUANTGATE_REFERENCE=random")
+    d = cache_root() / "render-models"
+    p = d / f"{TRAINED_ARCH}-fp32-{sha256_file(src)[:12]}.safetensors"
+    if not p.is_file():
+        if log:
+            log(f"making the fp32 copy of the trained tiny model ({TRAINED_ARCH})")
+        with SafetensorsFile(src) as f:
+            names = list(f.keys())
+            entries = [(n, dtype_name(torch.float32), tuple(f.info(n).shape)) for n in names]
+            with AtomicWriter(p, entries, dict(f.metadata) or None) as w:
+                for n in names:
+                    w.write(n, f.get(n).to(torch.float32).contiguous())
+    return p
+
+
+def make_trained_vae(path, comfy_root, python: str | None = None) -> Path:
+    """The analytic TAEHV decoder of the trained model's latent space (harness.train.latent)."""
+    from harness.train import latent
+    path = Path(path)
+    save_file(latent.taehv_decoder(taehv_shapes(comfy_root, python)), path)
+    return path
+
+
+def cached_trained_vae(comfy_root, log=None, python: str | None = None) -> Path:
+    from harness.train import latent
+    d = cache_root() / "render-models"
+    p = d / (f"lighttaew2_1-analytic-comfy{comfy_version(comfy_root)}-"
+             f"{_code_key(sys.modules[__name__], latent)}.safetensors")
+    if not p.is_file():
+        if log:
+            log("making the analytic TAEHV (lighttaew2_1) decoder of the trained model")
+        d.mkdir(parents=True, exist_ok=True)
+        make_trained_vae(p, comfy_root, python)
+    return p
+
+
+def reference_model(log=None, kind: str | None = None) -> Path:
+    """The source checkpoint of the demo / render tests (fp32)."""
+    return cached_trained_model(log) if reference_kind(kind) == "trained" else cached_thin_model(log=log)
+
+
+def reference_vae(comfy_root, log=None, python: str | None = None, kind: str | None = None,
+                  latent_channels: int = 16) -> Path:
+    """The VAE that decodes :func:`reference_model`'s latents (16 channels; the 48-channel WAN 2.2
+    TAEHV is always the random one: the trained model is WAN 2.1)."""
+    if reference_kind(kind) == "trained" and latent_channels == 16:
+        return cached_trained_vae(comfy_root, log=log, python=python)
+    return cached_vae(comfy_root, log=log, python=python, latent_channels=latent_channels)

@@ -58,3 +58,14 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 def png_data_uri(img: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
+
+
+def structure(img: np.ndarray) -> dict:
+    """How much spatial structure a render has: ``edge`` = mean Sobel gradient magnitude of the
+    luminance (0-255 scale), ``spatial_std`` = std of the luminance over the image, ``clipped`` =
+    fraction of channel values at 0 or 255 (saturation)."""
+    g = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    gx = (g[1:-1, 2:] - g[1:-1, :-2]) * 2 + (g[:-2, 2:] - g[:-2, :-2]) + (g[2:, 2:] - g[2:, :-2])
+    gy = (g[2:, 1:-1] - g[:-2, 1:-1]) * 2 + (g[2:, :-2] - g[:-2, :-2]) + (g[2:, 2:] - g[:-2, 2:])
+    return {"edge": float(np.hypot(gx, gy).mean() / 8.0), "spatial_std": float(g.std()),
+            "clipped": float(((img == 0) | (img == 255)).mean())}

@@ -66,12 +66,12 @@ class RenderSession:
     vae_latent_channels = 16
 
     def vae(self) -> str:
-        """The random TAEHV the shipped template decodes with."""
+        """The TAEHV the shipped template decodes with (the reference model's: analytic or random)."""
         if self.server is not None:
             # VAELoader lists a vae_approx file only if its name starts with lighttaew2_1 / lighttaew2_2 / taehv
             ch = self.vae_latent_channels
-            return self.model(models.cached_vae(self.server.root, log=self.log, python=self.server.python,
-                                                latent_channels=ch), "vae_approx",
+            return self.model(models.reference_vae(self.server.root, log=self.log, python=self.server.python,
+                                                   latent_channels=ch), "vae_approx",
                               "VAELoader", "vae_name", name=models.vae_name(ch))
         opts = self.options("VAELoader", "vae_name")
         name = next((o for o in opts if str(o).startswith(("lighttaew2_1", "taehv"))), None)
