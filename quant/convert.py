@@ -1,10 +1,11 @@
 """Conversion: source -> plan (preset) -> quantize (quant.quantize: a rounding strategy on a kernel
 backend) -> layer tensors (the format objects) -> atomic file.
 
-The output header is computed from the plan before any data is read; the quantized layers come back
-from :func:`quant.quantize.quantize_layers` in plan order and stream into a temp file that is fsynced
-and renamed only when everything was written. Memory: with the default round-to-nearest strategy, one
-source tensor (plus its quantized outputs) at a time.
+The output header is computed from the plan before any data is read; the quantized layers stream in
+plan order into a temp file that is fsynced and renamed only when everything was written. With the
+default round-to-nearest strategy on a safetensors source, :mod:`quant.pipeline` overlaps reading,
+quantizing (GPU streams or CPU workers) and writing within bounded host memory (2 x the largest
+tensor); otherwise :func:`quant.quantize.quantize_layers` runs one layer at a time.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, arch, formats, layout, presets
+from . import __version__, arch, formats, layout, pipeline, presets
+from . import rounding as _rounding
 from .errors import InputError, UsageError, short
 from .outputs import check_output
 from .quantize import LayerJob, quantize_layers
@@ -100,9 +102,12 @@ def make_plan(src, preset_name, target: str, comfy_version: str | None = None):
 def convert(source, output=None, target: str = "fp8", preset=None, *, device: str = "cpu",
             force: bool = False, progress: bool = False, input_scales: str | dict | None = None,
             comfy_version: str | None = None, backend: str | None = None, rounding: str | None = None,
-            preset_from_gguf=None, gguf_mapping=None) -> Summary:
+            preset_from_gguf=None, gguf_mapping=None, pipelined: bool = True) -> Summary:
     """``backend``: kernel backend name (quant.kernels; default: the best available on ``device``);
     ``rounding``: rounding strategy name (quant.rounding; default round-to-nearest).
+    ``pipelined`` (default): with round-to-nearest on a safetensors source, reads, quantization and
+    writes overlap (quant.pipeline: read-ahead, CUDA streams or CPU workers, a writer thread); False
+    (or another rounding strategy, or a GGUF source) runs the one-layer-at-a-time loop. Same bytes.
     ``preset_from_gguf``: derive the preset from this GGUF (its GGML type per tensor, mapped by
     ``gguf_mapping``, a :class:`quant.gguf_model.Mapping`) instead of ``preset``."""
     fmt = formats.get(target)
@@ -158,36 +163,58 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
             from tqdm import tqdm
             bar = tqdm(total=src.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=f"convert -> {target}", dynamic_ncols=True, leave=False)
-        jobs = (LayerJob(d.layer, d.name, fmt.for_action(d.action), functools.partial(src.get, d.name),
-                         amax.get(d.layer), tuple(d.shape))
-                for d in the_plan.quantized())
-        results = quantize_layers(jobs, device=device, backend=backend, rounding=rounding)
+        use_pipeline = (pipelined and pipeline.supports(src)
+                        and (rounding or _rounding.DEFAULT) == _rounding.DEFAULT)
+        results = None
+        if not use_pipeline:
+            jobs = (LayerJob(d.layer, d.name, fmt.for_action(d.action), functools.partial(src.get, d.name),
+                             amax.get(d.layer), tuple(d.shape))
+                    for d in the_plan.quantized())
+            results = quantize_layers(jobs, device=device, backend=backend, rounding=rounding)
         try:
-            with AtomicWriter(out, entries, meta) as w:
-                for i, d in enumerate(the_plan.decisions):
-                    if d.action == "keep":
-                        t = src.get(d.name)
-                        w.write(d.name, t)
-                        del t
-                    else:
-                        try:
-                            r = next(results)
-                        except InputError as e:       # name the file, not only the tensor
-                            raise InputError(f"tensor {d.name!r}: {e.problem}", src.info(d.name).file) from None
-                        assert r.job.name == d.name, (r.job.name, d.name)   # strategies keep job order
-                        for k, v in r.tensors.items():
-                            w.write(k, v)
-                        del r
-                    if bar is not None:
-                        bar.update(src.info(d.name).nbytes)
-                        bar.set_postfix_str(f"{i + 1}/{len(the_plan.decisions)} tensors", refresh=False)
+            with AtomicWriter(out, entries, meta, writeback_every=256 << 20) as w:
+                if use_pipeline:
+                    done = [0]
+
+                    def step(nbytes):
+                        done[0] += 1
+                        if bar is not None:
+                            bar.update(nbytes)
+                            bar.set_postfix_str(f"{done[0]}/{len(the_plan.decisions)} tensors", refresh=False)
+
+                    pipeline.run(src, the_plan.decisions, fmt, w, device=device, backend=backend, amax=amax,
+                                 progress=step)
+                else:
+                    _serial(src, the_plan, w, results, bar)
                 if marker is not None:
                     w.write(marker[0], fmt.marker_tensor())
         finally:
-            results.close()
+            if results is not None:
+                results.close()
             if bar is not None:
                 bar.close()
     summary.bytes_out = out.stat().st_size
     summary.seconds = time.perf_counter() - t0
     return summary
 
+
+
+def _serial(src, the_plan, w, results, bar) -> None:
+    """One layer at a time, in plan order, from quantize_layers' results."""
+    for i, d in enumerate(the_plan.decisions):
+        if d.action == "keep":
+            t = src.get(d.name)
+            w.write(d.name, t)
+            del t
+        else:
+            try:
+                r = next(results)
+            except InputError as e:       # name the file, not only the tensor
+                raise InputError(f"tensor {d.name!r}: {e.problem}", src.info(d.name).file) from None
+            assert r.job.name == d.name, (r.job.name, d.name)   # strategies keep job order
+            for k, v in r.tensors.items():
+                w.write(k, v)
+            del r
+        if bar is not None:
+            bar.update(src.info(d.name).nbytes)
+            bar.set_postfix_str(f"{i + 1}/{len(the_plan.decisions)} tensors", refresh=False)

@@ -109,6 +109,15 @@ class SafetensorsSource(Source):
     def raw(self, name: str) -> bytes:
         return bytes(self._files[self._where[name]].raw(name))
 
+    def span(self, name: str) -> tuple[str, int, int]:
+        """``(file, begin, end)``: where a tensor's bytes lie (for direct, batched reads)."""
+        ti = self._files[self._where[name]].info(name)
+        return self._where[name], ti.begin, ti.end
+
+    def pread_into(self, file: str, begin: int, mv: memoryview) -> None:
+        """Fill ``mv`` with the bytes of ``file`` from ``begin`` (pread; safe from any thread)."""
+        self._files[file].pread_into(begin, mv)
+
     def close(self):
         for f in self._files.values():
             f.close()

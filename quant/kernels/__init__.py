@@ -37,13 +37,18 @@ def _builtin() -> None:
     """Register the eager backend on first use (importing it imports torch: light commands never do)."""
     if "eager" not in _BACKENDS:
         from .eager import EagerBackend
+        from .triton_backend import TritonBackend
         register(EagerBackend)
+        register(TritonBackend)     # CUDA (sm_89+) with triton; imports triton only when asked about a GPU
 
 
 def __getattr__(name):
     if name == "EagerBackend":
         from .eager import EagerBackend
         return EagerBackend
+    if name == "TritonBackend":
+        from .triton_backend import TritonBackend
+        return TritonBackend
     raise AttributeError(name)
 
 
@@ -84,4 +89,4 @@ def use_backend(name: str):
         _FORCED.reset(tok)
 
 
-__all__ = ["register", "get_backend", "use_backend", "names", "EagerBackend"]
+__all__ = ["register", "get_backend", "use_backend", "names", "EagerBackend", "TritonBackend"]

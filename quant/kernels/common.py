@@ -37,6 +37,20 @@ def ensure_finite(x: torch.Tensor, name: str | None) -> None:
 
 def per_tensor_scale(x: torch.Tensor, full_scale: float) -> torch.Tensor:
     """amax(|x|)/full_scale as float32 0-d (1.0 for an all-zero tensor)."""
+    return scale_of(amax_abs(x), full_scale)
+
+
+def checked_amax(x: torch.Tensor, name: str | None, check_finite: bool = True) -> torch.Tensor:
+    """max |x| (float32 0-d), refusing inf/NaN when ``check_finite``: one pass serves the check and
+    the per-tensor scale."""
     amax = amax_abs(x)
+    if check_finite and not bool(torch.isfinite(amax)):
+        bad = int((~torch.isfinite(x)).sum())
+        raise InputError(f"tensor has {bad} non-finite values (inf/NaN); refusing to quantize", name)
+    return amax
+
+
+def scale_of(amax: torch.Tensor, full_scale: float) -> torch.Tensor:
+    """amax/full_scale as float32 0-d (1.0 for an all-zero tensor)."""
     s = amax / const(full_scale, amax)
     return torch.where(s > 0, s, torch.ones_like(s)).reshape(())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from .common import E4M3_MAX, FP8_DTYPE, const, ensure_finite, per_tensor_scale
+from .common import E4M3_MAX, FP8_DTYPE, checked_amax, const, per_tensor_scale, scale_of
 
 FP8_MAX = E4M3_MAX
 
@@ -28,10 +28,10 @@ def quantize(x: torch.Tensor, scale: torch.Tensor | None = None, *, name: str | 
     """
     if not x.is_floating_point():
         raise InputError(f"cannot quantize a {x.dtype} tensor to fp8", name)
-    if check_finite:
-        ensure_finite(x, name)
-    if scale is None:
-        scale = weight_scale(x)
+    if check_finite or scale is None:
+        amax = checked_amax(x, name, check_finite)          # one pass: the check and the scale
+        if scale is None:
+            scale = scale_of(amax, FP8_MAX)
     scale = scale.to(device=x.device, dtype=torch.float32).reshape(())
     inv = const(1.0, scale) / scale          # true division on CPU and CUDA alike
     if x.dtype == torch.float16 and float(inv) > torch.finfo(torch.float16).max:

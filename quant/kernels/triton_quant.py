@@ -1,0 +1,428 @@
+"""Triton kernels for FP8 per-tensor and NVFP4 quantize/dequantize on CUDA (Hopper sm_90 and up).
+
+Why Triton: it is installed wherever PyTorch's CUDA build is (the GPU box and the project venv),
+kernels compile at first call with no build step or toolchain, and ``TRITON_INTERPRET=1`` runs the
+very same kernels on the CPU, so CI checks them against the eager reference without a GPU.
+
+Round-to-nearest is bit-exact with the eager reference (quant/fp8.py, quant/nvfp4.py): every
+operation is the same IEEE float32 operation in the same order (true division via ``div_rn``; the
+product rounded to the input dtype before the fp8 cast, as eager torch does).
+
+Two passes over the weight: an amax pass (grid-stride, one atomic max of the |x| bit patterns, so
+NaN/inf propagate and are reported by the caller) and the quantize pass, whose programs walk the
+tiles in reverse order so the first ones hit what the amax pass left in L2.
+
+No sm_100 instructions (no ``cvt .e2m1x2``): E2M1 codes come from seven comparisons. The fp32 ->
+e4m3 cast uses the hardware ``cvt.rn.satfinite`` on the GPU (``HW=True``) and an integer
+round-to-nearest-even in the interpreter (``HW=False``; Triton's interpreter casts fp8 wrongly);
+the GPU test checks both paths.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # triton is optional: without it (or without CUDA and the interpreter) the backend is unavailable
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - exercised only where triton is missing
+    triton = None
+    tl = None
+
+FP8_MAX = 448.0
+FP4_MAX = 6.0
+_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+AMAX_BLOCK = 4096
+FP8_BLOCK = 4096                 # dequantize
+NV_BM, NV_BK = 32, 256           # dequantize tile
+# Launch configuration of the quantize kernels (H200-tuned defaults; results are the same bits for any
+# of them). QUANTGATE_TRITON_CFG="key=value,..." overrides, for the tuning sweep (benchmarks/gpu_sweep.py).
+CFG = {"amax_programs": 1024, "fp8_block": 4096, "fp8_warps": 8, "fp8_per_sm": 8,
+       "nv_bm": 32, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "l2_hint": 0}
+for _kv in filter(None, os.environ.get("QUANTGATE_TRITON_CFG", "").split(",")):
+    _k, _v = _kv.split("=")
+    if _k.strip() not in CFG:
+        raise ValueError(f"QUANTGATE_TRITON_CFG: unknown key {_k!r}")
+    CFG[_k.strip()] = int(_v)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available(device=None) -> bool:
+    """Usable for tensors on ``device``: CUDA with triton, or any device under TRITON_INTERPRET=1."""
+    if triton is None:
+        return False
+    dev = torch.device(device) if device is not None else None
+    if interpreted():
+        return dev is None or dev.type == "cpu"
+    if dev is not None and dev.type != "cuda":
+        return False
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(dev)[0] >= 9     # e4m3 hardware casts (sm_89+); Hopper target
+
+
+if triton is not None:
+    @triton.jit
+    def _e4m3_rne(a):
+        """|a| <= 448 (fp32, non-negative) -> (code int32 0..126, its value as fp32), RNE."""
+        bits = a.to(tl.int32, bitcast=True)
+        r = bits + 0x7FFFF + ((bits >> 20) & 1)
+        r = r & -1048576                                     # ~0xFFFFF: keep 3 mantissa bits
+        code_n = (r >> 20) - 960                             # (exp - 120) << 3 | mant
+        val_n = r.to(tl.float32, bitcast=True)
+        y = a * 512.0                                        # subnormal step 2^-9, exact
+        q = (y + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000     # RNE to an integer
+        sub = a < 0.015625                                   # below 2^-6
+        code = tl.where(sub, q, code_n)
+        val = tl.where(sub, q.to(tl.float32) * 0.001953125, val_n)
+        return code, val
+
+    @triton.jit
+    def _to_e4m3(t, HW: tl.constexpr):
+        """fp32 t with |t| <= 448 -> (uint8 e4m3fn bits, fp32 value of the rounded code)."""
+        if HW:
+            f8 = t.to(tl.float8e4nv)
+            return f8.to(tl.uint8, bitcast=True), f8.to(tl.float32)
+        else:
+            neg = t.to(tl.int32, bitcast=True) < 0
+            code, val = _e4m3_rne(tl.abs(t))
+            code = tl.where(neg, code | 128, code)
+            val = tl.where(neg, -val, val)
+            return code.to(tl.uint8), val
+
+    @triton.jit
+    def _from_e4m3(b, HW: tl.constexpr):
+        """uint8 e4m3fn bits -> fp32."""
+        if HW:
+            return b.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        else:
+            c = b.to(tl.int32)
+            e = (c >> 3) & 15
+            m = c & 7
+            mag = tl.where(e == 0, m.to(tl.float32) * 0.001953125,
+                           (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True))
+            return tl.where((c & 128) != 0, -mag, mag)
+
+    @triton.jit
+    def _amax_kernel(x_ptr, part_ptr, numel, BLOCK: tl.constexpr, L2H: tl.constexpr):
+        """part[pid] = max of the |x| float32 bit patterns of this program's tiles (grid-stride, so
+        the grid sweeps the tensor front to back). As integers NaN > inf > every finite value."""
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+        acc = tl.zeros([BLOCK], dtype=tl.int32)
+        for start in range(pid * BLOCK, numel, nprog * BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            if L2H:     # keep what this pass reads in L2 for the quantize pass (which reads in reverse)
+                x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0, eviction_policy="evict_last")
+            else:
+                x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0)
+            x = x.to(tl.float32)
+            acc = tl.maximum(acc, x.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+        tl.store(part_ptr + pid, tl.max(acc, axis=0))
+
+    @triton.jit
+    def _amax_of(part_ptr, nparts, amax_ptr, PBLOCK: tl.constexpr):
+        """Reduce the amax partials (a few KB, from L2); program 0 records the amax."""
+        o = tl.arange(0, PBLOCK)
+        bits = tl.max(tl.load(part_ptr + o, mask=o < nparts, other=0), axis=0)
+        if tl.program_id(0) == 0:
+            tl.store(amax_ptr, bits)
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _round_to(t, KIND: tl.constexpr, HW: tl.constexpr):
+        """Round fp32 t to the input dtype (KIND 1 bf16, 2 fp16) and back, RNE; fp32 unchanged.
+        (The interpreter truncates fp32 -> bf16, so HW=False rounds the bits itself.)"""
+        if KIND == 1:
+            if HW:
+                return t.to(tl.bfloat16).to(tl.float32)
+            else:
+                b = t.to(tl.int32, bitcast=True)
+                b = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
+                return b.to(tl.float32, bitcast=True)
+        elif KIND == 2:
+            return t.to(tl.float16).to(tl.float32)
+        else:
+            return t
+
+    @triton.jit
+    def _fp8_kernel(x_ptr, q_ptr, part_ptr, nparts, amax_ptr, scale_ptr, numel, ntiles,
+                    KIND: tl.constexpr, BLOCK: tl.constexpr, HW: tl.constexpr, PBLOCK: tl.constexpr,
+                    L2H: tl.constexpr, GIVEN: tl.constexpr):
+        amax = _amax_of(part_ptr, nparts, amax_ptr, PBLOCK)
+        pid = tl.program_id(0)
+        if GIVEN:                                    # the caller's scale
+            s = tl.load(scale_ptr)
+        else:
+            s = tl.math.div_rn(amax, 448.0)
+            s = tl.where(s > 0, s, 1.0)
+            if pid == 0:
+                tl.store(scale_ptr, s)
+        inv = tl.math.div_rn(1.0, s)
+        if KIND == 2:
+            wide = inv > 65504.0                     # 1/scale overflows fp16: scale in fp32 (eager does too)
+        else:
+            wide = False
+        inv_r = _round_to(inv, KIND, HW)
+        # persistent, tiles in reverse order: the amax pass's tail is still in L2
+        for i in range(pid, ntiles, tl.num_programs(0)):
+            offs = (ntiles - 1 - i) * BLOCK + tl.arange(0, BLOCK)
+            m = offs < numel
+            if L2H:
+                x = tl.load(x_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+            else:
+                x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            if wide:
+                t = x * inv
+            else:
+                t = _round_to(x * inv_r, KIND, HW)
+            t = tl.minimum(tl.maximum(t, -448.0), 448.0)
+            code, _ = _to_e4m3(t, HW)
+            tl.store(q_ptr + offs, code, mask=m)
+
+    @triton.jit
+    def _nvfp4_kernel(x_ptr, p_ptr, s_ptr, part_ptr, nparts, amax_ptr, s2_ptr, N, K, NP, KP, C4, ROWS_SW, ntm, ntk,
+                      BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr, GIVEN: tl.constexpr,
+                      PBLOCK: tl.constexpr, ENC: tl.constexpr, L2H: tl.constexpr):
+        """One [BM, BK] tile: block amax, e4m3 block scales (written swizzled), E2M1 codes packed
+        even-element-high. Tiles cover rup(N,128) rows x rup(C,4) blocks so the swizzle padding is
+        written as zeros too."""
+        pid = tl.program_id(0)
+        amax = _amax_of(part_ptr, nparts, amax_ptr, PBLOCK)
+        if GIVEN:                                    # caller's weight_scale_2
+            s2 = tl.load(s2_ptr)
+        else:
+            s2 = tl.math.div_rn(amax, 2688.0)
+            s2 = tl.where(s2 > 0, s2, 1.0)
+            if pid == 0:
+                tl.store(s2_ptr, s2)
+        for i in range(pid, ntm * ntk, tl.num_programs(0)):
+            _nvfp4_tile(x_ptr, p_ptr, s_ptr, s2, ntm * ntk - 1 - i, N, K, NP, KP, C4, ROWS_SW, ntk, BM, BK, HW, ENC, L2H)
+
+    @triton.jit
+    def _nvfp4_tile(x_ptr, p_ptr, s_ptr, s2, t, N, K, NP, KP, C4, ROWS_SW, ntk,
+                    BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr, ENC: tl.constexpr, L2H: tl.constexpr):
+        tm = t // ntk
+        tk = t % ntk
+        rows = tm * BM + tl.arange(0, BM)
+        cols = tk * BK + tl.arange(0, BK)
+        xm = (rows[:, None] < N) & (cols[None, :] < K)
+        if L2H:
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], mask=xm, other=0.0,
+                        eviction_policy="evict_first")
+        else:
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], mask=xm, other=0.0)
+        xb = tl.reshape(x.to(tl.float32), (BM, BK // 16, 16))
+        amax_b = tl.max(tl.abs(xb), axis=2)                                  # [BM, BK/16]
+        bsv = tl.math.div_rn(tl.math.div_rn(amax_b, 6.0), s2)
+        bsv = tl.minimum(bsv, 448.0)
+        bcode, bval = _to_e4m3(bsv, HW)
+        total = s2 * bval
+        zero = total == 0
+        total = tl.where(zero, 1.0, total)
+        if HW:
+            # x / total, correctly rounded, from the block's correctly rounded reciprocal and one FMA
+            # correction (Markstein: exact when nothing under/overflows, guaranteed for 2^-90 <= total
+            # <= 2^90; other tiles take the IEEE division). 3 ops a value instead of a div.rn.f32.
+            rt = tl.math.div_rn(1.0, total)
+            ok = (total >= 8.077935669463161e-28) & (total <= 1.2379400392853803e+27)
+            if tl.min(tl.min(ok.to(tl.int32), axis=1), axis=0) == 1:
+                q = xb * rt[:, :, None]
+                e = tl.fma(-total[:, :, None], q, xb)
+                v = tl.fma(e, rt[:, :, None], q)
+            else:
+                v = tl.math.div_rn(xb, total[:, :, None])
+        else:
+            v = tl.math.div_rn(xb, total[:, :, None])
+        a = tl.minimum(tl.abs(v), 6.0)
+        if ENC == 0:     # count the decision boundaries below |v| (ties: 0.25/1.25/2.5/5 down, 0.75/1.75/3.5 up)
+            mag = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+                   + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
+                   + (a > 5.0).to(tl.int32))
+        else:            # round the float to 1 mantissa bit, ties to even (the same codes, fewer ops)
+            bits = a.to(tl.int32, bitcast=True)
+            rb = (bits + 0x1FFFFF + ((bits >> 22) & 1)) >> 22
+            qs = (a * 2.0 + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000
+            mag = tl.where(a < 1.0, qs, rb - 252)
+        # the sign of x / total is the sign of x (total > 0); zero-scale blocks are all +0 (code 0)
+        code = tl.where(zero[:, :, None], 0, mag | ((xb.to(tl.int32, bitcast=True) >> 28) & 8))
+        pairs = tl.reshape(code, (BM, BK // 2, 2))
+        hi, lo = tl.split(pairs)
+        byte = ((hi << 4) | lo).to(tl.uint8)
+        pc = tk * (BK // 2) + tl.arange(0, BK // 2)
+        pm = (rows[:, None] < NP) & (pc[None, :] < KP // 2)
+        tl.store(p_ptr + rows[:, None].to(tl.int64) * (KP // 2) + pc[None, :], byte, mask=pm)
+        # swizzled scale offsets of logical (r, c)
+        r = rows[:, None]
+        c = tk * (BK // 16) + tl.arange(0, BK // 16)[None, :]
+        off = (((r // 128) * (C4 // 4) + c // 4) * 32 + r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
+        sm = (r < ROWS_SW) & (c < C4)
+        tl.store(s_ptr + off.to(tl.int64), bcode, mask=sm)
+
+    @triton.jit
+    def _fp8_dequant_kernel(q_ptr, scale_ptr, out_ptr, numel, KIND: tl.constexpr, BLOCK: tl.constexpr,
+                            HW: tl.constexpr):
+        s = _round_to(tl.load(scale_ptr), KIND, HW)
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < numel
+        q = _from_e4m3(tl.load(q_ptr + offs, mask=m, other=0), HW)
+        tl.store(out_ptr + offs, _round_to(q * s, KIND, HW).to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _nvfp4_dequant_kernel(p_ptr, s_ptr, s2_ptr, out_ptr, N, K, KP, C4, KIND: tl.constexpr,
+                              BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr):
+        s2 = tl.load(s2_ptr)
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        pc = tl.program_id(1) * (BK // 2) + tl.arange(0, BK // 2)
+        pm = (rows[:, None] < N) & (pc[None, :] < KP // 2)
+        b = tl.load(p_ptr + rows[:, None].to(tl.int64) * (KP // 2) + pc[None, :], mask=pm, other=0).to(tl.int32)
+        codes = tl.join(b >> 4, b & 15)                                     # [BM, BK/2, 2]: hi first
+        codes = tl.reshape(codes, (BM, BK // 16, 16))
+        e = codes & 7
+        mag = tl.where(e < 4, e.to(tl.float32) * 0.5, tl.where(e == 4, 2.0, tl.where(e == 5, 3.0,
+                                                                 tl.where(e == 6, 4.0, 6.0))))
+        val = tl.where((codes & 8) != 0, -mag, mag)
+        r = rows[:, None]
+        c = tl.program_id(1) * (BK // 16) + tl.arange(0, BK // 16)[None, :]
+        off = (((r // 128) * (C4 // 4) + c // 4) * 32 + r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
+        sm = (r < N) & (c < KP // 16)
+        bs = _from_e4m3(tl.load(s_ptr + off.to(tl.int64), mask=sm, other=0), HW)
+        out = tl.reshape(val * (bs * s2)[:, :, None], (BM, BK))
+        cols = tl.program_id(1) * BK + tl.arange(0, BK)
+        om = (rows[:, None] < N) & (cols[None, :] < K)
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
+                 _round_to(out, KIND, HW).to(out_ptr.dtype.element_ty),
+                 mask=om)
+
+
+# ---- host wrappers ---------------------------------------------------------------------------
+def _hw() -> bool:
+    return not interpreted()
+
+
+def _rup(a: int, b: int) -> int:
+    return (a + b - 1) // b * b
+
+
+def _amax_partials(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """int32 partial maxima of the |x| bit patterns, one per program (no zero-fill, no host sync)."""
+    n = x.numel()
+    p = max(1, min(CFG["amax_programs"], triton.cdiv(n, AMAX_BLOCK)))
+    part = torch.empty(p, dtype=torch.int32, device=x.device)
+    if n:
+        _amax_kernel[(p,)](x, part, n, BLOCK=AMAX_BLOCK, L2H=CFG["l2_hint"], num_warps=8)
+    else:
+        part.zero_()
+    return part, p
+
+
+_SMS: dict = {}
+
+
+def _programs(device: torch.device, per_sm: int, ntiles: int) -> int:
+    if device.type == "cuda":
+        if device not in _SMS:
+            _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = _SMS[device]
+    else:
+        sms = 4                                  # interpreter: a few programs, each looping
+    return max(1, min(ntiles, sms * per_sm))
+
+
+def _check(x: torch.Tensor, dims: int | None = None):
+    if x.dtype not in _KIND:
+        raise TypeError(f"triton kernels take fp32/bf16/fp16, got {x.dtype}")
+    if x.numel() >= 2**31:
+        raise ValueError("tensor too large for 32-bit indexing")
+    if dims is not None and x.dim() != dims:
+        raise ValueError(f"expected a {dims}-D tensor, got {list(x.shape)}")
+    return x.contiguous()
+
+
+def quantize_fp8_async(x: torch.Tensor, scale: torch.Tensor | None = None, hw: bool | None = None):
+    """-> (q float8_e4m3fn, scale float32 0-d, amax float32 0-d); nothing waits for the GPU.
+    ``scale``: use this decode scale instead of amax/448. The caller checks ``amax`` is finite
+    (non-finite input gives garbage codes)."""
+    x = _check(x)
+    hw = _hw() if hw is None else hw
+    part, npart = _amax_partials(x)
+    q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    given = scale is not None
+    if given:
+        scale = scale.to(device=x.device, dtype=torch.float32).reshape(()).clone()
+    else:
+        scale = torch.empty((), dtype=torch.float32, device=x.device)
+    amax = torch.empty(1, dtype=torch.int32, device=x.device)
+    n = x.numel()
+    blk = CFG["fp8_block"]
+    ntiles = max(1, triton.cdiv(n, blk))
+    grid = (_programs(x.device, CFG["fp8_per_sm"], ntiles),)
+    _fp8_kernel[grid](x, q.view(torch.uint8), part, npart, amax, scale, n, ntiles, KIND=_KIND[x.dtype], BLOCK=blk,
+                      HW=hw, PBLOCK=_pow2(CFG["amax_programs"]), L2H=CFG["l2_hint"], GIVEN=given, num_warps=CFG["fp8_warps"])
+    return q, scale, amax.view(torch.float32).reshape(())
+
+
+def quantize_nvfp4_async(x: torch.Tensor, global_scale: torch.Tensor | None = None, hw: bool | None = None):
+    """2-D [N, K] -> (packed uint8 [rup(N,16), rup(K,16)/2], swizzled e4m3 scales, s2 float32 0-d,
+    amax float32 0-d); nothing waits for the GPU. With ``global_scale`` the amax pass still runs
+    (the caller's finiteness check needs it) but s2 is the one given."""
+    x = _check(x, 2)
+    hw = _hw() if hw is None else hw
+    n, k = x.shape
+    np_, kp = _rup(n, 16), _rup(k, 16)
+    c = kp // 16
+    rows_sw, c4 = _rup(np_, 128), _rup(c, 4)
+    part, npart = _amax_partials(x)
+    amax = torch.empty(1, dtype=torch.int32, device=x.device)
+    packed = torch.empty((np_, kp // 2), dtype=torch.uint8, device=x.device)
+    scales = torch.empty((rows_sw, c4), dtype=torch.float8_e4m3fn, device=x.device)
+    if global_scale is not None:
+        s2 = global_scale.to(device=x.device, dtype=torch.float32).reshape(()).clone()
+    else:
+        s2 = torch.empty((), dtype=torch.float32, device=x.device)
+    bm, bk = CFG["nv_bm"], CFG["nv_bk"]
+    ntm, ntk = rows_sw // bm, triton.cdiv(c4 * 16, bk)
+    grid = (_programs(x.device, CFG["nv_per_sm"], ntm * ntk),)
+    _nvfp4_kernel[grid](x, packed, scales.view(torch.uint8), part, npart, amax, s2, n, k, np_, kp, c4, rows_sw,
+                        ntm, ntk, BM=bm, BK=bk, HW=hw, GIVEN=global_scale is not None, PBLOCK=_pow2(CFG["amax_programs"]), ENC=CFG["nv_enc"],
+                        L2H=CFG["l2_hint"],
+                        num_warps=CFG["nv_warps"])
+    return packed, scales, s2, amax.view(torch.float32).reshape(())
+
+
+def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32,
+                   hw: bool | None = None) -> torch.Tensor:
+    hw = _hw() if hw is None else hw
+    q = q.contiguous()
+    out = torch.empty(q.shape, dtype=dtype, device=q.device)
+    n = q.numel()
+    if n:
+        s = scale.to(device=q.device, dtype=torch.float32).reshape(1)
+        _fp8_dequant_kernel[(triton.cdiv(n, FP8_BLOCK),)](q.view(torch.uint8), s, out, n, KIND=_KIND[dtype],
+                                                          BLOCK=FP8_BLOCK, HW=hw, num_warps=8)
+    return out
+
+
+def dequantize_nvfp4(packed: torch.Tensor, scales: torch.Tensor, s2: torch.Tensor, n: int, k: int,
+                     dtype: torch.dtype = torch.float32, hw: bool | None = None) -> torch.Tensor:
+    hw = _hw() if hw is None else hw
+    if dtype not in _KIND:
+        raise TypeError(f"dequantize to fp32/bf16/fp16, not {dtype}")
+    packed = packed.contiguous()
+    kp = packed.shape[1] * 2
+    c4 = scales.shape[1]
+    out = torch.empty((n, k), dtype=dtype, device=packed.device)
+    if n and k:
+        sc = scales.contiguous().view(torch.uint8)
+        s2t = s2.to(device=packed.device, dtype=torch.float32).reshape(1)
+        grid = (triton.cdiv(n, NV_BM), triton.cdiv(k, NV_BK))
+        _nvfp4_dequant_kernel[grid](packed, sc, s2t, out, n, k, kp, c4, KIND=_KIND[dtype], BM=NV_BM, BK=NV_BK, HW=hw, num_warps=4)
+    return out

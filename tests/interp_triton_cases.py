@@ -1,0 +1,79 @@
+"""Cases for tests/test_triton_kernels.py, which runs this file in a fresh interpreter with
+TRITON_INTERPRET=1 (Triton reads it when it is first imported). Not collected on its own."""
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quant import fp8, nvfp4
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("run by tests/test_triton_kernels.py under TRITON_INTERPRET=1", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def tq():
+    from quant.kernels import triton_quant as mod
+    assert mod.available("cpu") and mod.interpreted()
+    q, s, a = mod.quantize_fp8_async(torch.ones(4, 4), hw=False)      # interpreted: runs on CPU tensors
+    assert q.device.type == "cpu" and torch.equal(s, torch.tensor(1.0) / torch.tensor(448.0))
+    return mod
+
+
+@st.composite
+def weights(draw):
+    n, k = draw(st.integers(1, 70)), draw(st.integers(1, 90))
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+    mag = draw(st.sampled_from([1e-5, 1e-2, 1.0, 300.0]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(n, k, generator=g) * mag
+    kind = draw(st.sampled_from(["normal", "zeros", "negzero", "ties"]))
+    if kind == "zeros":
+        x[: n // 2] = 0
+    elif kind == "negzero":
+        x[x.abs() < mag] = -0.0
+    elif kind == "ties":          # values on E2M1 decision boundaries once scaled
+        x = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0])[torch.randint(0, 8, (n, k), generator=g)]
+        x = x * torch.sign(torch.randn(n, k, generator=g)) * mag
+    return x.clamp(-6e4, 6e4).to(dtype)
+
+
+def _eq(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8) if a.element_size() == 1
+                                                                       else a, b.view(torch.uint8)
+                                                                       if b.element_size() == 1 else b)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(x=weights(), enc=st.sampled_from([0, 1]))
+def test_interpreted_kernels_bit_exact_with_eager(tq, x, enc):
+    tq.CFG["nv_enc"] = enc            # both E2M1 encoders of the nvfp4 kernel
+    q, s = fp8.quantize(x)
+    q2, s2_, amax = tq.quantize_fp8_async(x, hw=False)
+    assert _eq(q, q2) and torch.equal(s, s2_)
+    assert float(amax) == float(x.abs().max())
+    p, bs, s2 = nvfp4.quantize(x)
+    p2, bs2, s22, _ = tq.quantize_nvfp4_async(x, hw=False)
+    assert _eq(p, p2) and _eq(bs, bs2) and torch.equal(s2, s22)
+    n, k = x.shape
+    assert torch.equal(tq.dequantize_fp8(q, s, x.dtype, hw=False), fp8.dequantize(q, s, x.dtype))
+    assert torch.equal(tq.dequantize_nvfp4(p, bs, s2, n, k, x.dtype, hw=False),
+                       nvfp4.dequantize(p, bs, s2, (n, k), x.dtype))
+
+
+def test_interpreted_amax_propagates_non_finite(tq):
+    x = torch.randn(40, 40)
+    x[5, 5] = float("inf")
+    assert float(tq.quantize_fp8_async(x, hw=False)[2]) == float("inf")
+    x[6, 6] = float("nan")
+    assert torch.isnan(tq.quantize_nvfp4_async(x, hw=False)[3])
+
+
+def test_given_global_scale_is_used(tq):
+    x = torch.randn(33, 50)
+    s2 = nvfp4.global_scale(x) * 2
+    p, bs, _ = nvfp4.quantize(x, s2)
+    p2, bs2, s22, _ = tq.quantize_nvfp4_async(x, s2, hw=False)
+    assert torch.equal(p, p2) and _eq(bs, bs2) and torch.equal(s22, s2)
