@@ -38,8 +38,8 @@ FP8_BLOCK = 4096                 # dequantize
 NV_BM, NV_BK = 32, 256           # dequantize tile
 # Launch configuration of the quantize kernels (H200-tuned defaults; results are the same bits for any
 # of them). QUANTGATE_TRITON_CFG="key=value,..." overrides, for the tuning sweep (benchmarks/gpu_sweep.py).
-CFG = {"amax_programs": 1024, "fp8_block": 4096, "fp8_warps": 8, "fp8_per_sm": 8,
-       "nv_bm": 32, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "l2_hint": 0}
+CFG = {"amax_programs": 1024, "fp8_block": 8192, "fp8_warps": 8, "fp8_per_sm": 4,
+       "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "fp8_l2": 0, "nv_l2": 0}
 for _kv in filter(None, os.environ.get("QUANTGATE_TRITON_CFG", "").split(",")):
     _k, _v = _kv.split("=")
     if _k.strip() not in CFG:
@@ -312,13 +312,13 @@ def _rup(a: int, b: int) -> int:
     return (a + b - 1) // b * b
 
 
-def _amax_partials(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _amax_partials(x: torch.Tensor, l2h: int = 0) -> tuple[torch.Tensor, int]:
     """int32 partial maxima of the |x| bit patterns, one per program (no zero-fill, no host sync)."""
     n = x.numel()
     p = max(1, min(CFG["amax_programs"], triton.cdiv(n, AMAX_BLOCK)))
     part = torch.empty(p, dtype=torch.int32, device=x.device)
     if n:
-        _amax_kernel[(p,)](x, part, n, BLOCK=AMAX_BLOCK, L2H=CFG["l2_hint"], num_warps=8)
+        _amax_kernel[(p,)](x, part, n, BLOCK=AMAX_BLOCK, L2H=l2h, num_warps=8)
     else:
         part.zero_()
     return part, p
@@ -353,7 +353,7 @@ def quantize_fp8_async(x: torch.Tensor, scale: torch.Tensor | None = None, hw: b
     (non-finite input gives garbage codes)."""
     x = _check(x)
     hw = _hw() if hw is None else hw
-    part, npart = _amax_partials(x)
+    part, npart = _amax_partials(x, CFG["fp8_l2"])
     q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
     given = scale is not None
     if given:
@@ -366,7 +366,7 @@ def quantize_fp8_async(x: torch.Tensor, scale: torch.Tensor | None = None, hw: b
     ntiles = max(1, triton.cdiv(n, blk))
     grid = (_programs(x.device, CFG["fp8_per_sm"], ntiles),)
     _fp8_kernel[grid](x, q.view(torch.uint8), part, npart, amax, scale, n, ntiles, KIND=_KIND[x.dtype], BLOCK=blk,
-                      HW=hw, PBLOCK=_pow2(CFG["amax_programs"]), L2H=CFG["l2_hint"], GIVEN=given, num_warps=CFG["fp8_warps"])
+                      HW=hw, PBLOCK=_pow2(CFG["amax_programs"]), L2H=CFG["fp8_l2"], GIVEN=given, num_warps=CFG["fp8_warps"])
     return q, scale, amax.view(torch.float32).reshape(())
 
 
@@ -380,7 +380,7 @@ def quantize_nvfp4_async(x: torch.Tensor, global_scale: torch.Tensor | None = No
     np_, kp = _rup(n, 16), _rup(k, 16)
     c = kp // 16
     rows_sw, c4 = _rup(np_, 128), _rup(c, 4)
-    part, npart = _amax_partials(x)
+    part, npart = _amax_partials(x, CFG["nv_l2"])
     amax = torch.empty(1, dtype=torch.int32, device=x.device)
     packed = torch.empty((np_, kp // 2), dtype=torch.uint8, device=x.device)
     scales = torch.empty((rows_sw, c4), dtype=torch.float8_e4m3fn, device=x.device)
@@ -393,7 +393,7 @@ def quantize_nvfp4_async(x: torch.Tensor, global_scale: torch.Tensor | None = No
     grid = (_programs(x.device, CFG["nv_per_sm"], ntm * ntk),)
     _nvfp4_kernel[grid](x, packed, scales.view(torch.uint8), part, npart, amax, s2, n, k, np_, kp, c4, rows_sw,
                         ntm, ntk, BM=bm, BK=bk, HW=hw, GIVEN=global_scale is not None, PBLOCK=_pow2(CFG["amax_programs"]), ENC=CFG["nv_enc"],
-                        L2H=CFG["l2_hint"],
+                        L2H=CFG["nv_l2"],
                         num_warps=CFG["nv_warps"])
     return packed, scales, s2, amax.view(torch.float32).reshape(())
 
