@@ -50,10 +50,9 @@ def main():
 
     fp8_space = [dict(fp8_block=b, fp8_warps=8, fp8_per_sm=ps, fp8_l2=l2)
                  for b, ps, l2 in itertools.product((4096, 8192), (4, 8), (0, 1))]
-    nv_space = [dict(nv_bm=bm, nv_bk=bk, nv_warps=w, nv_per_sm=ps, nv_enc=1, nv_l2=l2)
-                for (bm, bk, w, ps), l2 in itertools.product(
-                    ((16, 256, 4, 16), (32, 128, 4, 16), (16, 512, 4, 16), (32, 256, 4, 16), (16, 256, 4, 8)), (0, 1))]
-    nv_space += [dict(nv_bm=16, nv_bk=256, nv_warps=4, nv_per_sm=16, nv_enc=0, nv_l2=0)]
+    nv_space = [dict(nv_bm=bm, nv_bk=bk, nv_warps=w, nv_per_sm=ps, nv_enc=1, nv_l2=l2, nv_fastdiv=fd)
+                for (bm, bk, w, ps), l2, fd in itertools.product(
+                    ((16, 256, 4, 16), (32, 128, 4, 16), (16, 512, 4, 16)), (0, 1), (0, 1))]
     best = {}
     for kind, space, nbytes in (("fp8", fp8_space, bytes_fp8), ("nvfp4", nv_space, bytes_nv)):
         for cfg in space:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -102,12 +103,14 @@ def make_plan(src, preset_name, target: str, comfy_version: str | None = None):
 def convert(source, output=None, target: str = "fp8", preset=None, *, device: str = "cpu",
             force: bool = False, progress: bool = False, input_scales: str | dict | None = None,
             comfy_version: str | None = None, backend: str | None = None, rounding: str | None = None,
-            preset_from_gguf=None, gguf_mapping=None, pipelined: bool = True) -> Summary:
+            preset_from_gguf=None, gguf_mapping=None, pipelined: bool | None = None) -> Summary:
     """``backend``: kernel backend name (quant.kernels; default: the best available on ``device``);
     ``rounding``: rounding strategy name (quant.rounding; default round-to-nearest).
-    ``pipelined`` (default): with round-to-nearest on a safetensors source, reads, quantization and
-    writes overlap (quant.pipeline: read-ahead, CUDA streams or CPU workers, a writer thread); False
-    (or another rounding strategy, or a GGUF source) runs the one-layer-at-a-time loop. Same bytes.
+    ``pipelined``: with round-to-nearest on a safetensors source, reads, quantization and writes
+    overlap (quant.pipeline: read-ahead, CUDA streams or CPU workers, a writer thread); False (or
+    another rounding strategy, or a GGUF source) runs the one-layer-at-a-time loop. Same bytes.
+    Default (None): on for the CPU; on CUDA while it awaits its GPU-box validation only with
+    QUANTGATE_PIPELINE_CUDA=1.
     ``preset_from_gguf``: derive the preset from this GGUF (its GGML type per tensor, mapped by
     ``gguf_mapping``, a :class:`quant.gguf_model.Mapping`) instead of ``preset``."""
     fmt = formats.get(target)
@@ -163,6 +166,8 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
             from tqdm import tqdm
             bar = tqdm(total=src.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=f"convert -> {target}", dynamic_ncols=True, leave=False)
+        if pipelined is None:
+            pipelined = not device.startswith("cuda") or os.environ.get("QUANTGATE_PIPELINE_CUDA") == "1"
         use_pipeline = (pipelined and pipeline.supports(src)
                         and (rounding or _rounding.DEFAULT) == _rounding.DEFAULT)
         results = None

@@ -52,11 +52,11 @@ def weights(draw):
 
 
 @cuda
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
-@given(x=weights(), hw=st.booleans(), enc=st.sampled_from([0, 1]))
-def test_triton_bit_exact_with_eager_cpu(tq, x, hw, enc):
-    tq.CFG["nv_enc"] = enc
+@given(x=weights(), hw=st.booleans(), enc=st.sampled_from([0, 1]), fastdiv=st.sampled_from([0, 1]))
+def test_triton_bit_exact_with_eager_cpu(tq, x, hw, enc, fastdiv):
+    tq.CFG["nv_enc"], tq.CFG["nv_fastdiv"] = enc, fastdiv
     xc = x.cuda()
     n, k = x.shape
     q, s = fp8.quantize(x)
@@ -73,7 +73,9 @@ def test_triton_bit_exact_with_eager_cpu(tq, x, hw, enc):
 @cuda
 @pytest.mark.parametrize("shape,dtype", [((14336, 5120), torch.bfloat16), ((3072, 3072), torch.float32),
                                          ((5120, 14336), torch.float16), ((4097, 1000), torch.bfloat16)])
-def test_triton_bit_exact_on_real_sizes(tq, shape, dtype):
+@pytest.mark.parametrize("fastdiv", [0, 1])
+def test_triton_bit_exact_on_real_sizes(tq, shape, dtype, fastdiv):
+    tq.CFG["nv_fastdiv"] = fastdiv
     x = (torch.randn(shape, generator=torch.Generator().manual_seed(7)) * 0.02).to(dtype)
     x[:, :7] *= 30                                   # outlier channels
     q, s = fp8.quantize(x)
@@ -114,8 +116,8 @@ def test_pipelined_cuda_convert_writes_the_serial_cpu_bytes(tmp_path):
     shards = make_sharded("wan22-ti2v-5b-thin", tmp_path / "shards", dtype=torch.float32)
     for fmt in ("fp8-legacy", "fp8", "nvfp4"):
         a = convert(src, tmp_path / f"cpu-{fmt}.safetensors", fmt, device="cpu", pipelined=False)
-        b = convert(src, tmp_path / f"cuda-{fmt}.safetensors", fmt, device="cuda")
-        c = convert(shards, tmp_path / f"shards-{fmt}.safetensors", fmt, device="cuda")
+        b = convert(src, tmp_path / f"cuda-{fmt}.safetensors", fmt, device="cuda", pipelined=True)
+        c = convert(shards, tmp_path / f"shards-{fmt}.safetensors", fmt, device="cuda", pipelined=True)
         h = {p: hashlib.sha256((tmp_path / f"{p}-{fmt}.safetensors").read_bytes()).hexdigest()
              for p in ("cpu", "cuda", "shards")}
         assert h["cpu"] == h["cuda"] == h["shards"], fmt
@@ -132,5 +134,5 @@ def test_pipelined_cuda_convert_refuses_non_finite(tmp_path):
     save_file({"blocks.0.ffn.0.weight": torch.randn(256, 256), "blocks.0.ffn.2.weight": w}, src)
     out = tmp_path / "o.safetensors"
     with pytest.raises(InputError, match="blocks.0.ffn.2.weight.*1 non-finite"):
-        convert(src, out, "nvfp4", preset="smart", device="cuda")
+        convert(src, out, "nvfp4", preset="smart", device="cuda", pipelined=True)
     assert not out.exists() and not list(tmp_path.glob(".o.safetensors*"))

@@ -39,7 +39,8 @@ NV_BM, NV_BK = 32, 256           # dequantize tile
 # Launch configuration of the quantize kernels (H200-tuned defaults; results are the same bits for any
 # of them). QUANTGATE_TRITON_CFG="key=value,..." overrides, for the tuning sweep (benchmarks/gpu_sweep.py).
 CFG = {"amax_programs": 1024, "fp8_block": 8192, "fp8_warps": 8, "fp8_per_sm": 4,
-       "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "fp8_l2": 0, "nv_l2": 0}
+       "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "fp8_l2": 0, "nv_l2": 0,
+       "nv_fastdiv": 0}     # 1: Markstein division (checked in exact arithmetic; on by default once the GPU tests pass)
 for _kv in filter(None, os.environ.get("QUANTGATE_TRITON_CFG", "").split(",")):
     _k, _v = _kv.split("=")
     if _k.strip() not in CFG:
@@ -191,7 +192,7 @@ if triton is not None:
     @triton.jit
     def _nvfp4_kernel(x_ptr, p_ptr, s_ptr, part_ptr, nparts, amax_ptr, s2_ptr, N, K, NP, KP, C4, ROWS_SW, ntm, ntk,
                       BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr, GIVEN: tl.constexpr,
-                      PBLOCK: tl.constexpr, ENC: tl.constexpr, L2H: tl.constexpr):
+                      PBLOCK: tl.constexpr, ENC: tl.constexpr, L2H: tl.constexpr, FASTDIV: tl.constexpr):
         """One [BM, BK] tile: block amax, e4m3 block scales (written swizzled), E2M1 codes packed
         even-element-high. Tiles cover rup(N,128) rows x rup(C,4) blocks so the swizzle padding is
         written as zeros too."""
@@ -205,11 +206,12 @@ if triton is not None:
             if pid == 0:
                 tl.store(s2_ptr, s2)
         for i in range(pid, ntm * ntk, tl.num_programs(0)):
-            _nvfp4_tile(x_ptr, p_ptr, s_ptr, s2, ntm * ntk - 1 - i, N, K, NP, KP, C4, ROWS_SW, ntk, BM, BK, HW, ENC, L2H)
+            _nvfp4_tile(x_ptr, p_ptr, s_ptr, s2, ntm * ntk - 1 - i, N, K, NP, KP, C4, ROWS_SW, ntk, BM, BK, HW, ENC, L2H, FASTDIV)
 
     @triton.jit
     def _nvfp4_tile(x_ptr, p_ptr, s_ptr, s2, t, N, K, NP, KP, C4, ROWS_SW, ntk,
-                    BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr, ENC: tl.constexpr, L2H: tl.constexpr):
+                    BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr, ENC: tl.constexpr, L2H: tl.constexpr,
+                    FASTDIV: tl.constexpr):
         tm = t // ntk
         tk = t % ntk
         rows = tm * BM + tl.arange(0, BM)
@@ -228,7 +230,7 @@ if triton is not None:
         total = s2 * bval
         zero = total == 0
         total = tl.where(zero, 1.0, total)
-        if HW:
+        if HW and FASTDIV:
             # x / total, correctly rounded, from the block's correctly rounded reciprocal and one FMA
             # correction (Markstein: exact when nothing under/overflows, guaranteed for 2^-90 <= total
             # <= 2^90; other tiles take the IEEE division). 3 ops a value instead of a div.rn.f32.
@@ -393,7 +395,7 @@ def quantize_nvfp4_async(x: torch.Tensor, global_scale: torch.Tensor | None = No
     grid = (_programs(x.device, CFG["nv_per_sm"], ntm * ntk),)
     _nvfp4_kernel[grid](x, packed, scales.view(torch.uint8), part, npart, amax, s2, n, k, np_, kp, c4, rows_sw,
                         ntm, ntk, BM=bm, BK=bk, HW=hw, GIVEN=global_scale is not None, PBLOCK=_pow2(CFG["amax_programs"]), ENC=CFG["nv_enc"],
-                        L2H=CFG["nv_l2"],
+                        L2H=CFG["nv_l2"], FASTDIV=CFG["nv_fastdiv"],
                         num_warps=CFG["nv_warps"])
     return packed, scales, s2, amax.view(torch.float32).reshape(())
 
