@@ -206,7 +206,7 @@ def _convert(src, out, serial=False):
     else:
         cmd = [sys.executable, "-m", "harness.cli", "convert", str(src), "-o", str(out), "-f", "nvfp4",
                "--device", "cuda", "--force", "-q", "--json"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), QUANTGATE_PIPELINE_CUDA="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(p.pid, 0)

@@ -109,8 +109,7 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     ``pipelined``: with round-to-nearest on a safetensors source, reads, quantization and writes
     overlap (quant.pipeline: read-ahead, CUDA streams or CPU workers, a writer thread); False (or
     another rounding strategy, or a GGUF source) runs the one-layer-at-a-time loop. Same bytes.
-    Default (None): on for the CPU; on CUDA while it awaits its GPU-box validation only with
-    QUANTGATE_PIPELINE_CUDA=1.
+    Default (None): on, unless QUANTGATE_PIPELINE=0.
     ``preset_from_gguf``: derive the preset from this GGUF (its GGML type per tensor, mapped by
     ``gguf_mapping``, a :class:`quant.gguf_model.Mapping`) instead of ``preset``."""
     fmt = formats.get(target)
@@ -167,7 +166,7 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
             bar = tqdm(total=src.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=f"convert -> {target}", dynamic_ncols=True, leave=False)
         if pipelined is None:
-            pipelined = not device.startswith("cuda") or os.environ.get("QUANTGATE_PIPELINE_CUDA") == "1"
+            pipelined = os.environ.get("QUANTGATE_PIPELINE", "1") != "0"
         use_pipeline = (pipelined and pipeline.supports(src)
                         and (rounding or _rounding.DEFAULT) == _rounding.DEFAULT)
         results = None

@@ -38,9 +38,9 @@ FP8_BLOCK = 4096                 # dequantize
 NV_BM, NV_BK = 32, 256           # dequantize tile
 # Launch configuration of the quantize kernels (H200-tuned defaults; results are the same bits for any
 # of them). QUANTGATE_TRITON_CFG="key=value,..." overrides, for the tuning sweep (benchmarks/gpu_sweep.py).
-CFG = {"amax_programs": 1024, "fp8_block": 8192, "fp8_warps": 8, "fp8_per_sm": 4,
-       "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "fp8_l2": 0, "nv_l2": 0,
-       "nv_fastdiv": 0}     # 1: Markstein division (checked in exact arithmetic; on by default once the GPU tests pass)
+CFG = {"amax_programs": 1024, "fp8_block": 4096, "fp8_warps": 8, "fp8_per_sm": 4, "fp8_l2": 0,
+       "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "nv_l2": 1,
+       "nv_fastdiv": 1}     # the H200 sweep's winners (benchmarks/results/h200-fastgpu-2026-11-30.json)
 for _kv in filter(None, os.environ.get("QUANTGATE_TRITON_CFG", "").split(",")):
     _k, _v = _kv.split("=")
     if _k.strip() not in CFG:
