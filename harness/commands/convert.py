@@ -11,8 +11,10 @@ def register(sub):
     p = sub.add_parser(
         "convert", help="quantize a checkpoint to fp8-legacy, fp8 or nvfp4",
         description="Quantize a BF16/FP16/FP32 diffusion checkpoint (a .safetensors file, an *.index.json, "
-                    "a directory of shards, or a .gguf) into a file ComfyUI loads. Streams one tensor at a "
-                    "time; writes to a temp file and renames it only when complete (Ctrl-C leaves nothing).",
+                    "a directory of shards, or a .gguf) into a file ComfyUI loads. Streams the tensors "
+                    "with reads, quantization (CUDA streams or CPU worker threads) and writes overlapped, in host "
+                    "memory bounded by 2x the largest tensor (QUANTGATE_PIPELINE=0: one tensor at a time); "
+                    "writes to a temp file and renames it only when complete (Ctrl-C leaves nothing).",
         epilog="formats:\n"
                "  fp8-legacy  KJ 'scaled fp8': F8_E4M3 weights + <layer>.scale_weight F32[1] + scaled_fp8 marker\n"
                "  fp8         ComfyUI comfy_quant: F8_E4M3 + weight_scale F32[] + .comfy_quant + header metadata\n"
