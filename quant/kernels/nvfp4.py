@@ -103,9 +103,13 @@ def quantize(x: torch.Tensor, s2: torch.Tensor | None = None, *, name: str | Non
         x = torch.nn.functional.pad(x, (0, kp - k, 0, np_ - n))
     packed = torch.empty((np_, kp // 2), dtype=torch.uint8, device=x.device)
     bs = torch.empty((np_, kp // BLOCK), dtype=torch.float8_e4m3fn, device=x.device)
-    # row chunks keep the float32/int32 temporaries (~CHUNK_ELEMS elements) in a CPU's cache; on a GPU
-    # larger chunks (fewer launches)
-    chunk = CHUNK_ELEMS if x.device.type == "cpu" else 1 << 24
+    # row chunks: single-threaded on a CPU, small enough for the float32/int32 temporaries to stay in
+    # cache; with intra-op threads, large (every op pays a thread barrier: at load ~15 on 2 cores the
+    # 256K chunks made this kernel 6x slower than the old 4M-chunk one with 2 threads); on a GPU, few launches
+    if x.device.type != "cpu":
+        chunk = 1 << 24
+    else:
+        chunk = CHUNK_ELEMS if torch.get_num_threads() == 1 else 1 << 22
     step = max(16, (chunk // kp) // 16 * 16)
     for r0 in range(0, np_, step):
         r1 = min(np_, r0 + step)
