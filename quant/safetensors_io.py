@@ -194,7 +194,7 @@ def parse_header_bytes(path, raw: bytes, file_size: int, header_len: int) -> Hea
     if _SURROGATE_ESC.search(text) and _has_lone_surrogate(top):
         raise _bad(path, "safetensors header holds a lone UTF-16 surrogate (\\uD800-\\uDFFF escape); "
                          "not valid for the safetensors library")
-    meta_pairs, seen_meta, entries = None, False, {}
+    meta_pairs, seen_meta, entries = None, False, []
     for k, v in top:
         if k == "__metadata__":
             if seen_meta:
@@ -206,7 +206,7 @@ def parse_header_bytes(path, raw: bytes, file_size: int, header_len: int) -> Hea
                 raise _bad(path, f"__metadata__ is {_what(v)}; it must be an object mapping strings to strings")
             meta_pairs = v
         else:
-            entries[k] = v              # a repeated tensor name: the last one wins (as in safetensors)
+            entries.append((k, v))      # every entry is validated; a repeated name: the last one wins
     metadata: dict[str, str] = {}
     for mk, mv in meta_pairs or ():
         if not isinstance(mv, str):
@@ -214,8 +214,8 @@ def parse_header_bytes(path, raw: bytes, file_size: int, header_len: int) -> Hea
         metadata[mk] = mv
     data_start = 8 + header_len
     data_size = file_size - data_start
-    spans = []
-    for name, e in entries.items():
+    last: dict = {}
+    for name, e in entries:
         if not isinstance(e, _Obj):
             raise _bad(path, f"tensor {short(name)}: entry is {_what(e)}, not an object")
         fields: dict = {}
@@ -236,8 +236,8 @@ def parse_header_bytes(path, raw: bytes, file_size: int, header_len: int) -> Hea
             raise _bad(path, f"tensor {short(name)}: invalid shape (not a list of non-negative integers)")
         if type(offs) is not list or len(offs) != 2 or not all(_usize(o) for o in offs):
             raise _bad(path, f"tensor {short(name)}: invalid data_offsets (not two non-negative integers)")
-        spans.append((offs[0], offs[1], name, dt, shape))
-    spans.sort(key=lambda x: (x[0], x[1]))
+        last[name] = (offs[0], offs[1], name, dt, shape)
+    spans = sorted(last.values(), key=lambda x: (x[0], x[1]))
     pos = 0
     tensors: dict[str, TensorInfo] = {}
     for b, en, name, dt, shape in spans:

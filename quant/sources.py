@@ -155,6 +155,9 @@ class GGUFSource(Source):
             self._infos[t.name] = SourceTensor(t.name, dt, shape, str(path), int(t.n_bytes), stored=tt)
         arch = self._r.fields.get("general.architecture")
         if arch is not None:
+            from gguf import GGUFValueType
+            if list(arch.types) != [GGUFValueType.STRING] or len(arch.data) != 1:
+                raise InputError("general.architecture is not a string", path)
             self.metadata["general.architecture"] = bytes(arch.parts[arch.data[0]]).decode("utf-8", "replace")
 
     def get(self, name: str) -> torch.Tensor:

@@ -283,6 +283,8 @@ def test_gguf_good_orig_shape_is_used(tmp_path):
     ("dims that wrap", lambda: gguf([ARCH], [("w.weight", (2**32, 2**32), F32, _f32(32))])),
     ("unknown type", lambda: gguf([ARCH], [("w.weight", (32,), 99, _f32(32))])),
     ("version 7", lambda: gguf([ARCH], [], version=7)),
+    ("architecture an empty array", lambda: gguf([kv_array("general.architecture", "u8", [])],    # fuzzer-found
+                                                 [("w", (32,), F32, _f32(32))])),
 ])
 def test_gguf_counts_and_lengths_bounded_by_the_file(tmp_path, label, make):
     g = tmp_path / "t.gguf"

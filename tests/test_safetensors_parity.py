@@ -112,6 +112,9 @@ NAMED = {
     "dim 2^64": (_file('{"a":{"dtype":"U8","shape":[18446744073709551616,0],"data_offsets":[0,0]}}'), False),
     "repeated tensor, last wins": (_file('{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
                                          '"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}', b"\0\0"), True),
+    "repeated tensor, the first one invalid": (_file('{"t0":{"dtype":"BOOL","shape":{},"data_offsets":[0,0]},'
+                                                    '"t0":{"dtype":"BOOL","shape":[],"data_offsets":[0,1]}}', b"\0"),
+                                              False),                        # found by the fuzzer
     "repeated field": (_file('{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"dtype":"U8"}}', b"\0"), False),
     "entry null": (_file('{"a":null}'), False),
     "top-level array": (_file("[]"), False),
