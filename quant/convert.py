@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, arch, formats, layout, pipeline, presets
+from . import __version__, arch, formats, layout, presets
 from . import rounding as _rounding
 from .errors import InputError, UsageError, short
 from .outputs import check_output
@@ -165,6 +165,7 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
             from tqdm import tqdm
             bar = tqdm(total=src.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=f"convert -> {target}", dynamic_ncols=True, leave=False)
+        from . import pipeline                     # imports torch: only when converting
         if pipelined is None:
             pipelined = os.environ.get("QUANTGATE_PIPELINE", "1") != "0"
         use_pipeline = (pipelined and pipeline.supports(src)
