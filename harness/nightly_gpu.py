@@ -22,13 +22,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FORMATS = ("bf16", "fp8-legacy", "fp8", "fp8-matmul", "nvfp4")
-POLICY = {
-    "plan": {"seeds": [1, 2], "sizes": [[int(os.environ.get("QUANTGATE_NIGHTLY_SIZE", 256))] * 2], "steps": 4, "cfg": 1.0, "sampler": "euler",
-             "scheduler": "simple", "control_seed_offset": 1000, "render_timeout_s": 600},
-    "thresholds": {"fp8-legacy": 0.9, "fp8": 0.9, "nvfp4": 0.8, "default": 0.8},
-    "control": {"max_ssim": 0.95, "min_margin": 0.0},
-}
+# QUANTGATE_NIGHTLY_SEEDS / _SIZE / _REPEATS shrink a run for a short lease (the record says what was used)
+REPEATS = int(os.environ.get("QUANTGATE_NIGHTLY_REPEATS", 2))
+
+
+def policy() -> dict:
+    seeds = [int(s) for s in os.environ.get("QUANTGATE_NIGHTLY_SEEDS", "1,2").split(",")]
+    size = int(os.environ.get("QUANTGATE_NIGHTLY_SIZE", 256))
+    return {
+        "plan": {"seeds": seeds, "sizes": [[size, size]], "steps": 4, "cfg": 1.0, "sampler": "euler",
+                 "scheduler": "simple", "control_seed_offset": 1000, "render_timeout_s": 600},
+        "thresholds": {"fp8-legacy": 0.9, "fp8": 0.9, "nvfp4": 0.8, "default": 0.8},
+        "control": {"max_ssim": 0.95, "min_margin": 0.0},
+    }
 
 
 def gpu_for_worker() -> str | None:
@@ -112,7 +118,7 @@ def timed_render(session, workflow, model_name: str, steps: int, settings: dict,
 
 
 def speed_and_memory(session, workflow, path: Path, settings: dict, steps_lo: int = 2, steps_hi: int = 10,
-                     repeats: int = 2) -> dict:
+                     repeats: int | None = None) -> dict:
     """Seconds per step, load+decode seconds and peak VRAM of one model file in the running server."""
     import requests
     name = session.model(path)
@@ -121,7 +127,7 @@ def speed_and_memory(session, workflow, path: Path, settings: dict, steps_lo: in
     time.sleep(1.0)
     memory(session, reset=True)
     lo, hi = [], []
-    for _ in range(repeats):
+    for _ in range(repeats or REPEATS):
         lo.append(timed_render(session, workflow, name, steps_lo, settings))
         hi.append(timed_render(session, workflow, name, steps_hi, settings))
     mem = memory(session)
