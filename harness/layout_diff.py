@@ -34,7 +34,7 @@ class ManifestSource(Source):
 
 
 def open_side(x):
-    from harness import golden
+    from harness import manifests as golden
     if golden.is_manifest_name(str(x)):
         return ManifestSource(golden.load(str(x)))
     return open_source(x)

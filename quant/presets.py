@@ -27,8 +27,9 @@ from . import formats
 from .dtypes import FLOAT_DTYPES
 from .errors import InputError, ShapeError, UsageError, short
 from .formats.comfy import COMFY_VERSIONS, comfy_has
+from .resources import data_path
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+PRESET_DIR = data_path("presets")
 TARGETS = formats.TARGETS
 
 

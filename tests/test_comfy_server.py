@@ -7,7 +7,7 @@ import pytest
 
 from harness.comfy.client import parse_load_warnings
 from harness.comfy.errors import ExecutionError, PromptRejected
-from harness.render import golden, score
+from harness.render import fingerprints as golden, score
 from harness.render.workflow import Workflow
 
 SETTINGS = {"steps": 4, "cfg": 1.0, "sampler": "euler", "scheduler": "simple"}
@@ -52,7 +52,7 @@ def test_golden_renders_are_pixel_identical(comfy_session):
     stored = json.loads(golden.GOLDEN.read_text())
     cur = golden.render_golden(comfy_session)
     assert golden.compare(cur, stored) == [], (
-        "render path changed; if intended, run: python -m harness.render.golden --update")
+        "render path changed; if intended, run: python -m harness.render.fingerprints --update")
 
 
 def test_execution_error_names_node_and_exception(comfy_session, tmp_path, thin_source):

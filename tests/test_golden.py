@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness import golden as G
+from harness import manifests as G
 from harness.cli import main
 from quant.safetensors_io import parse_header_bytes
 

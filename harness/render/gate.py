@@ -143,98 +143,80 @@ def check_render_inputs(source, candidates) -> None:
         read_header(p)      # InputError for anything that is not a well-formed safetensors file
 
 
-def run_gate(session, source, candidates, *, policy: dict | None = None, workflow: Workflow | None = None,
-             work_dir=None, verify_fn=None, log=None) -> dict:
-    """Render and score. ``candidates``: paths or (label, path). Returns the gate record; images
-    are under ``record["_images"]`` (for the report; not serialised)."""
-    t_start = time.monotonic()
-    log = log or (lambda *_: None)
-    policy = policy or load_policy()
+def _plan(policy: dict):
+    """(seeds, sizes, workflow settings, render timeout) from the policy's [plan]."""
     plan = policy["plan"]
-    workflow = workflow or Workflow.from_arg(None, None)
-    source = Path(source)
-    work_dir = Path(work_dir) if work_dir else None
     seeds = [int(s) for s in plan["seeds"]]
     sizes = [(int(w), int(h)) for w, h in plan["sizes"]]
     if not seeds:
         raise UsageError("the policy's plan has no seeds")
     settings = {k: plan[k] for k in ("steps", "cfg", "sampler", "scheduler", "cond_seed", "neg_seed") if k in plan}
-    timeout = float(plan.get("render_timeout_s", 300))
-    check_render_inputs(source, candidates)
+    return seeds, sizes, settings, float(plan.get("render_timeout_s", 300))
 
-    cands = []
-    for c in candidates:
-        label, path = (c if isinstance(c, tuple) else (None, c))
-        cands.append(Candidate(Path(path), label))
 
-    timings = {"server_start_s": round(session.server.start_seconds, 3) if session.server else None}
+def _prepare(c: Candidate, cands: list, session, source: Path, policy: dict, verify_fn, work_dir, log):
+    """What the candidate is, its threshold, its verify result, and what the server renders (the file
+    or a dequantized twin)."""
+    c.sha256 = sha256_file(c.path)
+    if twin.is_gguf(c.path):
+        c.format = "gguf"
+        c.label = c.label or twin.gguf_label(c.path)
+    else:
+        c.format = twin.candidate_format(c.path)
+    c.label = c.label or c.format
+    if any(o is not c and o.label == c.label for o in cands[: cands.index(c)]):
+        c.label = f"{c.label}#{cands.index(c) + 1}"      # labels key the images and the report
+    thr = policy["thresholds"]
+    c.threshold = float(thr.get(c.format, thr.get("default", 0.95)))
+    if verify_fn is not None and c.format != "gguf":
+        c.verify = verify_fn(c.path, source)
+    if c.format == "gguf":
+        if work_dir is None:
+            raise UsageError("a work directory is needed to write the dequantized twin")
+        c.rendered_as = "dequantized twin (gguf-py)"
+        tp = work_dir / f"{c.path.stem}.gguf-dequantized-twin.safetensors"
+        log(f"{c.label}: rendering its dequantized safetensors twin (gguf-py; the format gate does not apply)")
+        twin.make_gguf_twin(c.path, tp)
+        c.render_path = tp
+        c.twin_sha256 = sha256_file(tp)
+        c.notes.append("GGUF: rendered as its dequantized twin (every tensor decoded by gguf-py, as ComfyUI-GGUF "
+                       "dequantizes on the fly); quantgate verify does not apply to GGUF files")
+    elif twin.server_supports(c.format, session.version):
+        c.render_path = c.path
+    else:
+        if work_dir is None:
+            raise UsageError("a work directory is needed to write the dequantized twin")
+        c.rendered_as = "dequantized twin"
+        tp = work_dir / f"{c.path.stem}.dequantized-twin.safetensors"
+        log(f"{c.label}: ComfyUI {session.version} cannot load {c.format} (needs >= {twin.loads_since(c.format)}); "
+            f"rendering its dequantized twin (comfy-kitchen eager reference)")
+        twin.make_dequantized_twin(c.path, tp, source)
+        c.render_path = tp
+        c.twin_sha256 = sha256_file(tp)
 
-    # --- what each candidate is, verify, twins --------------------------------------------
-    t0 = time.monotonic()
-    src_sha = sha256_file(source)
-    for c in cands:
-        c.sha256 = sha256_file(c.path)
-        if twin.is_gguf(c.path):
-            c.format = "gguf"
-            c.label = c.label or twin.gguf_label(c.path)
-        else:
-            c.format = twin.candidate_format(c.path)
-        c.label = c.label or c.format
-        if any(o is not c and o.label == c.label for o in cands[: cands.index(c)]):
-            c.label = f"{c.label}#{cands.index(c) + 1}"      # labels key the images and the report
-        thr = policy["thresholds"]
-        c.threshold = float(thr.get(c.format, thr.get("default", 0.95)))
-        if verify_fn is not None and c.format != "gguf":
-            c.verify = verify_fn(c.path, source)
-        if c.format == "gguf":
-            if work_dir is None:
-                raise UsageError("a work directory is needed to write the dequantized twin")
-            c.rendered_as = "dequantized twin (gguf-py)"
-            tp = work_dir / f"{c.path.stem}.gguf-dequantized-twin.safetensors"
-            log(f"{c.label}: rendering its dequantized safetensors twin (gguf-py; the format gate does not apply)")
-            twin.make_gguf_twin(c.path, tp)
-            c.render_path = tp
-            c.twin_sha256 = sha256_file(tp)
-            c.notes.append("GGUF: rendered as its dequantized twin (every tensor decoded by gguf-py, as ComfyUI-GGUF "
-                           "dequantizes on the fly); quantgate verify does not apply to GGUF files")
-        elif twin.server_supports(c.format, session.version):
-            c.render_path = c.path
-        else:
-            if work_dir is None:
-                raise UsageError("a work directory is needed to write the dequantized twin")
-            c.rendered_as = "dequantized twin"
-            tp = work_dir / f"{c.path.stem}.dequantized-twin.safetensors"
-            log(f"{c.label}: ComfyUI {session.version} cannot load {c.format} (needs >= {twin.loads_since(c.format)}); "
-                f"rendering its dequantized twin (comfy-kitchen eager reference)")
-            twin.make_dequantized_twin(c.path, tp, source)
-            c.render_path = tp
-            c.twin_sha256 = sha256_file(tp)
-    timings["prepare_s"] = round(time.monotonic() - t0, 3)
-    # every file must be visible to the server before anything renders (fails fast on a URL server)
-    src_name = session.model(source)
-    cand_names = {c.label: session.model(c.render_path) for c in cands}
-    if "vae" in workflow.holes:
-        settings["vae"] = session.vae()
 
-    n_base = len(seeds) * len(sizes)
-    prog = Progress(log, n_base + 2 + n_base * len(cands))
-    images: dict = {"baseline": {}, "control": None, "candidates": {}}
-    baseline_renders, renders = [], []
-    render_times = []
+class _Renderer:
+    """One workflow, one settings dict, a progress counter and the render times."""
 
-    def render(model_name, seed, w, h, what):
-        wf = workflow.build(model_name, seed, w, h, settings, prefix="qg")
-        msg = prog.step(what)
-        res = session.client.run(wf, timeout=timeout, on_progress=_step_printer(msg) if _tty() else None)
+    def __init__(self, session, workflow: Workflow, settings: dict, timeout: float, log, total: int):
+        self.session, self.workflow, self.settings, self.timeout, self.log = session, workflow, settings, timeout, log
+        self.prog = Progress(log, total)
+        self.times: list[float] = []
+
+    def __call__(self, model_name, seed, w, h, what):
+        wf = self.workflow.build(model_name, seed, w, h, self.settings, prefix="qg")
+        msg = self.prog.step(what)
+        res = self.session.client.run(wf, timeout=self.timeout, on_progress=_step_printer(msg) if _tty() else None)
         if not res.images:
             raise ComfyError("the workflow produced no image (it needs an image output node such as SaveImage)")
-        render_times.append(res.seconds)
-        log(f"  {msg} {res.seconds:.2f} s")
+        self.times.append(res.seconds)
+        self.log(f"  {msg} {res.seconds:.2f} s")
         return res, wf
 
-    # --- baseline, repeat, control ---------------------------------------------------------
-    src_warn = []
-    example_wf = None
+
+def _baseline(render, src_name, seeds, sizes, source, images):
+    """Render the source at every seed and size -> (baseline renders, its load warnings, one prompt)."""
+    src_warn, baseline_renders, example_wf = [], [], None
     for seed in seeds:
         for (w, h) in sizes:
             try:
@@ -247,6 +229,11 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
             images["baseline"][(seed, w, h)] = img
             baseline_renders.append({"role": "baseline", "candidate": None, "seed": seed, "width": w, "height": h,
                                      "seconds": round(res.seconds, 3), "pixels_sha256": score.pixel_sha256(img)})
+    return baseline_renders, src_warn, example_wf
+
+
+def _repeat_and_control(render, src_name, seeds, sizes, plan, policy, images, cands, renders):
+    """The first baseline again (must be identical) and another seed (must score low) -> (repeat, control)."""
     s0, (w0, h0) = seeds[0], sizes[0]
     base0 = images["baseline"][(s0, w0, h0)]
     res, _ = render(src_name, s0, w0, h0, f"repeat    seed {s0} {w0}x{h0}")
@@ -272,83 +259,130 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
                     "ssim": ctl_ssim, "max_abs_diff": ctl_diff, "seconds": round(res.seconds, 3),
                     "threshold": round(ctl_limit, 6), "pass": control["pass"],
                     "pixels_sha256": score.pixel_sha256(ctl_img)})
+    return repeat, control
 
-    # --- candidates ------------------------------------------------------------------------
-    load_pol = policy.get("load", {})
-    for c in cands:
-        tc = time.monotonic()
-        name = cand_names[c.label]
-        images["candidates"][c.label] = {}
-        for seed in seeds:
-            for (w, h) in sizes:
-                try:
-                    res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h}")
-                except ExecutionError as e:
-                    c.execution_error = {"node_id": e.node_id, "node_type": e.node_type,
-                                         "exception_type": e.exception_type, "message": e.message[:2000]}
-                    log(f"  {c.label}: {e}")
-                    break
-                for x in res.load_warnings:
-                    if x not in c.load_warnings:
-                        c.load_warnings.append(x)
-                img = res.images[0][1]
-                base = images["baseline"][(seed, w, h)]
-                if img.shape != base.shape:
-                    raise ComfyError(f"{c.label}: image size {img.shape} differs from the source's {base.shape}")
-                s, d = _ssim_pair(base, img)
-                images["candidates"][c.label][(seed, w, h)] = img
-                r = {"role": "candidate", "candidate": c.label, "seed": seed, "width": w, "height": h, "ssim": s,
-                     "max_abs_diff": d, "seconds": round(res.seconds, 3), "threshold": c.threshold,
-                     "pass": s >= c.threshold, "pixels_sha256": score.pixel_sha256(img),
-                     "rendered_as": c.rendered_as}
-                c.renders.append(r)
-                renders.append(r)
-            if c.execution_error:
+
+def _render_candidate(render, c: Candidate, name, seeds, sizes, images, renders, log):
+    """Every seed and size of one candidate, scored against the baseline (stops at an execution error)."""
+    tc = time.monotonic()
+    images["candidates"][c.label] = {}
+    for seed in seeds:
+        for (w, h) in sizes:
+            try:
+                res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h}")
+            except ExecutionError as e:
+                c.execution_error = {"node_id": e.node_id, "node_type": e.node_type,
+                                     "exception_type": e.exception_type, "message": e.message[:2000]}
+                log(f"  {c.label}: {e}")
                 break
-        c.seconds = time.monotonic() - tc
-        # verdict
+            for x in res.load_warnings:
+                if x not in c.load_warnings:
+                    c.load_warnings.append(x)
+            img = res.images[0][1]
+            base = images["baseline"][(seed, w, h)]
+            if img.shape != base.shape:
+                raise ComfyError(f"{c.label}: image size {img.shape} differs from the source's {base.shape}")
+            s, d = _ssim_pair(base, img)
+            images["candidates"][c.label][(seed, w, h)] = img
+            r = {"role": "candidate", "candidate": c.label, "seed": seed, "width": w, "height": h, "ssim": s,
+                 "max_abs_diff": d, "seconds": round(res.seconds, 3), "threshold": c.threshold,
+                 "pass": s >= c.threshold, "pixels_sha256": score.pixel_sha256(img),
+                 "rendered_as": c.rendered_as}
+            c.renders.append(r)
+            renders.append(r)
         if c.execution_error:
-            e = c.execution_error
-            c.reasons.append(f"ComfyUI failed to render it: node {e['node_id']} ({e['node_type']}) raised "
-                             f"{e['exception_type']}: {e['message'].splitlines()[0][:200] if e['message'] else ''}")
-        bad = [r for r in c.renders if not r["pass"]]
-        if bad:
-            worst = min(bad, key=lambda r: r["ssim"])
-            c.reasons.append(f"SSIM {worst['ssim']:.4f} < {c.threshold} (seed {worst['seed']} "
-                             f"{worst['width']}x{worst['height']}; {len(bad)}/{len(c.renders)} renders below)")
-        c.notes = []
-        for x in c.load_warnings:
-            keys = x["keys"]
-            benign = _benign_unexpected(c, x, session.version)
-            if benign:
-                c.notes.append(f"ComfyUI {session.version} ignores {len(benign)} .comfy_quant tensors "
-                               "(< 0.4.0 reads the same per-layer config from the header's _quantization_metadata)")
-                keys = [k for k in keys if k not in benign]
-            if not keys:
-                continue
-            if (x["kind"] == "missing" and load_pol.get("fail_on_missing", True)) or (
-                    x["kind"] == "unexpected" and load_pol.get("fail_on_unexpected", True)):
-                shown = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
-                c.reasons.append(f"ComfyUI loaded it with {x['kind']} keys ({len(keys)}): {shown} "
-                                 "(the model in memory is not the model in the file)")
-        v = c.verify
-        need = (v or {}).get("min_comfy")
-        if need and need != "any" and c.rendered_as == "file" and version_lt(session.version, need):
-            c.notes.append(f"the file needs ComfyUI >= {need} (verify); this server is {session.version}, so the "
-                           f"render shows what {session.version} does with it (for older ComfyUI convert with "
-                           "--comfy-version)")
-        if v and v.get("available") and v.get("passed") is False:
-            c.reasons.append(f"verify: {v.get('summary') or 'defects found'}")
-        if not control["pass"]:
-            c.reasons.append(f"control SSIM {ctl_ssim:.4f} > {ctl_limit:.4f}: the render cannot discriminate")
-        if not repeat["pass"]:
-            c.reasons.append(f"the source rendered twice differs (SSIM {rep_ssim:.6f}, max diff {rep_diff})")
-        if src_warn:
-            c.reasons.append("the source itself loads with warnings: " + "; ".join(
-                f"{x['kind']} {len(x['keys'])}" for x in src_warn))
-        c.verdict = "fail" if c.reasons else "pass"
+            break
+    c.seconds = time.monotonic() - tc
+
+
+def _decide(c: Candidate, comfy_version: str, load_pol: dict, control: dict, repeat: dict, src_warn: list):
+    """The candidate's verdict, its reasons and notes."""
+    if c.execution_error:
+        e = c.execution_error
+        c.reasons.append(f"ComfyUI failed to render it: node {e['node_id']} ({e['node_type']}) raised "
+                         f"{e['exception_type']}: {e['message'].splitlines()[0][:200] if e['message'] else ''}")
+    bad = [r for r in c.renders if not r["pass"]]
+    if bad:
+        worst = min(bad, key=lambda r: r["ssim"])
+        c.reasons.append(f"SSIM {worst['ssim']:.4f} < {c.threshold} (seed {worst['seed']} "
+                         f"{worst['width']}x{worst['height']}; {len(bad)}/{len(c.renders)} renders below)")
+    c.notes = []
+    for x in c.load_warnings:
+        keys = x["keys"]
+        benign = _benign_unexpected(c, x, comfy_version)
+        if benign:
+            c.notes.append(f"ComfyUI {comfy_version} ignores {len(benign)} .comfy_quant tensors "
+                           "(< 0.4.0 reads the same per-layer config from the header's _quantization_metadata)")
+            keys = [k for k in keys if k not in benign]
+        if not keys:
+            continue
+        if (x["kind"] == "missing" and load_pol.get("fail_on_missing", True)) or (
+                x["kind"] == "unexpected" and load_pol.get("fail_on_unexpected", True)):
+            shown = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
+            c.reasons.append(f"ComfyUI loaded it with {x['kind']} keys ({len(keys)}): {shown} "
+                             "(the model in memory is not the model in the file)")
+    v = c.verify
+    need = (v or {}).get("min_comfy")
+    if need and need != "any" and c.rendered_as == "file" and version_lt(comfy_version, need):
+        c.notes.append(f"the file needs ComfyUI >= {need} (verify); this server is {comfy_version}, so the "
+                       f"render shows what {comfy_version} does with it (for older ComfyUI convert with "
+                       "--comfy-version)")
+    if v and v.get("available") and v.get("passed") is False:
+        c.reasons.append(f"verify: {v.get('summary') or 'defects found'}")
+    if not control["pass"]:
+        c.reasons.append(f"control SSIM {control['ssim']:.4f} > {control['max_ssim']:.4f}: the render cannot "
+                         "discriminate")
+    if not repeat["pass"]:
+        c.reasons.append(f"the source rendered twice differs (SSIM {repeat['ssim']:.6f}, max diff "
+                         f"{repeat['max_abs_diff']})")
+    if src_warn:
+        c.reasons.append("the source itself loads with warnings: " + "; ".join(
+            f"{x['kind']} {len(x['keys'])}" for x in src_warn))
+    c.verdict = "fail" if c.reasons else "pass"
+
+
+def run_gate(session, source, candidates, *, policy: dict | None = None, workflow: Workflow | None = None,
+             work_dir=None, verify_fn=None, log=None) -> dict:
+    """Render and score. ``candidates``: paths or (label, path). Returns the gate record; images
+    are under ``record["_images"]`` (for the report; not serialised)."""
+    t_start = time.monotonic()
+    log = log or (lambda *_: None)
+    policy = policy or load_policy()
+    workflow = workflow or Workflow.from_arg(None, None)
+    source = Path(source)
+    work_dir = Path(work_dir) if work_dir else None
+    seeds, sizes, settings, timeout = _plan(policy)
+    check_render_inputs(source, candidates)
+    cands = []
+    for c in candidates:
+        label, path = (c if isinstance(c, tuple) else (None, c))
+        cands.append(Candidate(Path(path), label))
+    timings = {"server_start_s": round(session.server.start_seconds, 3) if session.server else None}
+
+    t0 = time.monotonic()
+    src_sha = sha256_file(source)
+    for c in cands:
+        _prepare(c, cands, session, source, policy, verify_fn, work_dir, log)
+    timings["prepare_s"] = round(time.monotonic() - t0, 3)
+    # every file must be visible to the server before anything renders (fails fast on a URL server)
+    src_name = session.model(source)
+    cand_names = {c.label: session.model(c.render_path) for c in cands}
+    if "vae" in workflow.holes:
+        settings["vae"] = session.vae()
+
+    n_base = len(seeds) * len(sizes)
+    render = _Renderer(session, workflow, settings, timeout, log, n_base + 2 + n_base * len(cands))
+    images: dict = {"baseline": {}, "control": None, "candidates": {}}
+    renders: list = []
+    baseline_renders, src_warn, example_wf = _baseline(render, src_name, seeds, sizes, source, images)
+    repeat, control = _repeat_and_control(render, src_name, seeds, sizes, policy["plan"], policy, images, cands,
+                                          renders)
+    for c in cands:
+        _render_candidate(render, c, cand_names[c.label], seeds, sizes, images, renders, log)
+        _decide(c, session.version, policy.get("load", {}), control, repeat, src_warn)
 
     stats = session.stats
+    render_times = render.times
     timings.update(total_s=round(time.monotonic() - t_start, 3), renders=len(render_times),
                    render_s_mean=round(float(np.mean(render_times)), 3) if render_times else None,
                    render_s_max=round(float(np.max(render_times)), 3) if render_times else None)
