@@ -36,7 +36,8 @@ def run(args) -> int:
     import shutil
 
     from harness.commands.gate import print_summary
-    from harness.render import fixtures, models
+    from harness.planted import render_defects as fixtures
+    from harness.render import models
     from harness.render.gate import load_policy, run_gate
     from harness.render.report import write_report
     from harness.render.session import open_session

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.render import fixtures
+from harness.planted import render_defects as fixtures
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SMALL_POLICY = """
 [plan]
 seeds = [1]

@@ -5,7 +5,7 @@ format registry / kernel seam redesign (commit 2e5364b). Each case converts a de
 model (harness.synth) and the new code must reproduce the recorded bytes exactly.
 
 Re-record (only when a format change is intended, and say so in the commit):
-    PYTHONPATH=. python tests/test_convert_bytes.py --record
+    PYTHONPATH=. python tests/quant/test_convert_bytes.py --record
 """
 import hashlib
 import json
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-DATA = Path(__file__).resolve().parent / "data" / "convert_sha256.json"
+DATA = Path(__file__).resolve().parents[1] / "data" / "convert_sha256.json"
 
 # name -> (synth arch, source dtype, format, convert kwargs)
 CASES = {

@@ -1,5 +1,5 @@
 """Structure-aware fuzzers for GGUF files and index.json (issue 8; the safetensors header fuzzer is
-tests/test_safetensors_parity.py).
+tests/quant/test_safetensors_parity.py).
 
 Property, whatever the bytes: opening the source either works -- and then every promise holds
 (shapes fit the data, every tensor dequantizes, every shard lies inside the index's directory) --
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from _gguf_bytes import gguf, kv_array, kv_scalar, kv_string
+from tests._gguf_bytes import gguf, kv_array, kv_scalar, kv_string
 from quant.errors import InputError
 
 pytestmark = pytest.mark.fuzz

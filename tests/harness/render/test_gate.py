@@ -9,7 +9,8 @@ import re
 import pytest
 import torch
 
-from harness.render import fixtures, gate, report, twin
+from harness.planted import render_defects as fixtures
+from harness.render import gate, report, twin
 from quant import nvfp4
 from quant.safetensors_io import SafetensorsFile
 

@@ -18,7 +18,7 @@ from harness.comfy.errors import RenderTimeout, ServerDied, ServerStartError, Se
 from harness.comfy.server import ComfyServer, free_port, prepare_embedded
 from harness.render.workflow import Workflow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 LONG = {"steps": 10000, "cfg": 1.0, "sampler": "euler", "scheduler": "simple"}   # minutes if not stopped
 
 

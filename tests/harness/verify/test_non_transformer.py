@@ -15,7 +15,7 @@ from harness.cli import main as cli_main
 from quant import model_kind
 from quant.safetensors_io import save_file
 
-LAYOUTS = json.loads((Path(__file__).parent / "data" / "non_transformer_layouts.json").read_text())
+LAYOUTS = json.loads((Path(__file__).resolve().parents[2] / "data" / "non_transformer_layouts.json").read_text())
 
 
 def _infos(entries, dtype="BF16", overrides=None):
@@ -101,7 +101,7 @@ def test_fp8_cast_vae_conv_weight_is_flagged(tmp_path, capsys):
 
 
 def test_fp8_text_encoder_linears_pass_norms_and_embeddings_are_named(tmp_path, capsys):
-    from harness.render.fixtures import fp8_file
+    from harness.planted.render_defects import fp8_file
     entries = LAYOUTS["umt5_xxl"]["thin"]
     src = _file(tmp_path / "umt5_thin_bf16.safetensors", entries, seed=3)
     fp8 = fp8_file(src, tmp_path / "umt5_thin_fp8_scaled.safetensors", "legacy")

@@ -7,7 +7,7 @@ import torch
 
 from harness import wan_vae
 
-LAYOUTS = json.loads((Path(__file__).parent / "data" / "non_transformer_layouts.json").read_text())
+LAYOUTS = json.loads((Path(__file__).resolve().parents[1] / "data" / "non_transformer_layouts.json").read_text())
 
 
 def _decoder_part(entries):

@@ -11,7 +11,7 @@ import pytest
 
 from harness.cli import main
 from harness.verify import verify
-from tests import _planted as P
+from harness.planted import format_defects as P
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_subprocess_2_60_header_no_traceback(tmp_path):
     p = tmp_path / "huge.safetensors"
     p.write_bytes(struct.pack("<Q", 2**60) + b"{}")
     r = subprocess.run([sys.executable, "-m", "harness", "verify", str(p)], capture_output=True, text=True,
-                       cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+                       cwd=str(__import__("pathlib").Path(__file__).resolve().parents[3]))
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "not a safetensors file" in r.stderr and str(2**60) not in r.stderr     # no file bytes echoed
 

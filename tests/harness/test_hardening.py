@@ -1,6 +1,6 @@
 """Hostile inputs, files outside the model directory, outputs that destroy (issue 8).
 
-Every planted input is built here. Commands run in-process (``tests/_inproc.run_main``: exit code,
+Every planted input is built here. Commands run in-process (``tests._inproc.run_main``: exit code,
 stdout, stderr; an unhandled exception fails the test as a traceback would fail a user), except
 where a signal or a process death is the point.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from _gguf_bytes import gguf, kv_array, kv_scalar, kv_string
-from _inproc import one_error_line, run_main
+from tests._gguf_bytes import gguf, kv_array, kv_scalar, kv_string
+from tests._inproc import one_error_line, run_main
 from quant.safetensors_io import save_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sha(p: Path) -> str:

@@ -14,7 +14,7 @@ from quant.safetensors_io import save_file
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _assert_clean_failure(r, path_fragment, out, code=2):

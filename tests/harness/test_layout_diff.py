@@ -10,7 +10,7 @@ from harness import synth
 from harness.cli import main
 from harness.layout_diff import diff_paths
 from quant.convert import convert
-from tests import _planted as P
+from harness.planted import format_defects as P
 
 
 @pytest.fixture(scope="module")

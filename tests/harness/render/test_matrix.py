@@ -9,7 +9,7 @@ import pytest
 from harness.render import matrix
 from quant.errors import UsageError
 
-UPSTREAM = Path(__file__).resolve().parents[1].parent / "shared" / "comfyui" / "ComfyUI"
+UPSTREAM = Path(__file__).resolve().parents[3].parent / "shared" / "comfyui" / "ComfyUI"
 ONE_SEED = """
 [plan]
 seeds = [1]
