@@ -4,7 +4,7 @@ round-to-nearest, dequantize included (hypothesis: random shapes, odd sizes, dty
 The interpreter mis-casts fp8 and truncates bf16, so it runs the kernels' integer-rounding path
 (HW=False); tests/test_gpu_kernels.py checks both paths on CUDA.
 
-Triton decides interpretation when it is first imported, so the cases (tests/interp_triton_cases.py)
+Triton decides interpretation when it is first imported, so the cases (tests/quant/kernels/interp_triton_cases.py)
 run in a fresh interpreter."""
 import os
 import subprocess
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_triton_kernels_under_the_cpu_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                        str(ROOT / "tests" / "interp_triton_cases.py")],
+                        str(ROOT / "tests" / "quant" / "kernels" / "interp_triton_cases.py")],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and "skipped" not in r.stdout and "failed" not in r.stdout, r.stdout[-2000:]
