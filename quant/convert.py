@@ -50,6 +50,8 @@ class Summary:
     bytes_in: int = 0
     bytes_out: int = 0
     seconds: float = 0.0
+    rounding: str = "rtn"
+    learned: dict | None = None      # learned rounding: layers, calibrated layers, dB gains over RTN, seconds
 
     @property
     def mb_per_s(self) -> float:
@@ -71,7 +73,10 @@ class Summary:
             f"  size     {self.bytes_in / 1e6:,.1f} MB -> {self.bytes_out / 1e6:,.1f} MB "
             f"({(self.bytes_out / self.bytes_in if self.bytes_in else 0):.2f}x)",
             f"  time     {self.seconds:.2f} s, {self.mb_per_s:,.1f} MB/s of input",
-        ])
+        ] + ([f"  rounding learned: {self.learned['layers']} layers ({self.learned['calibrated_layers']} on "
+              f"recorded activations), output error vs RTN {self.learned['mean_gain_db']:+.2f} dB mean, "
+              f"{self.learned['min_gain_db']:+.2f} dB worst layer (on the activations it was fitted to), "
+              f"{self.learned['seconds']:.1f} s"] if self.learned else []))
 
 
 def load_input_scales(path) -> dict[str, float]:
@@ -103,7 +108,8 @@ def make_plan(src, preset_name, target: str, comfy_version: str | None = None):
 def convert(source, output=None, target: str = "fp8", preset=None, *, device: str = "cpu",
             force: bool = False, progress: bool = False, input_scales: str | dict | None = None,
             comfy_version: str | None = None, backend: str | None = None, rounding: str | None = None,
-            preset_from_gguf=None, gguf_mapping=None, pipelined: bool | None = None) -> Summary:
+            preset_from_gguf=None, gguf_mapping=None, pipelined: bool | None = None, calibration=None,
+            seed: int = 0, learned_iters: int | None = None, gpus: int = 1, calib_rows: int = 4096) -> Summary:
     """``backend``: kernel backend name (quant.kernels; default: the best available on ``device``);
     ``rounding``: rounding strategy name (quant.rounding; default round-to-nearest).
     ``pipelined``: with round-to-nearest on a safetensors source, reads, quantization and writes
@@ -111,15 +117,27 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     another rounding strategy, or a GGUF source) runs the one-layer-at-a-time loop. Same bytes.
     Default (None): on, unless QUANTGATE_PIPELINE=0.
     ``preset_from_gguf``: derive the preset from this GGUF (its GGML type per tensor, mapped by
-    ``gguf_mapping``, a :class:`quant.gguf_model.Mapping`) instead of ``preset``."""
+    ``gguf_mapping``, a :class:`quant.gguf_model.Mapping`) instead of ``preset``.
+    Learned rounding (``rounding="learned"``): ``calibration`` (a '<layer>.input' activations file; else
+    the data-free proxy), ``seed`` (calibration-row sample), ``learned_iters`` (default 200 on CUDA, 50 on
+    CPU), ``gpus`` (worker processes, one per device), ``calib_rows`` (rows kept per layer)."""
     fmt = formats.get(target)
-    if device.startswith("cuda") and not __import__("torch").cuda.is_available():
-        raise UsageError("--device cuda requested but no CUDA device is available")
+    learned = rounding == "learned"
+    if not learned and (calibration or gpus != 1 or learned_iters is not None):
+        raise UsageError("--calibration, --gpus and --iters are options of --rounding learned")
+    if gpus < 1 or calib_rows < 1 or (learned_iters is not None and learned_iters < 0):
+        raise UsageError("--gpus and --calib-rows must be at least 1, --iters at least 0")
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda requested but no CUDA device is available")
+        if gpus > torch.cuda.device_count():
+            raise UsageError(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA devices are visible")
     source = Path(source)
     out = Path(output) if output else default_output(source, target)
     t0 = time.perf_counter()
     with open_source(source) as src:
-        check_output(out, [source, *src.files, preset_from_gguf,
+        check_output(out, [source, *src.files, preset_from_gguf, calibration,
                            input_scales if isinstance(input_scales, (str, Path)) else None], overwrite=force)
         if preset_from_gguf is not None:
             from . import gguf_model
@@ -161,7 +179,7 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
         summary = Summary(str(source), str(out), target, the_plan.preset.name, the_plan.by_action(),
                           tensors_in=len(src), tensors_out=len(entries), bytes_in=src.total_bytes)
         bar = None
-        if progress:
+        if progress and not learned:      # learned rounding shows its own bar (layers, loss, ETA)
             from tqdm import tqdm
             bar = tqdm(total=src.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=f"convert -> {target}", dynamic_ncols=True, leave=False)
@@ -171,11 +189,15 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
         use_pipeline = (pipelined and pipeline.supports(src)
                         and (rounding or _rounding.DEFAULT) == _rounding.DEFAULT)
         results = None
+        strategy = rounding
+        if learned:
+            strategy = _learned_strategy(the_plan, source, out, device, progress, calibration, seed,
+                                         learned_iters, gpus, calib_rows)
         if not use_pipeline:
             jobs = (LayerJob(d.layer, d.name, fmt.for_action(d.action), functools.partial(src.get, d.name),
                              amax.get(d.layer), tuple(d.shape))
                     for d in the_plan.quantized())
-            results = quantize_layers(jobs, device=device, backend=backend, rounding=rounding)
+            results = quantize_layers(jobs, device=device, backend=backend, rounding=strategy)
         try:
             with AtomicWriter(out, entries, meta, writeback_every=256 << 20) as w:
                 if use_pipeline:
@@ -200,6 +222,8 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
                 bar.close()
     summary.bytes_out = out.stat().st_size
     summary.seconds = time.perf_counter() - t0
+    if learned:
+        summary.rounding, summary.learned = "learned", strategy.stats.as_dict()
     return summary
 
 
@@ -215,6 +239,8 @@ def _serial(src, the_plan, w, results, bar) -> None:
             try:
                 r = next(results)
             except InputError as e:       # name the file, not only the tensor
+                if e.path not in (None, d.name):    # names its own file (calibration, a worker)
+                    raise
                 raise InputError(f"tensor {d.name!r}: {e.problem}", src.info(d.name).file) from None
             assert r.job.name == d.name, (r.job.name, d.name)   # strategies keep job order
             for k, v in r.tensors.items():
@@ -223,3 +249,28 @@ def _serial(src, the_plan, w, results, bar) -> None:
         if bar is not None:
             bar.update(src.info(d.name).nbytes)
             bar.set_postfix_str(f"{i + 1}/{len(the_plan.decisions)} tensors", refresh=False)
+
+
+def _learned_strategy(the_plan, source, out, device, progress, calibration, seed, iters, gpus, calib_rows):
+    """A configured learned-rounding strategy (quant/rounding) for this conversion; checks its inputs."""
+    from .rounding import Learned
+    from .rounding.calibration import Calibration
+    from .rounding.learned import LearnedConfig
+    if iters is None:      # CUDA: 200 steps; CPU: 50 (most of the gain, see README "Learned rounding")
+        iters = 200 if str(device).startswith("cuda") else 50
+    cfg = LearnedConfig(seed=seed, samples=calib_rows, iters=int(iters))
+    q = the_plan.quantized()
+    for d in q:
+        if len(d.shape) != 2:
+            raise InputError(f"learned rounding needs 2-D weights; {d.name!r} has shape {list(d.shape)}", source)
+    if calibration:
+        c = Calibration(calibration, cfg.samples, cfg.seed)
+        try:
+            unknown = c.layers - {d.layer for d in q}
+        finally:
+            c.close()
+        if unknown:
+            raise InputError(f"activations given for {len(unknown)} layers that are not quantized "
+                             f"(first: {sorted(unknown)[0]!r})", calibration)
+    return Learned(cfg, calibration, gpus=gpus, source=source, output=out, progress=progress)
+

@@ -34,6 +34,24 @@ def register(sub):
                    help='calibrated activation amax per layer {"layers": {"blocks.0.ffn.0": 12.5}}; '
                         "written as the input scale (" + ", ".join(
                             f"{f.name}: {f.input_scale_key} = amax/{f.full_scale:g}" for f in formats.FORMATS.values()) + ")")
+    p.add_argument("--rounding", choices=("rtn", "learned"), default="rtn",
+                   help="rtn: round to nearest (default, bit-exact with comfy-kitchen). learned: per weight, the "
+                        "grid point below or above chosen to minimise the layer's OUTPUT error on calibration "
+                        "activations (sign-gradient rounding on the scales RTN writes; every value stays on the "
+                        "format grid)")
+    p.add_argument("--calibration", metavar="ACTS.safetensors",
+                   help="learned: recorded input activations, one '<layer>.input' tensor [rows, in_features] per "
+                        "Linear. Without it (or for layers it lacks) a data-free proxy is used, the weight's own "
+                        "W^T W plus an identity share: measured to LOSE quality on activations unrelated to the "
+                        "weights (README), so give recorded activations")
+    p.add_argument("--calib-rows", type=int, default=4096, metavar="N",
+                   help="learned: activation rows kept per layer (a seeded sample when the file has more; default 4096)")
+    p.add_argument("--seed", type=int, default=0, help="learned: seed of the calibration-row sample (default 0)")
+    p.add_argument("--iters", type=int, metavar="N", help="learned: most optimiser steps per batch (default 200 on "
+                                                          "CUDA, 50 on CPU; early stopping may end sooner)")
+    p.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="learned: spread the layers over N devices, one worker process each (cuda:0..N-1 with "
+                        "--device cuda; N CPU processes otherwise); this process alone writes the file")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--comfy-version", metavar="X.Y.Z",
                    help="oldest ComfyUI the file must load correctly on (default: current, >= 0.4). For "
@@ -54,7 +72,12 @@ def run(args) -> int:
     from quant.convert import convert
     s = convert(args.source, args.output, args.target, args.preset, device=args.device, force=args.force,
                 progress=not args.quiet and sys.stderr.isatty(), input_scales=args.input_scales,
-                comfy_version=args.comfy_version, preset_from_gguf=args.preset_from_gguf, gguf_mapping=mapping)
+                comfy_version=args.comfy_version, preset_from_gguf=args.preset_from_gguf, gguf_mapping=mapping,
+                rounding=args.rounding, calibration=args.calibration, seed=args.seed, learned_iters=args.iters,
+                gpus=args.gpus, calib_rows=args.calib_rows)
+    if args.rounding == "learned" and not args.calibration:
+        print("note: learned rounding without --calibration used the data-free proxy (the weights' own W^T W); "
+              "on activations unrelated to the weights it measured worse than rtn (README)", file=sys.stderr)
     if args.json:
         print(json.dumps(s.as_dict(), indent=1))
     else:

@@ -3,12 +3,14 @@
 A strategy has ``name`` and ``quantize(jobs, *, backend, device) -> iterator of (job, raw)`` where
 ``raw`` is the format's ``quantize`` output ({suffix: tensor}); it must yield every job once, in order,
 and may look at several layers at a time (batched GPU work, calibration-driven rounding). ``rtn``
-(round-to-nearest-even, bit-exact with comfy-kitchen) is the default.
+(round-to-nearest-even, bit-exact with comfy-kitchen) is the default; ``learned`` (strategy.py, learned.py,
+engine.py) picks each weight's grid neighbour to minimise the layer's output error.
 """
 from __future__ import annotations
 
 from ..errors import UsageError
 from .rtn import RoundToNearest
+from .strategy import Learned
 
 _STRATEGIES: dict[str, object] = {}
 DEFAULT = "rtn"
@@ -26,7 +28,10 @@ def names() -> list[str]:
     return sorted(_STRATEGIES)
 
 
-def get(name: str | None = None):
+def get(name=None):
+    """A registered strategy by name, or a configured strategy object passed through as is."""
+    if name is not None and not isinstance(name, str):
+        return name
     name = name or DEFAULT
     try:
         return _STRATEGIES[name]
@@ -35,5 +40,6 @@ def get(name: str | None = None):
 
 
 register(RoundToNearest)
+register(Learned)
 
-__all__ = ["register", "get", "names", "DEFAULT", "RoundToNearest"]
+__all__ = ["register", "get", "names", "DEFAULT", "RoundToNearest", "Learned"]

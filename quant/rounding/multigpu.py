@@ -1,0 +1,122 @@
+"""Learned rounding on several devices of one host: one worker process per GPU, one writer.
+
+The layers are split over the workers by estimated cost (N*K^2 per step, greedy, deterministic); each
+worker opens the source itself, runs :func:`engine.run` on its device and streams its layers' tensors
+into a shard file (atomic writer) in a private temp directory beside the output. The parent process
+waits for every worker, then is the ONE writer: it assembles the output in file order from the shards
+(and the source for kept tensors). No tensors cross process boundaries except through those shards, so
+no NCCL collective is needed; workers are started with the 'spawn' method (CUDA-safe) and work for
+any number of devices, including N CPU processes (how the tests exercise this path).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+
+from ..errors import InputError, QuantgateError
+from ..safetensors_io import AtomicWriter, SafetensorsFile
+from ..kernels.nvfp4 import packed_shape as nvfp4_packed_shape
+from ..kernels.nvfp4 import scale_shape as nvfp4_scale_shape
+
+
+def assign(jobs, world: int) -> list[list]:
+    """Greedy longest-first split by cost; each worker's list keeps file order."""
+    load = [0] * world
+    parts: list[list[int]] = [[] for _ in range(world)]
+    order = sorted(range(len(jobs)), key=lambda i: (-jobs[i].shape[0] * jobs[i].shape[1] ** 2, i))
+    for i in order:
+        r = min(range(world), key=lambda x: (load[x], x))
+        parts[r].append(i)
+        load[r] += jobs[i].shape[0] * jobs[i].shape[1] ** 2
+    return [[jobs[i] for i in sorted(p)] for p in parts]
+
+
+def _entries(job) -> list[tuple[str, str, tuple]]:
+    n, k = job.shape
+    if job.action == "fp8":
+        return [(f"{job.name}.q", "F8_E4M3", (n, k)), (f"{job.name}.s", "F32", ())]
+    return [(f"{job.name}.q", "U8", tuple(nvfp4_packed_shape(n, k))),
+            (f"{job.name}.s", "F8_E4M3", tuple(nvfp4_scale_shape(n, k))), (f"{job.name}.s2", "F32", ())]
+
+
+def _worker(rank: int, source: str, jobs, device: str, cfg, calib_path, shard: str, err: str, progress: bool):
+    import torch
+
+    from ..sources import open_source
+    from . import engine
+    from .calibration import Calibration
+    try:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+        entries = [e for j in jobs for e in _entries(j)]
+        calib = Calibration(calib_path, cfg.samples, cfg.seed) if calib_path else None
+        stats = engine.Stats()
+        with open_source(source) as src, AtomicWriter(shard, entries, {}) as w:
+            for job, tensors in engine.run(jobs, src.get, device=device, cfg=cfg, calibration=calib,
+                                           progress=progress, stats=stats):
+                for (name, _, _), t in zip(_entries(job), tensors):
+                    w.write(name, t)
+        Path(shard + ".json").write_text(json.dumps({"gains_db": stats.gains_db, "iters": stats.iters,
+                                                     "calibrated": stats.calibrated}))
+    except QuantgateError as e:
+        Path(err).write_text(json.dumps({"problem": e.problem, "path": e.path}))
+        raise SystemExit(2)
+    except BaseException:
+        Path(err).write_text(json.dumps({"problem": "worker failed: " + traceback.format_exc(limit=3).strip()
+                                         .splitlines()[-1], "path": None}))
+        raise SystemExit(3)
+
+
+def run(jobs, source, out: Path, *, world: int, device: str, cfg, calibration=None, progress=False,
+        stats=None):
+    """Yield ``(job, tensors)`` in job order, computed by ``world`` worker processes."""
+    import torch.multiprocessing as mp
+    parts = assign(jobs, world)
+    devices = [f"cuda:{r}" if device.startswith("cuda") else "cpu" for r in range(world)]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.learned-", dir=out.parent))
+    try:
+        ctx = mp.get_context("spawn")
+        procs = []
+        for r in range(world):
+            a = (r, str(source), parts[r], devices[r], cfg, str(calibration) if calibration else None,
+                 str(tmp / f"rank{r}.safetensors"), str(tmp / f"rank{r}.err"), progress)
+            p = ctx.Process(target=_worker, args=a, daemon=True)
+            p.start()
+            procs.append(p)
+        try:
+            for p in procs:
+                p.join()
+        finally:
+            for p in procs:                      # interrupted: stop the workers we started
+                if p.is_alive():
+                    p.terminate()
+                    p.join()
+        for r, p in enumerate(procs):
+            if p.exitcode != 0:
+                ef = tmp / f"rank{r}.err"
+                e = json.loads(ef.read_text()) if ef.exists() else {"problem": f"worker {r} died "
+                                                                    f"(exit code {p.exitcode})", "path": None}
+                raise InputError(e["problem"], e["path"])
+        shards = {}
+        for r in range(world):
+            f = SafetensorsFile(tmp / f"rank{r}.safetensors")
+            if stats is not None:
+                s = json.loads((tmp / f"rank{r}.safetensors.json").read_text())
+                stats.gains_db.update(s["gains_db"])
+                stats.iters.update(s["iters"])
+                stats.calibrated += s["calibrated"]
+                stats.layers += len(s["gains_db"])
+            for j in parts[r]:
+                shards[j.name] = f
+        try:
+            for job in jobs:
+                f = shards[job.name]
+                yield job, tuple(f.get(name) for name, _, _ in _entries(job))
+        finally:
+            for f in set(shards.values()):
+                f.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
