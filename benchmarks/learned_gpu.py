@@ -5,7 +5,7 @@
 What it measures (one process, one run):
   * four real-size WAN 2.x 14B Linear shapes (2 x 5120x5120, 13824x5120, 5120x13824) with the weights
     the repo's synthetic models use (randn/sqrt(K), outlier input columns x8..x24; bf16), and per layer
-    activations from harness.synth.activations (low-rank correlated + log-normal channel gains with
+    activations from harness.activations (low-rank correlated + log-normal channel gains with
     outlier channels): 4096 calibration rows, 4096 independent HELD-OUT rows;
   * output SQNR on the held-out rows, 10*log10(|X W^T|^2 / |X (W_q - W)^T|^2), for RTN, quantgate's
     learned rounding (calibrated, and with the data-free weight proxy), and convert_to_quant's learned mode
@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import synth  # noqa: E402
+from harness.activations import activations  # noqa: E402
 from quant import fp8 as _fp8  # noqa: E402
 from quant import nvfp4 as _nv  # noqa: E402
 from quant.rounding import engine  # noqa: E402
@@ -130,7 +130,7 @@ def block_time(action_target, device, cfg, scale=1.0):
     ws, rows = {}, {}
     for i, d in enumerate(q):
         ws[d.layer] = weight(tuple(d.shape), 1000 + i, device)
-        rows[d.layer] = synth.activations(d.shape[1], seed=2000 + i, device=device)(CALIB_ROWS)
+        rows[d.layer] = activations(d.shape[1], seed=2000 + i, device=device)(CALIB_ROWS)
     jobs = [engine.Job(d.name, d.layer, d.action, tuple(d.shape)) for d in q]
     sync(device)
     t0 = time.perf_counter()
@@ -159,7 +159,7 @@ def main(argv=None):
     ws, calib, held = {}, {}, {}
     for i, (n, s) in enumerate(layers):
         ws[n] = weight(s, 10 + i, dev)
-        draw = synth.activations(s[1], seed=100 + i, device=dev)
+        draw = activations(s[1], seed=100 + i, device=dev)
         calib[n], held[n] = draw(CALIB_ROWS), draw(HELD_ROWS)
     # warm-up of every kernel on a small layer (not timed)
     wu = {"w": weight((256, 256), 1, dev)}
