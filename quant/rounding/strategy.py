@@ -8,21 +8,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import engine
-from .learned import LearnedConfig
-
 
 class Learned:
+    """Registered at import time, so it imports torch (engine, learned) only when it runs."""
     name = "learned"
 
-    def __init__(self, cfg: LearnedConfig | None = None, calibration=None, *, gpus: int = 1, source=None,
-                 output=None, progress: bool = False):
-        self.cfg = cfg or LearnedConfig()
+    def __init__(self, cfg=None, calibration=None, *, gpus: int = 1, source=None, output=None,
+                 progress: bool = False):
+        self.cfg = cfg                          # a learned.LearnedConfig (None: its defaults)
         self.calibration = calibration          # path of an activations file, or None (data-free proxy)
         self.gpus, self.source, self.output, self.progress = int(gpus), source, output, progress
-        self.stats = engine.Stats()
+        self.stats = None
 
     def quantize(self, jobs, *, backend, device="cpu"):
+        from . import engine
+        from .learned import LearnedConfig
+        self.cfg = self.cfg or LearnedConfig()
+        self.stats = engine.Stats()
         jobs = list(jobs)
         by_name = {j.name: j for j in jobs}
         ejobs = [engine.Job(j.name, j.layer, j.fmt.kernel, tuple(j.shape)) for j in jobs]
