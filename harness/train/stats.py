@@ -3,7 +3,9 @@
 Every ``nn.Linear``'s input is recorded over the render plan's sampling (euler, ``simple``, 6 steps,
 cfg 1; conditioning seeds 1-3; sampler seeds 1-3; 8x8 and 8x12 latents): ``amax``, ``p99.9`` of
 ``|x|``, and the per-input-channel amax, from which **outlier channels** are counted: channels whose
-amax exceeds ``OUTLIER_X`` times the median channel amax of that layer.
+amax exceeds ``OUTLIER_X`` times the median channel amax of that layer. WAN's Linears mostly see
+normalised inputs, so the residual stream (each block's output) is recorded too (``resid.N``):
+that is where magnitudes grow with depth.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ def measure(model, classes=(1, 2, 3), seeds=(1, 2, 3), sizes=((8, 8), (8, 12)), 
         return fn
 
     hs = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    for i, blk in enumerate(model.blocks):
+        pre = hook(f"resid.{i}")
+        hs.append(blk.register_forward_hook(lambda mod, inp, out, pre=pre: pre(mod, (out,))))
     try:
         for c in classes:
             for s in seeds:

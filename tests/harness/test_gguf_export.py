@@ -96,7 +96,9 @@ def gguf_cands(tmp_path_factory, thin_source):
     d = tmp_path_factory.mktemp("gguf_cands")
     with SafetensorsFile(thin_source) as f:
         t = {n: f.get(n) for n in f.keys()}
-    return d, {ft: gguf_synth.make_gguf("wan21-t2v-thin", d / f"thin-{ft}.gguf", ft, src_dtype="F32",
+    from harness.render import models
+    arch = models.reference_arch()                        # the layout of the gate's own source model
+    return d, {ft: gguf_synth.make_gguf(arch, d / f"thin-{ft}.gguf", ft, src_dtype="F32",
                                         source_tensors=t) for ft in ("Q8_0", "Q4_0")}
 
 

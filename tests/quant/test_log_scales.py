@@ -93,9 +93,14 @@ def test_verify_names_it_and_repair_fixes_it(tmp_path, capsys, thin_source, shar
     assert "ComfyUI cannot load this file" in line and f"quantgate repair {bad}" in line
     rc, out, _ = _run(capsys, "verify", bad, "--header-only", "--json")
     f = next(x for x in json.loads(out)["findings"] if x["rule"] == "scale.log8")
-    assert f["severity"] == "error" and len(f["layers"]) == 10
-    if shared:
-        assert "1 of them shared" in f["message"] and "blocks.0.self_attn.q" in f["layers"]
+    with SafetensorsFile(thin_source) as src:             # the quantized Linears: 10 per block
+        n_linear = sum(1 for n in src.keys() if n.endswith(".weight") and len(src.info(n).shape) == 2
+                       and not n.startswith(KEEP))
+    n_blocks = len({n.split(".")[1] for n in src.keys() if n.startswith("blocks.")})
+    assert n_linear == 10 * n_blocks
+    assert f["severity"] == "error" and len(f["layers"]) == n_linear
+    if shared:                                            # one shared self-attention code per block
+        assert f"{n_blocks} of them shared" in f["message"] and "blocks.0.self_attn.q" in f["layers"]
 
     fixed = tmp_path / "model_fixed.safetensors"
     rc, _, err = _run(capsys, "repair", bad, "-o", fixed, "--json")
