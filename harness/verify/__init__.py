@@ -121,9 +121,11 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
             layers[name] = layers.get(name, 0) + 1
         if mc != "any":
             f.info("compat.min-comfy", f"needs ComfyUI >= {mc} ({'; '.join(why)})")
-        if "nvfp4" in layers:   # a hardware fact about this comfy format, not a format rule
-            f.info("compat.note", "nvfp4 runs natively only on Blackwell (SM >= 10, cu130 PyTorch); on H100/H200 "
-                                  "and older GPUs ComfyUI dequantizes it to bf16 on every forward")
+        from quant.formats import FORMATS
+        for name in layers:
+            note = getattr(FORMATS.get(name), "runtime_note", "")
+            if note:
+                f.info("compat.note", note)
         n_tensors = len(st.infos)
     if reference is not None:
         from harness.layout_diff import diff_paths

@@ -64,5 +64,12 @@ def describe() -> str:
     return "\n".join(lines)
 
 
+def markdown_table() -> str:
+    """The README's formats table (`quantgate formats --markdown`; a test keeps the README equal to it)."""
+    rows = ["| format | what is written | ComfyUI |", "|---|---|---|"]
+    rows += [f"| `{f.name}` | {f.doc_written} | {f.doc_comfy} |" for f in FORMATS.values() if f.target]
+    return "\n".join(rows)
+
+
 __all__ = ["Format", "Companion", "FORMATS", "TARGETS", "BY_COMFY_FORMAT", "get", "marker_format", "describe",
            "resolve_shape", "layer_suffixes"]

@@ -95,6 +95,9 @@ class Format:
     max_rel_error: ClassVar[float] = 0.0     # numeric check: relative Frobenius error bound
     min_cosine: ClassVar[float] = 0.0
     target: ClassVar[bool] = True            # an output format of `quantgate convert`
+    runtime_note: ClassVar[str] = ""         # what verify notes about running it (hardware support)
+    doc_written: ClassVar[str] = ""          # README/`formats --markdown`: what a file holds (markdown)
+    doc_comfy: ClassVar[str] = ""            # README/`formats --markdown`: which ComfyUI loads it (markdown)
     order: ClassVar[int] = 100               # position in FORMATS / --format choices
 
     def __init_subclass__(cls, register: bool = True, **kw):

@@ -51,6 +51,10 @@ class Fp8Legacy(_Fp8):
               "meaning": "2 elements = weight-only fp8 (full_precision_matrix_mult); 0 = fp8 matmul allowed"}
     min_comfy = COMFY_VERSIONS["scaled_fp8_marker_2"]
     loads_since = COMFY_VERSIONS["scaled_fp8_marker"]
+    doc_written = ("KJ recipe: F8_E4M3 weights, `<layer>.scale_weight` F32 `[1]`, marker `scaled_fp8` F8_E4M3 `[2]` "
+                   "(weight-only fp8), other tensors in source precision")
+    doc_comfy = (f"≥ {COMFY_VERSIONS['legacy_high_precision_linear']}; with `--comfy-version 0.3.x` every Linear is "
+                 f"scaled and it loads right from {COMFY_VERSIONS['scaled_fp8_marker_2']}")
     description = ("Legacy KJ/Comfy 'scaled fp8': F8_E4M3 weights, F32 <layer>.scale_weight [1], marker "
                    "scaled_fp8 F8_E4M3 [2], everything else in source precision. Linears kept in high precision "
                    "stay so only from ComfyUI 0.4.0 (older ones cast them to fp8 unscaled: convert with "
@@ -78,6 +82,10 @@ class Fp8(_Fp8):
     per_layer_keys = ("weight", "bias", "weight_scale", "input_scale", "comfy_quant")
     min_comfy = COMFY_VERSIONS["comfy_quant_tensor"]
     loads_since = QUANT_ALGOS_SINCE["float8_e4m3fn"]
+    doc_written = ("comfy_quant: F8_E4M3 weight, `weight_scale` F32 `[]`, per-layer `.comfy_quant` U8 JSON **and** "
+                   "header `_quantization_metadata`; `full_precision_matrix_mult: true` unless a calibrated "
+                   "`input_scale` is given (`--input-scales`)")
+    doc_comfy = f"≥ {COMFY_VERSIONS['comfy_quant_tensor']}"
     description = ("ComfyUI mixed precision (comfy_quant): F8_E4M3 weight, F32 0-d weight_scale, per-layer "
                    ".comfy_quant U8 JSON and header _quantization_metadata; full_precision_matrix_mult unless "
                    "a calibrated input_scale is given.")

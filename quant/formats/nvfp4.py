@@ -40,8 +40,14 @@ class Nvfp4(Format):
                       "comfy_quant")
     min_comfy = QUANT_ALGOS_SINCE["nvfp4"]
     loads_since = QUANT_ALGOS_SINCE["nvfp4"]
+    doc_written = ("U8 packed E2M1 (even element in the high nibble), F8_E4M3 block scales in the cuBLAS 128×4 "
+                   f"swizzled layout, F32 `weight_scale_2` = amax/{E4M3_MAX * E2M1_MAX:g}; sensitive layers FP8 per "
+                   "preset; both carriers")
+    doc_comfy = f"≥ {QUANT_ALGOS_SINCE['nvfp4']}"
     description = ("ComfyUI/comfy-kitchen NVFP4: U8 packed E2M1 weight, swizzled F8_E4M3 block scales, F32 0-d "
                    "weight_scale_2, optional calibrated input_scale; .comfy_quant and _quantization_metadata.")
+    runtime_note = ("nvfp4 runs natively only on Blackwell (SM >= 10, cu130 PyTorch); on H100/H200 and older GPUs "
+                    "ComfyUI dequantizes it to bf16 on every forward")
     max_rel_error = 0.25
     min_cosine = 0.96
 

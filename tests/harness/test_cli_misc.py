@@ -1,7 +1,7 @@
 """inspect / formats / --help: what users read."""
 import json
 
-from quant import spec
+from quant import formats as spec
 
 
 def test_inspect_reports_layout_and_formats(cli, thin_wan5b, tmp_path):
@@ -27,6 +27,34 @@ def test_formats_doc_comes_from_spec(cli):
     for f in spec.FORMATS.values():
         assert f.name in r.stdout and f.min_comfy in r.stdout
     assert "cuBLAS 128x4 swizzled" in r.stdout and "scale_weight" in r.stdout
+
+
+def test_readme_formats_table_is_the_registry(cli):
+    """The README's formats table is `quantgate formats --markdown` (generated from quant.formats), and its
+    ComfyUI column names each format's minimum version facts."""
+    from tests.conftest import ROOT
+    r = cli("formats", "--markdown")
+    assert r.returncode == 0, r.stderr
+    table = r.stdout.strip()
+    assert table in (ROOT / "README.md").read_text(), "README formats table differs from `quantgate formats --markdown`"
+    rows = table.splitlines()[2:]
+    assert [row.split("`")[1] for row in rows] == list(spec.TARGETS)
+
+
+def test_formats_min_comfy_is_what_the_checker_finds(thin_wan5b, tmp_path):
+    """The ComfyUI column (README/`formats --markdown`) is what `verify` finds in a converted file, and a
+    format's min_comfy is what it finds in a file written for the oldest ComfyUI."""
+    import re
+
+    from harness.verify import verify
+    from quant.convert import convert
+    for f in spec.FORMATS.values():
+        out = tmp_path / f"{f.name}.safetensors"
+        convert(thin_wan5b, out, f.name)
+        assert verify(out, header_only=True).min_comfy == re.match(r"≥ ([0-9.]+)", f.doc_comfy).group(1), f.name
+        old = tmp_path / f"{f.name}-old.safetensors"
+        convert(thin_wan5b, old, f.name, comfy_version=f.min_comfy)
+        assert verify(old, header_only=True).min_comfy == f.min_comfy, f.name
 
 
 def test_help_lists_commands_and_exit_codes(cli):
