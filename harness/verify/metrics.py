@@ -25,6 +25,16 @@ def _from_dots(na2: float, nb2: float, dot: float) -> tuple[float, float, float]
     return rel, cos, alpha
 
 
+def from_sums(na2: float, nb2: float, err2: float) -> tuple[float, float, float]:
+    """(rel, cos, alpha) from |ref|^2, |got|^2 and |got - ref|^2 (the error measured directly)."""
+    na, nb = math.sqrt(na2), math.sqrt(nb2)
+    dot = (na2 + nb2 - err2) / 2
+    rel = math.sqrt(max(err2, 0.0)) / na if na > 0 else (0.0 if nb == 0 else math.inf)
+    cos = dot / (na * nb) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
+    alpha = dot / nb2 if nb2 > 0 else math.nan
+    return rel, cos, alpha
+
+
 def fp8_code_metrics(ck, w, scale, ref_bf: torch.Tensor, counts=None) -> tuple[float, float, float]:
     """Per-tensor fp8 dequantization is elementwise: x_hat = D(code) with D = comfy-kitchen's
     ``dequantize_per_tensor_fp8`` at this layer's scale. So D is evaluated (by kitchen) on all 256

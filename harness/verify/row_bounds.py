@@ -7,10 +7,11 @@ value was encoded as one of the two representable neighbours under the file's ow
 
 * fp8 e4m3fn with per-tensor scale ``s``: neighbours are at most one spacing apart, and the spacing
   is <= |x|/8 for normal values and s*2**-9 for subnormals; values above 448*s clamp. So
-  ``|x_hat - x| <= max(|x| - 448 s, 0) + max(|x|/8, s 2**-9)`` -- twice the round-to-nearest worst case.
+  ``|x_hat - x| <= max(|x| - 448 s, 0) + max(|x|/8, s 2**-9)`` -- twice the round-to-nearest worst case;
+  per row ``sum max(x^2/64, s^2 2**-18) <= |x|^2/64 + k s^2 2**-18`` comes from the row norm.
 * nvfp4 with block scale ``u = block_scale * weight_scale_2``: E2M1 magnitudes {0,.5,1,1.5,2,3,4,6}*u
-  are spaced .5u below 2u, 1u below 4u, 2u above; values above 6u clamp. So
-  ``|x_hat - x| <= max(|x| - 6u, 0) + gap(|x|/u) u``.
+  are spaced .5u below 2u, 1u below 4u, 2u above (each <= max(|x|, u)/2); values above 6u clamp.
+  So ``|x_hat - x| <= max(|x| - 6u, 0) + max(|x|, u)/2``.
 
 A row (fp8) or a 16-element block (nvfp4) whose squared error exceeds the sum of its elements'
 squared bounds was not encoded from these source values: swapped, negated, zeroed rows, nibbles in
@@ -25,10 +26,12 @@ ROW_CHUNK_ELEMS = 1 << 20   # rows are checked in chunks of about 1M elements (b
 
 
 def fp8_bad_rows(codes_u8: torch.Tensor, table: torch.Tensor, scale: float, ref: torch.Tensor,
-                 max_report: int = 0) -> tuple[list[int], int, tuple[int, float, float] | None]:
+                 max_report: int = 0, totals: list | None = None) -> tuple[list[int], int, tuple | None]:
     """Rows of an fp8 weight (codes [n, k], ``table`` = the dequantizer's value of each of the 256
     codes at this scale, float32) whose error against ``ref`` [n, k] exceeds the format's bound.
-    Returns (first bad rows, number of bad rows, (worst row, its rel. error, its rel. bound))."""
+    Returns (first bad rows, number of bad rows, (worst row, its rel. error, its rel. bound)).
+    ``totals``: a list that receives (|ref|^2, |decoded|^2, |decoded - ref|^2) of the whole tensor
+    (float64 sums of the per-row values: the tensor metrics without another pass)."""
     n, k = codes_u8.shape
     step = max(1, ROW_CHUNK_ELEMS // max(1, k))
     table = table.to(device=codes_u8.device, dtype=torch.float32)
@@ -40,6 +43,7 @@ def fp8_bad_rows(codes_u8: torch.Tensor, table: torch.Tensor, scale: float, ref:
     sub2 = (scale * 2.0 ** -9) ** 2
     clamp_at = 448.0 * scale
     bad, count, worst = [], 0, None
+    t_na2 = t_nb2 = t_err2 = 0.0
     for r0 in range(0, n, step):
         c = codes_u8[r0:r0 + step]
         x = ref[r0:r0 + step].to(torch.float32, copy=True)
@@ -47,6 +51,8 @@ def fp8_bad_rows(codes_u8: torch.Tensor, table: torch.Tensor, scale: float, ref:
             got = c.view(torch.float8_e4m3fn).to(torch.float32).mul_(st)
         else:
             got = table[c.reshape(-1).long()].reshape(c.shape)
+        if totals is not None:
+            t_nb2 += float(torch.linalg.vector_norm(got, dtype=torch.float64) ** 2)
         err2 = got.sub_(x).square_().sum(1)
         del got
         lo_hi = torch.aminmax(x) if x.numel() else None
@@ -56,10 +62,12 @@ def fp8_bad_rows(codes_u8: torch.Tensor, table: torch.Tensor, scale: float, ref:
             norms2 = ax.square().sum(1)
             b = torch.clamp(ax - clamp_at, min=0.0).add_(torch.clamp(ax / 8.0, min=sub2 ** 0.5))
             bound2 = b.square_().sum(1)
-        else:
-            x.square_()
-            norms2 = x.sum(1)
-            bound2 = x.mul_(1.0 / 64.0).clamp_(min=sub2).sum(1)
+        else:                            # sum max(x^2/64, sub^2) <= |x|^2/64 + k sub^2: from the row norm
+            norms2 = torch.linalg.vector_norm(x, dim=1).square_()
+            bound2 = norms2 / 64.0 + x.shape[1] * sub2
+        if totals is not None:
+            t_na2 += float(norms2.double().sum())
+            t_err2 += float(err2.double().sum())
         bound2 = bound2.mul_(SLACK ** 2).add_(1e-30)
         over = err2 > bound2
         if bool(over.any()):
@@ -73,12 +81,9 @@ def fp8_bad_rows(codes_u8: torch.Tensor, table: torch.Tensor, scale: float, ref:
             if worst is None or float(ratio[i]) > worst[3]:
                 nr = max(float(norms2[r]), 1e-30)
                 worst = (r0 + r, (float(err2[r]) / nr) ** 0.5, (float(bound2[r]) / nr) ** 0.5, float(ratio[i]))
+    if totals is not None:
+        totals[:] = [t_na2, t_nb2, t_err2]
     return bad, count, None if worst is None else worst[:3]
-
-
-def _e2m1_gap(m: torch.Tensor) -> torch.Tensor:
-    """Spacing of E2M1 magnitudes around |x|/u = m: 0.5 below 2, 1 below 4, 2 above."""
-    return torch.where(m < 2.0, 0.5, torch.where(m < 4.0, 1.0, 2.0))
 
 
 def nvfp4_bad_blocks(got: torch.Tensor, ref: torch.Tensor, block_scales_logical: torch.Tensor, s2: float,
@@ -103,9 +108,9 @@ def nvfp4_bad_blocks(got: torch.Tensor, ref: torch.Tensor, block_scales_logical:
         u = (block_scales_logical[r0:r0 + m, : kp // 16].to(torch.float32) * s2).unsqueeze(-1)
         err2 = (g - x).pow(2).sum(-1)
         ax = x.abs()
-        ratio_u = torch.where(u > 0, ax / torch.where(u > 0, u, 1.0), torch.full_like(ax, 1e30))
-        b = torch.clamp(ax - 6.0 * u, min=0.0) + torch.where(u > 0, _e2m1_gap(ratio_u) * u, ax)
-        bound2 = b.pow(2).sum(-1) * SLACK ** 2 + 1e-30
+        # gap(|x|/u) * u <= max(|x|, u) / 2 (0.5u below 2u, 1u below 4u, 2u above: each <= max(|x|,u)/2)
+        b = torch.maximum(ax, u).mul_(0.5).add_(torch.clamp(ax - 6.0 * u, min=0.0))
+        bound2 = b.square_().sum(-1) * SLACK ** 2 + 1e-30
         over = err2 > bound2
         if bool(over.any()):
             n_blocks += int(over.sum())
