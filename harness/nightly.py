@@ -90,10 +90,11 @@ def rule_for(figure: str):
         return "SSIM lower by > 0.01", lambda o, n: n < o - SSIM_DROP
     if "vram" in f:
         return "VRAM higher by > 5 %", lambda o, n: n > o * (1 + VRAM_RISE)
-    if f == "median_s" or "s_per_step" in f or re.search(r"(^|_)(s|seconds|sec)($|_)|seconds", f):
-        return "slower by > 10 %", lambda o, n: n > o * (1 + SLOWER)
+    # throughput first (mb_per_s_median holds a "_s_"); "s_per_step" is a time, not a rate
     if re.search(r"(mb|gb)_?(per_)?s($|_)|_per_s($|_)", f) or f.endswith(("gbps", "mbps")):
         return "throughput lower by > 10 %", lambda o, n: n < o * (1 - SLOWER)
+    if f == "median_s" or "s_per_step" in f or re.search(r"(^|_)(s|seconds|sec)($|_)|seconds", f):
+        return "slower by > 10 %", lambda o, n: n > o * (1 + SLOWER)
     return None
 
 
