@@ -109,7 +109,9 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
             force: bool = False, progress: bool = False, input_scales: str | dict | None = None,
             comfy_version: str | None = None, backend: str | None = None, rounding: str | None = None,
             preset_from_gguf=None, gguf_mapping=None, pipelined: bool | None = None, calibration=None,
-            seed: int = 0, learned_iters: int | None = None, gpus: int = 1, calib_rows: int = 4096) -> Summary:
+            seed: int = 0, learned_iters: int | None = None, gpus: int = 1, calib_rows: int = 4096,
+            activation_stats=None, percentile: float | None = None, margin: float = 1.0,
+            keep_fpmm: bool = False) -> Summary:
     """``backend``: kernel backend name (quant.kernels; default: the best available on ``device``);
     ``rounding``: rounding strategy name (quant.rounding; default round-to-nearest).
     ``pipelined``: with round-to-nearest on a safetensors source, reads, quantization and writes
@@ -120,7 +122,11 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     ``gguf_mapping``, a :class:`quant.gguf_model.Mapping`) instead of ``preset``.
     Learned rounding (``rounding="learned"``): ``calibration`` (a '<layer>.input' activations file; else
     the data-free proxy), ``seed`` (calibration-row sample), ``learned_iters`` (default 200 on CUDA, 50 on
-    CPU), ``gpus`` (worker processes, one per device), ``calib_rows`` (rows kept per layer)."""
+    CPU), ``gpus`` (worker processes, one per device), ``calib_rows`` (rows kept per layer).
+    ``activation_stats``: a calibration JSON (``quantgate calibrate``) or a loaded
+    :class:`quant.calibration.Calibration`; every quantized layer gets input_scale = its amax (or
+    ``percentile`` of |x|) x ``margin`` / the layer format's full scale. ``keep_fpmm``: fp8 layers keep
+    full_precision_matrix_mult even with an input_scale (the scale is stored, unused)."""
     fmt = formats.get(target)
     learned = rounding == "learned"
     if not learned and (calibration or gpus != 1 or learned_iters is not None):
@@ -133,11 +139,26 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
             raise UsageError("--device cuda requested but no CUDA device is available")
         if gpus > torch.cuda.device_count():
             raise UsageError(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA devices are visible")
+    if activation_stats is not None and input_scales is not None:
+        raise UsageError("use either --calibration or --input-scales, not both")
+    if not (margin > 0 and margin != float("inf")):
+        raise UsageError(f"--margin must be a positive number, got {margin}")
+    if (percentile is not None or margin != 1.0) and activation_stats is None:
+        raise UsageError("--percentile and --margin go with --calibration")
+    if keep_fpmm and activation_stats is None and input_scales is None:
+        raise UsageError("--keep-full-precision-mm goes with --calibration (or --input-scales)")
+    if activation_stats is not None and not hasattr(activation_stats, "activation_amax"):
+        from . import calibration as _cal
+        activation_stats = _cal.load(activation_stats)
+
+    def weight_only(lf):                 # keep_fpmm: fp8 layers stay weight-only despite their input_scale
+        return True if keep_fpmm and lf.kernel == "fp8" and not lf.legacy else None
     source = Path(source)
     out = Path(output) if output else default_output(source, target)
     t0 = time.perf_counter()
     with open_source(source) as src:
         check_output(out, [source, *src.files, preset_from_gguf, calibration,
+                           activation_stats.path if activation_stats is not None else None,
                            input_scales if isinstance(input_scales, (str, Path)) else None], overwrite=force)
         if preset_from_gguf is not None:
             from . import gguf_model
@@ -146,7 +167,10 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
             preset = gguf_model.derive_preset(gguf_model.read(preset_from_gguf), gguf_mapping or gguf_model.Mapping(),
                                               source_shapes={n: src.info(n).shape for n in src.keys()})
         the_plan = make_plan(src, preset, target, comfy_version)
-        amax = input_scales if isinstance(input_scales, dict) else (load_input_scales(input_scales) if input_scales else {})
+        if activation_stats is not None:
+            amax = activation_stats.activation_amax([d.layer for d in the_plan.quantized()], percentile, margin)
+        else:
+            amax = input_scales if isinstance(input_scales, dict) else (load_input_scales(input_scales) if input_scales else {})
         unknown = set(amax) - {d.layer for d in the_plan.quantized()}
         if unknown:
             raise InputError(f"input scales given for {len(unknown)} layers that are not quantized "
@@ -158,8 +182,8 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
                 continue
             has_in = d.layer in amax
             lf = fmt.for_action(d.action)
-            entries += lf.layer_entries(d.layer, d.shape[0], d.shape[1], input_scale=has_in)
-            conf = lf.layer_config(has_in)
+            entries += lf.layer_entries(d.layer, d.shape[0], d.shape[1], input_scale=has_in, weight_only=weight_only(lf))
+            conf = lf.layer_config(has_in, weight_only(lf))
             if conf is not None:
                 configs[d.layer] = conf
         marker = layout.marker_entry(target)
@@ -175,6 +199,11 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
         if prov.get("sha256"):
             extra["quantgate.preset_gguf"] = str(prov.get("gguf_file", ""))
             extra["quantgate.preset_gguf_sha256"] = str(prov["sha256"])
+        if activation_stats is not None:
+            prov = activation_stats.data.get("provenance", {})
+            extra["quantgate.calibration"] = json.dumps({
+                "statistic": "amax" if percentile is None else f"p{percentile:g}", "margin": margin,
+                "model_sha256": (prov.get("model") or {}).get("sha256"), "seeds": prov.get("seeds")})
         meta = layout.header_metadata(target, configs, src.metadata, extra)
         summary = Summary(str(source), str(out), target, the_plan.preset.name, the_plan.by_action(),
                           tensors_in=len(src), tensors_out=len(entries), bytes_in=src.total_bytes)
@@ -186,7 +215,7 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
         from . import pipeline                     # imports torch: only when converting
         if pipelined is None:
             pipelined = os.environ.get("QUANTGATE_PIPELINE", "1") != "0"
-        use_pipeline = (pipelined and pipeline.supports(src)
+        use_pipeline = (pipelined and pipeline.supports(src) and not keep_fpmm    # keep_fpmm: LayerJob.weight_only
                         and (rounding or _rounding.DEFAULT) == _rounding.DEFAULT)
         results = None
         strategy = rounding
@@ -195,7 +224,7 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
                                          learned_iters, gpus, calib_rows)
         if not use_pipeline:
             jobs = (LayerJob(d.layer, d.name, fmt.for_action(d.action), functools.partial(src.get, d.name),
-                             amax.get(d.layer), tuple(d.shape))
+                             amax.get(d.layer), tuple(d.shape), weight_only(fmt.for_action(d.action)))
                     for d in the_plan.quantized())
             results = quantize_layers(jobs, device=device, backend=backend, rounding=strategy)
         try:

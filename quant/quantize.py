@@ -23,6 +23,7 @@ class LayerJob:
     load: Callable[[], object]          # reads the source weight when the strategy needs it
     input_amax: float | None = None     # calibrated activation amax -> input scale
     shape: tuple[int, ...] = ()         # the source weight's shape (strategies may plan batches with it)
+    weight_only: bool | None = None     # force full_precision_matrix_mult on/off (None: the format's default)
 
 
 @dataclass
@@ -38,7 +39,7 @@ def quantize_layers(jobs: Iterable[LayerJob], *, device: str = "cpu", backend: s
     be = get_backend(device, backend)
     strategy = _rounding.get(rounding)
     for job, raw in strategy.quantize(jobs, backend=be, device=device):
-        tensors = job.fmt.layer_tensors(job.layer, raw, input_amax=job.input_amax)
+        tensors = job.fmt.layer_tensors(job.layer, raw, input_amax=job.input_amax, weight_only=job.weight_only)
         del raw
         yield LayerResult(job, tensors)
 

@@ -17,6 +17,10 @@ def register(sub):
                                        "the layout with")
     p.add_argument("--structure-only", action="store_true",
                    help="with --reference: ignore tensor widths (thin test models vs full-size manifests)")
+    p.add_argument("--calibration", metavar="JSON",
+                   help="a calibration from `quantgate calibrate`: activation scales more than 8x away from the "
+                        "calibrated amax/full-scale in either direction are errors (weight-derived scales, the fp8 "
+                        "default 1.0); --json lists every layer's ratio")
     p.add_argument("--strict", action="store_true", help="treat every warning as an error")
     p.add_argument("--device", default="cpu", help="where the numeric check dequantizes (cpu, or cuda on a GPU box)")
     p.add_argument("--header-only", action="store_true",
@@ -35,7 +39,8 @@ def run(args) -> int:
         from harness.verify.record import check_record_path
         check_record_path(args.record, [args.checkpoint, args.source, args.reference])
     rep = verify(args.checkpoint, args.source, args.reference, strict=args.strict,
-                 header_only=args.header_only, structure_only=args.structure_only, device=args.device)
+                 header_only=args.header_only, structure_only=args.structure_only, device=args.device,
+                 calibration=args.calibration)
     if args.json:
         print(json.dumps(rep.as_dict(), indent=1))
     else:

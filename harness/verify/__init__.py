@@ -40,6 +40,7 @@ class Report:
     shapes_from: str | None
     timings: dict[str, float] = field(default_factory=dict)
     bytes_checked: int = 0
+    calibration: dict | None = None              # verify --calibration: per-layer scale vs calibrated
 
     @property
     def passed(self) -> bool:
@@ -70,19 +71,25 @@ class Report:
                 "errors": self.findings.count(ERROR), "warnings": self.findings.count(WARNING),
                 "findings": [f.as_dict() for f in self.findings.all()],
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
-                "bytes_checked": self.bytes_checked}
+                "bytes_checked": self.bytes_checked,
+                **({"calibration": self.calibration} if self.calibration is not None else {})}
 
 
 def verify(checkpoint, source=None, reference=None, *, strict: bool = False, header_only: bool = False,
-           structure_only: bool = False, progress=None, device: str = "cpu") -> Report:
+           structure_only: bool = False, progress=None, device: str = "cpu", calibration=None) -> Report:
     """Run the gate. Raises quant.errors.InputError for unreadable inputs (exit 2).
-    ``device``: where comfy-kitchen's eager dequantizers run for the numeric check (cpu or cuda)."""
+    ``device``: where comfy-kitchen's eager dequantizers run for the numeric check (cpu or cuda).
+    ``calibration``: a calibration JSON path (or loaded Calibration): activation scales far from it are errors."""
     if device.startswith("cuda") and not __import__("torch").cuda.is_available():
         from quant.errors import UsageError
         raise UsageError("--device cuda requested but no CUDA device is available")
+    if calibration is not None and not hasattr(calibration, "layer"):
+        from quant import calibration as _cal
+        calibration = _cal.load(calibration)
     t0 = time.perf_counter()
     f = Findings()
     src_obj = None
+    cal_rows = None
     with open_source(checkpoint) as ck:
         st = build(ck)
         try:
@@ -92,7 +99,10 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
             plain = layout_rules.run(st, f, ref)
             log_scales.run(st, f)                      # 8-bit log-coded scales: name them, point to repair
             non_transformer.run(st, f)                 # VAEs / text encoders: what ComfyUI can quantize
-            value_rules.run(st, f)
+            scalars = value_rules.run(st, f)
+            if calibration is not None:
+                from . import calibration_rules
+                cal_rows = calibration_rules.run(st, f, calibration, scalars)
             t1 = time.perf_counter()
             mode = "header-only"
             nbytes = 0
@@ -137,7 +147,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
         f.promote_warnings()
     rep = Report(str(checkpoint), None if source is None else str(source),
                  None if reference is None else str(reference), mode, strict, f, mc, why, layers, n_tensors,
-                 shapes_from, bytes_checked=nbytes)
+                 shapes_from, bytes_checked=nbytes, calibration=cal_rows)
     rep.timings = {"rules": t1 - t0, "data": t2 - t1, "total": time.perf_counter() - t0}
     return rep
 

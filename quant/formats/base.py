@@ -155,15 +155,19 @@ class Format:
                 out.append((f"{layer}.{c.suffix}", c.dtypes[0], resolve_shape(c.shape, n, k)))
         return out
 
-    def layer_config(self, has_input_scale: bool) -> dict | None:
-        """The layer's comfy_quant JSON dict, or None when the carrier is a file marker."""
+    def layer_config(self, has_input_scale: bool, weight_only: bool | None = None) -> dict | None:
+        """The layer's comfy_quant JSON dict, or None when the carrier is a file marker. ``weight_only``:
+        force full_precision_matrix_mult on (True) or off (False); None = the format's default."""
         if self.legacy:
             return None
-        return comfy_quant_config(self, full_precision_mm=self.weight_only_without_input_scale and not has_input_scale)
+        if weight_only is None:
+            weight_only = self.weight_only_without_input_scale and not has_input_scale
+        return comfy_quant_config(self, full_precision_mm=bool(weight_only))
 
-    def layer_entries(self, layer: str, n: int, k: int, *, input_scale: bool = False) -> list[tuple[str, str, tuple]]:
+    def layer_entries(self, layer: str, n: int, k: int, *, input_scale: bool = False,
+                      weight_only: bool | None = None) -> list[tuple[str, str, tuple]]:
         ents = self.entries(layer, n, k, with_input_scale=input_scale)
-        conf = self.layer_config(input_scale)
+        conf = self.layer_config(input_scale, weight_only)
         if conf is not None:
             ents.append((f"{layer}.{COMFY_QUANT_SUFFIX}", "U8", (len(comfy_quant_bytes(conf)),)))
         return ents
@@ -174,7 +178,8 @@ class Format:
         v = torch.tensor(float(amax) / self.full_scale, dtype=torch.float32)
         return self.companion(self.input_scale_key).fit(v)
 
-    def layer_tensors(self, layer: str, raw: dict, *, input_amax: float | None = None) -> dict:
+    def layer_tensors(self, layer: str, raw: dict, *, input_amax: float | None = None,
+                      weight_only: bool | None = None) -> dict:
         """The layer's ComfyUI tensors (CPU, companion order) from :meth:`quantize`'s output."""
         out = {}
         for c in self.companions:
@@ -182,7 +187,7 @@ class Format:
                 out[f"{layer}.{c.suffix}"] = c.fit(raw[c.suffix].cpu())
             elif c.suffix == self.input_scale_key and input_amax is not None:
                 out[f"{layer}.{c.suffix}"] = self.activation_scale(input_amax)
-        conf = self.layer_config(input_amax is not None)
+        conf = self.layer_config(input_amax is not None, weight_only)
         if conf is not None:
             out[f"{layer}.{COMFY_QUANT_SUFFIX}"] = comfy_quant_tensor(conf)
         return out

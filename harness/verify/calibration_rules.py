@@ -1,0 +1,79 @@
+"""``verify --calibration``: each layer's activation scale against the calibrated one.
+
+The effective static activation scale of a layer is what the native kernel uses: its
+``input_scale`` (``scale_input`` in legacy files), or 1.0 for an fp8 layer that has neither an
+input_scale nor full_precision_matrix_mult (ComfyUI >= 0.4 casts at unit scale). NVFP4 layers
+without input_scale take a dynamic scale (nothing to compare); layers with
+full_precision_matrix_mult never quantize activations (their input_scale is unused).
+The calibrated scale is the calibration's amax / the format's full scale (value_rules.QMAX).
+
+* too small (error): the clip level input_scale x full scale lies below the calibration's p99.9
+  of |x| (more than 1 in 1000 activations would clip; the 2 % slack is the histogram's resolution);
+  without a recorded p99.9, a ratio below 1/FAR. Weight-derived scales are typically 8-65x small.
+* too large (error): more than FAR x the calibrated amax scale: 3 binades of the e4m3 range stay
+  unused and small activations fall into subnormals or to zero (the fp8 default 1.0 against
+  activations of amax ~10-400).
+"""
+from __future__ import annotations
+
+from quant import spec as S
+
+from .findings import Findings
+from .model import Structure
+from .value_rules import QMAX
+
+FAR = 8.0
+CLIP_PERCENTILE = "p99.9"
+SLACK = 0.98
+
+
+def run(st: Structure, f: Findings, cal, scalars: dict[str, dict[str, float]]) -> dict:
+    """Adds findings; returns {"far": FAR, "layers": {layer: {...}}} for the JSON report."""
+    rows, missing = {}, []
+    for la in st.declared:
+        if la.spec not in (S.FP8, S.FP8_LEGACY, S.NVFP4):
+            continue
+        key = "scale_input" if la.legacy else "input_scale"
+        v = scalars.get(la.name, {}).get(key)
+        stat = cal.layer(la.name)
+        if stat is None:
+            missing.append(la.name)
+            continue
+        fmt = la.spec.name
+        calibrated = float(stat["amax"]) / QMAX[fmt]
+        row = {"format": fmt, "calibrated_amax": stat["amax"], "calibrated_scale": calibrated,
+               "input_scale": v, "full_precision_matrix_mult": la.fpmm}
+        if la.fpmm:
+            row["effective"] = "weight-only (full_precision_matrix_mult)"
+            rows[la.name] = row
+            continue
+        if v is None:
+            if la.spec is S.NVFP4:
+                row["effective"] = "dynamic (amax/(448*6) per call)"
+                rows[la.name] = row
+                continue
+            v, row["effective"] = 1.0, "unit scale 1.0 (no input_scale, no full_precision_matrix_mult)"
+        else:
+            row["effective"] = "static input_scale"
+        ratio = v / calibrated if calibrated > 0 else float("inf")
+        row["ratio"] = ratio
+        clip = v * QMAX[fmt]
+        row["clip_level"] = clip
+        p = stat.get(CLIP_PERCENTILE)
+        rows[la.name] = row
+        if (p is not None and clip < p * SLACK) or (p is None and ratio < 1 / FAR):
+            f.error("input_scale.calibration", "activation scale too SMALL: input_scale x full scale lies below the "
+                                               f"calibrated {CLIP_PERCENTILE} of |x| (more than 1 in 1000 activations "
+                                               "clip; input_scale taken from weights?)", [la.name])
+        elif ratio > FAR:
+            what = "an fp8 layer without input_scale runs at unit scale 1.0" if row["effective"].startswith("unit") \
+                else "input_scale"
+            f.error("input_scale.calibration", f"activation scale more than {FAR:g}x LARGER than calibrated "
+                                               f"({what}): small activations lose precision or flush to zero",
+                    [la.name])
+    if missing:
+        f.warning("input_scale.calibration", "the calibration has no statistics for {n} quantized layers "
+                                             "(recorded on another model?)", missing)
+    ratios = [r["ratio"] for r in rows.values() if "ratio" in r]
+    return {"path": cal.path, "far": FAR, "clip_percentile": CLIP_PERCENTILE, "layers": rows,
+            "ratio_min": min(ratios) if ratios else None, "ratio_max": max(ratios) if ratios else None}
