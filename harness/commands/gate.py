@@ -41,21 +41,28 @@ def register(sub):
     p.add_argument("--ladder", action="store_true",
                    help="add the quality ladder (weight SQNR per layer: the GGUF candidates beside FP8 and NVFP4-mixed "
                         "made from the source, detected preset) to report.html")
+    p.add_argument("--no-emulation", action="store_true",
+                   help="render weight-only only (by default a candidate that declares an activation path is also "
+                        "rendered with its activations quantized as the native fp8/NVFP4 kernel would, and judged "
+                        "on that render)")
     add_server_args(p)
     p.set_defaults(func=run)
 
 
 def print_summary(record: dict, file=sys.stdout) -> None:
-    rows = [("candidate", "format", "rendered as", "min SSIM", "threshold", "verify", "verdict")]
+    rows = [("candidate", "format", "rendered as", "min SSIM", "weight-only", "threshold", "verify", "verdict")]
     for c in record["candidates"]:
         v = c.get("verify") or {}
         vt = "n/a" if not v.get("available") else ("pass" if v.get("passed") else "fail")
-        rows.append((c["label"], c["format"], c["rendered_as"], "-" if c["min_ssim"] is None else f"{c['min_ssim']:.4f}",
+        act = c.get("activations") or {}
+        wo = act.get("min_ssim_weight_only")
+        rows.append((c["label"], c["format"], c["rendered_as"] + (" +act.emulated" if act.get("emulated") else ""),
+                     "-" if c["min_ssim"] is None else f"{c['min_ssim']:.4f}", "-" if wo is None else f"{wo:.4f}",
                      f"{c['threshold']}", vt, c["verdict"].upper()))
     ctl, rep = record["control"], record["repeat"]
-    rows.append(("control", "-", f"seed {ctl['seed']}", f"{ctl['ssim']:.4f}", f"<= {ctl['max_ssim']}", "-",
+    rows.append(("control", "-", f"seed {ctl['seed']}", f"{ctl['ssim']:.4f}", "-", f"<= {ctl['max_ssim']}", "-",
                  "PASS" if ctl["pass"] else "FAIL"))
-    rows.append(("repeat", "-", f"seed {rep['seed']} twice", f"{rep['ssim']:.4f}", f">= {rep['min_ssim']}", "-",
+    rows.append(("repeat", "-", f"seed {rep['seed']} twice", f"{rep['ssim']:.4f}", "-", f">= {rep['min_ssim']}", "-",
                  "PASS" if rep["pass"] else "FAIL"))
     w = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for i, r in enumerate(rows):
@@ -116,7 +123,8 @@ def run(args) -> int:
                 if args.workflow:
                     session.check_nodes(wf.wf)
                 record = run_gate(session, args.source, args.checkpoint, policy=policy, workflow=wf,
-                                  work_dir=Path(tmp), verify_fn=verify_fn, log=_log)
+                                  work_dir=Path(tmp), verify_fn=verify_fn, log=_log,
+                                  emulate=not args.no_emulation)
         rp, gj = write_report(record, sub, extra_sections=sections(sub) if sections else ())
         runs.append({"target": "url" if t is None else t.label, "version": record["comfyui"]["version"],
                      "record": record, "report": str(rp)})

@@ -21,7 +21,7 @@ from quant.errors import InputError, UsageError
 
 from ..comfy.errors import ComfyError, ExecutionError
 from ..verify.record import sha256_file
-from . import score, twin
+from . import emulation, score, twin
 from .workflow import Workflow
 
 POLICY_PATH = Path(__file__).resolve().parent.parent / "policy.toml"
@@ -62,6 +62,7 @@ class Candidate:
     reasons: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     seconds: float = 0.0
+    activations: dict | None = None    # activation policy from the file (emulated renders), or None
 
     def as_dict(self) -> dict:
         return {"label": self.label, "path": str(self.path), "sha256": self.sha256, "format": self.format,
@@ -69,7 +70,7 @@ class Candidate:
                 "min_ssim": min((r["ssim"] for r in self.renders), default=None),
                 "verify": self.verify, "load_warnings": self.load_warnings,
                 "execution_error": self.execution_error, "verdict": self.verdict, "reasons": self.reasons, "notes": self.notes,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "activations": emulation.candidate_dict(self)}
 
 
 class Progress:
@@ -203,8 +204,10 @@ class _Renderer:
         self.prog = Progress(log, total)
         self.times: list[float] = []
 
-    def __call__(self, model_name, seed, w, h, what):
+    def __call__(self, model_name, seed, w, h, what, activations=None):
         wf = self.workflow.build(model_name, seed, w, h, self.settings, prefix="qg")
+        if activations:
+            wf = emulation.wrap(wf, model_name, activations, self.workflow.model_node)
         msg = self.prog.step(what)
         res = self.session.client.run(wf, timeout=self.timeout, on_progress=_step_printer(msg) if _tty() else None)
         if not res.images:
@@ -288,6 +291,9 @@ def _render_candidate(render, c: Candidate, name, seeds, sizes, images, renders,
                  "max_abs_diff": d, "seconds": round(res.seconds, 3), "threshold": c.threshold,
                  "pass": s >= c.threshold, "pixels_sha256": score.pixel_sha256(img),
                  "rendered_as": c.rendered_as}
+            if c.activations and not emulation.render_emulated(render, c, name, seed, w, h, base, img, r, images,
+                                                               _ssim_pair, log):
+                break
             c.renders.append(r)
             renders.append(r)
         if c.execution_error:
@@ -305,7 +311,8 @@ def _decide(c: Candidate, comfy_version: str, load_pol: dict, control: dict, rep
     if bad:
         worst = min(bad, key=lambda r: r["ssim"])
         c.reasons.append(f"SSIM {worst['ssim']:.4f} < {c.threshold} (seed {worst['seed']} "
-                         f"{worst['width']}x{worst['height']}; {len(bad)}/{len(c.renders)} renders below)")
+                         f"{worst['width']}x{worst['height']}; {len(bad)}/{len(c.renders)} renders below)"
+                         + emulation.explain(c))
     c.notes = []
     for x in c.load_warnings:
         keys = x["keys"]
@@ -342,9 +349,11 @@ def _decide(c: Candidate, comfy_version: str, load_pol: dict, control: dict, rep
 
 
 def run_gate(session, source, candidates, *, policy: dict | None = None, workflow: Workflow | None = None,
-             work_dir=None, verify_fn=None, log=None) -> dict:
+             work_dir=None, verify_fn=None, log=None, emulate: bool = True) -> dict:
     """Render and score. ``candidates``: paths or (label, path). Returns the gate record; images
-    are under ``record["_images"]`` (for the report; not serialised)."""
+    are under ``record["_images"]`` (for the report; not serialised). ``emulate``: candidates that
+    declare an activation path are rendered again with their activations quantized as the native
+    kernel would (harness.render.emulation) and judged on that render."""
     t_start = time.monotonic()
     log = log or (lambda *_: None)
     policy = policy or load_policy()
@@ -369,9 +378,12 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     cand_names = {c.label: session.model(c.render_path) for c in cands}
     if "vae" in workflow.holes:
         settings["vae"] = session.vae()
+    if emulate:
+        emulation.attach(cands, session)
 
     n_base = len(seeds) * len(sizes)
-    render = _Renderer(session, workflow, settings, timeout, log, n_base + 2 + n_base * len(cands))
+    render = _Renderer(session, workflow, settings, timeout, log,
+                       n_base + 2 + n_base * len(cands) + emulation.extra_renders(cands, n_base))
     images: dict = {"baseline": {}, "control": None, "candidates": {}}
     renders: list = []
     baseline_renders, src_warn, example_wf = _baseline(render, src_name, seeds, sizes, source, images)

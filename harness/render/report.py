@@ -80,6 +80,11 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
         ss = [r["ssim"] for r in record["renders"] if r.get("candidate") == c["label"]]
         mean = sum(ss) / len(ss) if ss else None
         rend = ("<span class='twin'>dequantized twin</span>" if c["rendered_as"] != "file" else "the file")
+        act = c.get("activations") or {}
+        if act.get("emulated"):
+            rend += ("<br><span class='twin'>activations emulated</span><br><span class='muted'>"
+                     + _e(", ".join(f"{n} {k}" for k, n in act["layers"].items()))
+                     + f"<br>weight-only min SSIM {_fmt(act.get('min_ssim_weight_only'))}</span>")
         v = c.get("verify") or {}
         vtxt = ("n/a" if not v.get("available") else ("pass" if v.get("passed") else "fail"))
         why = "<br>".join(_e(r) for r in c["reasons"]) or "<span class='muted'>—</span>"
@@ -106,7 +111,15 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
         o.append(f"<p><span class='twin'>dequantized twin</span> ComfyUI {_e(cf['version'])} cannot load NVFP4 "
                  "(needs ≥ 0.8). The candidate's weights were dequantized with comfy-kitchen's eager reference "
                  "and saved as a plain checkpoint, which was rendered instead: the weights ComfyUI computes with "
-                 "on GPUs below SM 10. Activation quantization is not emulated.</p>")
+                 "on GPUs below SM 10. Its activation policy (input_scale, full_precision_matrix_mult) is read from the "
+                 "candidate file and emulated as below.</p>")
+    if any((c.get("activations") or {}).get("emulated") for c in record["candidates"]):
+        o.append("<p><span class='twin'>activations emulated</span> On a CPU ComfyUI never quantizes activations, "
+                 "so input_scale is unused there. A candidate that declares an activation path is rendered twice: "
+                 "weight-only (what this server does) and with every quantized layer's input quantized as the "
+                 "native kernel would (fp8: static input_scale, or 1.0 without input_scale and "
+                 "full_precision_matrix_mult; NVFP4: per-16-block e4m3 scales under the static or dynamic global "
+                 "scale; comfy-kitchen reference functions). The verdict is taken on the emulated render.</p>")
 
     # environment
     sysd = cf.get("system") or {}
@@ -153,14 +166,20 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
             o.append(f"<p class='muted'>verify: {_e(v.get('summary') or 'not available')}</p>")
         o.append("<div class='grid'>")
         cimgs = imgs["candidates"].get(lab, {})
+        wimgs = (imgs.get("weight_only") or {}).get(lab, {})
         for r in [r for r in record["renders"] if r.get("candidate") == lab]:
             key = (r["seed"], r["width"], r["height"])
             b, cc = imgs["baseline"].get(key), cimgs.get(key)
             if b is None or cc is None:
                 continue
+            wo, wtxt = wimgs.get(key), ""
+            if wo is not None and r.get("weight_only"):
+                wtxt = (f"<div>{_img(wo, 'weight-only')}<div class='lbl'>weight-only "
+                        f"{r['weight_only']['ssim']:.4f}</div></div>")
             o.append("<div class='cell'><div class='trip'>"
-                     f"<div>{_img(b, 'baseline')}<div class='lbl'>source</div></div>"
-                     f"<div>{_img(cc, 'candidate')}<div class='lbl'>{_e(lab)}</div></div>"
+                     f"<div>{_img(b, 'baseline')}<div class='lbl'>source</div></div>{wtxt}"
+                     f"<div>{_img(cc, 'candidate')}<div class='lbl'>{_e(lab)}"
+                     f"{' (activations emulated)' if wo is not None else ''}</div></div>"
                      f"<div>{_img(score.heatmap(b, cc), 'difference')}<div class='lbl'>|difference|</div></div></div>"
                      f"<div class='cap'>seed {r['seed']} · {r['width']}×{r['height']} · SSIM "
                      f"<b class='{'pass' if r['pass'] else 'fail'}'>{r['ssim']:.4f}</b> · max diff {r['max_abs_diff']}"
@@ -176,10 +195,13 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
                      f"<div>{_img(score.heatmap(b, ci), 'difference')}<div class='lbl'>|difference|</div></div></div>"
                      f"<div class='cap'>SSIM {ctl['ssim']:.4f} (must be ≤ {ctl['max_ssim']})</div></div></div>")
     o.append("<h2>Render table</h2><table><tr><th>role</th><th>candidate</th><th>seed</th><th>size</th><th>SSIM</th>"
-             "<th>threshold</th><th>max diff</th><th>seconds</th><th>pixels sha256</th></tr>")
+             "<th>weight-only SSIM</th><th>threshold</th><th>max diff</th><th>seconds</th><th>pixels sha256</th></tr>")
     for r in record["renders"]:
-        o.append(f"<tr><td>{_e(r['role'])}</td><td>{_e(r.get('candidate') or '')}</td><td class='num'>{r['seed']}</td>"
+        wo = r.get("weight_only")
+        o.append(f"<tr><td>{_e(r['role'])}{' (activations emulated)' if wo else ''}</td>"
+                 f"<td>{_e(r.get('candidate') or '')}</td><td class='num'>{r['seed']}</td>"
                  f"<td>{r['width']}×{r['height']}</td><td class='num {'pass' if r['pass'] else 'fail'}'>{r['ssim']:.4f}</td>"
+                 f"<td class='num'>{_fmt(wo['ssim']) if wo else ''}</td>"
                  f"<td class='num'>{r['threshold']}</td><td class='num'>{r['max_abs_diff']}</td>"
                  f"<td class='num'>{r['seconds']:.2f}</td><td><code>{_e(r['pixels_sha256'][:12])}</code></td></tr>")
     o.append("</table>")

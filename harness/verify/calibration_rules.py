@@ -5,7 +5,7 @@ The effective static activation scale of a layer is what the native kernel uses:
 input_scale nor full_precision_matrix_mult (ComfyUI >= 0.4 casts at unit scale). NVFP4 layers
 without input_scale take a dynamic scale (nothing to compare); layers with
 full_precision_matrix_mult never quantize activations (their input_scale is unused).
-The calibrated scale is the calibration's amax / the format's full scale (value_rules.QMAX).
+The calibrated scale is the calibration's amax / the format's full scale (quant.formats).
 
 * too small (error): the clip level input_scale x full scale lies below the calibration's p99.9
   of |x| (more than 1 in 1000 activations would clip; the 2 % slack is the histogram's resolution);
@@ -16,11 +16,10 @@ The calibrated scale is the calibration's amax / the format's full scale (value_
 """
 from __future__ import annotations
 
-from quant import spec as S
+from quant import formats
 
 from .findings import Findings
 from .model import Structure
-from .value_rules import QMAX
 
 FAR = 8.0
 CLIP_PERCENTILE = "p99.9"
@@ -31,16 +30,17 @@ def run(st: Structure, f: Findings, cal, scalars: dict[str, dict[str, float]]) -
     """Adds findings; returns {"far": FAR, "layers": {layer: {...}}} for the JSON report."""
     rows, missing = {}, []
     for la in st.declared:
-        if la.spec not in (S.FP8, S.FP8_LEGACY, S.NVFP4):
+        if la.spec is None or la.spec.kernel not in ("fp8", "nvfp4"):
             continue
-        key = "scale_input" if la.legacy else "input_scale"
+        key = la.spec.input_scale_key
         v = scalars.get(la.name, {}).get(key)
         stat = cal.layer(la.name)
         if stat is None:
             missing.append(la.name)
             continue
         fmt = la.spec.name
-        calibrated = float(stat["amax"]) / QMAX[fmt]
+        full = formats.get(fmt).full_scale
+        calibrated = float(stat["amax"]) / full
         row = {"format": fmt, "calibrated_amax": stat["amax"], "calibrated_scale": calibrated,
                "input_scale": v, "full_precision_matrix_mult": la.fpmm}
         if la.fpmm:
@@ -48,7 +48,7 @@ def run(st: Structure, f: Findings, cal, scalars: dict[str, dict[str, float]]) -
             rows[la.name] = row
             continue
         if v is None:
-            if la.spec is S.NVFP4:
+            if la.spec.kernel == "nvfp4":
                 row["effective"] = "dynamic (amax/(448*6) per call)"
                 rows[la.name] = row
                 continue
@@ -57,7 +57,7 @@ def run(st: Structure, f: Findings, cal, scalars: dict[str, dict[str, float]]) -
             row["effective"] = "static input_scale"
         ratio = v / calibrated if calibrated > 0 else float("inf")
         row["ratio"] = ratio
-        clip = v * QMAX[fmt]
+        clip = v * full
         row["clip_level"] = clip
         p = stat.get(CLIP_PERCENTILE)
         rows[la.name] = row
