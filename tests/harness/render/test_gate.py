@@ -40,7 +40,8 @@ def files(tmp_path_factory, thin_source):
 def record(comfy_session, thin_source, files):
     d, f = files
     cands = [(k, f[k]) for k in ("legacy", "mixed", "nvfp4")]
-    return gate.run_gate(comfy_session, thin_source, cands, policy=POLICY, work_dir=d)
+    # weight-only renders here (layouts, twin, report); activation emulation: tests/test_calibration.py
+    return gate.run_gate(comfy_session, thin_source, cands, policy=POLICY, work_dir=d, emulate=False)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_user_workflow_with_model_node(comfy_session, thin_source, files, tmp_pa
     assert built["1"]["inputs"]["unet_name"] == "m.safetensors" and built["5"]["inputs"]["seed"] == 9
     assert (built["4"]["inputs"]["width"], built["4"]["inputs"]["height"]) == (64, 48)
     pol = dict(POLICY, plan=dict(POLICY["plan"], seeds=[4], sizes=[[64, 48]]))
-    rec = gate.run_gate(comfy_session, thin_source, [f["mixed"]], policy=pol, workflow=wf, work_dir=d)
+    rec = gate.run_gate(comfy_session, thin_source, [f["mixed"]], policy=pol, workflow=wf, work_dir=d, emulate=False)
     c = rec["candidates"][0]
     assert c["verdict"] == "pass", c["reasons"]
     assert rec["workflow"]["model_node"] == "1" and rec["workflow"]["example_prompt"]["5"]["inputs"]["seed"] == 4
