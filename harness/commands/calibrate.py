@@ -107,9 +107,16 @@ def run(args) -> int:
     plan = policy["plan"]
     settings = {k: plan[k] for k in ("steps", "cfg", "sampler", "scheduler", "cond_seed", "neg_seed") if k in plan}
     timeout = float(plan.get("render_timeout_s", 300))
+    root = py = None
+    if not args.comfy_url:
+        from harness.render.matrix import targets
+        tg = targets(args.comfy_root, args.comfy_python)
+        if len(tg) != 1:
+            raise UsageError("calibrate runs on one ComfyUI: give at most one --comfy-root")
+        root, py = tg[0].root, tg[0].python
     with tempfile.TemporaryDirectory(prefix="quantgate-calibrate-") as tmp:
-        with open_session(args.comfy_url, args.comfy_root, work_dir=Path(tmp) / "comfy", log=_log,
-                          comfy_python=args.comfy_python) as session:
+        with open_session(args.comfy_url, root, work_dir=Path(tmp) / "comfy", log=_log,
+                          comfy_python=py) as session:
             session.check_nodes({"a": {"class_type": "QGCalibrate"}, "b": {"class_type": "QGCalibrationSave"}})
             name = session.model(src)
             if "vae" in wf.holes:
