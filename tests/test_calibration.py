@@ -134,21 +134,24 @@ def test_convert_calibration_errors_are_one_line(calib, thin_source, tmp_path, c
 
 
 def test_verify_calibration_flags_far_scales(calib, converted, cli):
+    from harness.verify import verify
     _, path, _, _ = calib
+    cal = calibration.load(path)
+
+    def errors(rep):
+        return [f for f in rep.findings.all() if f.rule == "input_scale.calibration" and f.severity == "error"]
     for key in ("fp8-cal", "nvfp4-cal", "fp8-fpmm"):
-        r = cli("verify", converted[key], "--calibration", path, "--header-only", "--json")
-        rep = json.loads(r.stdout)
-        assert r.returncode == 0 and not [f for f in rep["findings"] if f["rule"] == "input_scale.calibration"], key
+        rep = verify(converted[key], calibration=cal, header_only=True)
+        assert rep.passed and not errors(rep), (key, rep.lines())
     # weight-derived: too SMALL (clips); fp8 without policy runs at 1.0: too LARGE
     for key, word in (("nvfp4-weight", "SMALL"), ("fp8-weight", "SMALL"), ("fp8-none", "LARGER")):
-        r = cli("verify", converted[key], "--calibration", path, "--header-only", "--json")
-        rep = json.loads(r.stdout)
-        hits = [f for f in rep["findings"] if f["rule"] == "input_scale.calibration" and f["severity"] == "error"]
-        assert r.returncode == 1 and hits and word in hits[0]["message"], key
-        assert rep["calibration"]["layers"]
-    rep = json.loads(cli("verify", converted["fp8-none"], "--calibration", path, "--header-only", "--json").stdout)
+        rep = verify(converted[key], calibration=cal, header_only=True)
+        assert not rep.passed and errors(rep) and word in errors(rep)[0].message, key
+    r = cli("verify", converted["fp8-none"], "--calibration", path, "--header-only", "--json")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 1
     row = rep["calibration"]["layers"]["blocks.0.ffn.0"]
-    assert row["effective"].startswith("unit scale 1.0") and row["ratio"] > 8
+    assert row["effective"].startswith("unit scale 1.0") and row["ratio"] > 8 and row["ok"] is False
 
 
 def test_activation_policy_comes_from_the_candidate(converted):

@@ -41,6 +41,9 @@ def register(sub):
     p.add_argument("--ladder", action="store_true",
                    help="add the quality ladder (weight SQNR per layer: the GGUF candidates beside FP8 and NVFP4-mixed "
                         "made from the source, detected preset) to report.html")
+    p.add_argument("--calibration", metavar="JSON",
+                   help="a calibration from `quantgate calibrate`: verify holds each input_scale against it "
+                        "(verify --calibration)")
     p.add_argument("--no-emulation", action="store_true",
                    help="render weight-only only (by default a candidate that declares an activation path is also "
                         "rendered with its activations quantized as the native fp8/NVFP4 kernel would, and judged "
@@ -98,6 +101,10 @@ def run(args) -> int:
         check_output(out / name, [args.source, *args.checkpoint], overwrite=True,
                      what="report" if name.endswith("html") else "gate record")
     verify_fn = None if args.no_verify else run_verify
+    if args.calibration and verify_fn is not None:
+        from quant.calibration import load as load_calibration
+        cal = load_calibration(args.calibration)
+        verify_fn = lambda ck, src: run_verify(ck, src, calibration=cal)  # noqa: E731
     if args.comfy_url:
         tgts = [None]
     else:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from quant.errors import QuantgateError
 
 
-def run_verify(ckpt, source=None) -> dict:
+def run_verify(ckpt, source=None, calibration=None) -> dict:
     try:
         from harness.verify import verify
     except ImportError:
         return {"available": False, "passed": None, "summary": "verify: not available", "findings": []}
     try:
-        rep = verify(str(ckpt), source=str(source) if source else None)
+        kw = {"calibration": calibration} if calibration is not None else {}
+        rep = verify(str(ckpt), source=str(source) if source else None, **kw)
     except QuantgateError as e:
         return {"available": True, "passed": False, "summary": str(e), "findings": [str(e)]}
     except Exception as e:          # the render gate still renders; the record says verify broke

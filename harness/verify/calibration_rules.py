@@ -61,6 +61,7 @@ def run(st: Structure, f: Findings, cal, scalars: dict[str, dict[str, float]]) -
         row["clip_level"] = clip
         p = stat.get(CLIP_PERCENTILE)
         rows[la.name] = row
+        row["ok"] = not ((p is not None and clip < p * SLACK) or (p is None and ratio < 1 / FAR) or ratio > FAR)
         if (p is not None and clip < p * SLACK) or (p is None and ratio < 1 / FAR):
             f.error("input_scale.calibration", "activation scale too SMALL: input_scale x full scale lies below the "
                                                f"calibrated {CLIP_PERCENTILE} of |x| (more than 1 in 1000 activations "
@@ -71,6 +72,13 @@ def run(st: Structure, f: Findings, cal, scalars: dict[str, dict[str, float]]) -
             f.error("input_scale.calibration", f"activation scale more than {FAR:g}x LARGER than calibrated "
                                                f"({what}): small activations lose precision or flush to zero",
                     [la.name])
+    # the calibration knows the activation range: the header-only guess "input_scale implies |x| < 0.5,
+    # too small" (value_rules) does not apply to layers whose scale the calibration confirms
+    confirmed = [n for n, r in rows.items() if r.get("ok")]
+    dropped = f.drop("input_scale.implausible", confirmed, severity="error")
+    if dropped:
+        f.info("input_scale.calibration", "the calibration confirms {n} input scales that look implausible without it "
+                                          "(its activations really are that small)", dropped)
     if missing:
         f.warning("input_scale.calibration", "the calibration has no statistics for {n} quantized layers "
                                              "(recorded on another model?)", missing)

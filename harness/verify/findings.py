@@ -137,6 +137,23 @@ class Findings:
     def rules(self, severity: str | None = None) -> set[str]:
         return {f.rule for f in self._by_key.values() if severity is None or f.severity == severity}
 
+    def drop(self, rule: str, layers, severity: str | None = None) -> list[str]:
+        """Remove ``layers`` from the findings of ``rule`` (of ``severity``); a finding left without layers
+        goes. Returns the layers removed (a later rule knows better than a header-only guess)."""
+        layers, removed = set(layers), []
+        for k in list(self._by_key):
+            f = self._by_key[k]
+            if f.rule != rule or (severity is not None and f.severity != severity) or not f.layers:
+                continue
+            gone = [x for x in f.layers if x in layers]
+            if not gone:
+                continue
+            removed += [x for x in gone if x not in removed]
+            f.layers = [x for x in f.layers if x not in layers]
+            if not f.layers:
+                del self._by_key[k]
+        return removed
+
     def promote_warnings(self):
         """--strict: every warning becomes an error."""
         old = list(self._by_key.values())
