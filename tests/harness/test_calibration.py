@@ -14,7 +14,7 @@ from harness.render.workflow import Workflow
 from quant import calibration, formats
 from quant.errors import InputError
 from quant.safetensors_io import SafetensorsFile
-from tests.conftest import run_cli
+from tests._inproc import one_error_line, run_main
 
 SIZE = (64, 64)
 
@@ -26,10 +26,11 @@ def calib(comfy_session, thin_source, tmp_path_factory):
     comfy_session.server.add_model(thin_source, "diffusion_models", thin_source.name)   # as a user's models/
     comfy_session.vae()
     out = d / "calib.json"
-    r = run_cli("calibrate", thin_source, "--comfy-url", comfy_session.client.url, "--seeds", "1", "--size", "64x64",
-            "--bins", "3", "--holdout-seeds", "7", "--sample-rows", "4", "--report", "-o", out)
-    assert r.returncode == 0, r.stderr
-    return d, out, json.loads(out.read_text()), r.stdout
+    rc, stdout, err = run_main("calibrate", thin_source, "--comfy-url", comfy_session.client.url, "--seeds", "1",
+                               "--size", "64x64", "--bins", "3", "--holdout-seeds", "7", "--sample-rows", "4",
+                               "--report", "-o", out)
+    assert rc == 0, err
+    return d, out, json.loads(out.read_text()), stdout
 
 
 def test_calibration_json_has_stats_and_provenance(calib, thin_source):
@@ -85,7 +86,7 @@ def converted(calib, thin_source):
     out = {}
     for fmt in ("fp8", "nvfp4"):
         out[f"{fmt}-cal"] = d / f"{fmt}_cal.safetensors"
-        convert(thin_source, out[f"{fmt}-cal"], fmt, calibration=path)
+        convert(thin_source, out[f"{fmt}-cal"], fmt, activation_stats=path)
         out[f"{fmt}-none"] = variants.make(out[f"{fmt}-cal"], d / f"{fmt}_none.safetensors", "none")
         out[f"{fmt}-weight"] = variants.make(out[f"{fmt}-cal"], d / f"{fmt}_weight.safetensors", "weight-derived")
     out["fp8-fpmm"] = variants.make(out["fp8-cal"], d / "fp8_fpmm.safetensors", "fpmm")
@@ -110,23 +111,23 @@ def test_convert_writes_calibrated_input_scales(calib, converted, thin_source, t
             assert vals[layer] == pytest.approx(cal["layers"][layer]["amax"] / full, rel=1e-6)
             assert "full_precision_matrix_mult" not in conf          # fp8 drops it once calibrated
     p = tmp_path / "p.safetensors"
-    convert(thin_source, p, "fp8", calibration=path, percentile=99.9, margin=1.5, keep_fpmm=True)
+    convert(thin_source, p, "fp8", activation_stats=path, percentile=99.9, margin=1.5, keep_fpmm=True)
     meta, vals = _scalars(p)
     assert all(c.get("full_precision_matrix_mult") is True for c in meta.values())
     for layer, v in vals.items():
         assert v == pytest.approx(cal["layers"][layer]["p99.9"] * 1.5 / 448, rel=1e-6)
 
 
-def test_convert_calibration_errors_are_one_line(calib, thin_source, tmp_path, cli):
+def test_convert_calibration_errors_are_one_line(calib, thin_source, tmp_path):
     _, path, cal, _ = calib
     out = tmp_path / "o.safetensors"
-    r = cli("convert", thin_source, "-f", "fp8", "--calibration", path, "--percentile", "97.5", "-o", out)
-    assert r.returncode == 2 and "not recorded" in r.stderr and r.stderr.count("\n") == 1 and not out.exists()
+    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--calibration", path, "--percentile", "97.5", "-o", out)
+    assert "not recorded" in one_error_line(rc, err) and not out.exists()
     other = tmp_path / "other.json"
     cal2 = dict(cal, layers={k: v for k, v in cal["layers"].items() if k != "blocks.0.ffn.0"})
     other.write_text(json.dumps(cal2))
-    r = cli("convert", thin_source, "-f", "fp8", "--calibration", other, "-o", out)
-    assert r.returncode == 2 and "blocks.0.ffn.0" in r.stderr and "Traceback" not in r.stderr and not out.exists()
+    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--calibration", other, "-o", out)
+    assert "blocks.0.ffn.0" in one_error_line(rc, err) and not out.exists()
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(InputError, match="not a quantgate calibration"):
@@ -134,6 +135,7 @@ def test_convert_calibration_errors_are_one_line(calib, thin_source, tmp_path, c
 
 
 def test_verify_calibration_flags_far_scales(calib, converted, cli):
+    """(one subprocess: the real CLI's exit code and JSON)"""
     from harness.verify import verify
     _, path, _, _ = calib
     cal = calibration.load(path)
