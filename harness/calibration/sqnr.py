@@ -141,3 +141,24 @@ def format_table(res: dict) -> list[str]:
                 cells.append(("-" if x is None else f"{x:.2f}").rjust(max(8, len(p))))
             lines.append("  " + name.ljust(w) + "  " + "  ".join(cells))
     return lines
+
+
+def html_section(res: dict, source: str = "") -> str:
+    """The SQNR table for report.html (median per policy and per layer, each format)."""
+    import html as _h
+    o = ["<h2>Activation policies: per-layer output SQNR on held-out activations</h2>",
+         "<p class='muted'>From the calibration" + (f" <code>{_h.escape(source)}</code>" if source else "")
+         + ": y = A(x)·deq(Q(W))ᵀ against x·Wᵀ per quantized Linear, x = held-out input rows recorded in "
+         "ComfyUI, A = the activation quantization each policy implies (comfy-kitchen reference). dB, higher "
+         "is better.</p>"]
+    for fmt, d in res.get("formats", {}).items():
+        if not d.get("layers"):
+            continue
+        pols = list(d["median_db"])
+        o.append(f"<h3>{_h.escape(fmt)} ({len(d['layers'])} layers)</h3><table><tr><th>layer</th>"
+                 + "".join(f"<th>{_h.escape(p)}</th>" for p in pols) + "</tr>")
+        for name, v in [("median", d["median_db"])] + list(d["layers"].items()):
+            o.append(f"<tr><td>{'<b>median</b>' if name == 'median' else _h.escape(name)}</td>" + "".join(
+                f"<td class='num'>{'' if v.get(p) is None else f'{v[p]:.2f}'}</td>" for p in pols) + "</tr>")
+        o.append("</table>")
+    return "\n".join(o)

@@ -43,7 +43,7 @@ def register(sub):
                         "made from the source, detected preset) to report.html")
     p.add_argument("--calibration", metavar="JSON",
                    help="a calibration from `quantgate calibrate`: verify holds each input_scale against it "
-                        "(verify --calibration)")
+                        "(verify --calibration); its SQNR numbers (calibrate --report) go into report.html")
     p.add_argument("--no-emulation", action="store_true",
                    help="render weight-only only (by default a candidate that declares an activation path is also "
                         "rendered with its activations quantized as the native fp8/NVFP4 kernel would, and judged "
@@ -101,10 +101,12 @@ def run(args) -> int:
         check_output(out / name, [args.source, *args.checkpoint], overwrite=True,
                      what="report" if name.endswith("html") else "gate record")
     verify_fn = None if args.no_verify else run_verify
-    if args.calibration and verify_fn is not None:
+    cal = None
+    if args.calibration:
         from quant.calibration import load as load_calibration
         cal = load_calibration(args.calibration)
-        verify_fn = lambda ck, src: run_verify(ck, src, calibration=cal)  # noqa: E731
+        if verify_fn is not None:
+            verify_fn = lambda ck, src: run_verify(ck, src, calibration=cal)  # noqa: E731
     if args.comfy_url:
         tgts = [None]
     else:
@@ -117,6 +119,10 @@ def run(args) -> int:
         lad = ladder.run(args.source, [c for c in args.checkpoint if is_gguf(c)], ("fp8", "nvfp4"), [None], ())
         print(lad.table(per_layer=False))
         sections = lambda d: [ladder.html_section(lad, d)]  # noqa: E731
+    if cal is not None and cal.data.get("sqnr"):
+        from harness.calibration.sqnr import html_section
+        before = sections
+        sections = lambda d: [*(before(d) if before else []), html_section(cal.data["sqnr"], cal.path)]  # noqa: E731
     for t in tgts:
         name = "" if len(tgts) == 1 else f"comfyui-{_version_of(t)}"
         subs.append(name + (f"-{len([x for x in subs if x.startswith(name)]) + 1}" if name in subs else ""))

@@ -203,11 +203,13 @@ def test_calibrated_files_pass_emulated_and_weight_only_is_not_emulated(emulated
     assert not any("weight_only" in r for r in emulated_gate["renders"] if r.get("candidate") == "fp8-fpmm")
 
 
-def test_report_shows_weight_only_and_emulated(emulated_gate, tmp_path):
+def test_report_shows_weight_only_and_emulated(emulated_gate, calib, tmp_path):
+    from harness.calibration.sqnr import html_section
     from harness.render.report import write_report
-    rp, gj = write_report(emulated_gate, tmp_path)
+    rp, gj = write_report(emulated_gate, tmp_path, extra_sections=[html_section(calib[2]["sqnr"])])
     html = rp.read_text()
     assert "activations emulated" in html and "weight-only" in html
+    assert "output SQNR on held-out activations" in html and "<th>weight-derived</th>" in html
     g = json.loads(gj.read_text())
     assert _c(g, "nvfp4-weight")["activations"]["layers"]
 
