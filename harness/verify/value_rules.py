@@ -80,14 +80,19 @@ def _check_input_scales(st: Structure, f: Findings, scalars):
         med = statistics.median(v for _, v in items) if len(items) >= 4 else None
         for name, v in items:
             amax = v * qmax
-            if amax < MIN_ACT_AMAX:
-                f.error("input_scale.implausible", f"input_scale x {qmax:g} < {MIN_ACT_AMAX}: it implies activations never exceed "
-                                                   f"|x| = {MIN_ACT_AMAX}; real activations are larger and would be "
-                                                   "clipped (input_scale too small)", [name])
-            elif med is not None and v < med / PEER_FACTOR:
-                f.error("input_scale.implausible", f"input_scale is more than {PEER_FACTOR:g}x smaller than the median of "
-                                                   "the file's input scales: activations would be clipped",
-                        [name])
+            # header-only magnitude checks are warnings (errors under --strict): a trained model's calibrated
+            # scales legitimately span > 100x (the trained tiny model: cross-attention inputs 0.04-0.19 beside
+            # self-attention inputs up to 10), so a header cannot tell a crushed scale from a small activation.
+            # `verify --calibration` and the render gate's activation emulation decide with evidence.
+            if med is not None and v < med / PEER_FACTOR:
+                f.warning("input_scale.implausible", f"input_scale is more than {PEER_FACTOR:g}x smaller than the median of "
+                                                     "the file's input scales: activations would be clipped unless this "
+                                                     "layer's inputs really are that small (check with --calibration)",
+                          [name])
+            elif amax < MIN_ACT_AMAX:
+                f.warning("input_scale.implausible", f"input_scale x {qmax:g} < {MIN_ACT_AMAX}: it implies activations never exceed "
+                                                     f"|x| = {MIN_ACT_AMAX}; if real activations are larger they are clipped "
+                                                     "(check with --calibration)", [name])
             elif med is not None and v > med * PEER_FACTOR:
                 f.warning("input_scale.implausible", f"input_scale is more than {PEER_FACTOR:g}x larger than the median "
                                                      "of the file's input scales: small activations lose precision",
