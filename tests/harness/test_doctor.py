@@ -7,27 +7,12 @@ import os
 import pytest
 import torch
 
-from harness.cli import main as cli_main
-from tests.conftest import run_cli
-
-
-class _Done:
-    def __init__(self, rc, out, err):
-        self.returncode, self.stdout, self.stderr = rc, out, err
+from tests._inproc import cli_runner
 
 
 @pytest.fixture
 def cli(capsys):
-    """`quantgate ARGS` in this process (harness.cli.main: same parser, exit codes and messages, without a
-    new interpreter's start-up); the process-level path is covered by one run_cli case per file."""
-    def run(*args, subprocess=False):
-        if subprocess:
-            return run_cli(*args)
-        capsys.readouterr()
-        rc = cli_main([str(a) for a in args])
-        cap = capsys.readouterr()
-        return _Done(rc, cap.out, cap.err)
-    return run
+    return cli_runner(capsys)
 
 
 @pytest.fixture
