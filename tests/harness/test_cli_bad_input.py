@@ -142,7 +142,10 @@ def test_interrupted_conversion_leaves_nothing_under_final_name(tmp_path, sig):
     out = tmp_path / "out.safetensors"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen([sys.executable, "-m", "harness.cli", "convert", str(src), "-o", str(out), "-f", "nvfp4",
-                          "--preset", "smart"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--preset", "smart"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a runner started in the background (CI) ignores SIGINT, and children inherit that:
+                         # the convert would never see the Ctrl-C and finish its file
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".out.safetensors.*")):
         time.sleep(0.005)
