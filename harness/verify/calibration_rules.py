@@ -19,7 +19,7 @@ from __future__ import annotations
 from quant import formats
 
 from .findings import Findings
-from .model import Structure
+from quant.checkpoint import Structure
 
 FAR = 8.0
 CLIP_PERCENTILE = "p99.9"
