@@ -13,7 +13,7 @@ def record(model, layers, *, classes=(1, 2, 3), seeds=(11, 12, 13), sizes=((8, 8
            rows: int = 4096, seed: int = 0) -> dict:
     import torch
 
-    from harness.train.tiny_model import sample
+    from harness.train.tiny_model import sample_with_hooks
     want = set(layers)
     got: dict[str, list] = {}
 
@@ -24,14 +24,7 @@ def record(model, layers, *, classes=(1, 2, 3), seeds=(11, 12, 13), sizes=((8, 8
 
     hs = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
           if isinstance(m, torch.nn.Linear) and n in want]
-    try:
-        for c in classes:
-            for s in seeds:
-                for h, w in sizes:
-                    sample(model, c, s, h, w, steps)
-    finally:
-        for h in hs:
-            h.remove()
+    sample_with_hooks(model, hs, classes, seeds, sizes, steps)
     out = {}
     g = torch.Generator().manual_seed(seed)
     for name in sorted(got):

@@ -14,7 +14,7 @@ OUTLIER_X = 6.0
 
 def measure(model, classes=(1, 2, 3), seeds=(1, 2, 3), sizes=((8, 8), (8, 12)), steps: int = 6) -> dict:
     import torch
-    from .tiny_model import sample
+    from .tiny_model import sample_with_hooks
     rec: dict[str, dict] = {}
 
     def hook(name):
@@ -29,14 +29,7 @@ def measure(model, classes=(1, 2, 3), seeds=(1, 2, 3), sizes=((8, 8), (8, 12)), 
     for i, blk in enumerate(model.blocks):
         pre = hook(f"resid.{i}")
         hs.append(blk.register_forward_hook(lambda mod, inp, out, pre=pre: pre(mod, (out,))))
-    try:
-        for c in classes:
-            for s in seeds:
-                for h, w in sizes:
-                    sample(model, c, s, h, w, steps)
-    finally:
-        for h in hs:
-            h.remove()
+    sample_with_hooks(model, hs, classes, seeds, sizes, steps)
     out = {}
     for name, r in rec.items():
         v = torch.cat(r["vals"])

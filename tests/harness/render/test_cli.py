@@ -8,25 +8,9 @@ from pathlib import Path
 import pytest
 
 from harness.planted import render_defects as fixtures
+from tests._policies import small_policy_toml
 
 ROOT = Path(__file__).resolve().parents[3]
-SMALL_POLICY = """
-[plan]
-seeds = [1]
-sizes = [[64, 64], [80, 48]]
-steps = 4
-cfg = 1.0
-sampler = "euler"
-scheduler = "simple"
-control_seed_offset = 1000
-render_timeout_s = 120
-[thresholds]
-fp8-legacy = 0.97
-default = 0.95
-[control]
-max_ssim = 0.9
-min_margin = 0.05
-"""
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +23,7 @@ def url_files(comfy_session, thin_source, tmp_path_factory):
         comfy_session.server.add_model(p, "diffusion_models", p.name)
     comfy_session.vae()                      # the random TAEHV the built-in workflow decodes with
     pol = d / "small.toml"
-    pol.write_text(SMALL_POLICY)
+    pol.write_text(small_policy_toml())
     return d, good, bad, pol
 
 

@@ -8,25 +8,9 @@ import pytest
 
 from harness.render import matrix
 from quant.errors import UsageError
+from tests._policies import small_policy_toml
 
 UPSTREAM = Path(__file__).resolve().parents[3].parent / "shared" / "comfyui" / "ComfyUI"
-ONE_SEED = """
-[plan]
-seeds = [1]
-sizes = [[64, 64]]
-steps = 4
-cfg = 1.0
-sampler = "euler"
-scheduler = "simple"
-control_seed_offset = 1000
-render_timeout_s = 180
-[thresholds]
-fp8-legacy = 0.97
-default = 0.95
-[control]
-max_ssim = 0.9
-min_margin = 0.05
-"""
 
 
 def test_targets_pair_pythons_with_checkouts(tmp_path):
@@ -65,7 +49,7 @@ def test_kj_recipe_fails_on_0375_passes_on_upstream(cli, thin_source, tmp_path):
     kj = tmp_path / "kj_recipe_fp8_e4m3fn_scaled.safetensors"
     convert(thin_source, kj, "fp8-legacy")
     pol = tmp_path / "one.toml"
-    pol.write_text(ONE_SEED)
+    pol.write_text(small_policy_toml(sizes=((64, 64),), timeout_s=180))
     out = tmp_path / "matrix"
     r = cli("gate", kj, "--source", thin_source, "--comfy-root", "embedded", "--comfy-root", "upstream",
             "--policy", pol, "--out", out, "--no-verify", timeout=900)
