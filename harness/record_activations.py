@@ -13,7 +13,7 @@ def record(model, layers, *, classes=(1, 2, 3), seeds=(11, 12, 13), sizes=((8, 8
            rows: int = 4096, seed: int = 0) -> dict:
     import torch
 
-    from harness.train.tiny_model import sample_with_hooks
+    from harness.train.stats import sample_with_hooks
     want = set(layers)
     got: dict[str, list] = {}
 

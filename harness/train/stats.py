@@ -12,9 +12,22 @@ from __future__ import annotations
 OUTLIER_X = 6.0
 
 
+def sample_with_hooks(model, hooks, classes, seeds, sizes, steps: int = 6) -> None:
+    """Sample every class x seed x size like the workflow with forward hooks installed (removed afterwards,
+    also on error); ``hooks`` are the handles returned by ``register_forward_(pre_)hook``."""
+    from .tiny_model import sample
+    try:
+        for c in classes:
+            for s in seeds:
+                for h, w in sizes:
+                    sample(model, c, s, h, w, steps)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def measure(model, classes=(1, 2, 3), seeds=(1, 2, 3), sizes=((8, 8), (8, 12)), steps: int = 6) -> dict:
     import torch
-    from .tiny_model import sample_with_hooks
     rec: dict[str, dict] = {}
 
     def hook(name):

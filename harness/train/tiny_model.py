@@ -228,19 +228,6 @@ def load_model(path=WEIGHTS, dtype=None):
     return model.eval()
 
 
-def sample_with_hooks(model, hooks, classes, seeds, sizes, steps: int = 6) -> None:
-    """Sample every class x seed x size like the workflow with forward hooks installed (removed afterwards,
-    also on error); ``hooks`` are the handles returned by ``register_forward_(pre_)hook``."""
-    try:
-        for c in classes:
-            for s in seeds:
-                for h, w in sizes:
-                    sample(model, c, s, h, w, steps)
-    finally:
-        for h in hooks:
-            h.remove()
-
-
 def sample(model, class_id: int, seed: int, h: int = 8, w: int = 8, steps: int = 6, hooks=None):
     """Euler + simple schedule like the render workflow (cfg 1): the final normalised latent [1,16,1,h,w].
     Noise as ComfyUI's ``prepare_noise``: ``torch.manual_seed(seed)``, randn of the latent shape."""
