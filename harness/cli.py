@@ -148,5 +148,23 @@ def _main(argv: list[str] | None) -> int:
             ALLOW_OUTSIDE.reset(token)
 
 
+def entry() -> None:
+    """The process entry point (console script, ``python -m harness.cli``, ``python -m harness``).
+
+    After an interrupt (Ctrl-C, SIGTERM, SIGHUP) the cleanup has run (no partial output is kept) and the
+    process ends with os._exit(130): interpreter teardown with torch's worker threads still alive sometimes
+    died with SIGABRT ("terminate called without an active exception", 1 run in ~10 of an interrupted
+    pipelined convert), which would turn the documented exit 130 into a crash."""
+    rc = main()
+    if rc == EXIT_INTERRUPTED:
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
