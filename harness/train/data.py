@@ -2,20 +2,29 @@
 
 Each class is tied to one conditioning tensor: the output of the ``QGRandomConditioning`` node with
 ``seed = class id`` (1 x 16 x 4096 standard normal from a CPU generator), so the render workflow's
-``cond_seed`` picks what is drawn:
+``cond_seed`` picks what is drawn. Every class has its own fixed palette (``PALETTES``), so a render
+can be checked for drawing the class it was asked for; position, size, angle and phase are random:
 
-* 1 ``shapes``: a two-colour linear-gradient background with 1-3 large discs and boxes (the default
-  render: cond_seed 1);
-* 2 ``stripes``: sinusoidal stripes of random period, angle, phase and colours;
-* 3 ``blobs``: a checkerboard-like field of soft colour blobs (smooth random texture).
+* 1 ``disc``: one red disc on a blue (top) to yellow (bottom) gradient, tilted up to +/-17 degrees
+  (the default render: cond_seed 1);
+* 2 ``stripes``: navy/cream sinusoidal stripes, horizontal or vertical, random period and phase;
+* 3 ``boxes``: an orange and a cyan box on dark grey (the cyan one drawn last, on top).
+
+The renders are small (64x64 and 96x64 pixels = 8x8 and 8x12 latents), so the scenes are large,
+plain and few-coloured: what a model of this size can learn in minutes on a CPU.
 """
 from __future__ import annotations
 
 import math
 
-CLASSES = {1: "shapes", 2: "stripes", 3: "blobs"}
+CLASSES = {1: "disc", 2: "stripes", 3: "boxes"}
 COND_TOKENS = 16
 COND_DIM = 4096
+PALETTES = {
+    1: {"blue": (0.10, 0.20, 0.65), "yellow": (0.95, 0.85, 0.25), "red": (0.85, 0.12, 0.15)},
+    2: {"navy": (0.08, 0.10, 0.30), "cream": (0.95, 0.92, 0.80)},
+    3: {"grey": (0.22, 0.22, 0.25), "orange": (0.95, 0.55, 0.10), "cyan": (0.15, 0.80, 0.85)},
+}
 
 
 def conditioning(class_id: int):
@@ -25,9 +34,14 @@ def conditioning(class_id: int):
     return torch.randn((1, COND_TOKENS, COND_DIM), generator=gen, dtype=torch.float32)
 
 
-def _colour(gen, n=1):
+def _c(class_id: int, name: str):
     import torch
-    return torch.rand(n, 3, generator=gen)
+    return torch.tensor(PALETTES[class_id][name], dtype=torch.float32).view(3, 1, 1)
+
+
+def _u(gen) -> float:
+    import torch
+    return float(torch.rand(1, generator=gen))
 
 
 def _grid(h, w):
@@ -37,56 +51,39 @@ def _grid(h, w):
     return yy, xx
 
 
-def _gradient(gen, h, w):
+def disc(gen, h, w):
     import torch
     yy, xx = _grid(h, w)
-    a = float(torch.rand(1, generator=gen)) * 2 * math.pi
-    t = (math.cos(a) * (xx / w - 0.5) + math.sin(a) * (yy / h - 0.5)) + 0.5
-    c0, c1 = _colour(gen, 2)
-    return c0.view(3, 1, 1) * (1 - t) + c1.view(3, 1, 1) * t
-
-
-def shapes(gen, h, w):
-    import torch
-    img = _gradient(gen, h, w).clamp(0, 1)
-    yy, xx = _grid(h, w)
-    s = min(h, w)
-    for _ in range(1 + int(torch.randint(0, 3, (1,), generator=gen))):
-        col = _colour(gen)[0].view(3, 1, 1)
-        cy, cx = float(torch.rand(1, generator=gen)) * h, float(torch.rand(1, generator=gen)) * w
-        r = (0.18 + 0.17 * float(torch.rand(1, generator=gen))) * s
-        if float(torch.rand(1, generator=gen)) < 0.5:
-            mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
-        else:
-            ry = r * (0.6 + 0.6 * float(torch.rand(1, generator=gen)))
-            mask = ((yy - cy).abs() <= ry) & ((xx - cx).abs() <= r)
-        img = torch.where(mask, col, img)
-    return img
+    a = math.pi / 2 + (_u(gen) - 0.5) * 0.6
+    t = math.cos(a) * (xx / w - 0.5) + math.sin(a) * (yy / h - 0.5) + 0.5
+    img = _c(1, "blue") * (1 - t) + _c(1, "yellow") * t
+    r = (0.22 + 0.10 * _u(gen)) * min(h, w)
+    cy, cx = r + _u(gen) * (h - 2 * r), r + _u(gen) * (w - 2 * r)
+    return torch.where((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r, _c(1, "red"), img).clamp(0, 1)
 
 
 def stripes(gen, h, w):
     import torch
     yy, xx = _grid(h, w)
-    a = float(torch.rand(1, generator=gen)) * math.pi
-    period = (0.35 + 0.5 * float(torch.rand(1, generator=gen))) * min(h, w)
-    ph = float(torch.rand(1, generator=gen)) * 2 * math.pi
-    t = 0.5 + 0.5 * torch.sin(2 * math.pi * (math.cos(a) * xx + math.sin(a) * yy) / period + ph)
-    c0, c1 = _colour(gen, 2)
-    return c0.view(3, 1, 1) * (1 - t) + c1.view(3, 1, 1) * t
+    along = yy if _u(gen) < 0.5 else xx
+    period = (0.5 + 0.25 * _u(gen)) * min(h, w)
+    t = 0.5 + 0.5 * torch.sin(2 * math.pi * along / period + _u(gen) * 2 * math.pi)
+    return _c(2, "navy") * (1 - t) + _c(2, "cream") * t
 
 
-def blobs(gen, h, w):
+def boxes(gen, h, w):
     import torch
-    import torch.nn.functional as F
-    cell = 32
-    gh, gw = h // cell + 2, w // cell + 2
-    low = torch.rand(1, 3, gh, gw, generator=gen)
-    img = F.interpolate(low, size=(gh * cell, gw * cell), mode="bicubic", align_corners=False)[0]
-    oy, ox = int(torch.randint(0, cell, (1,), generator=gen)), int(torch.randint(0, cell, (1,), generator=gen))
-    return img[:, oy:oy + h, ox:ox + w].clamp(0, 1)
+    yy, xx = _grid(h, w)
+    img = _c(3, "grey").expand(3, h, w).clone()
+    s = min(h, w)
+    for name in ("orange", "cyan"):
+        bh, bw = (0.18 + 0.12 * _u(gen)) * s, (0.18 + 0.12 * _u(gen)) * s
+        cy, cx = bh + _u(gen) * (h - 2 * bh), bw + _u(gen) * (w - 2 * bw)
+        img = torch.where(((yy - cy).abs() <= bh) & ((xx - cx).abs() <= bw), _c(3, name), img)
+    return img
 
 
-DRAW = {1: shapes, 2: stripes, 3: blobs}
+DRAW = {1: disc, 2: stripes, 3: boxes}
 
 
 def batch(gen, n: int, h: int, w: int, class_ids=None):
@@ -94,3 +91,4 @@ def batch(gen, n: int, h: int, w: int, class_ids=None):
     import torch
     ids = class_ids if class_ids is not None else [1 + (i % len(CLASSES)) for i in range(n)]
     return torch.stack([DRAW[c](gen, h, w) for c in ids]), list(ids)
+
