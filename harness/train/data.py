@@ -5,8 +5,8 @@ Each class is tied to one conditioning tensor: the output of the ``QGRandomCondi
 ``cond_seed`` picks what is drawn. Every class has its own fixed palette (``PALETTES``), so a render
 can be checked for drawing the class it was asked for; position, size, angle and phase are random:
 
-* 1 ``disc``: one red disc on a blue (top) to yellow (bottom) gradient, tilted up to +/-17 degrees
-  (the default render: cond_seed 1);
+* 1 ``disc``: one red disc on a blue-to-yellow gradient of random direction (the default render:
+  cond_seed 1; the random direction keeps two seeds' renders apart for the gate's control);
 * 2 ``stripes``: navy/cream sinusoidal stripes, horizontal or vertical, random period and phase;
 * 3 ``boxes``: an orange and a cyan box on dark grey (the cyan one drawn last, on top).
 
@@ -54,7 +54,7 @@ def _grid(h, w):
 def disc(gen, h, w):
     import torch
     yy, xx = _grid(h, w)
-    a = math.pi / 2 + (_u(gen) - 0.5) * 0.6
+    a = _u(gen) * 2 * math.pi
     t = math.cos(a) * (xx / w - 0.5) + math.sin(a) * (yy / h - 0.5) + 0.5
     img = _c(1, "blue") * (1 - t) + _c(1, "yellow") * t
     r = (0.22 + 0.10 * _u(gen)) * min(h, w)
