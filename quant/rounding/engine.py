@@ -40,6 +40,7 @@ class Stats:
     iters: dict = field(default_factory=dict)
     calibrated: int = 0                              # layers that used recorded activations
     seconds: float = 0.0
+    batches: list = field(default_factory=list)      # the layers optimised together, one list per batch
 
     def as_dict(self) -> dict:
         g = [v for v in self.gains_db.values() if math.isfinite(v)]
@@ -57,34 +58,54 @@ def default_device_bytes(device: str) -> int:
     return 1 << 30
 
 
-def run(jobs: list[Job], load, *, device: str = "cpu", cfg: L.LearnedConfig = L.LearnedConfig(),
-        calibration=None, progress: bool = False, window_bytes: int | None = None,
-        device_bytes: int | None = None, stats: Stats | None = None, backend=None):
-    """Yield ``(job, tensors)`` for every job in order; ``tensors`` is what the kernel would return
-    (fp8: (q, scale); nvfp4: (packed, block_scales, s2)), on the CPU. ``load(name)`` reads a weight."""
-    stats = stats if stats is not None else Stats()
+def windows(jobs: list[Job], window_bytes: int) -> list[list[Job]]:
+    """Consecutive runs of ``jobs`` (file order) whose float32 weights fit in ``window_bytes`` (at least one)."""
+    out, i = [], 0
+    while i < len(jobs):
+        j, size = i, 0
+        while j < len(jobs) and (j == i or size + jobs[j].numel * 4 <= window_bytes):
+            size += jobs[j].numel * 4
+            j += 1
+        out.append(jobs[i:j])
+        i = j
+    return out
+
+
+def plan(jobs: list[Job], *, device: str = "cpu", window_bytes: int | None = None,
+         device_bytes: int | None = None) -> list[list[list[Job]]]:
+    """What :func:`run` computes, in order: windows (host-memory bound, file order), each a list of batches
+    (same format and shape, device-memory bound). A layer's result depends on the batch it is optimised in
+    (one bmm per step: on CUDA the batch size picks the kernel), so the multi-device path hands whole
+    batches of this plan to its workers: N devices write the same bytes as one."""
     dev_bytes = device_bytes or default_device_bytes(device)
     win = window_bytes or (4 << 30 if device.startswith("cuda") else 512 << 20)
+    return [_batches(w, dev_bytes) for w in windows(jobs, win)]
+
+
+def run(jobs: list[Job], load, *, device: str = "cpu", cfg: L.LearnedConfig = L.LearnedConfig(),
+        calibration=None, progress: bool = False, window_bytes: int | None = None,
+        device_bytes: int | None = None, stats: Stats | None = None, backend=None, schedule=None):
+    """Yield ``(job, tensors)`` for every job; ``tensors`` is what the kernel would return (fp8: (q, scale);
+    nvfp4: (packed, block_scales, s2)), on the CPU. ``load(name)`` reads a weight. ``schedule`` (from
+    :func:`plan`; default: the plan of ``jobs``) fixes the windows and batches; jobs come out window by
+    window, in the order of ``jobs`` inside each window."""
+    stats = stats if stats is not None else Stats()
+    sched = schedule if schedule is not None else plan(jobs, device=device, window_bytes=window_bytes,
+                                                       device_bytes=device_bytes)
+    order = {j.name: i for i, j in enumerate(jobs)}
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=sum(j.numel for j in jobs), unit="w", unit_scale=True, dynamic_ncols=True,
-                   desc="learned rounding", leave=False)
+        bar = tqdm(total=sum(j.numel for w in sched for b in w for j in b), unit="w", unit_scale=True,
+                   dynamic_ncols=True, desc="learned rounding", leave=False)
     t0 = time.perf_counter()
     try:
-        i = 0
-        while i < len(jobs):
-            j, size = i, 0
-            while j < len(jobs) and (j == i or size + jobs[j].numel * 4 <= win):
-                size += jobs[j].numel * 4
-                j += 1
-            window = jobs[i:j]
+        for window in sched:
             results = {}
-            for batch in _batches(window, dev_bytes):
+            for batch in window:
                 _run_batch(batch, load, device, cfg, calibration, results, stats, bar, len(jobs), backend)
-            for job in window:
+            for job in sorted((j for b in window for j in b), key=lambda j: order.get(j.name, 0)):
                 yield job, results.pop(job.name)
-            i = j
     finally:
         stats.seconds += time.perf_counter() - t0
         if bar is not None:
@@ -144,6 +165,7 @@ def _run_batch(batch, load, device, cfg, calibration, results, stats, bar, total
     with _fast_matmul(device), _threads(device, sum(j.numel for j in batch)):
         best, l_rtn, l_best, iters = L.optimise(action, w, scale, q_rtn, lo, step, frac, h, cfg, on_iter)
     del w, q_rtn, lo, step, frac
+    stats.batches.append([job.layer for job in batch])
     for b, (job, p) in enumerate(zip(batch, preps)):
         res = L.LayerResult(best[b], float(l_rtn[b]), float(l_best[b]), iters)
         results[job.name] = tuple(t.cpu() for t in L.encode(p, res.q))

@@ -1,6 +1,8 @@
 """Learned rounding on several devices of one host: one worker process per GPU, one writer.
 
-The layers are split over the workers by estimated cost (N*K^2 per step, greedy, deterministic); each
+Whole batches of the one-device plan (:func:`engine.plan`) are split over the workers by estimated cost
+(N*K^2 per step, greedy, deterministic), so every layer is optimised with the same companions as on one
+device and N devices write the same bytes as one (also on CUDA, where the batch size picks the bmm kernel); each
 worker opens the source itself, runs :func:`engine.run` on its device and streams its layers' tensors
 into a shard file (atomic writer) in a private temp directory beside the output. The parent process
 waits for every worker, then is the ONE writer: it assembles the output in file order from the shards
@@ -22,16 +24,18 @@ from ..kernels.nvfp4 import packed_shape as nvfp4_packed_shape
 from ..kernels.nvfp4 import scale_shape as nvfp4_scale_shape
 
 
-def assign(jobs, world: int) -> list[list]:
-    """Greedy longest-first split by cost; each worker's list keeps file order."""
+def assign(batches, world: int) -> list[list]:
+    """Greedy longest-first split of whole batches (of :func:`engine.plan`) by cost (N*K^2 per layer and
+    step); each worker's list keeps plan order. Splitting batches, never layers out of a batch, keeps every
+    layer's arithmetic what the one-device run does: N devices write the same bytes as one."""
     load = [0] * world
     parts: list[list[int]] = [[] for _ in range(world)]
-    order = sorted(range(len(jobs)), key=lambda i: (-jobs[i].shape[0] * jobs[i].shape[1] ** 2, i))
-    for i in order:
+    cost = [sum(j.shape[0] * j.shape[1] ** 2 for j in b) for b in batches]
+    for i in sorted(range(len(batches)), key=lambda i: (-cost[i], i)):
         r = min(range(world), key=lambda x: (load[x], x))
         parts[r].append(i)
-        load[r] += jobs[i].shape[0] * jobs[i].shape[1] ** 2
-    return [[jobs[i] for i in sorted(p)] for p in parts]
+        load[r] += cost[i]
+    return [[batches[i] for i in sorted(p)] for p in parts]
 
 
 def _entries(job) -> list[tuple[str, str, tuple]]:
@@ -42,7 +46,7 @@ def _entries(job) -> list[tuple[str, str, tuple]]:
             (f"{job.name}.s", "F8_E4M3", tuple(nvfp4_scale_shape(n, k))), (f"{job.name}.s2", "F32", ())]
 
 
-def _worker(rank: int, source: str, jobs, device: str, cfg, calib_path, shard: str, err: str, progress: bool):
+def _worker(rank: int, source: str, batches, device: str, cfg, calib_path, shard: str, err: str, progress: bool):
     import torch
 
     from ..sources import open_source
@@ -51,16 +55,17 @@ def _worker(rank: int, source: str, jobs, device: str, cfg, calib_path, shard: s
     try:
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
+        jobs = [j for b in batches for j in b]
         entries = [e for j in jobs for e in _entries(j)]
         calib = Calibration(calib_path, cfg.samples, cfg.seed) if calib_path else None
         stats = engine.Stats()
         with open_source(source) as src, AtomicWriter(shard, entries, {}) as w:
             for job, tensors in engine.run(jobs, src.get, device=device, cfg=cfg, calibration=calib,
-                                           progress=progress, stats=stats):
+                                           progress=progress, stats=stats, schedule=[[b] for b in batches]):
                 for (name, _, _), t in zip(_entries(job), tensors):
                     w.write(name, t)
         Path(shard + ".json").write_text(json.dumps({"gains_db": stats.gains_db, "iters": stats.iters,
-                                                     "calibrated": stats.calibrated}))
+                                                     "calibrated": stats.calibrated, "batches": stats.batches}))
     except QuantgateError as e:
         Path(err).write_text(json.dumps({"problem": e.problem, "path": e.path}))
         raise SystemExit(2)
@@ -74,7 +79,9 @@ def run(jobs, source, out: Path, *, world: int, device: str, cfg, calibration=No
         stats=None):
     """Yield ``(job, tensors)`` in job order, computed by ``world`` worker processes."""
     import torch.multiprocessing as mp
-    parts = assign(jobs, world)
+
+    from . import engine
+    parts = assign([b for w in engine.plan(jobs, device=device) for b in w], world)
     devices = [f"cuda:{r}" if device.startswith("cuda") else "cpu" for r in range(world)]
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.learned-", dir=out.parent))
     try:
@@ -108,9 +115,11 @@ def run(jobs, source, out: Path, *, world: int, device: str, cfg, calibration=No
                 stats.gains_db.update(s["gains_db"])
                 stats.iters.update(s["iters"])
                 stats.calibrated += s["calibrated"]
+                stats.batches.extend(s["batches"])
                 stats.layers += len(s["gains_db"])
-            for j in parts[r]:
-                shards[j.name] = f
+            for b in parts[r]:
+                for j in b:
+                    shards[j.name] = f
         try:
             for job in jobs:
                 f = shards[job.name]

@@ -142,3 +142,36 @@ def test_render_gate_passes_a_learned_rounding_file(comfy_session, thin_source, 
         assert c[k]["execution_error"] is None and c[k]["load_warnings"] == []
         assert c[k]["verdict"] == "pass", c[k]["reasons"]
     assert c["learned_nvf"]["rendered_as"] == "dequantized twin"
+
+
+def test_workers_optimise_every_layer_with_the_same_companions_as_one_device(thin_wan5b, tmp_path):
+    """Early stopping and (on CUDA) the bmm kernel depend on which layers are optimised together, so the
+    worker split must hand out whole batches of the one-device plan. The H200 pair showed why: before this,
+    --gpus 2 wrote 40 of 1,635 tensors of a WAN 2.2 5B file differently from --gpus 1 (each deterministic)."""
+    from quant.rounding import engine, multigpu
+    from quant.rounding.learned import LearnedConfig
+    from quant.safetensors_io import SafetensorsFile
+    with SafetensorsFile(thin_wan5b) as f:
+        jobs = [engine.Job(n, n[: -len(".weight")], "nvfp4", tuple(f.info(n).shape)) for n in f.keys()
+                if n.startswith("blocks.") and n.endswith(".weight") and len(f.info(n).shape) == 2]
+    # a device budget that makes batches of two or three same-shape layers: a split inside a shape group
+    # is possible, so the test can fail
+    per = max((j.shape[0] + 16) * (j.shape[1] + 16) * engine.STATE_BYTES + (j.shape[1] + 16) ** 2 * 4 for j in jobs)
+    budget = 2 * per
+    one_plan = [b for w in engine.plan(jobs, device="cpu", device_bytes=budget) for b in w]
+    assert any(len(b) > 1 for b in one_plan) and len(one_plan) >= 4
+    parts = multigpu.assign(one_plan, 2)
+    assert all(p for p in parts)                               # both workers get work
+    got = sorted(tuple(j.name for j in b) for p in parts for b in p)
+    assert got == sorted(tuple(j.name for j in b) for b in one_plan)
+    # end to end through the worker processes (default budget): same batches, same bytes as one device
+    cfg = LearnedConfig(iters=4, samples=16)
+    s1, s2 = engine.Stats(), engine.Stats()
+    with SafetensorsFile(thin_wan5b) as f:
+        one = {j.name: t for j, t in engine.run(jobs, f.get, cfg=cfg, stats=s1)}
+    two = {j.name: t for j, t in multigpu.run(jobs, thin_wan5b, tmp_path / "out.safetensors", world=2, device="cpu",
+                                                 cfg=cfg, stats=s2)}
+    assert sorted(map(tuple, s2.batches)) == sorted(map(tuple, s1.batches))
+    assert one.keys() == two.keys()
+    assert all(all(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+                   for a, b in zip(one[k], two[k])) for k in one)
