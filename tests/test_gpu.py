@@ -36,7 +36,8 @@ def test_cuda_matches_comfy_kitchen_cuda_backend(shape):
     ck = pytest.importorskip("comfy_kitchen")
     if not ck.list_backends().get("cuda", {}).get("available"):
         pytest.skip(f"comfy-kitchen CUDA backend unavailable: {ck.list_backends().get('cuda')}")
-    x = (torch.randn(shape, device="cuda") * 0.05).to(torch.bfloat16)
+    gen = torch.Generator(device="cuda").manual_seed(sum(shape))
+    x = (torch.randn(shape, device="cuda", generator=gen) * 0.05).to(torch.bfloat16)
     s2 = nvfp4.global_scale(x)
     q, bs, _ = nvfp4.quantize(x, s2)
     with ck.use_backend("cuda"):
@@ -46,7 +47,10 @@ def test_cuda_matches_comfy_kitchen_cuda_backend(shape):
     # agree almost everywhere and the errors against the source are the same.
     same = float((q == qk).float().mean())      # per packed byte (two codes); 0.992-0.999 seen on H200
     assert same > 0.98, same
-    assert float((bs.view(torch.uint8) == bsk.view(torch.uint8)).float().mean()) > 0.999
+    # block scales: at most 0.1 % differ, and at least one may (the (33, 50) case has only 512 scale bytes:
+    # one reciprocal rounding is 0.2 %; seen once on an H200 with unseeded data)
+    diff = int((bs.view(torch.uint8) != bsk.view(torch.uint8)).sum())
+    assert diff <= max(1, bs.numel() // 1000), (diff, bs.numel())
     with ck.use_backend("cuda"):
         dk_theirs = ck.dequantize_nvfp4(qk, s2, bsk, output_type=torch.float32)[: shape[0], : shape[1]]
     d = nvfp4.dequantize(q, bs, s2, shape)
