@@ -27,8 +27,8 @@ def register(sub):
     p.add_argument("--no-planted", action="store_true", help="leave out the planted silent-wrong file")
     p.add_argument("--reference", choices=("trained", "random"), default=None,
                    help="source model: 'trained' (default; the tiny WAN 2.1 trained on procedural images, "
-                        "renders show shapes) or 'random' (seeded random weights, renders are noise-like blobs); "
-                        "default from $QUANTGATE_REFERENCE")
+                        "renders show a red disc on a gradient) or 'random' (seeded random weights, renders are "
+                        "saturated blobs); default from $QUANTGATE_REFERENCE")
     p.set_defaults(func=run)
 
 

@@ -12,7 +12,7 @@ def _log(msg: str) -> None:
 
 def register(sub):
     from_doc = ("Train the tiny WAN 2.1 t2v reference model (real tensor names; ComfyUI's own WanModel) with "
-                "flow matching on procedural images (shapes, stripes, blobs; nothing downloaded) in the analytic "
+                "flow matching on procedural images (a red disc on a gradient, stripes, boxes: one palette per conditioning seed; nothing downloaded) in the analytic "
                 "latent space of its TAEHV decoder. Deterministic from --seed. The committed weights "
                 "(harness/train/wan21-t2v-tiny.safetensors) were made with the defaults.")
     p = sub.add_parser("train-tiny", help="train the tiny reference WAN model on procedural data (CPU, minutes)",
