@@ -104,7 +104,7 @@ def run(jobs: list[Job], load, *, device: str = "cpu", cfg: L.LearnedConfig = L.
             results = {}
             for batch in window:
                 _run_batch(batch, load, device, cfg, calibration, results, stats, bar, len(jobs), backend)
-            for job in sorted((j for b in window for j in b), key=lambda j: order.get(j.name, 0)):
+            for job in sorted((j for b in window for j in b), key=lambda j: order[j.name]):
                 yield job, results.pop(job.name)
     finally:
         stats.seconds += time.perf_counter() - t0
