@@ -141,18 +141,29 @@ def test_interrupted_conversion_leaves_nothing_under_final_name(tmp_path, sig):
     src = make_model("wan-interrupt-test", tmp_path / "big.safetensors", dtype=torch.bfloat16)
     out = tmp_path / "out.safetensors"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "convert", str(src), "-o", str(out), "-f", "nvfp4",
-                          "--preset", "smart"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         # a runner started in the background (CI) ignores SIGINT, and children inherit that:
-                         # the convert would never see the Ctrl-C and finish its file
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob(".out.safetensors.*")):
-        time.sleep(0.005)
-    assert list(tmp_path.glob(".out.safetensors.*")), "conversion never started writing"
-    # signal as soon as the temp file exists: the pipelined converter writes this 380 MB model in about a
-    # second on a quiet box (a 0.3 s pause let it finish first)
+    # The converter writes this 380 MB model in about a second, and a starved test process can see its temp
+    # file late (CI once saw it only after the rename). So the child is frozen (SIGSTOP) as soon as the temp
+    # file shows; the signal is sent only while it is frozen mid-write (temp file there, no output yet), else
+    # the attempt is void and repeated.
+    for _attempt in range(3):
+        out.unlink(missing_ok=True)
+        p = subprocess.Popen([sys.executable, "-m", "harness.cli", "convert", str(src), "-o", str(out), "-f", "nvfp4",
+                              "--preset", "smart"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             # a runner started in the background (CI) ignores SIGINT, and children inherit that:
+                             # the convert would never see the Ctrl-C and finish its file
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.time() + 60
+        while time.time() < deadline and p.poll() is None and not list(tmp_path.glob(".out.safetensors.*")):
+            time.sleep(0.005)
+        p.send_signal(signal.SIGSTOP)
+        if list(tmp_path.glob(".out.safetensors.*")) and not out.exists():
+            break
+        p.send_signal(signal.SIGCONT)
+        p.communicate(timeout=60)
+    else:
+        pytest.fail("never caught the conversion mid-write in 3 attempts")
     p.send_signal(sig)
+    p.send_signal(signal.SIGCONT)
     _, err = p.communicate(timeout=60)
     assert not out.exists()
     if sig == signal.SIGINT:
