@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from quant.formats import TARGETS as FORMATS  # every output format, from the registry
-PLANTED = "planted-defect"
+PLANTED = "planted-defect"      # every planted candidate's label starts with this
 
 
 def _log(msg: str) -> None:
@@ -21,41 +21,131 @@ def _log(msg: str) -> None:
 
 
 def register(sub):
+    from harness.train.registry import DEFAULT, MODELS
     p = sub.add_parser("demo", help="build a tiny model, convert, verify, render in ComfyUI, write a report",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out/)")
-    p.add_argument("--no-planted", action="store_true", help="leave out the planted silent-wrong file")
+    p.add_argument("--no-planted", action="store_true", help="leave out the planted silent-wrong file(s)")
+    p.add_argument("--model", choices=list(MODELS), default=DEFAULT,
+                   help="the trained tiny reference model (one per family): " + "; ".join(
+                       f"{m.name}: {m.draws}" for m in MODELS.values()) + f" (default {DEFAULT})")
     p.add_argument("--reference", choices=("trained", "random"), default=None,
-                   help="source model: 'trained' (default; the tiny WAN 2.1 trained on procedural images, "
-                        "renders show a red disc on a gradient) or 'random' (seeded random weights, renders are "
-                        "saturated blobs); default from $QUANTGATE_REFERENCE")
+                   help="with the default --model: 'trained' (default; the tiny WAN 2.1 trained on procedural "
+                        "images, renders show a red disc on a gradient) or 'random' (seeded random weights, renders "
+                        "are saturated blobs); default from $QUANTGATE_REFERENCE")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def _link_or_copy(src: Path, dst: Path) -> None:
+    import os
     import shutil
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+# Qwen-Image renders the 3072-wide model: ~15-45 s a render on a shared 2-core CPU; one seed, one size
+FAMILY_PLAN = {"qwen_image": {"seeds": [1], "sizes": [[64, 64]]},
+               "qwen_image_edit": {"seeds": [1], "sizes": [[64, 64]]}}
+
+
+def _planted(model, srcs: dict, mdir: Path, stem: str, target_comfy: str, cands: list) -> list:
+    """(label, path, slot) of the family's planted defects (also made here)."""
+    from harness.fixtures.planted import family_defects as fd
+    from harness.planted import render_defects as fixtures
+    out = []
+    if model.family == "wan21":
+        planted = mdir / f"{stem}_fp8-legacy_PLANTED_no_head_scale.safetensors"
+        fixtures.fp8_file(srcs["model"], planted, "legacy", drop_scales=("head.head",))
+        _log(f"    {planted.name}  (legacy fp8 with head.head.scale_weight removed: loads and renders without "
+             "a ComfyUI error, but wrong)")
+        out.append((PLANTED, planted, "model"))
+    elif model.family == "qwen_image":
+        fp8 = next(p for lab, p, _ in cands if lab == "fp8")
+        planted = mdir / f"{stem}_fp8_PLANTED_mlps_swapped.safetensors"
+        fd.qwen_mlps_swapped(fp8, planted, block=0)
+        _log(f"    {planted.name}  (the fp8 file with transformer_blocks.0 img_mlp and txt_mlp exchanged: same "
+             "names and shapes, loads without a warning)")
+        out.append((PLANTED + " mlps swapped", planted, "model"))
+    elif model.family == "qwen_image_edit":
+        fp8 = next(p for lab, p, _ in cands if lab == "fp8")
+        planted = mdir / f"{stem}_fp8_PLANTED_img_in_misquantized.safetensors"
+        fd.edit_img_in_misquantized(fp8, planted)
+        _log(f"    {planted.name}  (the fp8 file with img_in -- the reference latent's way in -- quantized to fp8 "
+             "under txt_in's weight scale)")
+        out.append((PLANTED + " img_in", planted, "model"))
+    elif model.family == "wan22_a14b":
+        fp8 = {slot: p for lab, p, slot in cands if lab.startswith("fp8 ")}
+        for (_, p, slot), what in zip(fd.a14b_swapped(fp8["model"], fp8["model_low"]),
+                                      ("experts swapped: low in high slot", "experts swapped: high in low slot")):
+            out.append((f"{PLANTED} {what}", p, slot))
+        _log("    experts swapped: the fp8 low-noise expert in the high-noise slot and the other way round")
+        amax = _a14b_amax(srcs)
+        planted = mdir / f"{stem}_high_fp8_PLANTED_low_input_scales.safetensors"
+        fd.a14b_foreign_input_scales(srcs["model"], planted, _only_quantized(srcs["model"], amax["low"]),
+                                     "fp8", target_comfy)
+        _log(f"    {planted.name}  (the high-noise expert converted with the low-noise expert's activation "
+             "amax as its input_scale)")
+        out.append((f"{PLANTED} high w/ low's input_scale", planted, "model"))
+    return out
+
+
+def _a14b_amax(srcs: dict) -> dict:
+    from harness.train import a14b_tiny
+    return a14b_tiny.activation_amax(a14b_tiny.load_model(srcs["model"]), a14b_tiny.load_model(srcs["model_low"]))
+
+
+def _only_quantized(src: Path, amax: dict, target: str = "fp8") -> dict:
+    from quant.convert import make_plan
+    from quant.safetensors_io import SafetensorsFile
+    with SafetensorsFile(src) as f:
+        layers = {d.layer for d in make_plan(f, None, target).quantized()}
+    return {k: v for k, v in amax.items() if k in layers}
+
+
+def run(args) -> int:
+    import os
 
     from harness.commands.gate import print_summary
-    from harness.planted import render_defects as fixtures
     from harness.render import models
     from harness.render.gate import load_policy, run_gate
     from harness.render.report import write_report
     from harness.render.session import open_session
     from harness.render.verify_adapter import run_verify
+    from harness.render.workflow import Workflow
+    from harness.train import registry
+    from quant.errors import UsageError
     t0 = time.monotonic()
     out = Path(args.out)
     mdir = out / "models"
     mdir.mkdir(parents=True, exist_ok=True)
     timings = {}
 
-    import os
-    kind = models.reference_kind(args.reference)
+    model = registry.get(args.model)
+    if args.reference == "random" and model.name != registry.DEFAULT:
+        raise UsageError(f"--reference random exists only for {registry.DEFAULT} (--model {model.name} is trained)")
+    kind = models.reference_kind(args.reference) if model.name == registry.DEFAULT else "trained"
     os.environ[models.ENV] = kind              # the render session's VAE follows the same choice
-    stem = models.reference_arch(kind).replace("-", "_")
-    _log("1/5 source: " + ("tiny WAN 2.1 t2v trained on procedural images (dim 128, 6 blocks; real tensor names)"
-                           if kind == "trained" else "seeded random thin WAN 2.1 t2v (dim 256, 1 block; real tensor names)"))
-    src = mdir / f"{stem}_fp32.safetensors"
-    shutil.copyfile(models.reference_model(log=_log, kind=kind), src)
+    if kind == "random":
+        stem = models.reference_arch(kind).replace("-", "_")
+        _log("1/5 source: seeded random thin WAN 2.1 t2v (dim 256, 1 block; real tensor names)")
+        srcs = {"model": models.reference_model(log=_log, kind=kind)}
+    else:
+        stem = model.stem
+        _log(f"1/5 source: {model.describe}")
+        srcs = registry.sources(model.name, log=_log)
+    local = {}
+    for slot, p in srcs.items():
+        dst = mdir / (f"{stem}_fp32.safetensors" if len(srcs) == 1 and "fp32" in p.name else
+                      f"{stem}{'' if slot == 'model' else '_' + slot}_{'fp32' if 'fp32' in p.name else 'bf16'}"
+                      + (f"_{'high' if slot == 'model' else 'low'}" if len(srcs) > 1 else "") + ".safetensors")
+        _link_or_copy(p, dst)
+        local[slot] = dst
+    srcs = local
+    expert = {"model": "high", "model_low": "low"}
 
     from harness.comfy.server import comfy_version, embedded_source
     from quant.convert import convert
@@ -64,54 +154,72 @@ def run(args) -> int:
     t = time.monotonic()
     cands = []
     for fmt in FORMATS:
-        dst = mdir / f"{stem}_{fmt}.safetensors"
-        # --comfy-version: on ComfyUI < 0.4 a scaled_fp8 file must scale every Linear (that ComfyUI
-        # casts the Linears a preset keeps to fp8 without a scale)
-        s = convert(src, dst, fmt, force=True, comfy_version=target_comfy)
-        cands.append((fmt, dst))
-        _log(f"    {dst.name}  {dst.stat().st_size / 1e6:.1f} MB  ({', '.join(f'{v} {k}' for k, v in s.layers.items())})")
+        for slot, src in srcs.items():
+            tag = "" if len(srcs) == 1 else f"_{expert[slot]}"
+            dst = mdir / f"{stem}{tag}_{fmt}.safetensors"
+            # --comfy-version: on ComfyUI < 0.4 a scaled_fp8 file must scale every Linear (that ComfyUI
+            # casts the Linears a preset keeps to fp8 without a scale)
+            s = convert(src, dst, fmt, force=True, comfy_version=target_comfy)
+            cands.append((fmt if len(srcs) == 1 else f"{fmt} {expert[slot]}", dst, slot))
+            _log(f"    {dst.name}  {dst.stat().st_size / 1e6:.1f} MB  ({', '.join(f'{v} {k}' for k, v in s.layers.items())})")
+    if model.family == "wan22_a14b":     # calibrated fp8: each expert with its own activation amax
+        amax = _a14b_amax(srcs)
+        for slot, src in srcs.items():
+            dst = mdir / f"{stem}_{expert[slot]}_fp8_calibrated.safetensors"
+            convert(src, dst, "fp8", force=True, comfy_version=target_comfy,
+                    input_scales=_only_quantized(src, amax[expert[slot]]))
+            cands.append((f"fp8+input_scale {expert[slot]}", dst, slot))
+            _log(f"    {dst.name}  (fp8 with input_scale from the {expert[slot]}-noise expert's own activations)")
     if not args.no_planted:
-        planted = mdir / f"{stem}_fp8-legacy_PLANTED_no_head_scale.safetensors"
-        fixtures.fp8_file(src, planted, "legacy", drop_scales=("head.head",))
-        cands.append((PLANTED, planted))
-        _log(f"    {planted.name}  (legacy fp8 with head.head.scale_weight removed: loads and renders without "
-             "a ComfyUI error, but wrong)")
+        cands += _planted(model, srcs, mdir, stem, target_comfy, cands)
     timings["convert_s"] = round(time.monotonic() - t, 2)
 
     _log("3/5 verify (format gate)")
     t = time.monotonic()
     ver = {}
-    for label, path in cands:
-        ver[str(path)] = v = run_verify(path, src)
-        _log(f"    {label:<15} {v['summary']}")
+    for label, path, slot in cands:
+        if str(path) not in ver:
+            ver[str(path)] = run_verify(path, srcs[slot])
+        _log(f"    {label:<15} {ver[str(path)]['summary']}")
     timings["verify_s"] = round(time.monotonic() - t, 2)
 
     _log("4/5 render in ComfyUI")
     t = time.monotonic()
+    policy = load_policy()
+    if model.family in FAMILY_PLAN:
+        policy["plan"].update(FAMILY_PLAN[model.family])
+        _log(f"    plan for {model.family}: seeds {policy['plan']['seeds']}, sizes {policy['plan']['sizes']} "
+             "(a render of the 3072-wide model takes tens of seconds on a CPU)")
     with open_session(log=_log, keep_log=out / "comfyui.log") as session:     # temp base dir, removed after
-        record = run_gate(session, src, cands, policy=load_policy(), work_dir=mdir,
+        record = run_gate(session, srcs["model"], cands, policy=policy, work_dir=mdir,
+                          workflow=Workflow.from_arg(model.template, None),
+                          companions={k: v for k, v in srcs.items() if k != "model"},
                           verify_fn=lambda p, s: ver[str(p)], log=_log)
     timings["render_s"] = round(time.monotonic() - t, 2)
 
     _log("5/5 report")
-    record["demo"] = {"planted": PLANTED if not args.no_planted else None, "timings": timings, "reference": kind,
+    record["demo"] = {"model": model.name, "family": model.family, "draws": model.draws,
+                      "planted": [c["label"] for c in record["candidates"] if c["label"].startswith(PLANTED)]
+                      if not args.no_planted else None, "timings": timings, "reference": kind,
                       "wall_s": round(time.monotonic() - t0, 2)}
-    real = [c for c in record["candidates"] if c["label"] != PLANTED]
-    plant = [c for c in record["candidates"] if c["label"] == PLANTED]
+    real = [c for c in record["candidates"] if not c["label"].startswith(PLANTED)]
+    plant = [c for c in record["candidates"] if c["label"].startswith(PLANTED)]
     ok = all(c["verdict"] == "pass" for c in real) and all(c["verdict"] == "fail" for c in plant)
-    record["demo"]["expectation"] = ("met: every format passes, the planted file fails" if ok else
+    record["demo"]["expectation"] = ("met: every format passes, every planted file fails" if ok else
                                      "NOT met: see the failing rows")
-    # the demo's verdict is its expectation (the planted file is meant to fail); the plain gate
+    # the demo's verdict is its expectation (the planted files are meant to fail); the plain gate
     # verdict over all candidates is kept beside it
     record["gate_verdict"] = record["verdict"]
     record["verdict"] = "pass" if ok else "fail"
-    title = (f"quantgate demo: {'trained tiny' if kind == 'trained' else 'random thin'} WAN 2.1 in ComfyUI {record['comfyui']['version']} - "
+    what = "random thin WAN 2.1" if kind == "random" else model.name
+    title = (f"quantgate demo: {what} in ComfyUI {record['comfyui']['version']} - "
              + ("every format passes, the planted defect is caught" if ok else "expectation NOT met"))
     rp, gj = write_report(record, out, title=title)
     print()
     print_summary(record)
     if plant:
-        print(f"  ({PLANTED} is expected to FAIL: it proves the gate catches a file ComfyUI renders silently wrong)")
+        print(f"  ({', '.join(c['label'] for c in plant)}: expected to FAIL -- the gate catches a file ComfyUI "
+              "renders silently wrong)")
     print(f"\ndemo {'OK' if ok else 'FAILED'} in {time.monotonic() - t0:.1f} s "
           f"(convert {timings['convert_s']} s, verify {timings['verify_s']} s, render {timings['render_s']} s, "
           f"server start {record['timings']['server_start_s']} s)")

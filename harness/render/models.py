@@ -165,18 +165,19 @@ def cached_trained_model(log=None) -> Path:
 
 
 def make_trained_vae(path, comfy_root, python: str | None = None) -> Path:
-    """The analytic TAEHV decoder of the trained model's latent space (harness.train.latent)."""
-    from harness.train import latent
+    """The analytic TAEHV of the trained models' latent space: the decoder of harness.train.latent and
+    the encoder of harness.train.encoder (the edit workflow encodes its reference image)."""
+    from harness.train import encoder, latent
     path = Path(path)
-    save_file(latent.taehv_decoder(taehv_shapes(comfy_root, python)), path)
+    save_file(encoder.taehv_encoder(latent.taehv_decoder(taehv_shapes(comfy_root, python))), path)
     return path
 
 
 def cached_trained_vae(comfy_root, log=None, python: str | None = None) -> Path:
-    from harness.train import latent
+    from harness.train import encoder, latent
     d = cache_root() / "render-models"
     p = d / (f"lighttaew2_1-analytic-comfy{comfy_version(comfy_root)}-"
-             f"{_code_key(sys.modules[__name__], latent)}.safetensors")
+             f"{_code_key(sys.modules[__name__], latent, encoder)}.safetensors")
     if not p.is_file():
         if log:
             log("making the analytic TAEHV (lighttaew2_1) decoder of the trained model")
