@@ -137,15 +137,14 @@ def run(args) -> int:
         stem = model.stem
         _log(f"1/5 source: {model.describe}")
         srcs = registry.sources(model.name, log=_log)
+    expert = {"model": "high", "model_low": "low"}
     local = {}
     for slot, p in srcs.items():
-        dst = mdir / (f"{stem}_fp32.safetensors" if len(srcs) == 1 and "fp32" in p.name else
-                      f"{stem}{'' if slot == 'model' else '_' + slot}_{'fp32' if 'fp32' in p.name else 'bf16'}"
-                      + (f"_{'high' if slot == 'model' else 'low'}" if len(srcs) > 1 else "") + ".safetensors")
+        tag = f"_{expert[slot]}" if len(srcs) > 1 else ""
+        dst = mdir / f"{stem}{tag}_{'fp32' if 'fp32' in p.name else 'bf16'}.safetensors"
         _link_or_copy(p, dst)
         local[slot] = dst
     srcs = local
-    expert = {"model": "high", "model_low": "low"}
 
     from harness.comfy.server import comfy_version, embedded_source
     from quant.convert import convert
@@ -162,6 +161,14 @@ def run(args) -> int:
             s = convert(src, dst, fmt, force=True, comfy_version=target_comfy)
             cands.append((fmt if len(srcs) == 1 else f"{fmt} {expert[slot]}", dst, slot))
             _log(f"    {dst.name}  {dst.stat().st_size / 1e6:.1f} MB  ({', '.join(f'{v} {k}' for k, v in s.layers.items())})")
+    if model.family in ("qwen_image", "qwen_image_edit"):
+        # the Qwen presets keep the first and last block in fp8 under NVFP4, so with one block the nvfp4
+        # file has no NVFP4 layer: the smart preset puts the block's Linears in NVFP4 (twin + emulation)
+        dst = mdir / f"{stem}_nvfp4_smart.safetensors"
+        s = convert(srcs["model"], dst, "nvfp4", preset="smart", force=True, comfy_version=target_comfy)
+        cands.append(("nvfp4 smart", dst, "model"))
+        _log(f"    {dst.name}  {dst.stat().st_size / 1e6:.1f} MB  ({', '.join(f'{v} {k}' for k, v in s.layers.items())}; "
+             "smart preset: the one block's Linears in NVFP4)")
     if model.family == "wan22_a14b":     # calibrated fp8: each expert with its own activation amax
         amax = _a14b_amax(srcs)
         for slot, src in srcs.items():
