@@ -2,7 +2,7 @@
 
 tests/data/convert_sha256.json holds the sha256 of every case below as written by the code before the
 format registry / kernel seam redesign (commit 2e5364b). Each case converts a deterministic seeded
-model (harness.synth) and the new code must reproduce the recorded bytes exactly.
+model (harness.fixtures.synth) and the new code must reproduce the recorded bytes exactly.
 
 Re-record (only when a format change is intended, and say so in the commit):
     PYTHONPATH=. python tests/quant/test_convert_bytes.py --record
@@ -48,7 +48,7 @@ def _input_scales(src: Path) -> dict[str, float]:
 
 
 def run_case(name: str, workdir: Path, sources: dict) -> str:
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     from quant.convert import convert
     arch, dtype, fmt, kw = CASES[name]
     key = (arch, dtype)
