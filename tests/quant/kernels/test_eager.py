@@ -79,7 +79,7 @@ def test_fp8_bit_exact_with_kitchen_fp32_division(x):
 @given(weights())
 def test_fp8_differs_from_kitchen_eager_only_by_its_bf16_reciprocal(x):
     """kitchen's eager backend multiplies by (1/scale) rounded to the input dtype: where its codes differ from
-    the division's they differ by one step (same sign), and the division's codes are never further from the
+    the division's they differ by one step (same sign), and the division's codes are not further from the
     source in total. (fp16 with 1/scale > 65504: kitchen eager saturates every value; not compared.)"""
     s = fp8.weight_scale(x)
     q, _ = fp8.quantize(x, s)
@@ -94,7 +94,9 @@ def test_fp8_differs_from_kitchen_eager_only_by_its_bf16_reciprocal(x):
         xf = x.double()
         e_ours = float((q.double() * float(s) - xf).pow(2).sum())
         e_kit = float((qk.double() * float(s) - xf).pow(2).sum())
-        assert e_ours <= e_kit
+        # a code can sit within one float32 ulp of an e4m3 midpoint: the float32 quotient is then rounded
+        # once more (double rounding), so "no further" holds up to that (seen: 1 part in 1e12, fp32 input)
+        assert e_ours <= e_kit * (1 + 1e-9)
 
 
 @SETTINGS
