@@ -55,7 +55,7 @@ FAMILY_PLAN = {"qwen_image": {"seeds": [1], "sizes": [[64, 64]]},
 def _planted(model, srcs: dict, mdir: Path, stem: str, target_comfy: str, cands: list) -> list:
     """(label, path, slot) of the family's planted defects (also made here)."""
     from harness.fixtures.planted import family_defects as fd
-    from harness.planted import render_defects as fixtures
+    from harness.fixtures.planted import render_defects as fixtures
     out = []
     if model.family == "wan21":
         planted = mdir / f"{stem}_fp8-legacy_PLANTED_no_head_scale.safetensors"
@@ -114,9 +114,9 @@ def run(args) -> int:
     from harness.render.gate import load_policy, run_gate
     from harness.render.report import write_report
     from harness.render.session import open_session
-    from harness.render.verify_adapter import run_verify
     from harness.render.workflow import Workflow
     from harness.train import registry
+    from harness.verify.record import run_verify
     from quant.errors import UsageError
     t0 = time.monotonic()
     out = Path(args.out)

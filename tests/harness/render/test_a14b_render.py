@@ -64,7 +64,7 @@ def test_swapped_experts_draw_something_else(pair):
 def gate_record(comfy_session, pair, tmp_path_factory):
     from harness.fixtures.planted import family_defects as fd
     from harness.render.gate import run_gate
-    from harness.render.verify_adapter import run_verify
+    from harness.verify.record import run_verify
     from quant.convert import convert
     s = comfy_session
     srcs, _ = pair

@@ -29,7 +29,7 @@ def _gate(session, name, planted_fn, tmp_path_factory, good: bool = True):
     """One gate run: the source, its fp8 conversion (``good``) and the planted defect made from the bf16
     source (an fp8 render of the 3072-wide model costs twice a bf16 one on a CPU)."""
     from harness.render.gate import run_gate
-    from harness.render.verify_adapter import run_verify
+    from harness.verify.record import run_verify
     from quant.convert import convert
     m = registry.get(name)
     src = registry.sources(name)["model"]
