@@ -41,7 +41,7 @@ def pair(comfy_session, tmp_path_factory):
 def test_the_pair_draws_its_classes_without_load_warnings(pair):
     """Each conditioning's render is likeliest under its own class's colour histogram (training images),
     and ComfyUI loads both experts without a missing/unexpected key."""
-    from tests._colour import class_models, likeliest_class
+    from harness.fixtures.colour import class_models, likeliest_class
     models = class_models()
     _, r = pair
     for c in (1, 2, 3):
@@ -52,7 +52,7 @@ def test_the_pair_draws_its_classes_without_load_warnings(pair):
 def test_swapped_experts_draw_something_else(pair):
     """The low-noise expert before the switch and the high-noise one after: far from the right render
     (SSIM below the control bound of the shipped policy, 0.9) and less likely under the class's colours."""
-    from tests._colour import class_models, log_likelihood
+    from harness.fixtures.colour import class_models, log_likelihood
     m1 = class_models()[1]
     _, r = pair
     good, bad = r[1].images[0][1], r["swapped"].images[0][1]
