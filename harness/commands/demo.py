@@ -100,8 +100,8 @@ def _a14b_amax(srcs: dict) -> dict:
 
 def _only_quantized(src: Path, amax: dict, target: str = "fp8") -> dict:
     from quant.convert import make_plan
-    from quant.safetensors_io import SafetensorsFile
-    with SafetensorsFile(src) as f:
+    from quant.sources import open_source
+    with open_source(src) as f:
         layers = {d.layer for d in make_plan(f, None, target).quantized()}
     return {k: v for k, v in amax.items() if k in layers}
 
