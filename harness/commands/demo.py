@@ -75,7 +75,7 @@ def _planted(model, srcs: dict, mdir: Path, stem: str, target_comfy: str, cands:
         planted = mdir / f"{stem}_fp8_PLANTED_img_in_misquantized.safetensors"
         fd.edit_img_in_misquantized(fp8, planted)
         _log(f"    {planted.name}  (the fp8 file with img_in -- the reference latent's way in -- quantized to fp8 "
-             "under txt_in's weight scale)")
+             "under block 0's txt_mlp.net.0.proj weight scale: clipped to 22% of its range)")
         out.append((PLANTED + " img_in", planted, "model"))
     elif model.family == "wan22_a14b":
         fp8 = {slot: p for lab, p, slot in cands if lab.startswith("fp8 ")}

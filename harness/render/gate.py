@@ -8,6 +8,8 @@ Repeat = the first baseline rendered again; it must be pixel-identical.
 """
 from __future__ import annotations
 
+import functools
+
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -182,14 +184,15 @@ class _Renderer:
     """One workflow, one settings dict, a progress counter and the render times."""
 
     def __init__(self, session, workflow: Workflow, settings: dict, timeout: float, log, total: int,
-                 source_name: str | None = None, slots: dict | None = None):
+                 source_name: str | None = None):
         self.session, self.workflow, self.settings, self.timeout, self.log = session, workflow, settings, timeout, log
         self.prog = Progress(log, total)
         self.times: list[float] = []
-        self.source_name, self.slots = source_name, slots or {}    # candidate name -> its placeholder
+        self.source_name = source_name
 
-    def __call__(self, model_name, seed, w, h, what, activations=None):
-        slot = self.slots.get(model_name, "model")
+    def __call__(self, model_name, seed, w, h, what, activations=None, slot: str = "model"):
+        """``slot``: the placeholder ``model_name`` fills (the caller's, never looked up by name: one file
+        can be a candidate in two slots, as in the A14B expert-swap check)."""
         if slot == "model":
             wf = self.workflow.build(model_name, seed, w, h, self.settings, prefix="qg")
         else:       # a companion slot (A14B low-noise expert): the source fills {{model}}
@@ -396,14 +399,15 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     n_base = len(seeds) * len(sizes)
     render = _Renderer(session, workflow, settings, timeout, log,
                        n_base + 2 + n_base * len(cands) + emulation.extra_renders(cands, n_base),
-                       source_name=src_name, slots={cand_names[c.label]: c.slot for c in cands})
+                       source_name=src_name)
     images: dict = {"baseline": {}, "control": None, "candidates": {}}
     renders: list = []
     baseline_renders, src_warn, example_wf = _baseline(render, src_name, seeds, sizes, source, images)
     repeat, control = _repeat_and_control(render, src_name, seeds, sizes, policy["plan"], policy, images, cands,
                                           renders)
     for c in cands:
-        _render_candidate(render, c, cand_names[c.label], seeds, sizes, images, renders, log)
+        _render_candidate(functools.partial(render, slot=c.slot), c, cand_names[c.label], seeds, sizes, images,
+                          renders, log)
         _decide(c, session.version, policy.get("load", {}), control, repeat, src_warn)
 
     stats = session.stats
