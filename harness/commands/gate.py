@@ -148,7 +148,7 @@ def run(args) -> int:
         print(lad.table(per_layer=False))
         sections = lambda d: [ladder.html_section(lad, d)]  # noqa: E731
     if cal is not None and cal.data.get("sqnr"):
-        from harness.activations.synthetic.synthetic.sqnr import html_section
+        from harness.activations.sqnr import html_section
         before = sections
         sections = lambda d: [*(before(d) if before else []), html_section(cal.data["sqnr"], cal.path)]  # noqa: E731
     for t in tgts:

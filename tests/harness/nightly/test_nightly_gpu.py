@@ -27,7 +27,7 @@ CASES = os.environ.get("QUANTGATE_NIGHTLY_CASES", "bf16,fp8-legacy,fp8,nvfp4").s
 
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory):
-    from harness.nightly.records import gpu as N
+    from harness.nightly import gpu as N
     from harness.fixtures import synth
     from harness.render import gate
     from harness.render.workflow import Workflow, load
