@@ -83,13 +83,9 @@ def _planted(model, srcs: dict, mdir: Path, stem: str, target_comfy: str, cands:
                                       ("experts swapped: low in high slot", "experts swapped: high in low slot")):
             out.append((f"{PLANTED} {what}", p, slot))
         _log("    experts swapped: the fp8 low-noise expert in the high-noise slot and the other way round")
-        amax = _a14b_amax(srcs)
-        planted = mdir / f"{stem}_high_fp8_PLANTED_low_input_scales.safetensors"
-        fd.a14b_foreign_input_scales(srcs["model"], planted, _only_quantized(srcs["model"], amax["low"]),
-                                     "fp8", target_comfy)
-        _log(f"    {planted.name}  (the high-noise expert converted with the low-noise expert's activation "
-             "amax as its input_scale)")
-        out.append((f"{PLANTED} high w/ low's input_scale", planted, "model"))
+        # not planted here: the high-noise expert with the low-noise expert's input_scale (family_defects.
+        # a14b_foreign_input_scales) does not show in this tiny pair's render (in process, activations
+        # emulated: SSIM 0.9993; the low expert with the high's: 0.9949), so the render gate passes it
     return out
 
 
