@@ -46,7 +46,8 @@ from .errors import ComfyError, ExecutionError, PromptRejected, RenderTimeout, S
 
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 30.0
-REQUEST_DEADLINE = 120.0          # overall seconds per request (headers + body)
+# overall seconds per request (headers + body); QUANTGATE_REQUEST_DEADLINE changes the default
+REQUEST_DEADLINE = 120.0
 MAX_JSON_BYTES = answers.MAX_JSON_BYTES
 MAX_IMAGE_BYTES = 256 << 20
 MAX_FRAME_BYTES = 32 << 20        # one websocket message (ComfyUI's binary previews are far smaller)
@@ -139,7 +140,7 @@ def _media(ctype: str | None) -> str:
 
 class ComfyClient:
     def __init__(self, url: str, server=None, connect_timeout: float = CONNECT_TIMEOUT,
-                 read_timeout: float = READ_TIMEOUT, request_deadline: float = REQUEST_DEADLINE):
+                 read_timeout: float = READ_TIMEOUT, request_deadline: float | None = None):
         url = url.rstrip("/")
         if "://" not in url:
             url = "http://" + url
@@ -157,7 +158,12 @@ class ComfyClient:
         self.server = server                 # the ComfyServer we started, if any (liveness + log)
         self.connect_timeout, self.read_timeout = float(connect_timeout), float(read_timeout)
         self.timeout = (self.connect_timeout, self.read_timeout)
-        self.request_deadline = float(request_deadline)
+        if request_deadline is None:
+            try:
+                request_deadline = float(os.environ.get("QUANTGATE_REQUEST_DEADLINE", REQUEST_DEADLINE))
+            except ValueError:
+                request_deadline = REQUEST_DEADLINE
+        self.request_deadline = request_deadline if 0 < request_deadline < 1e6 else REQUEST_DEADLINE
         self._answered = False
 
     # -- low level --------------------------------------------------------------------------

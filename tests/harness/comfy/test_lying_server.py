@@ -121,3 +121,23 @@ def test_honest_render_through_the_liar_harness_works():
 
 def test_errors_are_comfy_errors_exit_2():
     assert issubclass(BadAnswer, ComfyError) and BadAnswer("x").exit_code == 2
+
+
+@pytest.mark.parametrize("lie", ["trickle", "endless-body", "wrong-type"])
+def test_doctor_against_a_lying_server_is_one_line_exit_2(lie, monkeypatch):
+    """Before: the trickling server hung `doctor`, the 1 GiB body took it to 2.1 GB RSS and then "OK", the
+    wrong JSON type gave a traceback."""
+    from tests._inproc import one_error_line, run_main
+    monkeypatch.setenv("QUANTGATE_REQUEST_DEADLINE", "3")
+    routes = {("GET", "/system_stats"): json_answer(STATS),
+              ("GET", "/object_info"): json_answer({"KSampler": {"input": {"required": {}}}})}
+    if lie == "trickle":
+        routes[("GET", "/system_stats")] = trickle(http_answer(json.dumps(STATS)), 0.5)
+    elif lie == "endless-body":
+        routes[("GET", "/object_info")] = endless_body(announce=None)
+    else:
+        routes[("GET", "/system_stats")] = json_answer({"system": {"comfyui_version": ["0", 3]}})
+    with Liar(routes) as liar:
+        t = time.monotonic()
+        line = one_error_line(*run_main("doctor", "--comfy-url", liar.url)[::2])
+        assert liar.url in line and time.monotonic() - t < 30, line
