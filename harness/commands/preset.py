@@ -20,7 +20,7 @@ def add_mapping_args(p) -> None:
 
 
 def mapping_from(args):
-    from quant.gguf_model import Mapping
+    from quant.gguf.model import Mapping
     m = Mapping(args.nvfp4_max_bits, args.fp8_max_bits, args.keep_edge_blocks)
     m.check()
     return m
@@ -55,7 +55,8 @@ def register(sub):
 
 
 def run_from_gguf(args) -> int:
-    from quant import gguf_model, presets
+    from quant import presets
+    from quant.gguf import model as gguf_model
     out = Path(args.output)
     gg = Path(args.gguf)
     if out.suffix != ".toml":

@@ -51,7 +51,7 @@ def calibration_docs(draw):
 
 def _use_calibration(p):
     from quant import inputs
-    from quant import calibration as statistics
+    from quant.activations import statistics
     cal = statistics.load(p)
     names = list(cal.layers)
     for pc in (None, 99.9):
@@ -162,11 +162,11 @@ def workflow_docs(draw):
 
 
 def _use_workflow(p):
-    from harness import workflow_convert as wc
+    from harness.gguf import workflow_convert as wc
     r = wc.convert_file(p, {"m-Q8_0.gguf": "m_fp8.safetensors"})
     if r.new_text is not None:
         r.new_text.encode("utf-8")
-    from harness import doctor
+    from harness.comfy import doctor
     doctor.workflow_refs(p.parent)
 
 
@@ -194,7 +194,7 @@ def nightly_docs(draw):
 
 
 def _use_nightly(p, q):
-    from harness import nightly as records
+    from harness.nightly import records
     a, b = records.load(p), records.load(q)
     changes, _, _ = records.compare(a, b)
     for c in changes:
@@ -239,7 +239,7 @@ def activation_files(draw):
 
 
 def _use_activations(p):
-    from quant.rounding.calibration import Calibration
+    from quant.activations.samples import Calibration
     c = Calibration(p, 16, 0)
     try:
         for layer in sorted(c.layers):
