@@ -2,7 +2,7 @@
 
 * ``pytest -m render --checkpoint CKPT --source SRC [--comfy-url URL | --comfy-root PATH]
   [--workflow W --model-node ID] [--render-out DIR]`` runs the render gate on a user's file as tests
-  (tests/harness/render/test_checkpoint_gate.py); report.html + gate.json go to --render-out.
+  (harness/pytest_plugins/gate_tests/test_render_gate.py); report.html + gate.json go to --render-out.
 * Fixtures for quantgate's own tests: ``comfy_session`` (one embedded ComfyUI server for the whole
   session), ``thin_source`` (the seeded thin WAN 2.1 checkpoint).
 """

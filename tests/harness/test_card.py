@@ -129,3 +129,29 @@ def test_card_cli_force_rules_and_never_over_an_input(gate_dir, tmp_path, cli):
     assert r.returncode == 2 and "overwrite the input" in r.stderr, r.stderr
     assert (gate_dir / "gate.json").read_bytes() == rec_bytes
     assert sorted(p.name for p in trap.iterdir()) == ["README.md"]      # nothing written beside it either
+
+
+def test_card_from_a_version_matrix_folder(gate_dir, tmp_path):
+    """A matrix folder (``gate --comfy-root A --comfy-root B``): one row and one render section per run. Built
+    the way ``gate`` lays it out, from the session's real run twice (the same server, as a matrix of two)."""
+    from harness.render import matrix
+    m = tmp_path / "matrix"
+    runs = []
+    for sub in ("comfyui-x", "comfyui-x-2"):
+        shutil.copytree(gate_dir, m / sub)
+        rec = json.loads((m / sub / "gate.json").read_text())
+        runs.append({"target": sub, "version": rec["comfyui"]["version"], "record": rec,
+                     "report": str(m / sub / "report.html")})
+    matrix.write(matrix.summarize(runs), m)
+    card = build_card(m)
+    version = runs[0]["version"]
+    assert card.readme.count(f"| {version} | embedded | file |") == 2
+    assert card.readme.count(f"### ComfyUI {version}") == 2
+    n = len([r for r in runs[0]["record"]["renders"] if r["role"] == "candidate"])
+    assert len([k for k in card.files if k.endswith(".png")]) == 2 * n
+    # the runs of a matrix must be about the same file
+    rec = json.loads((m / "comfyui-x-2" / "gate.json").read_text())
+    rec["candidates"][0]["sha256"] = "0" * 64
+    (m / "comfyui-x-2" / "gate.json").write_text(json.dumps(rec))
+    with pytest.raises(InputError, match="checked different files"):
+        build_card(m)

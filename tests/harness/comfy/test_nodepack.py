@@ -33,8 +33,8 @@ def test_pack_follows_the_registry_conventions():
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    from harness import synth
-    from harness.planted import format_defects as P
+    from harness.fixtures import synth
+    from harness.fixtures.planted import format_defects as P
     from quant.convert import convert
     d = tmp_path_factory.mktemp("pack-models")
     src = synth.make_model(P.ARCH, d / "thin_bf16.safetensors", seed=3)
