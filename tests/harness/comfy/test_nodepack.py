@@ -90,7 +90,12 @@ def test_pack_loads_and_checks_good_and_bad_files(pack_server, model_files):
     assert names <= set(req["model"][0]) and names <= set(req["source"][0])
     assert info["QGCheckModel"]["output_node"] is True
     log = pack_server.log_text()
-    assert "Unable to parse pyproject.toml" not in log and "IMPORT FAILED" not in log, log[-3000:]
+    # the pack itself imported and its pyproject.toml parsed (ComfyUI's own comfy_extras may miss optional
+    # dependencies such as torchaudio in this environment: those lines are not about the pack)
+    pack_lines = [ln for ln in log.splitlines() if "custom_nodes/quantgate" in ln]
+    assert "Unable to parse pyproject.toml" not in log, log[-3000:]
+    assert any(ln.strip().endswith("custom_nodes/quantgate") and "seconds:" in ln for ln in pack_lines), log[-3000:]
+    assert not [ln for ln in pack_lines if "IMPORT FAILED" in ln or "Cannot import" in ln], pack_lines
     ext = c._json("GET", "/extensions")
     assert "/extensions/quantgate/quantgate_verdict.js" in ext, ext
 
