@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-PATH_OPTIONS = ("checkpoint", "source", "reference", "render_out", "workflow", "comfy_root", "comfy_python")
+PATH_OPTIONS = ("checkpoint", "source", "reference", "render_out", "render_policy", "workflow", "comfy_root",
+                "comfy_python")
 GATE_TESTS = Path(__file__).resolve().parent / "gate_tests"
 MARKERS = (
     "format: format-gate checks of a checkpoint (pytest -m format --checkpoint CKPT [--source SRC] [--reference REF])",

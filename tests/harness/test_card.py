@@ -155,3 +155,29 @@ def test_card_from_a_version_matrix_folder(gate_dir, tmp_path):
     (m / "comfyui-x-2" / "gate.json").write_text(json.dumps(rec))
     with pytest.raises(InputError, match="checked different files"):
         build_card(m)
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="no chromium on this machine (Debian package chromium)")
+def test_card_preview_in_headless_chromium(gate_dir, tmp_path):
+    """benchmarks/card_preview.py: the card read back by huggingface_hub and shown in a real browser the way the Hub
+    renders a card; a card without the comfyui tag is refused."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+    root = Path(__file__).resolve().parents[2]
+    write_card(build_card(gate_dir), tmp_path / "card")
+    shot = tmp_path / "card.png"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "card_preview.py"), tmp_path / "card", "-o", shot],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "card valid" in r.stdout, r.stdout + r.stderr
+    im = np.asarray(Image.open(shot).convert("RGB"))
+    assert im.shape[1] == 1000 and im.shape[0] > 1500                  # the whole card, not an empty page
+    colourful = (im.max(axis=2).astype(int) - im.min(axis=2)) > 60      # the renders (red / yellow / blue)
+    assert colourful.sum() > 20000, colourful.sum()
+
+    readme = tmp_path / "card" / "README.md"
+    readme.write_text(readme.read_text().replace("- comfyui\n", "", 1))
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "card_preview.py"), tmp_path / "card", "-o", shot],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "do not include comfyui" in r.stderr, r.stdout + r.stderr

@@ -102,18 +102,39 @@ def render_files(tmp_path_factory):
     return {"src": src, "good": good, "bad": bad}
 
 
+def _one_render_policy(path):
+    """quantgate's own policy (thresholds, control, steps) with one seed at one size: the same gate, 4 renders per
+    run (source, file, control, repeat) instead of 14, so both runs fit CI's time."""
+    import re
+
+    from harness.render.gate import POLICY_PATH
+    text = POLICY_PATH.read_text()
+    text, n1 = re.subn(r"(?m)^seeds = \[[^\]]*\]", "seeds = [1]", text)
+    text, n2 = re.subn(r"(?m)^sizes = \[\[.*\]\]", "sizes = [[64, 64]]", text)
+    assert n1 == n2 == 1
+    path.write_text(text)
+    return path
+
+
 @pytest.mark.slow
 def test_render_gate_from_the_installed_wheel(user, render_files, tmp_path):
+    import json
+    policy = _one_render_policy(tmp_path / "policy.toml")
     rc, out = _pytest(user, tmp_path / "good", "-m", "render", "--checkpoint", render_files["good"],
                       "--source", render_files["src"], "--render-out", tmp_path / "good-out",
-                      "--junitxml", tmp_path / "good" / "junit.xml")
+                      "--render-policy", policy, "--junitxml", tmp_path / "good" / "junit.xml")
     assert rc == 0, out
     assert (tmp_path / "good-out" / "gate.json").is_file() and (tmp_path / "good-out" / "report.html").is_file()
+    rec = json.loads((tmp_path / "good-out" / "gate.json").read_text())
+    cand = [r for r in rec["renders"] if r["role"] == "candidate"]
+    assert [(r["seed"], r["width"], r["height"]) for r in cand] == [(1, 64, 64)]     # --render-policy was used
+    assert rec["candidates"][0]["verdict"] == "pass"
     cases, fails = _junit(tmp_path / "good" / "junit.xml")
     assert len(cases) >= 5 and not fails
 
     rc, out = _pytest(user, tmp_path / "bad", "-m", "render", "--checkpoint", render_files["bad"],
-                      "--source", render_files["src"], "--junitxml", tmp_path / "bad" / "junit.xml")
+                      "--source", render_files["src"], "--render-policy", policy,
+                      "--junitxml", tmp_path / "bad" / "junit.xml")
     assert rc == 1, out
     assert "Traceback" not in out and "test_gate_verdict" in out and "head.head" in out
     cases, fails = _junit(tmp_path / "bad" / "junit.xml")
