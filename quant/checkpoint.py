@@ -212,7 +212,7 @@ def build(src) -> Structure:
         if la.legacy:
             la.spec = _LEGACY
         elif la.comfy_format:
-            la.spec = BY_COMFY_FORMAT.get(la.comfy_format)
+            la.spec = formats.for_conf(la.conf)
 
     from . import arch
     st = Structure(src, infos, meta, layers, markers, header_raw, header_layers, header_problem,

@@ -129,6 +129,13 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     full_precision_matrix_mult even with an input_scale (the scale is stored, unused)."""
     fmt = formats.get(target)
     learned = rounding == "learned"
+    if learned and not fmt.learned_rounding:
+        raise UsageError(f"--rounding learned is not available for {target}: its rounding is fixed by the format "
+                         f"(learned rounding supports {', '.join(f.name for f in formats.FORMATS.values() if f.learned_rounding)}); "
+                         "use the default round-to-nearest")
+    if (activation_stats is not None or input_scales is not None) and not fmt.static_input_scale:
+        raise UsageError(f"{target} stores no input_scale: ComfyUI quantizes its activations at run time "
+                         f"({fmt.activation}); --calibration / --input-scales do not apply")
     if not learned and (calibration or gpus != 1 or learned_iters is not None):
         raise UsageError("--calibration, --gpus and --iters are options of --rounding learned")
     if gpus < 1 or calib_rows < 1 or (learned_iters is not None and learned_iters < 0):
@@ -183,7 +190,7 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
             has_in = d.layer in amax
             lf = fmt.for_action(d.action)
             entries += lf.layer_entries(d.layer, d.shape[0], d.shape[1], input_scale=has_in, weight_only=weight_only(lf))
-            conf = lf.layer_config(has_in, weight_only(lf))
+            conf = lf.layer_config(has_in, weight_only(lf), tuple(d.shape))
             if conf is not None:
                 configs[d.layer] = conf
         marker = layout.marker_entry(target)

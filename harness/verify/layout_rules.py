@@ -307,7 +307,8 @@ def min_comfy(st: Structure) -> tuple[str, list[str]]:
         if la.legacy:
             pass                                 # the marker above says it
         elif la.spec is not None:
-            need.append((QUANT_ALGOS_SINCE[la.spec.comfy_format], f"format {fmt}"))
+            need.append((la.spec.loads_since, f"format {fmt}" + ("" if la.spec.name == la.spec.comfy_format
+                                                                  else f" ({la.spec.name})")))
         elif fmt in QUANT_ALGOS_SINCE:
             need.append((QUANT_ALGOS_SINCE[fmt], f"format {fmt}"))
         if "pre_quant_scale" in la.keys:

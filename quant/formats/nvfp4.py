@@ -50,6 +50,9 @@ class Nvfp4(Format):
                     "ComfyUI dequantizes it to bf16 on every forward")
     max_rel_error = 0.25
     min_cosine = 0.96
+    four_bit = True              # the presets' sensitive-layer rules (nvfp4 = "fp8" | "keep") apply
+    learned_rounding = True
+    native_sm = (10, 0)
 
     def stored_nk(self, weight_shape):
         return weight_shape[0], weight_shape[1] * 2            # padded dims
