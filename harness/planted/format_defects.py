@@ -371,3 +371,181 @@ def nan_in_norm(t, m):
 
 
 PLANTED["NaN in an unquantized tensor"] = ("fp8", nan_in_norm, "stats.nonfinite", False)
+
+
+# ---- the formats ComfyUI 0.33 ships beside fp8/nvfp4 (issue 24): one factory per mistake a converter makes -----
+# Each takes the good file's (tensors, meta) and returns the damaged pair. NEW_FORMAT_DEFECTS: name -> (good file,
+# factory, rule verify must report with --source, words the diagnosis must contain or "").
+def _conf(t, layer=LAYER) -> dict:
+    return json.loads(bytes(t[f"{layer}.comfy_quant"].tolist()).decode())
+
+
+def _decoded(t, fmt_name: str, layer=LAYER) -> torch.Tensor:
+    """The layer's weight decoded by quantgate's own format object (the factories re-encode it wrongly)."""
+    from quant import formats
+    f = formats.get(fmt_name)
+    tensors = {c.suffix: t[f"{layer}.{c.suffix}"] for c in f.companions if f"{layer}.{c.suffix}" in t}
+    g = _conf(t, layer).get("convrot_groupsize")
+    return f.dequantize(tensors, group=g) if g else f.dequantize(tensors)
+
+
+def int8_unrotated_declared_convrot(t, m):
+    """Plain per-row int8 codes of the weight, still declared ``"convrot": true``."""
+    from quant.formats.int8 import quantize_rowwise
+    q, s = quantize_rowwise(_decoded(t, "int8-convrot"))
+    t[f"{LAYER}.weight"], t[f"{LAYER}.weight_scale"] = q, s
+    return t, m
+
+
+def int8_wrong_group(t, m):
+    """Rotated in groups of 64 but declared ``convrot_groupsize`` 256."""
+    from quant.formats import convrot
+    from quant.formats.int8 import quantize_rowwise
+    assert _conf(t)["convrot_groupsize"] == 256
+    q, s = quantize_rowwise(convrot.rotate(_decoded(t, "int8-convrot"), 64))
+    t[f"{LAYER}.weight"], t[f"{LAYER}.weight_scale"] = q, s
+    return t, m
+
+
+def int8_per_tensor_scale(t, m):
+    """Per-row codes with one per-tensor scale (the largest row's) in place of the [N, 1] scales."""
+    t[f"{LAYER}.weight_scale"] = t[f"{LAYER}.weight_scale"].max().reshape(())
+    return t, m
+
+
+def int8_negated_rows(t, m):
+    w = t[f"{LAYER}.weight"]
+    w[[3, 7]] = (-w[[3, 7]].to(torch.int16)).clamp(-128, 127).to(torch.int8)
+    return t, m
+
+
+def _int4_codes(t, fn, layer=LAYER, signed=True):
+    from quant.formats import convrot
+    codes = convrot.unpack_int4(t[f"{layer}.weight"], signed=signed)
+    t[f"{layer}.weight"] = convrot.pack_int4(fn(codes))
+    return t
+
+
+def int4_swapped_nibbles(t, m):
+    """The even column in the HIGH nibble (kitchen stores it in the low one)."""
+    w = t[f"{LAYER}.weight"].view(torch.uint8)
+    t[f"{LAYER}.weight"] = ((w >> 4) | (w << 4)).view(torch.int8)
+    return t, m
+
+
+def int4_offset_binary(t, m):
+    """Codes stored as q + 8 (unsigned nibbles) instead of two's complement: every sign flips in decoding."""
+    w = t[f"{LAYER}.weight"].view(torch.uint8)
+    t[f"{LAYER}.weight"] = (w ^ 0x88).view(torch.int8)
+    return t, m
+
+
+def int4_transposed(t, m):
+    """Codes packed from the transposed weight (K x N), stored in the [N, K/2] shape ComfyUI expects (N == K)."""
+    def tr(c):
+        return c.t().contiguous()
+    return _int4_codes(t, tr), m
+
+
+def int4_negated_rows(t, m):
+    def neg(c):
+        c = c.clone()
+        c[[3, 7]] = -c[[3, 7]]
+        return c
+    return _int4_codes(t, neg), m
+
+
+def w4a8_mirrored_rows(t, m):
+    """Two rows' codebook indices mirrored (i -> 15 - i): the rows decode about negated."""
+    def mirror(c):
+        c = c.clone()
+        c[[3, 7]] = 15 - c[[3, 7]]
+        return c
+    return _int4_codes(t, mirror, signed=False), m
+
+
+def w4a8_group_32(t, m):
+    """Declares ``group_size`` 32 for scales made per 16."""
+    conf = dict(_conf(t), group_size=32)
+    t[f"{LAYER}.comfy_quant"] = comfy_quant_tensor(conf)
+    q = qmeta(m)
+    q["layers"][LAYER] = conf
+    return t, set_qmeta(m, q)
+
+
+def mxfp8_exponents_plus_one(t, m):
+    """Every non-zero E8M0 block exponent one too high (every block decodes 2x)."""
+    s = t[f"{LAYER}.weight_scale"]
+    t[f"{LAYER}.weight_scale"] = torch.where(s > 0, s + 1, s)
+    return t, m
+
+
+def mxfp8_one_block_plus_one(t, m):
+    """One block's exponent one too high: 32 values 2x, invisible in the whole tensor's error."""
+    from quant.formats import mxfp8
+    s = t[f"{LAYER}.weight_scale"]
+    w = t[f"{LAYER}.weight"]
+    e = mxfp8.unswizzle(s, w.shape[0], w.shape[1] // 32).clone()
+    e[5, 2] += 1
+    t[f"{LAYER}.weight_scale"] = mxfp8.swizzle(e).reshape(s.shape)
+    return t, m
+
+
+def fp8_codes_negated_rows(t, m):
+    w = t[f"{LAYER}.weight"]
+    w[[3, 7]] = (-w[[3, 7]].float()).to(w.dtype)
+    return t, m
+
+
+NEW_FORMAT_DEFECTS = {
+    "int8-convrot: unrotated weights declared convrot": ("int8-convrot", int8_unrotated_declared_convrot,
+                                                        "numeric.mismatch", "not ConvRot-rotated"),
+    "int8-convrot: wrong group size": ("int8-convrot", int8_wrong_group, "numeric.mismatch", "group size 64"),
+    "int8-convrot: per-tensor scale": ("int8-convrot", int8_per_tensor_scale, "companion.shape", ""),
+    "int8: per-tensor scale where per-row is expected": ("int8", int8_per_tensor_scale, "numeric.", ""),
+    # two of 256 rows negated: rel. error ~0.18 over the tensor -> numeric.mismatch; fewer -> numeric.rows
+    "int8: negated rows": ("int8", int8_negated_rows, "numeric.", ""),
+    "int8-convrot: negated rows": ("int8-convrot", int8_negated_rows, "numeric.", ""),
+    "w4a4: swapped nibbles": ("w4a4-convrot", int4_swapped_nibbles, "numeric.mismatch", "nibbles are swapped"),
+    "w4a4: sign-flipped (offset-binary) int4": ("w4a4-convrot", int4_offset_binary, "numeric.mismatch", "offset-binary"),
+    "w4a4: transposed packing": ("w4a4-convrot", int4_transposed, "numeric.mismatch", ""),
+    "w4a4: negated rows": ("w4a4-convrot", int4_negated_rows, "numeric.", ""),
+    "w4a8: swapped nibbles": ("w4a8-int8", int4_swapped_nibbles, "numeric.mismatch", "nibbles are swapped"),
+    "w4a8: mirrored rows": ("w4a8-int8", w4a8_mirrored_rows, "numeric.", ""),
+    "w4a8: wrong group size": ("w4a8-int8", w4a8_group_32, "numeric.mismatch", ""),
+    "mxfp8: e8m0 exponents off by one": ("mxfp8", mxfp8_exponents_plus_one, "numeric.mismatch", "off by +1"),
+    "mxfp8: one block exponent off by one": ("mxfp8", mxfp8_one_block_plus_one, "numeric.rows", "blocks of 32"),
+    "mxfp8: negated rows": ("mxfp8", fp8_codes_negated_rows, "numeric.", ""),
+}
+
+
+def destroyed(t, m):
+    """Every quantized weight negated and every decode scale x10 (issue 24's false PASS, for any format): the
+    codes of each declared layer are negated in their own encoding, float scales multiplied by 10."""
+    from quant.checkpoint import split_key
+    from quant.formats import for_conf, marker_format
+    confs = {k[: -len(".comfy_quant")]: json.loads(bytes(v.tolist()).decode())
+             for k, v in t.items() if k.endswith(".comfy_quant")}
+    legacy = "scaled_fp8" in t
+    for layer in {split_key(k)[0] for k in t if split_key(k) and k.endswith(".weight")}:
+        fmt = marker_format() if legacy and f"{layer}.scale_weight" in t else for_conf(confs.get(layer))
+        if fmt is None:
+            continue
+        wk = f"{layer}.weight"
+        w = t[wk]
+        if fmt.kernel in ("w4a4",):
+            t = _int4_codes(t, lambda c: -c, layer)
+        elif fmt.kernel in ("w4a8",):
+            t = _int4_codes(t, lambda c: 15 - c, layer, signed=False)
+        elif fmt.kernel == "nvfp4":
+            t[wk] = w ^ 0x88                      # E2M1 sign bits of both nibbles
+        elif w.dtype == torch.int8:
+            t[wk] = (-w.to(torch.int16)).clamp(-128, 127).to(torch.int8)
+        else:
+            t[wk] = (-w.float()).to(w.dtype)
+        key = f"{layer}.{fmt.decode_scale_key}"
+        if t[key].dtype in (torch.float32, torch.float16, torch.bfloat16):
+            t[key] = t[key] * 10
+        elif fmt.kernel == "mxfp8":                # E8M0 exponents: +3 = every block scale x8
+            t[key] = torch.where(t[key] > 0, t[key] + 3, t[key])
+    return t, m

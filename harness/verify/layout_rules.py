@@ -212,6 +212,18 @@ def check_companions(st: Structure, f: Findings, ref: dict):
             f.error("companion.shape", msg, [la.name])
 
 
+def check_conf_params(st: Structure, f: Findings, ref: dict):
+    """The format's own parameters in each layer's comfy_quant dict (ConvRot group, group size, ...)."""
+    for la in st.declared:
+        if la.spec is None or not isinstance(la.conf, dict):
+            continue
+        nk = _logical_nk(la, st, ref)
+        if nk is None:
+            continue
+        for why in la.spec.conf_problems(la.conf, *nk):
+            f.error("conf.params", f"{la.spec.name}: {why}", [la.name])
+
+
 def check_layer_kinds(st: Structure, f: Findings, ref: dict):
     det = DETECTION_LAYERS.get(st.family or "", ())
     for la in st.declared:
@@ -330,6 +342,7 @@ def run(st: Structure, f: Findings, ref: dict, allow_unchecked: bool = False):
     check_carriers(st, f, allow_unchecked)
     plain = check_undeclared(st, f)
     check_companions(st, f, ref)
+    check_conf_params(st, f, ref)
     if not plain:
         check_layer_kinds(st, f, ref)
     check_activation(st, f)

@@ -101,11 +101,22 @@ def _check_layer_tensors(ck, kr, st, source, la, f, device="cpu") -> int:
         f.error("numeric.rows", "comfy-kitchen's dequantization: " + row_bounds.describe(
             la.spec.name, bad_rows, n_bad, n, worst, n_blocks, getattr(la.spec, "block_size", 16)), [la.name])
     if not within(la.spec, rel, cos):
-        class _Tries:
-            @staticmethod
-            def mistakes(*_a):
-                return kr.mistakes(ck, t, n, k, conf)
-        why = diagnose(ck, _Tries, la, None, None, None, n, k, ref.to(torch.float32), alpha, cos)
+        ref32 = ref.to(torch.float32)
+        why = None
+        for what, fn in kr.mistakes(ck, t, n, k, conf):     # the format's usual mistakes first: they name it
+            try:
+                r2, c2, _ = metrics(ref32, fn())
+            except Exception:      # a diagnosis attempt must never break the report
+                continue
+            if within(la.spec, r2, c2):
+                why = what
+                break
+        if why is None:
+            class _NoTries:
+                @staticmethod
+                def mistakes(*_a):
+                    return []
+            why = diagnose(ck, _NoTries, la, None, None, None, n, k, ref32, alpha, cos)
         f.error("numeric.mismatch", f"comfy-kitchen's dequantization differs from the source "
                                     f"(limits: rel. error <= {la.spec.max_rel_error}, cosine >= "
                                     f"{la.spec.min_cosine}): {why}", [la.name])

@@ -159,6 +159,10 @@ class Format:
         share one ComfyUI format string, e.g. int8_tensorwise with and without ConvRot, tell them apart)."""
         return True
 
+    def conf_problems(self, conf: dict, n: int, k: int) -> list[str]:
+        """What is wrong with a layer's comfy_quant parameters for a [n, k] weight (verify's layout rules)."""
+        return []
+
     def conf_extra(self, n: int, k: int) -> dict:
         """Keys this format adds to a layer's comfy_quant dict beside "format" (shape dependent)."""
         return {}

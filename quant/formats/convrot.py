@@ -85,3 +85,14 @@ def unpack_int4(packed, signed: bool = True):
         lo = lo - ((lo >> 3) << 4)
         hi = hi - ((hi >> 3) << 4)
     return torch.stack([lo, hi], dim=-1).reshape(*packed.shape[:-1], -1).to(torch.int8)
+
+
+def group_problems(g, k: int, allowed: tuple[int, ...] | None = None) -> list[str]:
+    """Why a declared ``convrot_groupsize`` cannot decode a weight with K = ``k`` (empty: it can)."""
+    if not is_group_size(g):
+        return [f"convrot_groupsize {g!r} is not a power of 4 (kitchen's regular Hadamard sizes: 4, 16, 64, 256)"]
+    if k % g:
+        return [f"convrot_groupsize {g} does not divide K={k}"]
+    if allowed is not None and g not in allowed:
+        return [f"convrot_groupsize {g} is not one the format's kernel takes ({', '.join(map(str, allowed))})"]
+    return []

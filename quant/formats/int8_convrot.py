@@ -73,6 +73,9 @@ class Int8Convrot(Format):
     def matches_conf(self, conf: dict) -> bool:
         return _convrot_flag(conf)
 
+    def conf_problems(self, conf, n, k):
+        return convrot.group_problems(convrot_group(conf), k)
+
     def conf_extra(self, n, k) -> dict:
         return {"convrot": True, "convrot_groupsize": convrot.group_for(k)}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from . import convrot
 from .base import CARRIER_COMFY_QUANT, Companion, Format, shape_rule
 from .comfy import QUANT_ALGOS_SINCE
+from .int8_convrot import MIN_COMFY as INT8_CONVROT_MIN
 from .int8 import kernel_op
 
 INT4_MAX = 7.0
@@ -64,7 +65,7 @@ class W4a4Convrot(Format):
                   positive_finite=True, missing="ComfyUI fails with 'Missing ConvRot W4A4 weight scale'"),
     )
     per_layer_keys = ("weight", "bias", "weight_scale", "comfy_quant")
-    min_comfy = QUANT_ALGOS_SINCE["convrot_w4a4"]
+    min_comfy = INT8_CONVROT_MIN   # its 8-bit layers are int8 ConvRot
     loads_since = QUANT_ALGOS_SINCE["convrot_w4a4"]
     activation = ("rotated online by the layer's Hadamard group, then quantized to signed int4 per row at run time "
                   "(comfy-kitchen's convrot_w4a4_linear; int4 x int4 MMA); no input_scale is stored")
@@ -74,7 +75,7 @@ class W4a4Convrot(Format):
     doc_written = ("comfy_quant `convrot_w4a4`: Hadamard-rotated weight (group 256, 64 where K needs), signed int4 "
                    "in [-7, 7] packed into I8 `[N, K/2]` (even column in the low nibble), F32 `weight_scale` `[N]`; "
                    "int8 ConvRot for the preset's sensitive layers and where K % 64 ≠ 0")
-    doc_comfy = f"≥ {QUANT_ALGOS_SINCE['convrot_w4a4']}; native int4 on NVIDIA SM ≥ 7.5"
+    doc_comfy = f"≥ {INT8_CONVROT_MIN} (convrot_w4a4 itself since {QUANT_ALGOS_SINCE['convrot_w4a4']}, the int8 ConvRot layers need the 0.33 tree); native int4 on NVIDIA SM ≥ 7.5"
     description = ("ComfyUI convrot_w4a4: ConvRot-rotated weight quantized per row to signed int4 (I8 [N, K/2], "
                    "low nibble = even column), F32 weight_scale [N]; activations rotated and quantized to int4 "
                    "per row at run time.")
@@ -84,6 +85,15 @@ class W4a4Convrot(Format):
         if k % QUANT_GROUP:
             return f"K={k} is not a multiple of {QUANT_GROUP} (kitchen's int4 group)"
         return None
+
+    def conf_problems(self, conf, n, k):
+        from .int8 import convrot_group
+        p = conf.get("params") if isinstance(conf.get("params"), dict) else {}
+        out = convrot.group_problems(convrot_group(conf), k)
+        ld = conf.get("linear_dtype", p.get("linear_dtype", "int4"))
+        if ld not in ("int4", "int8"):
+            out.append(f"linear_dtype {ld!r} is not 'int4' or 'int8' (kitchen refuses the layer)")
+        return out
 
     def conf_extra(self, n, k) -> dict:
         return {"convrot_groupsize": convrot.group_for(k, GROUPS)}

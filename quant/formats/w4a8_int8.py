@@ -19,6 +19,7 @@ from __future__ import annotations
 from . import convrot
 from .base import CARRIER_COMFY_QUANT, Companion, Format, shape_rule
 from .comfy import QUANT_ALGOS_SINCE
+from .int8_convrot import MIN_COMFY as INT8_CONVROT_MIN
 from .int8 import DYNAMIC_INT8, kernel_op
 
 GROUP = 16
@@ -177,7 +178,7 @@ class W4a8Int8(Format):
     )
     per_layer_keys = ("weight", "bias", "weight_s_rel", "weight_s_channel", "weight_codebook", "weight_correction",
                       "comfy_quant")
-    min_comfy = QUANT_ALGOS_SINCE["asym_w4a8_int8"]
+    min_comfy = INT8_CONVROT_MIN   # its 8-bit layers are int8 ConvRot
     loads_since = QUANT_ALGOS_SINCE["asym_w4a8_int8"]
     activation = "rotated online by the layer's Hadamard group, then " + DYNAMIC_INT8
     native_sm = (7, 5)
@@ -186,7 +187,7 @@ class W4a8Int8(Format):
     doc_written = ("comfy_quant `asym_w4a8_int8`: rotated weight as 4-bit codebook indices (I8 `[N, K/2]`), "
                    "F8_E4M3 `weight_s_rel` `[N, K/16]`, F32 `weight_s_channel` `[N]`, F32 `weight_codebook` `[16]`; "
                    "`group_size` 16, `convrot_groupsize` per layer; int8 ConvRot for sensitive layers")
-    doc_comfy = f"≥ {QUANT_ALGOS_SINCE['asym_w4a8_int8']}; native int8 matmul on NVIDIA SM ≥ 7.5"
+    doc_comfy = f"≥ {INT8_CONVROT_MIN} (asym_w4a8_int8 itself since {QUANT_ALGOS_SINCE['asym_w4a8_int8']}, the int8 ConvRot layers need the 0.33 tree); native int8 matmul on NVIDIA SM ≥ 7.5"
     description = ("ComfyUI asym_w4a8_int8: ConvRot-rotated weight as 4-bit codebook indices in groups of 16 "
                    "(e4m3 group scales, F32 per-row int8 step, F32 16-level codebook); activations rotated and "
                    "quantized to int8 per row at run time.")
@@ -196,6 +197,15 @@ class W4a8Int8(Format):
         if k % GROUP:
             return f"K={k} is not a multiple of {GROUP}"
         return None
+
+    def conf_problems(self, conf, n, k):
+        from .int8 import convrot_group
+        p = conf.get("params") if isinstance(conf.get("params"), dict) else {}
+        out = convrot.group_problems(convrot_group(conf), k)
+        gs = conf.get("group_size", p.get("group_size", GROUP))
+        if gs != GROUP:
+            out.append(f"group_size {gs!r}: the scales (weight_s_rel) are per {GROUP} elements")
+        return out
 
     def conf_extra(self, n, k) -> dict:
         return {"group_size": GROUP, "convrot_groupsize": convrot.group_for(k)}
