@@ -180,6 +180,11 @@ class Int8ConvrotReference(Int8Reference):
     kernel = "int8_convrot"
 
 
+class Int8FastReference(Int8Reference):
+    """comfy-quants' INT8-Fast dialect: the same numbers as int8 / int8-convrot (kitchen decodes them)."""
+    kernel = "int8_fast"
+
+
 class Mxfp8Reference(_LayerReference):
     """MXFP8: ``ck.dequantize_mxfp8`` on the padded codes and the swizzled E8M0 exponents."""
     kernel = "mxfp8"
@@ -249,7 +254,7 @@ class W4a8Reference(_LayerReference):
 
 
 REFERENCES = {r.kernel: r for r in (Fp8Reference(), Nvfp4Reference(), Int8Reference(), Int8ConvrotReference(),
-                                    Mxfp8Reference(), W4a4Reference(), W4a8Reference())}
+                                    Int8FastReference(), Mxfp8Reference(), W4a4Reference(), W4a8Reference())}
 
 
 def reference_for(fmt):

@@ -27,6 +27,7 @@ from . import int8_convrot as _int8_convrot  # noqa: F401
 from . import mxfp8 as _mxfp8  # noqa: F401
 from . import w4a4_convrot as _w4a4_convrot  # noqa: F401
 from . import w4a8_int8 as _w4a8_int8  # noqa: F401
+from . import int8_fast as _int8_fast  # noqa: F401  (read-only dialect: comfy-quants' INT8-Fast files)
 
 FORMATS: dict[str, Format] = dict(sorted(_REGISTRY.items(), key=lambda kv: kv[1].order))
 TARGETS: tuple[str, ...] = tuple(n for n, f in FORMATS.items() if f.target)
@@ -53,6 +54,11 @@ def for_conf(conf) -> Format | None:
     name = conf.get("format")
     return next((f for f in FORMATS.values() if f.carrier == CARRIER_COMFY_QUANT and f.comfy_format == name
                  and f.matches_conf(conf)), None)
+
+
+def dialect_for(conf) -> Format | None:
+    """A format declared by a comfy_quant dict WITHOUT "format" (a custom node's dialect), or None."""
+    return for_conf(conf) if isinstance(conf, dict) and "format" not in conf else None
 
 
 def marker_format() -> Format:

@@ -107,6 +107,7 @@ class Format:
     fallback_action: ClassVar[str | None] = None     # action for a layer this format refuses (None: keep it)
     native_sm: ClassVar[tuple[int, int] | None] = None   # lowest CUDA SM ComfyUI runs it natively on (None: never)
     learned_rounding: ClassVar[bool] = False  # `--rounding learned` can optimise its rounding (quant.rounding)
+    loader: ClassVar[str | None] = None      # a custom node the file needs instead of stock ComfyUI (dialects)
 
     def __init_subclass__(cls, register: bool = True, **kw):
         super().__init_subclass__(**kw)
@@ -158,6 +159,11 @@ class Format:
         """Whether a layer's comfy_quant dict (whose "format" is this format's) is this format (formats that
         share one ComfyUI format string, e.g. int8_tensorwise with and without ConvRot, tell them apart)."""
         return True
+
+    def emulation(self, conf: dict) -> dict | None:
+        """How the render gate's activation emulation quantizes this layer's input the way ComfyUI's native kernel
+        does: {"format": <kernel family the emulation node knows>, ...parameters}, or None (weight-only)."""
+        return {"format": self.kernel}
 
     def conf_problems(self, conf: dict, n: int, k: int) -> list[str]:
         """What is wrong with a layer's comfy_quant parameters for a [n, k] weight (verify's layout rules)."""

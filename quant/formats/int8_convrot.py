@@ -73,6 +73,9 @@ class Int8Convrot(Format):
     def matches_conf(self, conf: dict) -> bool:
         return _convrot_flag(conf)
 
+    def emulation(self, conf):
+        return {"format": self.kernel, "group": convrot_group(conf)}
+
     def conf_problems(self, conf, n, k):
         return convrot.group_problems(convrot_group(conf), k)
 

@@ -86,6 +86,9 @@ class W4a4Convrot(Format):
             return f"K={k} is not a multiple of {QUANT_GROUP} (kitchen's int4 group)"
         return None
 
+    def emulation(self, conf):
+        return {"format": self.kernel, "group": self.verify_group(conf)}
+
     def conf_problems(self, conf, n, k):
         from .int8 import convrot_group
         p = conf.get("params") if isinstance(conf.get("params"), dict) else {}
