@@ -128,6 +128,9 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     ``percentile`` of |x|) x ``margin`` / the layer format's full scale. ``keep_fpmm``: fp8 layers keep
     full_precision_matrix_mult even with an input_scale (the scale is stored, unused)."""
     fmt = formats.get(target)
+    if not fmt.target:
+        raise UsageError(f"{target} is a format quantgate reads and checks, not one it writes; "
+                         f"choose one of {', '.join(formats.TARGETS)}")
     learned = rounding == "learned"
     if learned and not fmt.learned_rounding:
         raise UsageError(f"--rounding learned is not available for {target}: its rounding is fixed by the format "
