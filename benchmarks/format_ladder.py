@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
-    from harness import gguf_synth, ladder
+    from harness.fixtures import gguf_synth
+    from harness.gguf import ladder
     from harness.render import models
     from quant.safetensors_io import SafetensorsFile
     work = Path(a.work or tempfile.mkdtemp(prefix="qg-fmtladder-"))

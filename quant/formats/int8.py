@@ -10,7 +10,7 @@ The math lives here as the reference; a kernel backend may provide ``quantize_in
 from __future__ import annotations
 
 from .base import CARRIER_COMFY_QUANT, Companion, Format, shape_rule
-from .comfy import QUANT_ALGOS_SINCE
+from quant.comfy.versions import QUANT_ALGOS_SINCE
 
 shape_rule("N1", lambda n, k: (n, 1), "[N, 1] (one per output row)")
 

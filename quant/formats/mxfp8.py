@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..kernels.facts import E4M3_MAX, rup
 from .base import CARRIER_COMFY_QUANT, Companion, Format, shape_rule
-from .comfy import QUANT_ALGOS_SINCE
+from quant.comfy.versions import QUANT_ALGOS_SINCE
 
 BLOCK = 32
 E8M0_BIAS = 127

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import convrot
 from .base import CARRIER_COMFY_QUANT, Companion, Format, shape_rule
-from .comfy import QUANT_ALGOS_SINCE
+from quant.comfy.versions import QUANT_ALGOS_SINCE
 from .int8_convrot import MIN_COMFY as INT8_CONVROT_MIN
 from .int8 import kernel_op
 

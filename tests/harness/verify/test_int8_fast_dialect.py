@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from harness.planted import format_defects as P
+from harness.fixtures.planted import format_defects as P
 from harness.verify import verify
 
 
@@ -35,7 +35,7 @@ def _int8_fast(src_t: dict) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from harness import synth
+    from harness.fixtures import synth
     d = tmp_path_factory.mktemp("int8fast")
     src = synth.make_model(P.ARCH, d / "src.safetensors", seed=3)
     t, m = _int8_fast(P.load(src)[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.planted import format_defects as P
+from harness.fixtures.planted import format_defects as P
 from harness.verify import verify
 from quant.formats import TARGETS
 
