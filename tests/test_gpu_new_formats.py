@@ -12,7 +12,7 @@ NEW = ("int8", "int8-convrot", "mxfp8", "w4a4-convrot", "w4a8-int8")
 
 
 def _kitchen_eager(fmt, x, conf):
-    from tests.quant.formats.test_new_formats import _kitchen
+    from tests.quant.formats.test_new_format_bytes import _kitchen
     return _kitchen(fmt, x, conf)
 
 

@@ -2,7 +2,7 @@
 
 A file in a ComfyUI format quantgate cannot decode with every weight negated and every scale x10 used to pass ``verify --source`` with exit 0 and a
 summary claiming "every layer dequantized by comfy-kitchen" (int8_tensorwise, before quantgate decoded it; the
-per-format destroyed-file tests in test_new_formats.py own that case now). Here the format is ``float8_e5m2``, a
+per-format destroyed-file tests in test_new_formats_verify.py own that case now). Here the format is ``float8_e5m2``, a
 ComfyUI format (QUANT_ALGOS since 0.8.0) quantgate has no format object for. Now it fails (``format.unchecked`` and
 ``numeric.unchecked``); ``--allow-unchecked`` accepts it only with a summary that says how many layers were NOT
 checked.
