@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quant import fp8, nvfp4
+from quant.kernels import fp8, nvfp4
 
 pytestmark = pytest.mark.gpu
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -87,7 +87,7 @@ def test_fp8_bytes_equal_comfy_kitchen_gpu_kernels(shape, dtype, kitchen):
 
 @cuda
 def test_convert_on_cuda_writes_the_same_bytes_as_cpu(tmp_path):
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     from quant.convert import convert
     src = make_model("wan22-ti2v-5b-thin", tmp_path / "src.safetensors")
     for fmt in ("fp8-legacy", "fp8", "nvfp4"):
@@ -120,7 +120,7 @@ def test_real_size_wan22_5b_convert_and_verify_on_cuda(tmp_path):
     every layer re-decoded by comfy-kitchen on the GPU and compared with the source."""
     import json
 
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     from harness.verify import verify
     from quant.convert import convert
     from quant.safetensors_io import SafetensorsFile
