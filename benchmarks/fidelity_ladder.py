@@ -93,7 +93,7 @@ def block_sqnr(src_path, path) -> float:
 
 
 def gguf_block_sqnr(src_path, ggufs) -> dict:
-    from harness.ladder import run
+    from harness.gguf.ladder import run
     lad = run(src_path, ggufs=ggufs, formats=())
     blocks = [n for n in lad.layers if n.startswith("blocks.")]
     ref = sum(lad.ref2[n] for n in blocks)
@@ -109,8 +109,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
-    from harness.gguf_synth import make_gguf
-    from harness.record_activations import record_file
+    from harness.fixtures.gguf_synth import make_gguf
+    from harness.activations.record import record_file
     from harness.render import models
     from quant.convert import convert, make_plan
     from quant.safetensors_io import SafetensorsFile

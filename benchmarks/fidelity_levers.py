@@ -3,7 +3,7 @@
     python benchmarks/fidelity_levers.py [-o benchmarks/results/cpu-fidelity-levers-DATE.json] [--work DIR]
 
 Activations: every block Linear's input rows recorded while the model samples like the render workflow
-(harness.record_activations: classes 1-3 x 2 sizes): calibration = sampler seeds 11-13, HELD-OUT = seeds
+(harness.activations.record: classes 1-3 x 2 sizes): calibration = sampler seeds 11-13, HELD-OUT = seeds
 21-23 (never seen by any method). For every block Linear and every method, on NVFP4 and on FP8:
   * weight SQNR  10 log10(|W|^2 / |W_q - W|^2)
   * output SQNR on the held-out rows  10 log10(|X W^T|^2 / |X (W_q - W)^T|^2)
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 def main(argv=None) -> int:
     import torch
     torch.set_num_threads(1)
-    from harness.record_activations import record
+    from harness.activations.record import record
     from harness.train.tiny_model import load_model
     from quant.kernels import fp8 as _fp8
     from quant.kernels import nvfp4 as _nv

@@ -24,15 +24,21 @@ from dataclasses import dataclass, field
 ACTIONS = ("nvfp4", "fp8", "keep")
 
 
-def stored_bytes(action: str, shape: tuple, src_itemsize: int) -> int:
+def _nvfp4_bytes(n: int, k: int, itemsize: int) -> int:
     from .kernels.facts import packed_shape, scale_shape
-    n, k = int(shape[0]), int(shape[1])
-    if action == "nvfp4":
-        p, s = packed_shape(n, k), scale_shape(n, k)
-        return p[0] * p[1] + s[0] * s[1] + 4
-    if action == "fp8":
-        return n * k + 4
-    return n * k * int(src_itemsize)
+    p, s = packed_shape(n, k), scale_shape(n, k)
+    return p[0] * p[1] + s[0] * s[1] + 4
+
+
+_BYTES = {"nvfp4": _nvfp4_bytes,
+          "fp8": lambda n, k, itemsize: n * k + 4,
+          "keep": lambda n, k, itemsize: n * k * itemsize}
+CHEAPEST = ACTIONS[0]
+
+
+def stored_bytes(action: str, shape: tuple, src_itemsize: int) -> int:
+    """Bytes a layer's weight stores as ``action`` (NVFP4 with its padded scales, FP8, the source dtype)."""
+    return _BYTES[action](int(shape[0]), int(shape[1]), int(src_itemsize))
 
 
 @dataclass
@@ -86,8 +92,8 @@ def allocate(choices: list[Choice], budget_bits: float, metric: str = "output") 
     total = sum(c.numel for c in choices)
     budget = budget_bits / 8.0 * total
     for c in choices:
-        c.action = "nvfp4"
-    used = sum(c.bytes["nvfp4"] for c in choices)
+        c.action = CHEAPEST
+    used = sum(c.bytes[CHEAPEST] for c in choices)
     if used > budget + 1e-9:
         raise ValueError(f"--budget-bits {budget_bits:g} is below NVFP4's own size here "
                          f"({8.0 * used / total:.3f} bits a weight with its scales)")
@@ -122,10 +128,10 @@ def allocate(choices: list[Choice], budget_bits: float, metric: str = "output") 
     bar = max(left) if left else 0.0
     for c in choices:
         opts = ", ".join(f"{a} {_fmt_db(c.db(a))}" for a in ACTIONS[:2])
-        if c.action == "nvfp4":
+        if c.action == CHEAPEST:
             why = "upgrade did not fit the budget" if bar else "nothing dearer helps"
         else:
-            frm, to, r = ratio_at.get(c.layer, ("nvfp4", c.action, 0.0))
+            frm, to, r = ratio_at.get(c.layer, (CHEAPEST, c.action, 0.0))
             why = f"{frm} -> {to} removes {r:.3g} error/byte"
         c.reason = (f"--budget-bits {budget_bits:g} ({metric} error): {opts}; {why}")
     return Allocation(budget_bits, metric, choices)

@@ -106,71 +106,92 @@ def _block_codes(blk: torch.Tensor, s2: torch.Tensor, hb: torch.Tensor | None, s
     return best_c.to(torch.uint8)
 
 
+class _Fp8Grid:
+    """e4m3fn codes under RTN's per-tensor scale amax/448 (fp32 division, RNE, clamp +-448)."""
+
+    def __init__(self, w: torch.Tensor, cfg: GptqConfig):
+        self.n, self.k = w.shape[1], w.shape[2]
+        self.scale = torch.stack([_fp8.weight_scale(w[i]) for i in range(w.shape[0])]).to(w.device)   # [L]
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    def column(self, w1: torch.Tensor, j: int, c: int, h: torch.Tensor) -> torch.Tensor:
+        sc = self.scale[:, None]
+        return (w1[:, :, j] / sc).clamp(-_fp8.FP8_MAX, _fp8.FP8_MAX).to(_fp8.FP8_DTYPE).float() * sc
+
+    def tensors(self, q: torch.Tensor, i: int) -> tuple:
+        return (q[i] / self.scale[i]).to(_fp8.FP8_DTYPE), self.scale[i].reshape(())
+
+
+class _Nvfp4Grid:
+    """E2M1 codes under RTN's global scale amax/2688; each 16-column block's e4m3 scale is chosen when the
+    quantizer reaches the block (``cfg.scale_search``: None = amax/6, "mse", "output")."""
+
+    def __init__(self, w: torch.Tensor, cfg: GptqConfig):
+        if cfg.scale_search not in (None, "mse", "output"):
+            raise ValueError(f"unknown scale search {cfg.scale_search!r}")
+        nl, n, k = w.shape
+        self.n, self.k = _nv.rup(n, 16), _nv.rup(k, 16)
+        self.search = cfg.scale_search
+        self.s2 = torch.stack([_nv.global_scale(w[i]) for i in range(nl)]).to(w.device)           # [L]
+        self.codes = torch.zeros((nl, self.n, self.k // BLOCK), dtype=torch.uint8, device=w.device)
+        self.total = self.safe = None
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = x.shape[1], x.shape[2]
+        return torch.nn.functional.pad(x, (0, self.k - k, 0, self.n - n)) if (self.n, self.k) != (n, k) else x.clone()
+
+    def column(self, w1: torch.Tensor, j: int, c: int, h: torch.Tensor) -> torch.Tensor:
+        if c % BLOCK == 0:                          # a new block: its scale from the columns as updated so far
+            hb = h[:, c:c + BLOCK, c:c + BLOCK] if self.search == "output" else None
+            cb = _block_codes(w1[:, :, j:j + BLOCK], self.s2, hb, self.search)              # [L, N]
+            self.codes[:, :, c // BLOCK] = cb
+            self.total = cb.view(torch.float8_e4m3fn).float() * self.s2[:, None]
+            self.safe = torch.where(self.total > 0, self.total, torch.ones_like(self.total))
+        return _ss._e2m1_round(w1[:, :, j] / self.safe) * self.total
+
+    def tensors(self, q: torch.Tensor, i: int) -> tuple:
+        packed, bs = _ss.encode_with_codes(q[i].view(self.n, self.k // BLOCK, BLOCK), self.codes[i],
+                                           self.s2[i].reshape(()))
+        return packed, _nv.swizzle(bs), self.s2[i].reshape(())
+
+
+GRIDS = {"fp8": _Fp8Grid, "nvfp4": _Nvfp4Grid}
+
+
 def quantize_batch(action: str, w: torch.Tensor, h: torch.Tensor, cfg: GptqConfig = GptqConfig()) -> list[tuple]:
     """GPTQ a batch of same-shape layers: ``w`` [L, N, K] (any float dtype), ``h`` [L, K, K] their input Gram
     matrices. Returns per layer the kernel's tensors: fp8 (q e4m3fn [N, K], scale 0-d); nvfp4 (packed U8,
     swizzled e4m3 block scales, s2 0-d)."""
     if w.dim() != 3 or h.dim() != 3 or h.shape[0] != w.shape[0] or h.shape[-1] != h.shape[-2]:
         raise ValueError(f"GPTQ takes w [L, N, K] and h [L, K, K], got {list(w.shape)} and {list(h.shape)}")
-    nl, n, k = w.shape
-    dev = w.device
-    x = w.to(torch.float32)
-    if action == "nvfp4":
-        np_, kp = _nv.rup(n, 16), _nv.rup(k, 16)
-        x = torch.nn.functional.pad(x, (0, kp - k, 0, np_ - n)) if (np_, kp) != (n, k) else x.clone()
-        s2 = torch.stack([_nv.global_scale(w[i]) for i in range(nl)]).to(dev)           # [L]
-    elif action == "fp8":
-        np_, kp = n, k
-        x = x.clone()
-        scale = torch.stack([_fp8.weight_scale(w[i]) for i in range(nl)]).to(dev)        # [L]
-    else:
-        raise ValueError(f"GPTQ rounds to fp8 or nvfp4, not {action!r}")
-    h = h.to(device=dev, dtype=torch.float32)
+    if action not in GRIDS:
+        raise ValueError(f"GPTQ rounds to {' or '.join(GRIDS)}, not {action!r}")
+    grid = GRIDS[action](w, cfg)
+    x = grid.pad(w.to(torch.float32))
+    kp = x.shape[-1]
+    h = h.to(device=w.device, dtype=torch.float32)
     if h.shape[-1] != kp:
         pad = kp - h.shape[-1]
         h = torch.nn.functional.pad(h, (0, pad, 0, pad))
-    u = upper_inverse_factor(h, cfg.damp).to(dev)
-    search = cfg.scale_search if action == "nvfp4" else None
-    if search not in (None, "mse", "output"):
-        raise ValueError(f"unknown scale search {search!r}")
+    u = upper_inverse_factor(h, cfg.damp).to(w.device)
     q = torch.empty_like(x)                                  # dequantized result
-    codes = torch.zeros((nl, np_, kp // BLOCK), dtype=torch.uint8, device=dev) if action == "nvfp4" else None
     bsz = max(BLOCK, cfg.batch // BLOCK * BLOCK)
     for i1 in range(0, kp, bsz):
         i2 = min(i1 + bsz, kp)
         w1 = x[:, :, i1:i2].clone()
         e1 = torch.empty_like(w1)
         u1 = u[:, i1:i2, i1:i2]
-        total = safe = None
         for j in range(i2 - i1):
-            c = i1 + j
-            col = w1[:, :, j]                                                        # [L, N]
-            if action == "nvfp4":
-                if c % BLOCK == 0:
-                    b = c // BLOCK
-                    hb = h[:, c:c + BLOCK, c:c + BLOCK] if search == "output" else None
-                    cb = _block_codes(w1[:, :, j:j + BLOCK], s2, hb, search)       # [L, N]
-                    codes[:, :, b] = cb
-                    total = cb.view(torch.float8_e4m3fn).float() * s2[:, None]
-                    safe = torch.where(total > 0, total, torch.ones_like(total))
-                qc = _ss._e2m1_round(col / safe) * total
-            else:
-                sc = scale[:, None]
-                qc = (col / sc).clamp(-_fp8.FP8_MAX, _fp8.FP8_MAX).to(_fp8.FP8_DTYPE).float() * sc
-            q[:, :, c] = qc
-            err = (col - qc) / u1[:, j, j][:, None]
+            qc = grid.column(w1, j, i1 + j, h)
+            q[:, :, i1 + j] = qc
+            err = (w1[:, :, j] - qc) / u1[:, j, j][:, None]
             w1[:, :, j:].sub_(err.unsqueeze(-1) * u1[:, j, j:].unsqueeze(1))
             e1[:, :, j] = err
         if i2 < kp:
             x[:, :, i2:].sub_(torch.bmm(e1, u[:, i1:i2, i2:]))
-    out = []
-    for i in range(nl):
-        if action == "fp8":
-            out.append(((q[i] / scale[i]).to(_fp8.FP8_DTYPE), scale[i].reshape(())))
-        else:
-            packed, bs = _ss.encode_with_codes(q[i].view(np_, kp // BLOCK, BLOCK), codes[i], s2[i].reshape(()))
-            out.append((packed, _nv.swizzle(bs), s2[i].reshape(())))
-    return out
+    return [grid.tensors(q, i) for i in range(w.shape[0])]
 
 
 def quantize(action: str, w: torch.Tensor, h: torch.Tensor, cfg: GptqConfig = GptqConfig()) -> tuple:

@@ -58,7 +58,7 @@ class _Samples:
     """Recorded activation rows per layer (the '<layer>.input' file) and their Gram matrices, read lazily."""
 
     def __init__(self, path, samples: int, seed: int):
-        from .calibration import Calibration
+        from quant.activations.samples import Calibration
         self.cal = Calibration(path, samples, seed) if path else None
 
     def gram(self, layer: str, k: int, device):
@@ -131,6 +131,9 @@ class Gptq:
                 bar.close()
 
 
+SEARCHED = frozenset({"nvfp4"})        # kernels with per-block scales to search (scale_search.py)
+
+
 class SearchedRtn:
     """Round-to-nearest with searched NVFP4 scales (quant.rounding.scale_search): ``objective`` "mse" (block
     weight error) or "output" (block output error, from recorded activations; layers without rows fall back
@@ -148,10 +151,10 @@ class SearchedRtn:
                 w = job.load()
                 if str(device) != "cpu":
                     w = w.to(device)
-                if job.fmt.kernel == "nvfp4":
+                if job.fmt.kernel in SEARCHED:
                     h = samples.gram(job.layer, w.shape[1], w.device) if self.objective == "output" else None
                     t = scale_search.quantize(w, h=h, objective="output" if h is not None else "mse")
-                    raw = _raw(job, "nvfp4", t)
+                    raw = _raw(job, job.fmt.kernel, t)
                 else:
                     raw = job.fmt.quantize(w, backend=backend, name=job.name)
                 del w
@@ -161,6 +164,6 @@ class SearchedRtn:
 
 
 def _raw(job, action, t) -> dict:
-    if action == "fp8":
-        return {"weight": t[0], job.fmt.decode_scale_key: t[1]}
-    return {"weight": t[0], "weight_scale": t[1], "weight_scale_2": t[2]}
+    """A kernel's tensors as the format's {suffix: tensor}: fp8 (q, scale), nvfp4 (packed, block scales, s2)."""
+    keys = ("weight", job.fmt.decode_scale_key) if len(t) == 2 else ("weight", "weight_scale", "weight_scale_2")
+    return dict(zip(keys, t))
