@@ -63,6 +63,29 @@ def test_cuda_matches_comfy_kitchen_cuda_backend(shape):
 
 
 @cuda
+@pytest.mark.parametrize("shape", [(3072, 3072), (14336, 3072), (33, 50)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("kitchen", ["cuda", "triton"])
+def test_fp8_bytes_equal_comfy_kitchen_gpu_kernels(shape, dtype, kitchen):
+    """FP8 rounds like comfy-kitchen's GPU kernels (fp32 division by the scale): our CPU bytes, our CUDA bytes
+    and kitchen's CUDA / Triton backend's bytes for the same scale are the same."""
+    ck = pytest.importorskip("comfy_kitchen")
+    if not ck.list_backends().get(kitchen, {}).get("available"):
+        pytest.skip(f"comfy-kitchen {kitchen} backend unavailable: {ck.list_backends().get(kitchen)}")
+    gen = torch.Generator(device="cuda").manual_seed(sum(shape))
+    x = (torch.randn(shape, device="cuda", generator=gen) * 0.05)
+    x[:, :7] *= 30
+    x = x.to(dtype)
+    q, s = fp8.quantize(x)
+    qc, _ = fp8.quantize(x.cpu())
+    with ck.use_backend(kitchen):
+        qk = ck.quantize_per_tensor_fp8(x, s)
+    assert torch.equal(q.view(torch.uint8).cpu(), qc.view(torch.uint8))
+    diff = int((q.view(torch.uint8) != qk.view(torch.uint8)).sum())
+    assert diff == 0, f"{diff} of {q.numel()} codes differ from kitchen's {kitchen} kernel"
+
+
+@cuda
 def test_convert_on_cuda_writes_the_same_bytes_as_cpu(tmp_path):
     from harness.fixtures.synth import make_model
     from quant.convert import convert
