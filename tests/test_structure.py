@@ -326,16 +326,14 @@ def measure(root: Path) -> dict:
 
 # What is still over the promise, written down so it can only shrink (issue 19 takes these to zero):
 # lower a number or drop a line when you shorten one; never raise them.
-FORMAT_COMPARISONS_LEFT = 23
+FORMAT_COMPARISONS_LEFT = 22
 LONG_FUNCTIONS_LEFT = {
     "harness/card/__init__.py:build_card": 253,
-    "harness/comfy/doctor.py:run": 133,
     "harness/commands/calibrate.py:run": 90,
     "harness/commands/demo.py:run": 85,
     "harness/gguf/ladder.py:run": 96,
     "harness/render/report.py:render_html": 149,
     "harness/verify/__init__.py:verify": 81,
-    "quant/convert.py:convert": 149,
     "quant/gguf/safety.py:prescan": 82,
     "quant/pipeline.py:run": 131,
     "quant/safetensors_io.py:parse_header_bytes": 101,
@@ -368,14 +366,19 @@ def test_every_harness_package_has_a_floor():
 
 
 def test_no_format_name_comparisons_outside_formats():
+    """Ask the format object (a trait, ``for_action``, ``kernel`` lookups in quant/formats) instead of
+    comparing its name. The count left is written down exactly: lower it when you remove one."""
     hits = format_string_comparisons(ROOT)
-    assert len(hits) <= FORMAT_COMPARISONS_LEFT, hits
+    assert len(hits) == FORMAT_COMPARISONS_LEFT, hits
 
 
 def test_no_function_longer_than_80_lines():
-    long = {k: v for k, v in function_lengths(ROOT).items() if v > MAX_FUNCTION_LINES}
+    lengths = function_lengths(ROOT)
+    long = {k: v for k, v in lengths.items() if v > MAX_FUNCTION_LINES}
     grown = {k: v for k, v in long.items() if v > LONG_FUNCTIONS_LEFT.get(k, MAX_FUNCTION_LINES)}
     assert grown == {}, grown
+    stale = {k: lengths.get(k) for k in LONG_FUNCTIONS_LEFT if lengths.get(k, 0) <= MAX_FUNCTION_LINES}
+    assert stale == {}, f"shortened (or gone): drop them from LONG_FUNCTIONS_LEFT: {stale}"
 
 
 def test_readme_layout_equals_the_tree():
