@@ -131,8 +131,7 @@ class Format:
         fp8 layers as ``fp8``)."""
         if action == self.kernel:
             return self
-        from . import FORMATS
-        for f in FORMATS.values():
+        for f in sorted(_REGISTRY.values(), key=lambda f: f.order):     # = FORMATS' order
             if f.kernel == action and f.carrier == self.carrier:
                 return f
         raise ValueError(f"{self.name} files cannot hold {action} layers")

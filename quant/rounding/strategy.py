@@ -36,8 +36,8 @@ class Learned:
                                cfg=self.cfg, calibration=self.calibration, progress=self.progress, stats=self.stats)
             calib = None
         else:
-            from quant.activations.samples import Calibration
-            calib = Calibration(self.calibration, self.cfg.samples, self.cfg.seed) if self.calibration else None
+            from quant.activations.samples import ActivationSamples
+            calib = ActivationSamples(self.calibration, self.cfg.samples, self.cfg.seed) if self.calibration else None
             gen = engine.run(ejobs, lambda name: by_name[name].load(), device=str(device), cfg=self.cfg,
                              calibration=calib, progress=self.progress, stats=self.stats, backend=backend)
         try:
