@@ -40,7 +40,7 @@ def main(argv=None):
             k = fmt[:3]
             convert(src, d / f"rtn_{k}.safetensors", fmt, comfy_version=s.version, force=True)
             r = convert(src, d / f"lrec_{k}.safetensors", fmt, comfy_version=s.version, rounding="learned",
-                        calibration=acts, force=True)
+                        act_samples=acts, force=True)
             p = convert(src, d / f"lprox_{k}.safetensors", fmt, comfy_version=s.version, rounding="learned",
                         force=True)
             res["convert"][fmt] = {"recorded": r.learned, "proxy": p.learned}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import formats
 from .dtypes import FLOAT_DTYPES
-from .errors import InputError, ShapeError, UsageError, short
+from .errors import InputError, OptionError, ShapeError, UsageError, short
 from quant.comfy.versions import COMFY_VERSIONS, comfy_has
 from .resources import data_path
 
@@ -156,7 +156,7 @@ def legacy_needs_all_linear(target: str, comfy_version: str | None) -> bool:
         return False
     has = comfy_has("legacy_high_precision_linear", comfy_version)
     if has is None:
-        raise UsageError(f"--comfy-version {comfy_version!r} is not a version number (e.g. 0.3.75)")
+        raise OptionError(f"{{comfy_version}} {comfy_version!r} is not a version number (e.g. 0.3.75)")
     return not has
 
 

@@ -41,8 +41,8 @@ def register(sub):
     p.add_argument("--ladder", action="store_true",
                    help="add the quality ladder (weight SQNR per layer: the GGUF candidates beside FP8 and NVFP4-mixed "
                         "made from the source, detected preset) to report.html")
-    p.add_argument("--calibration", metavar="JSON",
-                   help="a calibration from `quantgate calibrate`: verify holds each input_scale against it "
+    p.add_argument("--act-stats", "--calibration", dest="calibration", metavar="JSON",
+                   help="activation statistics from `quantgate calibrate` (--calibration: the older name): verify holds each input_scale against it "
                         "(verify --calibration); its SQNR numbers (calibrate --report) go into report.html")
     p.add_argument("--no-emulation", action="store_true",
                    help="render weight-only only (by default a candidate that declares an activation path is also "

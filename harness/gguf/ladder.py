@@ -108,6 +108,14 @@ def _gguf_label(model) -> str:
     return f"gguf {ft}"
 
 
+def _check_formats(names) -> None:
+    from quant import formats as F
+    comfy_targets = [n for n, f in F.FORMATS.items() if f.target and not f.legacy]
+    for f in names:
+        if f not in comfy_targets:
+            raise UsageError(f"--formats takes {', '.join(comfy_targets)}, not {f!r}")
+
+
 def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derived=(), *, progress=False) -> Ladder:
     """``preset_names``: hand presets (None = detected from the keys); ``derived``: [(gguf path, Mapping)]
     for NVFP4-mixed under GGUF-derived presets."""
@@ -118,10 +126,7 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
     from quant import presets
     from quant.convert import make_plan
     from quant.sources import open_source
-    comfy_targets = [n for n, f in F.FORMATS.items() if f.target and not f.legacy]
-    for f in formats:
-        if f not in comfy_targets:
-            raise UsageError(f"--formats takes {', '.join(comfy_targets)}, not {f!r}")
+    _check_formats(formats)
     if not ggufs and not formats:
         raise UsageError("nothing to compare: give --gguf files and/or --formats")
     with open_source(source) as src:
@@ -151,13 +156,12 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
                         plans.append((fmt, presets.plan(pr, fmt, [(n, src.info(n).dtype, shapes[n]) for n in shapes],
                                                         source=str(src.path))))
             for fmt, pl in plans:
-                file_fmt = F.get(fmt)
                 prov = pl.preset.provenance or {}
                 label = f"{fmt} {pl.preset.name}"
                 if prov.get("sha256"):          # GGUF-derived: name it by the GGUF type it came from
                     label = f"{fmt} via {str(prov.get('file_type') or prov.get('gguf_file')).replace('MOSTLY_', '')}"
                 c = Column(label, fmt, pl.preset.name, sha256=prov.get("sha256"))
-                cols.append((c, ("plan", {d.name: d.action for d in pl.decisions}, file_fmt)))
+                cols.append((c, ("plan", {d.name: d.action for d in pl.decisions}, F.get(fmt))))
             # layers: 2-D weights any candidate stores quantized
             layers = []
             for n, s in shapes.items():

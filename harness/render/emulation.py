@@ -62,6 +62,7 @@ def describe(policy: dict | None) -> dict:
     from quant import formats
     static = {f.kernel for f in formats.FORMATS.values() if f.static_input_scale}
     unit = {f.kernel for f in formats.FORMATS.values() if f.weight_only_without_input_scale}
+    short = {f.kernel: f.activation_short for f in formats.FORMATS.values()}
     for p in (policy or {}).get("layers", {}).values():
         fam = p["format"]
         if p["input_scale"] is not None:
@@ -71,15 +72,14 @@ def describe(policy: dict | None) -> dict:
         elif fam in static:
             k = f"{fam} dynamic scale"
         else:
-            k = f"{fam} dynamic per-row" + (f" after ConvRot (group {p['group']})" if p.get("group") else "") \
-                if fam != "mxfp8" else "mxfp8 dynamic per-32 block (Blackwell native)"
+            k = f"{fam} {short.get(fam, 'dynamic')}" + (f" after ConvRot (group {p['group']})" if p.get("group") else "")
         out[k] = out.get(k, 0) + 1
     return dict(sorted(out.items()))
 
 
 def wrap(wf: dict, model_name: str, policy: dict, model_node: str | None = None) -> dict:
     """``wf`` (built for ``model_name``) with the emulation node after its model loader."""
-    from harness.activations import graph
+    from . import graph
     loader = graph.model_loader(wf, model_node, model_name)
     return graph.with_emulation(wf, loader, json.dumps(policy, sort_keys=True))
 

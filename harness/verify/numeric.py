@@ -5,7 +5,7 @@ independent of quantgate's own kernels) and compared with the source weight (``m
 error and cosine, limits from the layer's format object); failures are diagnosed (``diagnosis``) by
 re-trying the usual mistakes (swapped nibbles, row-major block scales, e5m2 data, a scale off by a
 factor). Unquantized tensors must equal the source after dtype conversion; every source tensor must be
-present. Tasks run on a small thread pool (``pool``). Without a source: ``stats.statistics``.
+present. Tasks run on a small thread pool (``pool``). Without a source: ``statistics`` (plausibility only).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import math
 import torch
 
 from quant.checkpoint import IGNORED_KEYS, Structure, load_layer
+from quant.dtypes import FLOAT_DTYPES
 from quant.formats import resolve_shape
 
 from . import row_bounds
@@ -22,7 +23,6 @@ from .findings import Findings
 from .kitchen import open_kitchen, reference_for
 from .metrics import metrics, within
 from .pool import WORKERS, LocalFindings, run_tasks
-from .stats import statistics  # noqa: F401  (verify's no-source mode)
 
 
 def scale_key(la) -> str:
@@ -264,6 +264,31 @@ def _equal_after_cast(ref: torch.Tensor, got: torch.Tensor) -> bool:
         return False
     return bool(torch.equal(cast.contiguous().reshape(-1).view(torch.uint8),
                             got.contiguous().reshape(-1).view(torch.uint8)))
+
+
+def statistics(st: Structure, f: Findings, progress=None) -> int:
+    """verify's no-source mode: unquantized float tensors finite, each checkable layer's stored numbers
+    plausible (its kitchen reference's ``stats``). Returns the bytes read."""
+    nbytes = 0
+    comp = st.companion_keys()
+    for name, info in st.infos.items():       # unquantized float tensors must be finite (comfy_format §7.9)
+        if name in comp or info.dtype not in FLOAT_DTYPES:
+            continue
+        t = st.src.get(name)
+        nbytes += t.numel() * t.element_size()
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            f.error("stats.nonfinite", "unquantized tensor holds NaN/Inf values", [name])
+        del t
+    for la in st.declared:
+        if not checkable(st, la):
+            continue
+        w, scale, bs = load_layer(st, la)
+        nbytes += w.numel() * w.element_size()
+        reference_for(la.spec).stats(la, w, scale, bs, f)
+        if progress:
+            progress(nbytes)
+        del w, bs
+    return nbytes
 
 
 __all__ = ["compare", "statistics", "checkable", "load_layer", "scale_key", "WORKERS"]

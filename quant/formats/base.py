@@ -102,6 +102,7 @@ class Format:
     # activations: "static" = a calibrated input_scale may be stored (fp8, nvfp4); anything else is a sentence
     # saying what ComfyUI does with activations at run time (the render gate's report quotes it)
     activation: ClassVar[str] = "static"
+    activation_short: ClassVar[str] = "dynamic per-row"   # the render report's few words for a dynamic activation path
     four_bit: ClassVar[bool] = False         # the preset's sensitive-layer rules (nvfp4 = "fp8"|"keep") apply
     sensitive_actions: ClassVar[dict] = {}   # preset sensitive-layer value -> action in this format's files
     fallback_action: ClassVar[str | None] = None     # action for a layer this format refuses (None: keep it)
@@ -140,8 +141,7 @@ class Format:
         fp8 layers as ``fp8``)."""
         if action == self.kernel:
             return self
-        from . import FORMATS
-        for f in FORMATS.values():
+        for f in sorted(_REGISTRY.values(), key=lambda f: f.order):     # = FORMATS' order
             if f.kernel == action and f.carrier == self.carrier:
                 return f
         raise ValueError(f"{self.name} files cannot hold {action} layers")
@@ -253,6 +253,19 @@ class Format:
         """Inverse of :meth:`quantize` from {suffix: tensor}; ``shape`` = the logical [N, K].
         (quantgate's own decode: the checker proves files through comfy-kitchen instead.)"""
         raise NotImplementedError
+
+    # ---- deliberate damage (planted defects: verify must catch a destroyed file of every format) -------
+    def negated_weight(self, w):
+        """The stored weight whose decoded values are (about) the negatives of ``w``'s, in this encoding."""
+        import torch
+        if w.dtype == torch.int8:
+            return (-w.to(torch.int16)).clamp(-128, 127).to(torch.int8)
+        return (-w.float()).to(w.dtype)
+
+    def scaled_up(self, scale):
+        """A decode scale that makes every value about 10x larger (float scales x10; others unchanged)."""
+        import torch
+        return scale * 10 if scale.dtype in (torch.float32, torch.float16, torch.bfloat16) else scale
 
     def __repr__(self):
         return f"<format {self.name}>"

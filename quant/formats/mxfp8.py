@@ -108,6 +108,7 @@ class Mxfp8(Format):
     activation = ("dynamic MXFP8 per 32-element block at run time on Blackwell (SM >= 10, torch >= 2.10); "
                   "elsewhere ComfyUI dequantizes the weight and multiplies in bf16 (no activation quantization)")
     native_sm = (10, 0)
+    activation_short = "dynamic per-32 block (Blackwell native)"
     max_rel_error = 0.08
     min_cosine = 0.995
     doc_written = ("F8_E4M3 weight `[rup(N,32), rup(K,32)]`, U8 E8M0 block exponents (one per 32 along K) in "
@@ -133,6 +134,11 @@ class Mxfp8(Format):
         return dequantize(tensors["weight"], tensors["weight_scale"], shape, dtype)
 
     block_size = BLOCK
+
+    def scaled_up(self, scale):
+        """E8M0 exponents +3: every block scale x8."""
+        import torch
+        return torch.where(scale > 0, scale + 3, scale)
 
     def verify_group(self, conf) -> int | None:
         return None

@@ -67,6 +67,9 @@ class Nvfp4(Format):
         q, bs, s2 = (backend or get_backend(w.device)).quantize_nvfp4(w, name=name)
         return {"weight": q, "weight_scale": bs, "weight_scale_2": s2}
 
+    def negated_weight(self, w):
+        return w ^ 0x88                      # the E2M1 sign bits of both nibbles
+
     def dequantize(self, tensors, shape=None, dtype=None, *, backend=None):
         import torch
         from ..kernels import get_backend

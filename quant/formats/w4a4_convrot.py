@@ -118,6 +118,9 @@ class W4a4Convrot(Format):
         q = tensors["weight"]
         return dequantize_w4a4(q, tensors["weight_scale"], group or convrot.group_for(q.shape[1] * 2, GROUPS), dtype)
 
+    def negated_weight(self, w):
+        return convrot.pack_int4(-convrot.unpack_int4(w))
+
     def verify_group(self, conf) -> int | None:
         from .int8 import convrot_group
         return convrot_group(conf)

@@ -233,6 +233,10 @@ class W4a8Int8(Format):
         return dequantize_w4a8(q, tensors["weight_s_rel"], tensors["weight_s_channel"], tensors["weight_codebook"],
                                group or convrot.group_for(q.shape[1] * 2), dtype)
 
+    def negated_weight(self, w):
+        """Codebook indices mirrored (i -> 15 - i): the codebook is about symmetric, so rows decode about negated."""
+        return convrot.pack_int4(15 - convrot.unpack_int4(w, signed=False))
+
     def verify_group(self, conf) -> int | None:
         from .int8 import convrot_group
         return convrot_group(conf)
