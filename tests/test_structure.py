@@ -335,8 +335,6 @@ LONG_FUNCTIONS_LEFT = {
     "harness/render/report.py:render_html": 149,
     "harness/verify/__init__.py:verify": 81,
     "quant/gguf/safety.py:prescan": 82,
-    "quant/pipeline.py:run": 131,
-    "quant/safetensors_io.py:parse_header_bytes": 101,
 }
 
 
