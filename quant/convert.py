@@ -212,7 +212,19 @@ class ConvertRequest:
     def check(self) -> None:
         """Options that do not go together: :class:`OptionError` (named by field, so the CLI can word it
         with its flags); a device that is not there: :class:`DeviceError`."""
-        r, a = self.rounding, self.activations
+        r, a, fmt = self.rounding, self.activations, self.format
+        if not fmt.target:
+            raise OptionError(f"{fmt.name} is a format quantgate reads and checks, not one it writes; "
+                              f"choose one of {', '.join(formats.TARGETS)}")
+        if (r.learned or r.gptq) and not fmt.learned_rounding:
+            able = ", ".join(f.name for f in formats.FORMATS.values() if f.learned_rounding)
+            raise OptionError(f"{{rounding}} {r.strategy} is not available for {fmt.name}: its rounding is fixed by "
+                              f"the format ({r.strategy} rounding supports {able}); use the default round-to-nearest")
+        if r.scale_search and fmt.kernel not in _searched_kernels():
+            raise OptionError(f"{{scale_search}} chooses NVFP4 block scales; {fmt.name} has none to search")
+        if (a.statistics is not None or a.input_scales is not None) and not fmt.static_input_scale:
+            raise OptionError(f"{fmt.name} stores no input_scale: ComfyUI quantizes its activations at run time "
+                              f"({fmt.activation}); {{act_stats}} / {{input_scales}} do not apply")
         r.check()
         self.device.check(workers=r.gpus)
         b = self.plan.budget_bits
@@ -305,6 +317,11 @@ def run(req: ConvertRequest) -> Summary:
     return summary
 
 
+def _searched_kernels() -> frozenset:
+    from .rounding.strategy import SEARCHED
+    return SEARCHED
+
+
 def _rounding_label(r: RoundingChoice) -> str:
     name = r.strategy or _rounding.DEFAULT
     return name + (f" + {r.scale_search} scale search" if r.scale_search else "")
@@ -368,7 +385,7 @@ def _header(req: ConvertRequest, src, the_plan, amax, stats):
         lf = fmt.for_action(d.action)
         entries += lf.layer_entries(d.layer, d.shape[0], d.shape[1], input_scale=has_in,
                                     weight_only=_weight_only(req, lf))
-        conf = lf.layer_config(has_in, _weight_only(req, lf))
+        conf = lf.layer_config(has_in, _weight_only(req, lf), tuple(d.shape))
         if conf is not None:
             configs[d.layer] = conf
     marker = layout.marker_entry(fmt.name)
