@@ -96,6 +96,10 @@ def _safe_dir(version: str, i: int) -> str:
     return f"{i + 1}-comfyui-{keep}"
 
 
+def _server(cf) -> str:
+    return "embedded" if cf.embedded else ("running server" if cf.url else "started from a checkout")
+
+
 def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None = None,
                pipeline_tag: str | None = None, license: str | None = None, title: str | None = None) -> Card:
     """Make the card of one file of a gate run (``candidate``: its label or file name; needed when the run
@@ -186,8 +190,7 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
         cf = r.record.comfyui
         act = c.activations or {}
         how = c.rendered_as + (" + activations emulated" if act.get("emulated") else "")
-        server = "embedded" if cf.embedded else ("running server" if cf.url else "started from a checkout")
-        o.append(f"| {_md(cf.version)} | {server} | {_md(how)} | "
+        o.append(f"| {_md(cf.version)} | {_server(cf)} | {_md(how)} | "
                  f"**{c.verdict.upper()}** | {_f4(c.min_ssim)} | {_f4(_mean(ss))} | {c.threshold} | {len(ss)} |")
     o.append("")
     for r in runs:

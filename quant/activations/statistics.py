@@ -1,5 +1,7 @@
-"""Calibration files: per-Linear activation statistics recorded while ComfyUI sampled a workflow
-(written by ``quantgate calibrate``; read by ``convert --calibration`` and ``verify --calibration``).
+"""Activation STATISTICS files: per-Linear statistics of the inputs recorded while ComfyUI sampled a
+workflow (written by ``quantgate calibrate``; read by ``convert --act-stats`` and ``verify --calibration``),
+which become each layer's ``input_scale``. (The recorded activation rows that learned rounding fits to
+are activation SAMPLES: :mod:`quant.activations.samples`.)
 
 Schema ``quantgate.calibration/1`` (JSON)::
 
@@ -20,7 +22,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from quant.errors import InputError, UsageError
+from quant.errors import InputError, OptionError
 
 SCHEMA = "quantgate.calibration/1"
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -36,7 +38,7 @@ def statistic_key(percentile: float | None) -> str:
 
 
 @dataclass
-class Calibration:
+class ActivationStatistics:
     path: str
     data: dict
 
@@ -63,7 +65,7 @@ class Calibration:
             return None
         key = statistic_key(percentile)
         if key not in la:
-            raise UsageError(f"--percentile {percentile}: not recorded in this calibration (recorded: "
+            raise OptionError(f"{{percentile}} {percentile}: not recorded in this calibration (recorded: "
                              f"{', '.join(str(p) for p in self.percentiles) or 'none'})", self.path)
         return float(la[key]) * float(margin)
 
@@ -84,7 +86,7 @@ class Calibration:
         return out
 
 
-def load(path) -> Calibration:
+def load(path) -> ActivationStatistics:
     p = Path(path)
     try:
         obj = json.loads(p.read_text())
@@ -106,7 +108,7 @@ def load(path) -> Calibration:
         for k, v in la.items():
             if (k == "amax" or k.startswith("p")) and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
                 raise InputError(f"layer {name!r}: {k} must be a finite number >= 0, got {v!r}", p)
-    return Calibration(str(p), obj)
+    return ActivationStatistics(str(p), obj)
 
 
-__all__ = ["SCHEMA", "Calibration", "load", "percentile_key", "statistic_key"]
+__all__ = ["SCHEMA", "ActivationStatistics", "load", "percentile_key", "statistic_key"]

@@ -14,6 +14,7 @@ class _Fp8(Format, register=False):
     full_scale = E4M3_MAX
     max_rel_error = 0.08
     min_cosine = 0.995
+    learned_rounding = True
 
     def quantize(self, w, *, backend=None, name=None) -> dict:
         from ..kernels import get_backend
