@@ -70,8 +70,10 @@ def test_format_gate_from_the_installed_wheel(user, format_files, tmp_path):
     ids = [ln for ln in out.splitlines() if "::test_format" in ln]
     assert rc == 0 and ids and len(ids) == len(set(ids)) and "already registered" not in out, out
 
-    rc, out = _pytest(user, tmp_path / "good", "-m", "format", "--checkpoint", format_files["good"],
-                      "--source", format_files["src"], "--junitxml", tmp_path / "good" / "junit.xml")
+    # relative paths, as a user types them: resolved against the directory pytest runs in
+    rel = {k: os.path.relpath(v, tmp_path / "good") for k, v in format_files.items()}
+    rc, out = _pytest(user, tmp_path / "good", "-m", "format", "--checkpoint", rel["good"],
+                      "--source", rel["src"], "--junitxml", "junit.xml")
     assert rc == 0, out
     assert f"format gate: checkpoint {format_files['good']}" in out and " passed" in out
     cases, fails = _junit(tmp_path / "good" / "junit.xml")
