@@ -46,7 +46,7 @@ def register(sub):
                    help="NVFP4: choose each 16-element block's e4m3 scale among amax/6's code and its "
                         "neighbours by the block's weight error (mse) or output error on --act-samples (output); "
                         "with rtn or gptq. The file stays standard (any block scale decodes)")
-    p.add_argument("--damp", type=float, metavar="D", help="gptq: H += D x mean(diag H) I (default 0.01)")
+    p.add_argument("--damp", type=float, metavar="D", help="gptq: H += D x mean(diag H) I (default 0.1)")
     p.add_argument("--budget-bits", type=float, metavar="B",
                    help="nvfp4: re-decide every layer the preset quantizes -- NVFP4, FP8 or source precision -- "
                         "by measured error per byte (output error on --act-samples, else weight error) so the "
