@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import QuantgateError, UsageError
+from .errors import OptionError, QuantgateError, UsageError
 
 _TAG = "quantgate"
 
@@ -147,10 +147,10 @@ def check_output(path, inputs=(), *, overwrite: bool = False, what: str = "outpu
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{what} is a directory", path)
     if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"{what} exists and is not a regular file (a FIFO, device or socket); "
-                         "quantgate never replaces those, not even with --force", path)
+        raise OptionError(f"{what} exists and is not a regular file (a FIFO, device or socket); "
+                         "quantgate never replaces those, not even with {force}", path)
     if not overwrite:
-        raise UsageError(f"{what} exists; pass --force to overwrite it", path)
+        raise OptionError(f"{what} exists; pass {{force}} to overwrite it", path)
     return path
 
 

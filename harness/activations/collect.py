@@ -23,7 +23,7 @@ from quant.errors import InputError
 from quant.safetensors_io import SafetensorsFile
 
 from harness.comfy.errors import ComfyError
-from harness.activations import graph
+from harness.render import graph
 
 PERCENTILES = (99.0, 99.9, 99.99, 99.999)
 RUN_SCHEMA = "quantgate.calibration-run/1"

@@ -1,6 +1,6 @@
 """``quantgate calibrate SOURCE -o calib.json``: record every Linear's input statistics while a real
 ComfyUI samples a normal workflow (the model is wrapped by quantgate's QGCalibrate node; ComfyUI is
-not patched), and write them as a calibration JSON for ``convert --calibration``."""
+not patched), and write them as an activation-statistics JSON for ``convert --act-stats``."""
 from __future__ import annotations
 
 import json
@@ -31,7 +31,7 @@ def register(sub):
     from harness.commands.gate import add_server_args
     p = sub.add_parser("calibrate", help="record per-layer activation statistics in ComfyUI (for input_scale)",
                        description=DESCRIPTION, formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
-                       epilog="then: quantgate convert SOURCE --format nvfp4 --calibration calib.json\n"
+                       epilog="then: quantgate convert SOURCE --format nvfp4 --act-stats calib.json\n"
                               "exit codes: 0 written, 2 bad input/usage/server (no output file is left), 130 interrupted")
     p.add_argument("source", help="the unquantized diffusion model (.safetensors) to calibrate")
     p.add_argument("-o", "--output", required=True, metavar="JSON", help="calibration JSON to write")

@@ -92,7 +92,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
            allow_unchecked: bool = False) -> Report:
     """Run the gate. Raises quant.errors.InputError for unreadable inputs (exit 2).
     ``device``: where comfy-kitchen's eager dequantizers run for the numeric check (cpu or cuda).
-    ``calibration``: a calibration JSON path (or loaded Calibration): activation scales far from it are errors.
+    ``calibration``: a calibration JSON path (or loaded ActivationStatistics): activation scales far from it are errors.
     ``allow_unchecked``: a declared format quantgate cannot decode is a warning instead of an error (the summary
     then says how many layers were not checked)."""
     if device.startswith("cuda") and not __import__("torch").cuda.is_available():
@@ -129,8 +129,8 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
                                          allow_unchecked=allow_unchecked)
             elif not header_only:
                 mode = "statistics"
-                from . import stats     # torch: only when tensor data is read
-                nbytes = stats.statistics(st, f, progress)
+                from . import numeric   # torch: only when tensor data is read
+                nbytes = numeric.statistics(st, f, progress)
                 if st.declared:
                     f.info("stats.note", "no --source given: the numbers were checked for plausibility only (NaN codes, "
                                          "range use, scale magnitudes, block-scale alignment); nibble order, row-major "

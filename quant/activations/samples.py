@@ -1,6 +1,7 @@
-"""Recorded calibration activations for learned rounding.
+"""Activation SAMPLES for learned rounding: recorded input rows of each quantized Linear. (The
+per-layer statistics that become input_scale are activation STATISTICS: :mod:`quant.activations.statistics`.)
 
-File format (``convert --calibration FILE``): a safetensors file (parsed by quantgate's own safe reader,
+File format (``convert --act-samples FILE``): a safetensors file (parsed by quantgate's own safe reader,
 never a pickle) with one tensor ``<layer>.input`` per quantized Linear, shape [..., K] (rows are input
 activations of that layer, any float dtype; leading dims are flattened). Header metadata
 ``quantgate.calibration = "activations"`` is written by :func:`save_samples`; it is not required.
@@ -22,7 +23,7 @@ from quant.safetensors_io import save_file
 SUFFIX = ".input"
 
 
-class Calibration:
+class ActivationSamples:
     def __init__(self, path, samples: int, seed: int):
         from quant.inputs import activation_samples
         self.path = Path(path)

@@ -1,5 +1,7 @@
-"""Calibration files: per-Linear activation statistics recorded while ComfyUI sampled a workflow
-(written by ``quantgate calibrate``; read by ``convert --calibration`` and ``verify --calibration``).
+"""Activation STATISTICS files: per-Linear statistics of the inputs recorded while ComfyUI sampled a
+workflow (written by ``quantgate calibrate``; read by ``convert --act-stats`` and ``verify --calibration``),
+which become each layer's ``input_scale``. (The recorded activation rows that learned rounding fits to
+are activation SAMPLES: :mod:`quant.activations.samples`.)
 
 Schema ``quantgate.calibration/1`` (JSON)::
 
@@ -19,7 +21,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from quant.errors import InputError, UsageError
+from quant.errors import InputError, OptionError
 
 SCHEMA = "quantgate.calibration/1"
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -35,7 +37,7 @@ def statistic_key(percentile: float | None) -> str:
 
 
 @dataclass
-class Calibration:
+class ActivationStatistics:
     path: str
     data: dict
 
@@ -62,7 +64,7 @@ class Calibration:
             return None
         key = statistic_key(percentile)
         if key not in la:
-            raise UsageError(f"--percentile {percentile}: not recorded in this calibration (recorded: "
+            raise OptionError(f"{{percentile}} {percentile}: not recorded in this calibration (recorded: "
                              f"{', '.join(str(p) for p in self.percentiles) or 'none'})", self.path)
         return float(la[key]) * float(margin)
 
@@ -83,11 +85,11 @@ class Calibration:
         return out
 
 
-def load(path) -> Calibration:
-    """The calibration JSON through its one validated loader (quant.inputs: bounded parsing, a strict schema:
-    types, ranges, finite numbers, sizes; a FIFO is refused, never blocks)."""
+def load(path) -> ActivationStatistics:
+    """The activation-statistics JSON through its one validated loader (quant.inputs: bounded parsing, a strict
+    schema: types, ranges, finite numbers, sizes; a FIFO is refused, never blocks)."""
     from quant.inputs import calibration_json
-    return Calibration(str(path), calibration_json(path))
+    return ActivationStatistics(str(path), calibration_json(path))
 
 
-__all__ = ["SCHEMA", "Calibration", "load", "percentile_key", "statistic_key"]
+__all__ = ["SCHEMA", "ActivationStatistics", "load", "percentile_key", "statistic_key"]

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quant.errors import InputError, UsageError
+from quant.errors import InputError, OptionError
 
 FLOAT_TYPES = ("F32", "F16", "BF16", "F64")
 
@@ -216,12 +216,12 @@ class Mapping:
 
     def check(self):
         if not (1 <= self.nvfp4_max_bits <= 16) or not (1 <= self.fp8_max_bits <= 16):
-            raise UsageError("--nvfp4-max-bits / --fp8-max-bits must be between 1 and 16")
+            raise OptionError("{nvfp4_max_bits} / {fp8_max_bits} must be between 1 and 16")
         if self.fp8_max_bits < self.nvfp4_max_bits:
-            raise UsageError(f"--fp8-max-bits ({self.fp8_max_bits}) is below --nvfp4-max-bits "
+            raise OptionError(f"{{fp8_max_bits}} ({self.fp8_max_bits}) is below {{nvfp4_max_bits}} "
                              f"({self.nvfp4_max_bits}); nothing could become FP8")
         if self.keep_edge_blocks < 0:
-            raise UsageError("--keep-edge-blocks must be >= 0")
+            raise OptionError("{keep_edge_blocks} must be >= 0")
 
 
 def _edge_blocks(keys, n: int) -> set[str]:

@@ -55,13 +55,13 @@ def _worker(rank: int, source: str, batches, device: str, cfg, calib_path, shard
 
     from ..sources import open_source
     from . import engine
-    from quant.activations.samples import Calibration
+    from quant.activations.samples import ActivationSamples
     try:
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         jobs = [j for b in batches for j in b]
         entries = [e for j in jobs for e in _entries(j)]
-        calib = Calibration(calib_path, cfg.samples, cfg.seed) if calib_path else None
+        calib = ActivationSamples(calib_path, cfg.samples, cfg.seed) if calib_path else None
         stats = engine.Stats()
         with open_source(source) as src, AtomicWriter(shard, entries, {}) as w:
             for job, tensors in engine.run(jobs, src.get, device=device, cfg=cfg, calibration=calib,

@@ -115,7 +115,7 @@ def test_calibration_amax_that_underflows_or_overflows_is_refused(thin_wan5b, tm
         layers = [d.layer for d in make_plan(src, None, "fp8").quantized()]
     cal = _calibration(tmp_path / "calib.json", layers, amax, layers[0])
     out = tmp_path / "o.safetensors"
-    line = one_error_line(*run_main("convert", thin_wan5b, "-o", out, "-f", "fp8", "--calibration", cal)[::2])
+    line = one_error_line(*run_main("convert", thin_wan5b, "-o", out, "-f", "fp8", "--act-stats", cal)[::2])
     assert "calib.json" in line and layers[0] in line
     assert not out.exists() and not _leftovers(tmp_path, out.name)
 
@@ -126,7 +126,7 @@ def test_a_fifo_given_as_calibration_does_not_block(thin_wan5b, tmp_path):
     os.mkfifo(fifo)
     t = time.monotonic()
     line = one_error_line(*run_main("convert", thin_wan5b, "-o", tmp_path / "o.safetensors", "-f", "fp8",
-                                    "--calibration", fifo)[::2])
+                                    "--act-stats", fifo)[::2])
     assert "not a regular file" in line and time.monotonic() - t < 30
 
 

@@ -14,6 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.activations.synthetic import activations
+from quant.activations.samples import save_samples
+from quant.convert import make_plan
+from quant.sources import open_source
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -27,8 +32,14 @@ def _env():
 @pytest.mark.slow
 def test_sigkill_of_convert_takes_its_workers_and_the_next_write_removes_their_shards(thin_wan5b, tmp_path):
     out = tmp_path / "o.safetensors"
+    samples = tmp_path / "samples" / "acts.safetensors"        # learned rounding needs recorded rows (issue 19)
+    samples.parent.mkdir()
+    with open_source(thin_wan5b) as src:
+        plan = make_plan(src, None, "fp8")
+    save_samples({d.layer: activations(d.shape[1], seed=i)(64) for i, d in enumerate(plan.quantized())}, samples)
     p = subprocess.Popen([sys.executable, "-m", "harness.cli", "convert", str(thin_wan5b), "-o", str(out), "-f", "fp8",
-                          "--rounding", "learned", "--gpus", "2", "--device", "cpu", "--iters", "1000000"],
+                          "--rounding", "learned", "--act-samples", str(samples), "--gpus", "2", "--device", "cpu",
+                          "--iters", "1000000"],
                          env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     kids: list[psutil.Process] = []
     try:
