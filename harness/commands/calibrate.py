@@ -69,6 +69,19 @@ def _sizes(args, policy) -> list[tuple[int, int]]:
     return out
 
 
+def _checked_paths(args):
+    """(output, source, inputs): the one output check (issue 20): never the source (also through a link), never a
+    FIFO/device, --force rules; made before the renders and again, atomically, when the file is committed."""
+    from quant.errors import InputError
+    from quant.outputs import check_output
+    out, src = Path(args.output), Path(args.source)
+    if not src.is_file():
+        raise InputError("no such file", src)
+    inputs = [src, args.workflow, args.policy]
+    check_output(out, inputs, overwrite=args.force, what="calibration output")
+    return out, src, inputs
+
+
 def run(args) -> int:
     from harness.activations import collect, sqnr
     from harness.render.gate import load_policy
@@ -79,15 +92,8 @@ def run(args) -> int:
     from quant.safetensors_io import save_file
 
     from quant.outputs import check_output, write_text
-    out = Path(args.output)
-    src = Path(args.source)
-    if not src.is_file():
-        raise InputError("no such file", src)
+    out, src, inputs = _checked_paths(args)
     samples_out = out.with_name(out.name.removesuffix(".json") + ".samples.safetensors")
-    inputs = [src, args.workflow, args.policy]
-    # the one output check (issue 20): never the source (also through a link), never a FIFO/device, --force rules;
-    # made before the renders and again, atomically, when the file is committed
-    check_output(out, inputs, overwrite=args.force, what="calibration output")
     if args.model_node and not args.workflow:
         raise UsageError("--model-node needs --workflow")
     if args.runs < 1:
