@@ -334,7 +334,6 @@ LONG_FUNCTIONS_LEFT = {
     "harness/gguf/ladder.py:run": 96,
     "harness/render/report.py:render_html": 149,
     "harness/verify/__init__.py:verify": 81,
-    "quant/gguf/safety.py:prescan": 82,
 }
 
 
