@@ -7,7 +7,8 @@ The same four WAN 2.x 14B Linear shapes, weights and activations as benchmarks/l
 4096 independent HELD-OUT rows). Per format and method: output SQNR on the held-out rows
 10 log10(|X W^T|^2 / |X (W_q - W)^T|^2), its gain over round-to-nearest (RTN), the weight SQNR, seconds
 (CUDA-synchronised, after a warm-up). Methods: RTN; NVFP4 scale search (block weight error / block output
-error); GPTQ (quant.rounding.gptq; NVFP4 with the output scale search; damp 0.01 and a larger damp);
+error); GPTQ (quant.rounding.gptq; NVFP4 with the output scale search; damp 0.1 = the default and 1.0;
+codes bracketed to the source weight's grid neighbours = the default, and unbracketed);
 learned rounding (sign gradient, calibrated; data-free proxy); convert_to_quant's learned mode (``--peer``,
 its CLI defaults). Then the whole-A14B-expert time of GPTQ: one real-size A14B block under the wan22-a14b
 preset (its 10 Linears, same-shape layers batched) times 40 blocks.
@@ -77,8 +78,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--peer", action="store_true", help="also run convert_to_quant's learned mode")
     ap.add_argument("--scale", type=float, default=1.0, help="shrink the shapes (CPU smoke runs)")
-    ap.add_argument("--damp", type=float, default=0.01, help="GPTQ damp of the recommended recipe")
-    ap.add_argument("--damp-alt", type=float, default=0.3, help="a second GPTQ damp (weight-error share)")
+    ap.add_argument("--damp", type=float, default=gptq.GptqConfig.damp, help="GPTQ damp of the recommended recipe")
+    ap.add_argument("--damp-alt", type=float, default=1.0, help="a second GPTQ damp (weight-error share)")
     ap.add_argument("--no-block", action="store_true", help="skip the A14B block timing")
     a = ap.parse_args(argv)
     dev = a.device
@@ -139,6 +140,7 @@ def main(argv=None):
             f"gptq + output scale search, damp {a.damp}": batched("nvfp4", gptq.GptqConfig(damp=a.damp)),
             f"gptq + output scale search, damp {a.damp_alt}": batched("nvfp4", gptq.GptqConfig(damp=a.damp_alt)),
             "gptq, rtn scales": batched("nvfp4", gptq.GptqConfig(damp=a.damp, scale_search=None)),
+            "gptq unbracketed + output scale search": batched("nvfp4", gptq.GptqConfig(damp=a.damp, bracket=False)),
             "learned (calibrated)": learned("nvfp4"),
             "learned (data-free proxy)": learned("nvfp4", False),
         },
@@ -146,6 +148,7 @@ def main(argv=None):
             "rtn": per_layer(lambda n: _fp8.quantize(ws[n])),
             f"gptq, damp {a.damp}": batched("fp8", gptq.GptqConfig(damp=a.damp)),
             f"gptq, damp {a.damp_alt}": batched("fp8", gptq.GptqConfig(damp=a.damp_alt)),
+            "gptq unbracketed": batched("fp8", gptq.GptqConfig(damp=a.damp, bracket=False)),
             "learned (calibrated)": learned("fp8"),
             "learned (data-free proxy)": learned("fp8", False),
         },

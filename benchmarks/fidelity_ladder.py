@@ -40,27 +40,36 @@ def qg(*args, check=True) -> subprocess.CompletedProcess:
 
 
 def candidates(work: Path) -> list[tuple[str, dict]]:
-    """(label, convert kwargs). Strategies are passed as configured objects (quant.rounding)."""
-    from quant.rounding import gptq
-    from quant.rounding.strategy import Gptq, Learned, SearchedRtn
-    from quant.rounding.learned import LearnedConfig
+    """(label, convert keyword options). ``budget_bits`` "q5_0": the bits a weight that make the file no
+    larger than GGUF Q5_0's (see :func:`bits_for_bytes`)."""
     acts, calib = work / "acts.safetensors", work / "calib.json"
-    cal = {"activation_stats": calib}
+    gq = {"rounding": "gptq", "act_samples": acts}
     return [
-        ("fp8", {"target": "fp8", **cal}),
-        ("nvfp4_rtn", {"target": "nvfp4", **cal}),
-        ("nvfp4_search", {"target": "nvfp4", "rounding": SearchedRtn("mse"), **cal}),
-        ("nvfp4_search_out", {"target": "nvfp4", "rounding": SearchedRtn("output", acts), **cal}),
-        ("nvfp4_learned", {"target": "nvfp4", "rounding": Learned(LearnedConfig(iters=200), acts), **cal}),
-        ("nvfp4_gptq", {"target": "nvfp4", "rounding": Gptq(gptq.GptqConfig(), acts), **cal}),
-        ("nvfp4_gptq_d03", {"target": "nvfp4", "rounding": Gptq(gptq.GptqConfig(damp=0.3), acts), **cal}),
-        ("nvfp4_budget_default_gptq", {"target": "nvfp4", "rounding": Gptq(gptq.GptqConfig(damp=0.3), acts),
-                                       "budget_bits": "default", "budget_samples": acts, **cal}),
-        ("nvfp4_budget5.5_gptq", {"target": "nvfp4", "rounding": Gptq(gptq.GptqConfig(damp=0.3), acts),
-                                  "budget_bits": 5.5, "budget_samples": acts, **cal}),
-        ("nvfp4_budget5.5_search", {"target": "nvfp4", "rounding": SearchedRtn("mse"), "budget_bits": 5.5,
-                                    "budget_metric": "weight", **cal}),
+        ("fp8", {"target": "fp8"}),
+        ("nvfp4_rtn", {"target": "nvfp4"}),
+        ("nvfp4_rtn_calibrated", {"target": "nvfp4", "act_stats": calib}),
+        ("nvfp4_search_mse", {"target": "nvfp4", "scale_search": "mse"}),
+        ("nvfp4_search_output", {"target": "nvfp4", "scale_search": "output", "act_samples": acts}),
+        ("nvfp4_learned", {"target": "nvfp4", "rounding": "learned", "act_samples": acts, "learned_iters": 200}),
+        ("nvfp4_gptq", {"target": "nvfp4", **gq}),
+        ("nvfp4_gptq_search_mse", {"target": "nvfp4", **gq, "scale_search": "mse"}),
+        ("nvfp4_gptq_search_output", {"target": "nvfp4", **gq, "scale_search": "output"}),
+        ("nvfp4_gptq_search_output_damp1", {"target": "nvfp4", **gq, "scale_search": "output", "damp": 1.0}),
+        ("nvfp4_budget_default_gptq", {"target": "nvfp4", **gq, "scale_search": "output", "budget_bits": "default"}),
+        ("nvfp4_budget_q5_0_gptq", {"target": "nvfp4", **gq, "scale_search": "output", "budget_bits": "q5_0"}),
+        ("nvfp4_budget5.5_search_mse", {"target": "nvfp4", "scale_search": "mse", "budget_bits": 5.5}),
+        ("nvfp4_budget_q5_0_search_mse", {"target": "nvfp4", "scale_search": "mse", "budget_bits": "q5_0"}),
     ]
+
+
+def bits_for_bytes(the_plan, rtn_file: Path, limit: int) -> float:
+    """Bits a weight of the quantized layers that keep a file of this plan at <= ``limit`` bytes: the default
+    RTN file's bytes outside the quantized weights (header, kept tensors, input scales) are taken as fixed,
+    less 4 KiB for a longer header."""
+    from quant.budget import stored_bytes
+    q = the_plan.quantized()
+    fixed = rtn_file.stat().st_size - sum(stored_bytes(d.action, d.shape, 2) for d in q)
+    return 8.0 * (limit - fixed - 4096) / sum(d.shape[0] * d.shape[1] for d in q)
 
 
 def block_sqnr(src_path, path) -> float:
@@ -146,11 +155,16 @@ def main(argv=None) -> int:
         if kw.get("budget_bits") == "default":       # the default preset's own bits a weight
             with open_source(SRC) as s:
                 kw["budget_bits"] = default_bits(make_plan(s, None, target))
+        elif kw.get("budget_bits") == "q5_0":        # no larger than the GGUF Q5_0 file
+            with open_source(SRC) as s:
+                kw["budget_bits"] = bits_for_bytes(make_plan(s, None, target), work / "nvfp4_rtn.safetensors",
+                                                   (work / "gguf_Q5_0.gguf").stat().st_size)
         out = work / f"{label}.safetensors"
         t1 = time.perf_counter()
         summ = convert(SRC, out, target, force=True, **kw)
         conv[label] = {"seconds": round(time.perf_counter() - t1, 2), "bytes": out.stat().st_size,
-                       "by_action": summ.layers, "budget_bits": kw.get("budget_bits"),
+                       "by_action": summ.layers, "budget_bits": kw.get("budget_bits"), "rounding": summ.rounding,
+                       "budget": summ.budget,
                        "weight_sqnr_db": round(block_sqnr(SRC, out), 3)}
         r = qg("verify", out, "--source", SRC, check=False)
         conv[label]["verify_exit"] = r.returncode

@@ -90,13 +90,21 @@ def main(argv=None) -> int:
         "search output": per_layer(lambda n: scale_search.quantize(ws[n], h=hs[n], objective="output",
                                                                    global_factors=(1.0,))),
         "gptq (rtn scales)": per_layer(lambda n: gptq.quantize("nvfp4", ws[n], hs[n],
-                                                               gptq.GptqConfig(scale_search=None))),
+                                                               gptq.GptqConfig(scale_search=None, bracket=False))),
         "gptq + search mse": per_layer(lambda n: gptq.quantize("nvfp4", ws[n], hs[n],
-                                                               gptq.GptqConfig(scale_search="mse"))),
+                                                               gptq.GptqConfig(scale_search="mse", bracket=False))),
         "gptq + search output": per_layer(lambda n: gptq.quantize("nvfp4", ws[n], hs[n],
-                                                                  gptq.GptqConfig(scale_search="output"))),
+                                                                  gptq.GptqConfig(scale_search="output", bracket=False))),
+        "gptq bracket (rtn scales)": per_layer(lambda n: gptq.quantize("nvfp4", ws[n], hs[n],
+                                                                       gptq.GptqConfig(scale_search=None))),
+        "gptq bracket + search mse": per_layer(lambda n: gptq.quantize("nvfp4", ws[n], hs[n],
+                                                                       gptq.GptqConfig(scale_search="mse"))),
+        "gptq bracket + search output": per_layer(lambda n: gptq.quantize("nvfp4", ws[n], hs[n],
+                                                                          gptq.GptqConfig(scale_search="output"))),
+        **{f"gptq bracket + search output, damp {d}": per_layer(lambda n, d=d: gptq.quantize(
+            "nvfp4", ws[n], hs[n], gptq.GptqConfig(damp=d))) for d in (0.1, 1.0)},
         **{f"gptq + search output, damp {d}": per_layer(lambda n, d=d: gptq.quantize("nvfp4", ws[n], hs[n],
-                                                                                   gptq.GptqConfig(damp=d)))
+                                                                                   gptq.GptqConfig(damp=d, bracket=False)))
            for d in (0.1, 0.3, 1.0, 3.0)},
         **{f"search output, ridge {r}": per_layer(lambda n, r=r: scale_search.quantize(
             ws[n], h=hs[n], objective="output", ridge=r)) for r in (0.1, 0.3, 1.0)},
@@ -105,9 +113,14 @@ def main(argv=None) -> int:
     }
     f8_methods = {
         "rtn": per_layer(lambda n: _fp8.quantize(ws[n])),
-        "gptq": per_layer(lambda n: gptq.quantize("fp8", ws[n], hs[n])),
-        **{f"gptq, damp {d}": per_layer(lambda n, d=d: gptq.quantize("fp8", ws[n], hs[n], gptq.GptqConfig(damp=d)))
+        "gptq": per_layer(lambda n: gptq.quantize("fp8", ws[n], hs[n], gptq.GptqConfig(bracket=False))),
+        **{f"gptq, damp {d}": per_layer(lambda n, d=d: gptq.quantize("fp8", ws[n], hs[n],
+                                                                   gptq.GptqConfig(damp=d, bracket=False)))
            for d in (0.1, 0.3, 1.0)},
+        "gptq bracket": per_layer(lambda n: gptq.quantize("fp8", ws[n], hs[n])),
+        **{f"gptq bracket, damp {d}": per_layer(lambda n, d=d: gptq.quantize("fp8", ws[n], hs[n],
+                                                                           gptq.GptqConfig(damp=d)))
+           for d in (0.1, 1.0)},
         "learned (recorded)": learned("fp8"),
         "learned (data-free)": learned("fp8", True),
     }

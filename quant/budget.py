@@ -178,3 +178,48 @@ def measure(layers, load, *, rows=None, metric: str = "output", nvfp4=None, src_
         b = {a: stored_bytes(a, shape, src_itemsize) for a in ACTIONS}
         out.append(Choice(layer, int(shape[0]) * int(shape[1]), b, err, ref))
     return out
+
+
+def apply(the_plan, src, req) -> Allocation:
+    """``convert --budget-bits``: re-decide every layer the plan quantizes (NVFP4 / FP8 / source precision)
+    by :func:`allocate` on measured sensitivities (the output metric on ``req.rounding.samples`` when given,
+    else the weight metric; NVFP4 measured with the conversion's scale search). Rewrites the plan's decisions
+    in place (each with its reason) and sets ``the_plan.budget``."""
+    import dataclasses
+
+    from .errors import OptionError
+    if req.format.kernel != CHEAPEST:
+        raise OptionError(f"{{budget_bits}} mixes NVFP4, FP8 and source precision: it goes with {{target}} "
+                          f"{CHEAPEST}, not {req.format.name}")
+    q = [d for d in the_plan.quantized() if len(d.shape) == 2]
+    samples = None
+    if req.rounding.samples:
+        from .activations.samples import ActivationSamples
+        samples = ActivationSamples(req.rounding.samples, req.rounding.rows, req.rounding.seed)
+    nvq = None
+    if req.rounding.scale_search:
+        from .rounding import scale_search
+        nvq = scale_search.quantize              # the weight-error search (the output one needs each layer's H)
+    from .dtypes import DTYPE_BYTES
+    k_of = {d.layer: int(d.shape[1]) for d in q}
+    try:
+        rows = (lambda layer: samples.rows(layer, k_of[layer]) if layer in samples else None) if samples else None
+        choices = measure([(d.name, d.layer, tuple(d.shape)) for d in q], src.get, rows=rows,
+                          metric="output" if samples else "weight", nvfp4=nvq,
+                          src_itemsize=max((DTYPE_BYTES.get(d.dtype, 2) for d in q), default=2),
+                          device=str(req.device), progress=req.output.progress)
+    finally:
+        if samples is not None:
+            samples.close()
+    try:
+        al = allocate(choices, req.plan.budget_bits, "output" if samples else "weight")
+    except ValueError as e:
+        raise OptionError("{budget_bits}: " + str(e).split(" ", 1)[1]) from None
+    by_layer = {c.layer: c for c in al.choices}
+    for i, d in enumerate(the_plan.decisions):
+        c = by_layer.get(d.layer) if d in q else None
+        if c is not None:
+            the_plan.decisions[i] = dataclasses.replace(d, action=c.action, reason=c.reason)
+    the_plan.budget = al
+    return al
+

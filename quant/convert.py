@@ -53,6 +53,7 @@ class Summary:
     seconds: float = 0.0
     rounding: str = "rtn"
     learned: dict | None = None      # learned rounding: layers, calibrated layers, dB gains over RTN, seconds
+    budget: dict | None = None       # --budget-bits: the allocation (bits a weight, counts, each layer's reason)
 
     @property
     def mb_per_s(self) -> float:
@@ -74,7 +75,11 @@ class Summary:
             f"  size     {self.bytes_in / 1e6:,.1f} MB -> {self.bytes_out / 1e6:,.1f} MB "
             f"({(self.bytes_out / self.bytes_in if self.bytes_in else 0):.2f}x)",
             f"  time     {self.seconds:.2f} s, {self.mb_per_s:,.1f} MB/s of input",
-        ] + ([f"  rounding learned: {self.learned['layers']} layers ({self.learned['calibrated_layers']} on "
+        ] + ([f"  rounding {self.rounding}"] if self.rounding != "rtn" and not self.learned else [])
+          + ([f"  budget   {self.budget['bits_per_weight']:.3f} bits a weight of the quantized layers "
+              f"(--budget-bits {self.budget['budget_bits']:g}, {self.budget['metric']} error): "
+              + ", ".join(f"{v} {k}" for k, v in sorted(self.budget['counts'].items()))] if self.budget else [])
+          + ([f"  rounding learned: {self.learned['layers']} layers ({self.learned['calibrated_layers']} on "
               f"recorded activations), output error vs RTN {self.learned['mean_gain_db']:+.2f} dB mean, "
               f"{self.learned['min_gain_db']:+.2f} dB worst layer (on the activations it was fitted to), "
               f"{self.learned['seconds']:.1f} s"] if self.learned else []))
@@ -114,24 +119,55 @@ class PlanChoice:
     from_gguf: Path | None = None
     gguf_mapping: object = None
     comfy_version: str | None = None
+    budget_bits: float | None = None     # --budget-bits: NVFP4 / FP8 / source precision by measured error per byte
 
 
 @dataclass(frozen=True)
 class RoundingChoice:
-    """The rounding strategy (quant.rounding: "rtn", the default, or "learned") and learned rounding's
-    inputs: activation ``samples`` (a '<layer>.input' file, :mod:`quant.activations.samples`; None: the
-    data-free proxy), the row-sample ``seed``, ``iters`` (default 200 on CUDA, 50 on CPU), ``gpus``
-    (worker processes) and ``rows`` kept per layer."""
+    """The rounding strategy (quant.rounding: "rtn", the default, "learned" or "gptq") and its inputs:
+    activation ``samples`` (a '<layer>.input' file, :mod:`quant.activations.samples`; learned and gptq need
+    them: the data-free proxy of learned rounding loses to RTN on held-out activations and runs only with
+    ``data_free=True``), the row-sample ``seed``, ``iters`` (learned; default 200 on CUDA, 50 on CPU),
+    ``gpus`` (learned's worker processes), ``rows`` kept per layer, ``scale_search`` (NVFP4 block scales
+    chosen by "mse" = block weight error or "output" = block output error on the samples; rtn and gptq),
+    ``damp`` (gptq: H + damp * mean(diag H) * I)."""
     strategy: str | None = None
     samples: Path | None = None
     seed: int = 0
     iters: int | None = None
     gpus: int = 1
     rows: int = 4096
+    scale_search: str | None = None
+    damp: float | None = None
+    data_free: bool = False
 
     @property
     def learned(self) -> bool:
         return self.strategy == "learned"
+
+    @property
+    def gptq(self) -> bool:
+        return self.strategy == "gptq"
+
+    def check(self) -> None:
+        if not self.learned and (self.gpus != 1 or self.iters is not None or self.data_free):
+            raise OptionError("{gpus} and {iters} are options of {rounding} learned")
+        if self.samples and not (self.learned or self.gptq or self.scale_search == "output"):
+            raise OptionError("{act_samples} goes with {rounding} learned, {rounding} gptq or {scale_search} output")
+        if self.gpus < 1 or self.rows < 1 or (self.iters is not None and self.iters < 0):
+            raise OptionError("{gpus} and {sample_rows} must be at least 1, {iters} at least 0")
+        if (self.learned and not self.data_free or self.gptq) and not self.samples:
+            raise OptionError(f"{{rounding}} {self.strategy} needs {{act_samples}}: recorded input rows, one "
+                              "'<layer>.input' tensor [rows, in_features] per quantized Linear "
+                              "(quant.activations.samples.save_samples writes them; see README 'Learned rounding')")
+        if self.scale_search not in (None, "mse", "output"):
+            raise OptionError(f"{{scale_search}} is mse or output, not {self.scale_search!r}")
+        if self.scale_search and self.learned:
+            raise OptionError("{scale_search} goes with {rounding} rtn or gptq (learned keeps RTN's scales)")
+        if self.scale_search == "output" and not self.samples:
+            raise OptionError("{scale_search} output needs {act_samples}")
+        if self.damp is not None and not (self.gptq and 0 <= self.damp < float("inf")):
+            raise OptionError("{damp} is a number >= 0 and an option of {rounding} gptq")
 
 
 @dataclass(frozen=True)
@@ -176,12 +212,24 @@ class ConvertRequest:
     def check(self) -> None:
         """Options that do not go together: :class:`OptionError` (named by field, so the CLI can word it
         with its flags); a device that is not there: :class:`DeviceError`."""
-        r, a = self.rounding, self.activations
-        if not r.learned and (r.samples or r.gpus != 1 or r.iters is not None):
-            raise OptionError("{act_samples}, {gpus} and {iters} are options of {rounding} learned")
-        if r.gpus < 1 or r.rows < 1 or (r.iters is not None and r.iters < 0):
-            raise OptionError("{gpus} and {sample_rows} must be at least 1, {iters} at least 0")
+        r, a, fmt = self.rounding, self.activations, self.format
+        if not fmt.target:
+            raise OptionError(f"{fmt.name} is a format quantgate reads and checks, not one it writes; "
+                              f"choose one of {', '.join(formats.TARGETS)}")
+        if (r.learned or r.gptq) and not fmt.learned_rounding:
+            able = ", ".join(f.name for f in formats.FORMATS.values() if f.learned_rounding)
+            raise OptionError(f"{{rounding}} {r.strategy} is not available for {fmt.name}: its rounding is fixed by "
+                              f"the format ({r.strategy} rounding supports {able}); use the default round-to-nearest")
+        if r.scale_search and fmt.kernel not in _searched_kernels():
+            raise OptionError(f"{{scale_search}} chooses NVFP4 block scales; {fmt.name} has none to search")
+        if (a.statistics is not None or a.input_scales is not None) and not fmt.static_input_scale:
+            raise OptionError(f"{fmt.name} stores no input_scale: ComfyUI quantizes its activations at run time "
+                              f"({fmt.activation}); {{act_stats}} / {{input_scales}} do not apply")
+        r.check()
         self.device.check(workers=r.gpus)
+        b = self.plan.budget_bits
+        if b is not None and not (0 < b < float("inf")):
+            raise OptionError(f"{{budget_bits}} must be a positive number of bits per weight, got {b}")
         if a.statistics is not None and a.input_scales is not None:
             raise OptionError("use either {act_stats} or {input_scales}, not both")
         if not (a.margin > 0 and a.margin != float("inf")):
@@ -205,6 +253,8 @@ _OPTIONS = {
     "gguf_mapping": ("plan", "gguf_mapping"),
     "rounding": ("rounding", "strategy"), "act_samples": ("rounding", "samples"), "seed": ("rounding", "seed"),
     "learned_iters": ("rounding", "iters"), "gpus": ("rounding", "gpus"), "sample_rows": ("rounding", "rows"),
+    "scale_search": ("rounding", "scale_search"), "damp": ("rounding", "damp"),
+    "learned_data_free": ("rounding", "data_free"), "budget_bits": ("plan", "budget_bits"),
     "act_stats": ("activations", "statistics"), "percentile": ("activations", "percentile"),
     "margin": ("activations", "margin"), "input_scales": ("activations", "input_scales"),
     "keep_fpmm": ("activations", "keep_fpmm"),
@@ -232,8 +282,8 @@ def request(source, output=None, target: str = "fp8", preset=None, **options) ->
 def convert(source, output=None, target: str = "fp8", preset=None, **options) -> Summary:
     """Convert ``source`` into a ``target``-format file (see :class:`ConvertRequest`; options by keyword:
     device, backend, pipelined, comfy_version, preset_from_gguf, gguf_mapping, rounding, act_samples,
-    seed, learned_iters, gpus, sample_rows, act_stats, percentile, margin, input_scales, keep_fpmm,
-    force, progress)."""
+    seed, learned_iters, gpus, sample_rows, scale_search, damp, learned_data_free, budget_bits, act_stats,
+    percentile, margin, input_scales, keep_fpmm, force, progress)."""
     return run(request(source, output, target, preset, **options))
 
 
@@ -260,7 +310,21 @@ def run(req: ConvertRequest) -> Summary:
     summary.seconds = time.perf_counter() - t0
     if req.rounding.learned:
         summary.rounding, summary.learned = "learned", strategy.stats.as_dict()
+    elif req.rounding.gptq or req.rounding.scale_search:
+        summary.rounding = _rounding_label(req.rounding)
+    if getattr(the_plan, "budget", None) is not None:
+        summary.budget = the_plan.budget.as_dict()
     return summary
+
+
+def _searched_kernels() -> frozenset:
+    from .rounding.strategy import SEARCHED
+    return SEARCHED
+
+
+def _rounding_label(r: RoundingChoice) -> str:
+    name = r.strategy or _rounding.DEFAULT
+    return name + (f" + {r.scale_search} scale search" if r.scale_search else "")
 
 
 def _statistics(stats):
@@ -284,7 +348,11 @@ def _plan(req: ConvertRequest, src):
         preset = gguf_model.derive_preset(gguf_model.read(req.plan.from_gguf),
                                           req.plan.gguf_mapping or gguf_model.Mapping(),
                                           source_shapes={n: src.info(n).shape for n in src.keys()})
-    return make_plan(src, preset, req.format.name, req.plan.comfy_version)
+    the_plan = make_plan(src, preset, req.format.name, req.plan.comfy_version)
+    if req.plan.budget_bits is not None:
+        from . import budget
+        budget.apply(the_plan, src, req)
+    return the_plan
 
 
 def _input_amax(req: ConvertRequest, stats, the_plan) -> dict[str, float]:
@@ -317,7 +385,7 @@ def _header(req: ConvertRequest, src, the_plan, amax, stats):
         lf = fmt.for_action(d.action)
         entries += lf.layer_entries(d.layer, d.shape[0], d.shape[1], input_scale=has_in,
                                     weight_only=_weight_only(req, lf))
-        conf = lf.layer_config(has_in, _weight_only(req, lf))
+        conf = lf.layer_config(has_in, _weight_only(req, lf), tuple(d.shape))
         if conf is not None:
             configs[d.layer] = conf
     marker = layout.marker_entry(fmt.name)
@@ -356,7 +424,7 @@ def _uses_pipeline(req: ConvertRequest, src) -> bool:
     if pipelined is None:
         pipelined = os.environ.get("QUANTGATE_PIPELINE", "1") != "0"
     return (pipelined and pipeline.supports(src) and not req.activations.keep_fpmm    # keep_fpmm: LayerJob.weight_only
-            and (req.rounding.strategy or _rounding.DEFAULT) == _rounding.DEFAULT)
+            and (req.rounding.strategy or _rounding.DEFAULT) == _rounding.DEFAULT and not req.rounding.scale_search)
 
 
 def _write(req: ConvertRequest, src, the_plan, amax, out, entries, meta, marker):
@@ -373,6 +441,8 @@ def _write(req: ConvertRequest, src, the_plan, amax, out, entries, meta, marker)
     strategy = req.rounding.strategy
     if req.rounding.learned:
         strategy = _learned_strategy(req, the_plan, out)
+    elif req.rounding.gptq or req.rounding.scale_search:
+        strategy = _searched_strategy(req, the_plan)
     if not use_pipeline:
         jobs = (LayerJob(d.layer, d.name, fmt.for_action(d.action), functools.partial(src.get, d.name),
                          amax.get(d.layer), tuple(d.shape), _weight_only(req, fmt.for_action(d.action)))
@@ -431,9 +501,40 @@ def _serial(src, the_plan, w, results, bar) -> None:
             bar.set_postfix_str(f"{i + 1}/{len(the_plan.decisions)} tensors", refresh=False)
 
 
+def _searched_strategy(req: ConvertRequest, the_plan):
+    """GPTQ (``--rounding gptq``) or round-to-nearest with searched NVFP4 scales (``--scale-search``)."""
+    from .rounding.strategy import Gptq, SearchedRtn
+    r = req.rounding
+    _check_samples(req, the_plan, r.rows, r.seed)
+    if r.gptq:
+        from .rounding.gptq import GptqConfig
+        cfg = GptqConfig(damp=GptqConfig.damp if r.damp is None else r.damp, scale_search=r.scale_search,
+                         samples=r.rows, seed=r.seed)
+        return Gptq(cfg, r.samples, progress=req.output.progress)
+    return SearchedRtn(r.scale_search, r.samples, r.rows, r.seed)
+
+
+def _check_samples(req: ConvertRequest, the_plan, rows: int, seed: int) -> None:
+    """2-D weights only; activation samples only for quantized layers."""
+    from quant.activations.samples import ActivationSamples
+    q = the_plan.quantized()
+    for d in q:
+        if len(d.shape) != 2:
+            raise InputError(f"{req.rounding.strategy} rounding needs 2-D weights; {d.name!r} has shape "
+                             f"{list(d.shape)}", req.source)
+    if req.rounding.samples:
+        c = ActivationSamples(req.rounding.samples, rows, seed)
+        try:
+            unknown = c.layers - {d.layer for d in q}
+        finally:
+            c.close()
+        if unknown:
+            raise InputError(f"activations given for {len(unknown)} layers that are not quantized "
+                             f"(first: {sorted(unknown)[0]!r})", req.rounding.samples)
+
+
 def _learned_strategy(req: ConvertRequest, the_plan, out):
     """A configured learned-rounding strategy (quant/rounding) for this conversion; checks its inputs."""
-    from quant.activations.samples import ActivationSamples
     from .rounding import Learned
     from .rounding.learned import LearnedConfig
     r = req.rounding
@@ -441,18 +542,5 @@ def _learned_strategy(req: ConvertRequest, the_plan, out):
     if iters is None:      # CUDA: 200 steps; CPU: 50 (most of the gain, see README "Learned rounding")
         iters = 200 if req.device.is_cuda else 50
     cfg = LearnedConfig(seed=r.seed, samples=r.rows, iters=int(iters))
-    q = the_plan.quantized()
-    for d in q:
-        if len(d.shape) != 2:
-            raise InputError(f"learned rounding needs 2-D weights; {d.name!r} has shape {list(d.shape)}",
-                             req.source)
-    if r.samples:
-        c = ActivationSamples(r.samples, cfg.samples, cfg.seed)
-        try:
-            unknown = c.layers - {d.layer for d in q}
-        finally:
-            c.close()
-        if unknown:
-            raise InputError(f"activations given for {len(unknown)} layers that are not quantized "
-                             f"(first: {sorted(unknown)[0]!r})", r.samples)
+    _check_samples(req, the_plan, cfg.samples, cfg.seed)
     return Learned(cfg, r.samples, gpus=r.gpus, source=req.source, output=out, progress=req.output.progress)

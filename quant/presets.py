@@ -44,9 +44,10 @@ class Rule:
     gguf: str = ""
 
     def override(self, kernel: str) -> str | None:
-        """What "quant" means for this rule when the file's format uses ``kernel`` (None: the kernel itself).
-        Only nvfp4 files have per-rule overrides today (sensitive layers in fp8 or kept)."""
-        return {"nvfp4": self.nvfp4}.get(kernel)
+        """What "quant" means for this rule in a 4-bit format's file (None: the format's own kernel): the
+        ``nvfp4`` key names the sensitive layers (fp8 or kept); each 4-bit format maps "fp8" to its 8-bit
+        sibling (:attr:`quant.formats.Format.sensitive_actions`)."""
+        return self.nvfp4
 
     def fits(self, name: str, shape: tuple) -> bool:
         if not any(fnmatch.fnmatchcase(name, g) for g in self.match):
@@ -159,6 +160,21 @@ def legacy_needs_all_linear(target: str, comfy_version: str | None) -> bool:
     return not has
 
 
+def _accepted(fmt, action: str, reason: str, shape: tuple) -> tuple[str, str]:
+    """The action a layer of ``shape`` really gets: a format that cannot hold it (e.g. ConvRot needs K % 16 == 0)
+    hands it to its fallback format, else it is kept in source precision, and the reason says why."""
+    seen = set()
+    while action != "keep" and action not in seen:
+        seen.add(action)
+        lf = fmt.for_action(action)
+        why = lf.refuses(*shape)
+        if why is None:
+            return action, reason
+        action = lf.fallback_action or "keep"
+        reason = f"{lf.name} cannot hold it: {why}" + (f"; {action} instead" if action != "keep" else "; kept")
+    return action, reason
+
+
 def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, source: str = "",
          comfy_version: str | None = None) -> Plan:
     """Decide every tensor; ``tensors`` = [(name, dtype, shape)] or [(name, dtype, shape, stored)] in
@@ -188,10 +204,12 @@ def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, 
             if math.prod(shape) < r.min_numel:
                 action, reason = "keep", f"smaller than {r.min_numel} elements"
             else:
-                over = r.override(fmt.kernel)
+                over = r.override(fmt.kernel) if fmt.four_bit else None
+                over = fmt.sensitive_actions.get(over, over)
                 action = over or fmt.kernel
                 if over:
                     reason = reason or f"sensitive layer: {over} under {fmt.kernel}"
+                action, reason = _accepted(fmt, action, reason, shape)
         if all_linear and action == "keep" and name.endswith(".weight") and _eligible(dtype, shape):
             action = "fp8"
             reason = (f"ComfyUI {comfy_version} (< {COMFY_VERSIONS['legacy_high_precision_linear']}) loads every "

@@ -96,6 +96,10 @@ def _safe_dir(version: str, i: int) -> str:
     return f"{i + 1}-comfyui-{keep}"
 
 
+def _server(cf) -> str:
+    return "embedded" if cf.embedded else ("running server" if cf.url else "started from a checkout")
+
+
 def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None = None,
                pipeline_tag: str | None = None, license: str | None = None, title: str | None = None) -> Card:
     """Make the card of one file of a gate run (``candidate``: its label or file name; needed when the run
@@ -186,7 +190,7 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
         cf = r.record.comfyui
         act = c.activations or {}
         how = c.rendered_as + (" + activations emulated" if act.get("emulated") else "")
-        o.append(f"| {_md(cf.version)} | {'embedded' if cf.embedded else 'external'} | {_md(how)} | "
+        o.append(f"| {_md(cf.version)} | {_server(cf)} | {_md(how)} | "
                  f"**{c.verdict.upper()}** | {_f4(c.min_ssim)} | {_f4(_mean(ss))} | {c.threshold} | {len(ss)} |")
     o.append("")
     for r in runs:
@@ -248,7 +252,7 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
     st = wf.settings
     o.append("## How it was rendered")
     o.append("")
-    o.append("| | |")
+    o.append("| setting | value |")
     o.append("|---|---|")
     o.append(f"| workflow | {_md(PurePosixPath(wf.name).name)}"
              + (f" (model node {_md(wf.model_node)})" if wf.model_node else "") + " |")
@@ -293,7 +297,7 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
     tool = first.record.tool
     o.append("## Versions")
     o.append("")
-    o.append("| | |")
+    o.append("| component | version |")
     o.append("|---|---|")
     o.append(f"| quantgate | {_md(tool.get('version', 'not recorded'))} |")
     for r in runs:

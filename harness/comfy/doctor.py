@@ -77,7 +77,7 @@ class Row:
 def formats():
     """quantgate's output formats (name -> Format with ``min_comfy``), from the format registry."""
     from quant import formats as F
-    return dict(F.FORMATS)
+    return {n: f for n, f in F.FORMATS.items() if f.target}      # not the dialects quantgate only reads
 
 
 def gpu_sm(name: str) -> float | None:
@@ -426,6 +426,17 @@ def _gpu(stats, version, rows, facts):
         why.append(f"needs ComfyUI >= {nv_min}")
     rows.append(Row("gpu", "nvfp4", OK if nv_native else INFO,
                     "native nvfp4 GEMM" if nv_native else "emulated (dequantized per forward): " + "; ".join(why)))
+    for f in fmts.values():             # the other comfy formats: native from the format's own SM fact
+        if not f.target or f.legacy or f.name in facts["gpu"] or f.native_sm is None:   # fp8/nvfp4: rows above
+            continue
+        sm_min = f.native_sm[0] + f.native_sm[1] / 10
+        native = bool(is_cuda and sm is not None and sm >= sm_min and version_lt(version, f.min_comfy) is False)
+        facts["gpu"][f.name] = "native" if native else ("unknown" if is_cuda and sm is None else "emulated")
+        need = [f"SM >= {sm_min:g}"] + ([f"ComfyUI >= {f.min_comfy}"] if version_lt(version, f.min_comfy) is not False
+                                         else [])
+        rows.append(Row("gpu", f.name, OK if native else INFO,
+                        f"native {f.name} (kitchen kernels)" if native else
+                        "dequantized per forward: needs " + ", ".join(need)))
 
 
 def _custom_nodes(info, root, rows, facts):

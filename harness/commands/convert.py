@@ -36,21 +36,32 @@ def register(sub):
                    help='calibrated activation amax per layer {"layers": {"blocks.0.ffn.0": 12.5}}; '
                         "written as the input scale (" + ", ".join(
                             f"{f.name}: {f.input_scale_key} = amax/{f.full_scale:g}" for f in formats.FORMATS.values()) + ")")
-    p.add_argument("--rounding", choices=("rtn", "learned"), default="rtn",
+    p.add_argument("--rounding", choices=("rtn", "learned", "gptq"), default="rtn",
                    help="rtn: round to nearest (default, bit-exact with comfy-kitchen). learned: per weight, the "
-                        "grid point below or above chosen to minimise the layer's OUTPUT error on calibration "
-                        "activations (sign-gradient rounding on the scales RTN writes; every value stays on the "
-                        "format grid)")
+                        "grid point below or above chosen to minimise the layer's OUTPUT error on recorded "
+                        "activations (sign-gradient rounding on the scales RTN writes). gptq: Hessian-aware "
+                        "rounding (GPTQ error feedback, input column by column) on the same grids. learned and "
+                        "gptq need --act-samples; every value stays on the format grid")
+    p.add_argument("--scale-search", choices=("mse", "output"),
+                   help="NVFP4: choose each 16-element block's e4m3 scale among amax/6's code and its "
+                        "neighbours by the block's weight error (mse) or output error on --act-samples (output); "
+                        "with rtn or gptq. The file stays standard (any block scale decodes)")
+    p.add_argument("--damp", type=float, metavar="D", help="gptq: H += D x mean(diag H) I (default 0.1)")
+    p.add_argument("--budget-bits", type=float, metavar="B",
+                   help="nvfp4: re-decide every layer the preset quantizes -- NVFP4, FP8 or source precision -- "
+                        "by measured error per byte (output error on --act-samples, else weight error) so the "
+                        "quantized layers store at most B bits a weight (4.5 = all NVFP4, 5.5 = GGUF Q5_0's "
+                        "size); the summary (--json) gives each layer's reason")
     p.add_argument("--act-stats", metavar="JSON",
                    help="activation STATISTICS (a JSON from `quantgate calibrate`: per-layer amax and percentiles "
                         "of |x|) -> every quantized layer gets input_scale = statistic x margin / the layer "
                         "format's full scale, and fp8 layers drop full_precision_matrix_mult (activations run "
                         "in fp8 on fp8 GPUs)")
     p.add_argument("--act-samples", metavar="FILE",
-                   help="activation SAMPLES for --rounding learned (a .safetensors of recorded input rows, one "
-                        "'<layer>.input' tensor [rows, in_features] per Linear); without it learned rounding "
-                        "uses a data-free proxy, the weight's own W^T W plus an identity share: measured to "
-                        "LOSE quality on activations unrelated to the weights, README")
+                   help="activation SAMPLES for --rounding learned / gptq, --scale-search output and --budget-bits "
+                        "(a .safetensors of recorded input rows, one '<layer>.input' tensor [rows, in_features] "
+                        "per Linear, written by quant.activations.samples.save_samples). Required by learned: "
+                        "its data-free proxy measured worse than rtn on held-out activations (README)")
     p.add_argument("--calibration", metavar="FILE", action="append",
                    help="deprecated: a .json is taken as --act-stats, anything else as --act-samples")
     p.add_argument("--sample-rows", "--calib-rows", dest="sample_rows", type=int, default=4096, metavar="N",
@@ -108,15 +119,13 @@ def run(args) -> int:
     stats, samples = activation_files(args)
     req = ConvertRequest(
         Path(args.source), formats.get(args.target), Device.of(args.device),
-        plan=PlanChoice(args.preset, args.preset_from_gguf, mapping, args.comfy_version),
-        rounding=RoundingChoice(args.rounding, samples, args.seed, args.iters, args.gpus, args.sample_rows),
+        plan=PlanChoice(args.preset, args.preset_from_gguf, mapping, args.comfy_version, args.budget_bits),
+        rounding=RoundingChoice(args.rounding, samples, args.seed, args.iters, args.gpus, args.sample_rows,
+                                args.scale_search, args.damp),
         activations=ActivationChoice(stats, args.percentile, args.margin, args.input_scales,
                                      args.keep_full_precision_mm),
         output=OutputChoice(args.output, args.force, not args.quiet and sys.stderr.isatty()))
     s = convert(req)
-    if args.rounding == "learned" and not samples:
-        print("note: learned rounding without --act-samples used the data-free proxy (the weights' own W^T W); "
-              "on activations unrelated to the weights it measured worse than rtn (README)", file=sys.stderr)
     if args.json:
         print(json.dumps(s.as_dict(), indent=1))
     else:

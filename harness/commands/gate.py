@@ -46,7 +46,7 @@ def register(sub):
                         "(verify --calibration); its SQNR numbers (calibrate --report) go into report.html")
     p.add_argument("--no-emulation", action="store_true",
                    help="render weight-only only (by default a candidate that declares an activation path is also "
-                        "rendered with its activations quantized as the native fp8/NVFP4 kernel would, and judged "
+                        "rendered with its activations quantized as the format's native kernel would (fp8/NVFP4 input scales, int8 per-row after ConvRot, W4A4 int4, MXFP8 blocks), and judged "
                         "on that render)")
     add_server_args(p)
     p.set_defaults(func=run)

@@ -50,11 +50,44 @@ class TritonBackend:
             return False
         return tq.available(device) and not tq.interpreted()
 
-    def quantize_fp8(self, w: torch.Tensor, scale: torch.Tensor | None = None, *, name: str | None = None):
+    def __init__(self):
+        self._pending: list = []              # deferred finiteness checks: (amax on the device, name)
+
+    def _checked(self, w, amax, name, check_finite):
+        if check_finite == "deferred":        # no host sync now: flush() (or the 64th deferred call) raises
+            self._pending.append((amax, name))
+            if len(self._pending) >= 64:
+                self.flush()
+        else:
+            _finite_or_raise(w, amax, name)
+
+    def flush(self) -> None:
+        """Raise the InputError of the first deferred call whose input held inf/NaN (one host sync for all)."""
+        pend, self._pending = self._pending, []
+        if not pend:
+            return
+        ok = torch.isfinite(torch.stack([a.reshape(()) for a, _ in pend])).cpu()
+        for good, (_, name) in zip(ok.tolist(), pend):
+            if not good:
+                raise InputError("tensor has non-finite values (inf/NaN); refusing to quantize", name)
+
+    def quantize_fp8(self, w: torch.Tensor, scale: torch.Tensor | None = None, *, name: str | None = None,
+                     check_finite: str = "sync"):
+        """``check_finite``: "sync" raises here (one host sync per call: the per-call overhead measured on small
+        tensors), "deferred" leaves the check to :meth:`flush` (the raw kernel's speed)."""
         if not _fits(w):                      # other dtypes / huge tensors: the reference math
             return _eager().quantize_fp8(w, scale, name=name)
         q, s, amax = _tq().quantize_fp8_async(w, scale)
-        _finite_or_raise(w, amax, name)
+        self._checked(w, amax, name, check_finite)
+        return q, s
+
+    def quantize_int8_rowwise(self, w: torch.Tensor, *, name: str | None = None, check_finite: str = "sync"):
+        """int8 per row (quant.formats.int8's math, the same bytes) -> (q, scale [N, 1]), or None for a tensor the
+        kernel does not take (the format then runs its own math)."""
+        if not _fits(w) or w.dim() != 2:
+            return None
+        q, s, amax = _tq().quantize_int8_rows_async(w)
+        self._checked(w, amax, name, check_finite)
         return q, s
 
     def quantize_nvfp4(self, w: torch.Tensor, global_scale: torch.Tensor | None = None, *, name: str | None = None):

@@ -58,8 +58,8 @@ class _Samples:
     """Recorded activation rows per layer (the '<layer>.input' file) and their Gram matrices, read lazily."""
 
     def __init__(self, path, samples: int, seed: int):
-        from quant.activations.samples import Calibration
-        self.cal = Calibration(path, samples, seed) if path else None
+        from quant.activations.samples import ActivationSamples
+        self.cal = ActivationSamples(path, samples, seed) if path else None
 
     def gram(self, layer: str, k: int, device):
         import torch

@@ -115,7 +115,8 @@ def test_neighbours_bracket_every_value_and_rtn_is_one_of_them():
 def test_learned_options_errors_are_one_line(cli, thin_wan5b, tmp_path):
     r = cli("convert", thin_wan5b, "-f", "fp8", "--act-samples", tmp_path / "c.safetensors", "-o", tmp_path / "o.safetensors")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines() == ["quantgate: --act-samples, --gpus and --iters are options of --rounding learned"]
+    assert r.stderr.strip().splitlines() == ["quantgate: --act-samples goes with --rounding learned, --rounding gptq "
+                                             "or --scale-search output"]
     (tmp_path / "c.json").write_text("{}")
     r = cli("convert", thin_wan5b, "-f", "fp8", "--rounding", "learned", "--act-samples", tmp_path / "c.json",
             "-o", tmp_path / "o.safetensors")
@@ -130,7 +131,7 @@ def test_old_calibration_option_says_which_one_it_was_taken_as(cli, thin_wan5b, 
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 2, r.stderr
     assert "--calibration is deprecated" in lines[0] and "taken as --act-samples" in lines[0]
-    assert "options of --rounding learned" in lines[1]
+    assert "--act-samples goes with --rounding learned" in lines[1]
     (tmp_path / "c.json").write_text("{}")
     r = cli("convert", thin_wan5b, "-f", "fp8", "--calibration", tmp_path / "c.json", "-o", tmp_path / "o.safetensors")
     lines = r.stderr.strip().splitlines()
@@ -139,7 +140,8 @@ def test_old_calibration_option_says_which_one_it_was_taken_as(cli, thin_wan5b, 
 
 
 def test_render_gate_passes_a_learned_rounding_file(comfy_session, thin_source, tmp_path):
-    """The render model has no recorded activations: learned rounding runs on its data-free proxy here.
+    """The render model has no recorded activations: learned rounding runs on its data-free proxy here
+    (learned_data_free: the CLI refuses learned rounding without --act-samples).
     Both learned files must pass the gate like their RTN twins; the SSIMs are printed for the record."""
     from harness.render import gate
     policy = gate.load_policy()
@@ -148,7 +150,7 @@ def test_render_gate_passes_a_learned_rounding_file(comfy_session, thin_source, 
     for fmt in ("fp8-legacy", "nvfp4"):      # the formats the embedded ComfyUI (0.3.x) renders
         convert(thin_source, tmp_path / f"rtn_{fmt[:3]}.safetensors", fmt, comfy_version=v)
         convert(thin_source, tmp_path / f"learned_{fmt[:3]}.safetensors", fmt, comfy_version=v, rounding="learned",
-                learned_iters=20)
+                learned_iters=20, learned_data_free=True)
     labels = ("rtn_fp8", "learned_fp8", "rtn_nvf", "learned_nvf")
     rec = gate.run_gate(comfy_session, thin_source, [(k, tmp_path / f"{k}.safetensors") for k in labels],
                         policy=policy, work_dir=tmp_path)
