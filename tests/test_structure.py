@@ -332,8 +332,6 @@ LONG_FUNCTIONS_LEFT = {
     "harness/commands/demo.py:run": 85,
     "harness/gguf/ladder.py:run": 96,
     "harness/render/report.py:render_html": 149,
-    "harness/verify/__init__.py:verify": 81,
-    "quant/gguf/safety.py:prescan": 82,
 }
 
 
