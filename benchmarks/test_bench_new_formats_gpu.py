@@ -162,7 +162,7 @@ def _cli_convert(src, out, fmt):
     cmd = [sys.executable, "-m", "harness.cli", "convert", str(src), "-o", str(out), "-f", fmt,
            "--device", "cuda", "--force", "-q", "--json"]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    p = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))), capture_output=True, text=True)
     wall = time.perf_counter() - t0
     assert p.returncode == 0, p.stderr[-3000:]
     return wall, json.loads(p.stdout[p.stdout.index("{"):])

@@ -349,11 +349,9 @@ class _Gpu:
         """-> ({suffix: device tensor}, amax or None)."""
         lf = self.fmt.for_action(d.action)
         if self.tq is not None and x.dtype in self.tq._KIND and x.numel() < 2**31:
-            if lf.kernel == "nvfp4":
-                packed, scales, s2, amax = self.tq.quantize_nvfp4_async(x)
-                return {"weight": packed, lf.block_scale_key: scales, lf.decode_scale_key: s2}, amax
-            q, scale, amax = self.tq.quantize_fp8_async(x)
-            return {"weight": q, lf.decode_scale_key: scale}, amax
+            fast = lf.quantize_async(self.tq, x)      # fp8/nvfp4: Triton, no sync; the others: None
+            if fast is not None:
+                return fast
         return lf.quantize(x, backend=self.be, name=d.name), None
 
     def launch(self, d, host: torch.Tensor):

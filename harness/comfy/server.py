@@ -247,9 +247,10 @@ class ComfyServer:
 
     def __init__(self, root, base_dir, *, cpu: bool | None = None, port: int | None = None,
                  startup_timeout: float = 180.0, extra_args: tuple[str, ...] = (), log=None,
-                 python: str | None = None):
+                 python: str | None = None, install_nodes: bool = True):
         self.root = Path(root)
         self.python = python or sys.executable       # a user checkout may need its own environment
+        self.install_nodes = install_nodes           # False: custom_nodes as the caller left them (node pack tests)
         self.base = Path(base_dir).resolve()
         self.cpu = (not cuda_available()) if cpu is None else cpu
         self.port = port
@@ -307,7 +308,8 @@ class ComfyServer:
             return self
         for d in ("custom_nodes", "models/diffusion_models", "models/vae_approx", "output", "input", "temp", "user"):
             (self.base / d).mkdir(parents=True, exist_ok=True)
-        install_custom_nodes(self.base)
+        if self.install_nodes:
+            install_custom_nodes(self.base)
         _install_handlers()
         last_err = None
         for attempt in range(3):

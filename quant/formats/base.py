@@ -249,6 +249,12 @@ class Format:
         """Quantize a 2-D weight -> {suffix: tensor} (on the weight's device, raw shapes)."""
         raise NotImplementedError
 
+    def quantize_async(self, tq, x):
+        """The pipelined CUDA path's no-sync kernels (``tq``: quant.kernels.triton_quant): ({suffix: device
+        tensor}, amax for the deferred finiteness check), or None where the format has none (then
+        :meth:`quantize` runs on the kernel stream)."""
+        return None
+
     def dequantize(self, tensors: dict, shape: tuple[int, int] | None = None, dtype=None, *, backend=None):
         """Inverse of :meth:`quantize` from {suffix: tensor}; ``shape`` = the logical [N, K].
         (quantgate's own decode: the checker proves files through comfy-kitchen instead.)"""

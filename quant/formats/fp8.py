@@ -21,6 +21,10 @@ class _Fp8(Format, register=False):
         q, s = (backend or get_backend(w.device)).quantize_fp8(w, name=name)
         return {"weight": q, self.decode_scale_key: s}
 
+    def quantize_async(self, tq, x):
+        q, scale, amax = tq.quantize_fp8_async(x)
+        return {"weight": q, self.decode_scale_key: scale}, amax
+
     def dequantize(self, tensors, shape=None, dtype=None, *, backend=None):
         import torch
         from ..kernels import get_backend

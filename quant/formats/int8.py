@@ -92,8 +92,14 @@ class Int8(Format):
         return not _convrot_flag(conf)
 
     def quantize(self, w, *, backend=None, name=None) -> dict:
-        q, s = kernel_op(backend, w.device, "quantize_int8_rowwise", quantize_rowwise)(w, name=name)
+        op = kernel_op(backend, w.device, "quantize_int8_rowwise", None)     # a kernel (Triton on CUDA) or None
+        r = op(w, name=name) if op is not None and w.is_floating_point() else None
+        q, s = r if r is not None else quantize_rowwise(w, name=name)
         return {"weight": q, "weight_scale": s}
+
+    def quantize_async(self, tq, x):
+        q, s, amax = tq.quantize_int8_rows_async(x)
+        return {"weight": q, "weight_scale": s}, amax
 
     def dequantize(self, tensors, shape=None, dtype=None, *, backend=None):
         s = tensors["weight_scale"]

@@ -87,9 +87,17 @@ class Int8Convrot(Format):
         if g is None:
             from ..errors import ShapeError
             raise ShapeError(f"int8-convrot needs K divisible by 16, got {list(w.shape)}", name)
-        op = kernel_op(backend, w.device, "quantize_int8_convrot", None)
-        q, s = op(w, g, name=name) if op is not None else quantize_convrot(w, g, name=name)
+        op = kernel_op(backend, w.device, "quantize_int8_rowwise", None)     # the per-row kernel after the rotation
+        r = op(convrot.rotate(w, g), name=name) if op is not None and w.is_floating_point() else None
+        q, s = r if r is not None else quantize_convrot(w, g, name=name)
         return {"weight": q, "weight_scale": s}
+
+    def quantize_async(self, tq, x):
+        g = convrot.group_for(x.shape[1])
+        if g is None:
+            return None                       # quantize() raises the ShapeError
+        q, s, amax = tq.quantize_int8_rows_async(convrot.rotate(x, g))
+        return {"weight": q, "weight_scale": s}, amax
 
     def dequantize(self, tensors, shape=None, dtype=None, *, backend=None, group: int | None = None):
         q = tensors["weight"]

@@ -67,6 +67,10 @@ class Nvfp4(Format):
         q, bs, s2 = (backend or get_backend(w.device)).quantize_nvfp4(w, name=name)
         return {"weight": q, "weight_scale": bs, "weight_scale_2": s2}
 
+    def quantize_async(self, tq, x):
+        packed, scales, s2, amax = tq.quantize_nvfp4_async(x)
+        return {"weight": packed, self.block_scale_key: scales, self.decode_scale_key: s2}, amax
+
     def negated_weight(self, w):
         return w ^ 0x88                      # the E2M1 sign bits of both nibbles
 

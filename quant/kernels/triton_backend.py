@@ -81,6 +81,15 @@ class TritonBackend:
         self._checked(w, amax, name, check_finite)
         return q, s
 
+    def quantize_int8_rowwise(self, w: torch.Tensor, *, name: str | None = None, check_finite: str = "sync"):
+        """int8 per row (quant.formats.int8's math, the same bytes) -> (q, scale [N, 1]), or None for a tensor the
+        kernel does not take (the format then runs its own math)."""
+        if not _fits(w) or w.dim() != 2:
+            return None
+        q, s, amax = _tq().quantize_int8_rows_async(w)
+        self._checked(w, amax, name, check_finite)
+        return q, s
+
     def quantize_nvfp4(self, w: torch.Tensor, global_scale: torch.Tensor | None = None, *, name: str | None = None):
         if w.dim() != 2:
             raise ShapeError(f"nvfp4 needs a 2-D weight, got shape {list(w.shape)}", name)
