@@ -110,7 +110,7 @@ class PlanChoice:
     from_gguf: Path | None = None
     gguf_mapping: object = None
     comfy_version: str | None = None
-    budget_bits: float | None = None     # --budget-bits: NVFP4 / FP8 / source precision by measured error per byte
+    budget_bits: float | str | None = None   # --budget-bits B | "preset" (the preset's own bits a weight)
 
 
 @dataclass(frozen=True)
@@ -219,8 +219,8 @@ class ConvertRequest:
         r.check()
         self.device.check(workers=r.gpus)
         b = self.plan.budget_bits
-        if b is not None and not (0 < b < float("inf")):
-            raise OptionError(f"{{budget_bits}} must be a positive number of bits per weight, got {b}")
+        if b is not None and b != "preset" and not (isinstance(b, (int, float)) and 0 < b < float("inf")):
+            raise OptionError(f"{{budget_bits}} must be a positive number of bits per weight or 'preset', got {b}")
         if a.statistics is not None and a.input_scales is not None:
             raise OptionError("use either {act_stats} or {input_scales}, not both")
         if not (a.margin > 0 and a.margin != float("inf")):
