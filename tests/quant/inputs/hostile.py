@@ -17,10 +17,17 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-N = int(os.environ.get("QUANTGATE_FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=N, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
+# Hypothesis profiles of the fuzzers: "quantgate-fuzz-ci" (150 cases per input kind, what CI runs) and
+# "quantgate-fuzz-10k" (10,000 per kind, run once by hand: benchmarks/fuzz_inputs.sh). QUANTGATE_FUZZ_PROFILE picks
+# one; QUANTGATE_FUZZ_EXAMPLES overrides the count. Only the fuzz tests use them (FUZZ), not the global profile.
+_BASE = dict(deadline=None, database=None,
+             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                    HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
+settings.register_profile("quantgate-fuzz-ci", max_examples=150, **_BASE)
+settings.register_profile("quantgate-fuzz-10k", max_examples=10_000, **_BASE)
+PROFILE = os.environ.get("QUANTGATE_FUZZ_PROFILE", "quantgate-fuzz-ci")
+N = int(os.environ.get("QUANTGATE_FUZZ_EXAMPLES", settings.get_profile(PROFILE).max_examples))
+FUZZ = settings(settings.get_profile(PROFILE), max_examples=N)
 PER_CASE_S = 10.0
 TALLY: dict[str, dict[str, int]] = {}
 

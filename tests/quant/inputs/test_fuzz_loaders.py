@@ -239,8 +239,8 @@ def activation_files(draw):
 
 
 def _use_activations(p):
-    from quant.activations.samples import Calibration
-    c = Calibration(p, 16, 0)
+    from quant.activations.samples import ActivationSamples
+    c = ActivationSamples(p, 16, 0)
     try:
         for layer in sorted(c.layers):
             info = c._f.info(layer + ".input")
