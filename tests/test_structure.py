@@ -326,15 +326,12 @@ def measure(root: Path) -> dict:
 
 # What is still over the promise, written down so it can only shrink (issue 19 takes these to zero):
 # lower a number or drop a line when you shorten one; never raise them.
-FORMAT_COMPARISONS_LEFT = 17
+FORMAT_COMPARISONS_LEFT = 16
 LONG_FUNCTIONS_LEFT = {
-    "harness/card/__init__.py:build_card": 253,
     "harness/commands/calibrate.py:run": 90,
     "harness/commands/demo.py:run": 85,
     "harness/gguf/ladder.py:run": 96,
     "harness/render/report.py:render_html": 149,
-    "harness/verify/__init__.py:verify": 81,
-    "quant/gguf/safety.py:prescan": 82,
 }
 
 

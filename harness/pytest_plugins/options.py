@@ -61,4 +61,4 @@ def pytest_configure(config):
             continue
         if name == "reference" and not (base / v).exists():
             continue                    # a golden manifest name such as kj/Wan2_2-..., not a path
-        setattr(config.option, name, str(base / v))
+        setattr(config.option, name, str((base / v).resolve()))

@@ -38,8 +38,9 @@ class RenderSession:
             spec = inp.get(input_name)
             opts = spec[0] if isinstance(spec, list) and spec and isinstance(spec[0], list) else []
             if isinstance(spec, list) and spec and spec[0] == "COMBO" and len(spec) > 1:
-                opts = spec[1].get("options", [])
-            self._options[key] = list(opts)
+                opts = spec[1].get("options", []) if isinstance(spec[1], dict) else []
+            # a server's answer: only file names (strings) count, whatever else it lists
+            self._options[key] = [o for o in opts if isinstance(o, str)] if isinstance(opts, list) else []
         return self._options[key]
 
     def model(self, path, folder: str = "diffusion_models", node_class: str = "UNETLoader",

@@ -167,12 +167,10 @@ def load(name: str) -> dict:
         p = path_of(name)
     if not p.is_file():
         raise InputError(f"unknown manifest {name!r}; known: {', '.join(names())}")
-    try:
-        m = json.loads(p.read_text())
-        if not isinstance(m.get("tensors"), dict):
-            raise ValueError
-    except (ValueError, AttributeError):
-        raise InputError("not a quantgate manifest (JSON with a 'tensors' object)", p) from None
+    from quant.inputs import load_json          # bounded: size, digits, depth, no FIFO (issue 20)
+    m = load_json(p, what="manifest", max_depth=16)
+    if not isinstance(m, dict) or not isinstance(m.get("tensors"), dict):
+        raise InputError("not a quantgate manifest (JSON with a 'tensors' object)", p)
     return m
 
 

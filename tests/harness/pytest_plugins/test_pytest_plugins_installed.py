@@ -29,7 +29,8 @@ def user(quantgate_wheel, tmp_path_factory):
 def _pytest(user, cwd, *args, timeout=600):
     cwd.mkdir(exist_ok=True)
     assert not [p for p in cwd.iterdir() if p.name != "junit.xml"], "not an empty directory"
-    r = subprocess.run([str(user["py"]), "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", *map(str, args)],
+    r = subprocess.run([str(user["py"]), "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly",
+                        *map(str, args)],
                        cwd=cwd, env=user["env"], capture_output=True, text=True, timeout=timeout)
     return r.returncode, r.stdout + r.stderr
 
@@ -70,8 +71,10 @@ def test_format_gate_from_the_installed_wheel(user, format_files, tmp_path):
     ids = [ln for ln in out.splitlines() if "::test_format" in ln]
     assert rc == 0 and ids and len(ids) == len(set(ids)) and "already registered" not in out, out
 
-    rc, out = _pytest(user, tmp_path / "good", "-m", "format", "--checkpoint", format_files["good"],
-                      "--source", format_files["src"], "--junitxml", tmp_path / "good" / "junit.xml")
+    # relative paths, as a user types them: resolved against the directory pytest runs in
+    rel = {k: os.path.relpath(v, tmp_path / "good") for k, v in format_files.items()}
+    rc, out = _pytest(user, tmp_path / "good", "-m", "format", "--checkpoint", rel["good"],
+                      "--source", rel["src"], "--junitxml", "junit.xml")
     assert rc == 0, out
     assert f"format gate: checkpoint {format_files['good']}" in out and " passed" in out
     cases, fails = _junit(tmp_path / "good" / "junit.xml")
