@@ -104,7 +104,7 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
                pipeline_tag: str | None = None, license: str | None = None, title: str | None = None) -> Card:
     """Make the card of one file of a gate run (``candidate``: its label or file name; needed when the run
     checked several). Raises InputError / UsageError (one line) on a bad gate folder or option."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCardData
     gate_dir = Path(gate_dir)
     runs = load_gate_dir(gate_dir)
     label = _pick(runs, candidate)
@@ -114,14 +114,7 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
         c = _cand(r, label)
         if c.sha256 != c0.sha256 or r.record.source.sha256 != first.record.source.sha256:
             raise InputError(f"the versions of this gate matrix checked different files for {label!r}", r.path)
-    if base_model is not None:
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-        try:
-            validate_repo_id(base_model)
-        except HFValidationError:
-            raise UsageError(f"--base-model {base_model!r} is not a Hugging Face repo id (owner/name)") from None
-    if pipeline_tag is not None and pipeline_tag not in PIPELINE_TAGS:
-        raise UsageError(f"--pipeline-tag must be one of {', '.join(PIPELINE_TAGS)}")
+    _check_options(base_model, pipeline_tag)
 
     fname = Path(c0.path).name
     fmt = c0.format
@@ -135,11 +128,40 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
     files: dict[str, bytes] = {}
     inputs = [str(r.path) for r in runs] + [c0.path, first.record.source.path]
     o: list[str] = []
-    all_pass = all(_cand(r, label).verdict == "pass" for r in runs)
     versions = ", ".join(r.record.comfyui.version for r in runs)
+    _files_section(o, runs, label, c0, fname, title, versions)
+    _format_gate_section(o, c0, fname)
+    _render_gate_section(o, runs, label, c0, fname)
+    shown = _renders_section(o, files, inputs, runs, label)
+    devs = _how_section(o, files, first, c0)
+    _versions_section(o, runs)
+    _limits_section(o, first, c0, versions, devs)
+    o.append("---")
+    o.append(f"Made by `quantgate card` from the gate record{'s' if len(runs) > 1 else ''} of this run "
+             f"({shown} renders); the record holds every number above.")
+    o.append("")
+    readme = "---\n" + front + "\n---\n\n" + "\n".join(o)
+    got = _read_back(readme, meta, fmt, gate_dir)
+    return Card(readme=readme, files=files, inputs=inputs, label=label, data=got)
+
+
+def _check_options(base_model: str | None, pipeline_tag: str | None) -> None:
+    if base_model is not None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+        try:
+            validate_repo_id(base_model)
+        except HFValidationError:
+            raise UsageError(f"--base-model {base_model!r} is not a Hugging Face repo id (owner/name)") from None
+    if pipeline_tag is not None and pipeline_tag not in PIPELINE_TAGS:
+        raise UsageError(f"--pipeline-tag must be one of {', '.join(PIPELINE_TAGS)}")
+
+
+def _files_section(o: list[str], runs: list[GateRun], label: str, c0, fname: str, title, versions: str) -> None:
+    first = runs[0]
+    all_pass = all(_cand(r, label).verdict == "pass" for r in runs)
     o.append(f"# {_md(title or fname)}")
     o.append("")
-    o.append(f"**{fmt}** checkpoint for ComfyUI, made and checked with "
+    o.append(f"**{c0.format}** checkpoint for ComfyUI, made and checked with "
              f"quantgate. Render gate verdict: "
              f"**{'PASS' if all_pass else 'FAIL'}** on ComfyUI {_md(versions)}"
              f" (SSIM of every render against the unquantized source, in a real ComfyUI server).")
@@ -155,7 +177,8 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
         o.append(f"| rendered as its dequantized twin | – | {_code(c0.twin_sha256)} |")
     o.append("")
 
-    # ---- format gate
+
+def _format_gate_section(o: list[str], c0, fname: str) -> None:
     v = c0.verify
     o.append("## Format gate (`quantgate verify`)")
     o.append("")
@@ -178,7 +201,8 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
                      "(from the file's layout).")
     o.append("")
 
-    # ---- render gate per version
+
+def _render_gate_section(o: list[str], runs: list[GateRun], label: str, c0, fname: str) -> None:
     o.append("## Render gate per ComfyUI version")
     o.append("")
     o.append("| ComfyUI | server | rendered as | verdict | min SSIM | mean SSIM | threshold | renders |")
@@ -201,6 +225,7 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
             o.append("")
             o.extend(f"- {_md(n.replace(c0.path, fname))}" for n in notes[:20])
             o.append("")
+    first = runs[0]
     ctl, rep = first.record.control, first.record.repeat
     o.append(f"Controls of the render itself (ComfyUI {_md(first.record.comfyui.version)}): another seed of the "
              f"source scores SSIM {ctl.ssim:.4f} (must be <= {ctl.max_ssim}: the render can tell models apart, "
@@ -208,7 +233,9 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
              f"(must be >= {rep.min_ssim}, {'pass' if rep.passed else 'FAIL'}).")
     o.append("")
 
-    # ---- renders
+
+def _renders_section(o: list[str], files: dict, inputs: list, runs: list[GateRun], label: str) -> int:
+    """Every render of the candidate as a triptych PNG (into ``files``) in a table per version -> how many."""
     o.append("## Renders")
     o.append("")
     o.append("Each image: **source | this file | difference** (mean |difference| over RGB, black -> red -> "
@@ -228,26 +255,32 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
         o.append("| seed | size | SSIM | threshold | source \\| this file \\| difference |")
         o.append("|---|---|---|---|---|")
         for x in r.record.renders:
-            if x.candidate != label or x.role != "candidate":
-                continue
-            key = f"{x.seed}/{x.width}x{x.height}"
-            if key not in imgs.source or key not in imgs.candidates[label]:
-                raise InputError(f"gate.json names no render image for seed {x.seed} {x.width}x{x.height}", r.path)
-            a, b = r.image(imgs.source[key]), r.image(imgs.candidates[label][key])
-            for arr in (a, b):
-                if arr.shape[:2] != (x.height, x.width):
-                    raise InputError(f"render image for seed {x.seed} is {arr.shape[1]}x{arr.shape[0]}, the record "
-                                     f"says {x.width}x{x.height}", r.path)
-            rel = f"{IMAGES_DIR}/{sub}/seed{x.seed}_{x.width}x{x.height}.png"
-            files[rel] = _triptych(a, b)
-            inputs += [str(r.folder / imgs.source[key]), str(r.folder / imgs.candidates[label][key])]
-            mark = "" if x.passed else " (below)"
-            o.append(f"| {x.seed} | {x.width}x{x.height} | {_f4(x.ssim)}{mark} | {x.threshold} | "
-                     f"![seed {x.seed} {x.width}x{x.height}: source, this file, difference]({rel}) |")
-            shown += 1
+            if x.candidate == label and x.role == "candidate":
+                o.append(_render_row(files, inputs, r, imgs, label, sub, x))
+                shown += 1
         o.append("")
+    return shown
 
-    # ---- how it was rendered
+
+def _render_row(files: dict, inputs: list, r: GateRun, imgs, label: str, sub: str, x) -> str:
+    key = f"{x.seed}/{x.width}x{x.height}"
+    if key not in imgs.source or key not in imgs.candidates[label]:
+        raise InputError(f"gate.json names no render image for seed {x.seed} {x.width}x{x.height}", r.path)
+    a, b = r.image(imgs.source[key]), r.image(imgs.candidates[label][key])
+    for arr in (a, b):
+        if arr.shape[:2] != (x.height, x.width):
+            raise InputError(f"render image for seed {x.seed} is {arr.shape[1]}x{arr.shape[0]}, the record "
+                             f"says {x.width}x{x.height}", r.path)
+    rel = f"{IMAGES_DIR}/{sub}/seed{x.seed}_{x.width}x{x.height}.png"
+    files[rel] = _triptych(a, b)
+    inputs += [str(r.folder / imgs.source[key]), str(r.folder / imgs.candidates[label][key])]
+    mark = "" if x.passed else " (below)"
+    return (f"| {x.seed} | {x.width}x{x.height} | {_f4(x.ssim)}{mark} | {x.threshold} | "
+            f"![seed {x.seed} {x.width}x{x.height}: source, this file, difference]({rel}) |")
+
+
+def _how_section(o: list[str], files: dict, first: GateRun, c0) -> list[str]:
+    """The settings table (and workflow.json) -> the devices the renders ran on."""
     wf = first.record.workflow
     st = wf.settings
     o.append("## How it was rendered")
@@ -264,16 +297,7 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
     rest = {k: st[k] for k in sorted(st) if k not in ("steps", "cfg", "sampler", "scheduler")}
     if rest:
         o.append(f"| other settings | {_md(', '.join(f'{k} {val}' for k, val in rest.items()))} |")
-    act = c0.activations or {}
-    if act.get("emulated"):
-        layers = ", ".join(f"{n} {k}" for k, n in sorted((act.get("layers") or {}).items()))
-        pol = (f"declared by the file ({_md(layers)}); rendered twice: weight-only (min SSIM "
-               f"{_f4(act.get('min_ssim_weight_only'))}) and with every quantized layer's input quantized as the "
-               "native kernel would (comfy-kitchen reference functions); the verdict is taken on the emulated render")
-    else:
-        pol = ("weight-only render: activations in high precision (the gate found no quantized activation path "
-               "declared in the file to emulate, or it ran with --no-emulation)")
-    o.append(f"| activation policy | {pol} |")
+    o.append(f"| activation policy | {_policy(c0.activations or {})} |")
     devs = sorted({f"{d.get('name')} ({d.get('type')})" for d in first.record.comfyui.devices})
     if devs:
         o.append(f"| device | {_md(', '.join(devs))} |")
@@ -292,9 +316,21 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
         o.append("")
         o.append("</details>")
         o.append("")
+    return devs
 
-    # ---- versions
-    tool = first.record.tool
+
+def _policy(act: dict) -> str:
+    if act.get("emulated"):
+        layers = ", ".join(f"{n} {k}" for k, n in sorted((act.get("layers") or {}).items()))
+        return (f"declared by the file ({_md(layers)}); rendered twice: weight-only (min SSIM "
+                f"{_f4(act.get('min_ssim_weight_only'))}) and with every quantized layer's input quantized as the "
+                "native kernel would (comfy-kitchen reference functions); the verdict is taken on the emulated render")
+    return ("weight-only render: activations in high precision (the gate found no quantized activation path "
+            "declared in the file to emulate, or it ran with --no-emulation)")
+
+
+def _versions_section(o: list[str], runs: list[GateRun]) -> None:
+    tool = runs[0].record.tool
     o.append("## Versions")
     o.append("")
     o.append("| component | version |")
@@ -310,7 +346,11 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
     o.append(f"| torch (quantgate's process) | {_md(tool.get('torch') or 'not recorded')} |")
     o.append("")
 
-    # ---- limits
+
+def _limits_section(o: list[str], first: GateRun, c0, versions: str, devs: list[str]) -> None:
+    st = first.record.workflow.settings
+    act = c0.activations or {}
+    v = c0.verify
     o.append("## What this file does not claim")
     o.append("")
     sizes = ", ".join(f"{w}x{h}" for w, h in first.record.sizes)
@@ -337,13 +377,11 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
     o.append("- **Not speed or memory.** Nothing here was timed against another file.")
     o.append("- **No license of its own.** The file inherits the source model's license and terms.")
     o.append("")
-    o.append("---")
-    o.append(f"Made by `quantgate card` from the gate record{'s' if len(runs) > 1 else ''} of this run "
-             f"({shown} renders); the record holds every number above.")
-    o.append("")
-    readme = "---\n" + front + "\n---\n\n" + "\n".join(o)
 
-    # offline validation: the Hub's own parser reads back exactly the metadata we meant
+
+def _read_back(readme: str, meta, fmt: str, gate_dir: Path) -> dict:
+    """Offline validation: the Hub's own parser reads back exactly the metadata we meant."""
+    from huggingface_hub import ModelCard
     try:
         parsed = ModelCard(readme, ignore_metadata_errors=False)
     except Exception as e:
@@ -352,7 +390,7 @@ def build_card(gate_dir, candidate: str | None = None, *, base_model: str | None
     got = parsed.data.to_dict()
     if got != want or "comfyui" not in (got.get("tags") or []) or fmt not in got.get("tags", []):
         raise InputError(f"the card's metadata reads back differently: {got} != {want}", gate_dir)
-    return Card(readme=readme, files=files, inputs=inputs, label=label, data=got)
+    return got
 
 
 def write_card(card: Card, out_dir, *, force: bool = False) -> Path:
