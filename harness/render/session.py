@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+from quant.errors import QuantgateError
+
 from ..comfy import temp_bases
 from ..comfy.client import ComfyClient
 from ..comfy.errors import ComfyError
@@ -123,8 +125,11 @@ def open_session(comfy_url: str | None = None, comfy_root=None, *, work_dir=None
         if keep_log is not None and srv.log_path.is_file():
             try:
                 Path(keep_log).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(srv.log_path, keep_log)
-            except OSError:
+                from quant.outputs import atomic_file, check_output      # the one output path (issue 20)
+                check_output(keep_log, [srv.log_path], overwrite=True, what="server log copy")
+                with atomic_file(keep_log, buffering=-1) as f, open(srv.log_path, "rb") as r:
+                    shutil.copyfileobj(r, f, 1 << 20)
+            except (OSError, QuantgateError):
                 pass
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -314,3 +314,37 @@ def test_fuzz_server_answers(ans, trunc):
                 assert "\n" not in str(e)
                 describe_rejection(e.details)
     check("server answers", url, use)
+
+
+# -- layout manifests (golden/**/*.json, `manifest show PATH`, `diff` against a manifest) ------------------------
+@st.composite
+def manifest_docs(draw):
+    tensors, off = {}, 0
+    for n in draw(st.lists(st.sampled_from(["blocks.0.w.weight", "blocks.0.w.weight_scale", "head.bias", "x"]),
+                           min_size=1, max_size=3, unique=True)):
+        dt = draw(st.sampled_from(["F32", "BF16", "F8_E4M3", "U8"]))
+        shape = draw(st.lists(st.integers(1, 64), max_size=2))
+        nb = math.prod(shape) * {"F32": 4, "BF16": 2}.get(dt, 1)
+        tensors[n] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + nb]}
+        off += nb
+    return {"name": "m", "description": "d", "generated_by": "harness/verify/manifests.py", "arch": "a",
+            "format": "fp8", "file_bytes": off + 64, "header_bytes": 56, "tensor_count": len(tensors),
+            "dtypes": {"F32": 1}, "metadata": {"format": "pt"}, "tensors": tensors}
+
+
+def _use_manifest(p):
+    from harness.verify import manifests
+    from harness.verify.layout_diff import ManifestSource
+    m = manifests.load(str(p))
+    src = ManifestSource(m)
+    for n in src.keys():
+        assert all(type(s) is int and s >= 0 for s in src.info(n).shape)
+    manifests.summary(m)
+
+
+@FUZZ
+@given(case=mutated(manifest_docs(), extra_keys=("x", "tensors", "shape", "dtype", "data_offsets")), trunc=_trunc)
+def test_fuzz_manifest_json(case, trunc):
+    doc, _ = case
+    p = write_case(_TMP, "manifest.json", to_json(doc), trunc)
+    check("layout manifest", p, lambda: _use_manifest(p))
