@@ -29,7 +29,8 @@ def user(quantgate_wheel, tmp_path_factory):
 def _pytest(user, cwd, *args, timeout=600):
     cwd.mkdir(exist_ok=True)
     assert not [p for p in cwd.iterdir() if p.name != "junit.xml"], "not an empty directory"
-    r = subprocess.run([str(user["py"]), "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", *map(str, args)],
+    r = subprocess.run([str(user["py"]), "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly",
+                        *map(str, args)],
                        cwd=cwd, env=user["env"], capture_output=True, text=True, timeout=timeout)
     return r.returncode, r.stdout + r.stderr
 
