@@ -40,8 +40,9 @@ def qg(*args, check=True) -> subprocess.CompletedProcess:
 
 
 def candidates(work: Path) -> list[tuple[str, dict]]:
-    """(label, convert keyword options). ``budget_bits`` "q5_0": the bits a weight that make the file no
-    larger than GGUF Q5_0's (see :func:`bits_for_bytes`)."""
+    """(label, convert keyword options). ``budget_bits`` "preset": the default preset's own bits a weight
+    (convert computes it); "q5_0": the bits a weight that make the file no larger than GGUF Q5_0's
+    (see :func:`bits_for_bytes`)."""
     acts, calib = work / "acts.safetensors", work / "calib.json"
     gq = {"rounding": "gptq", "act_samples": acts}
     return [
@@ -55,7 +56,7 @@ def candidates(work: Path) -> list[tuple[str, dict]]:
         ("nvfp4_gptq_search_mse", {"target": "nvfp4", **gq, "scale_search": "mse"}),
         ("nvfp4_gptq_search_output", {"target": "nvfp4", **gq, "scale_search": "output"}),
         ("nvfp4_gptq_search_output_damp1", {"target": "nvfp4", **gq, "scale_search": "output", "damp": 1.0}),
-        ("nvfp4_budget_default_gptq", {"target": "nvfp4", **gq, "scale_search": "output", "budget_bits": "default"}),
+        ("nvfp4_budget_default_gptq", {"target": "nvfp4", **gq, "scale_search": "output", "budget_bits": "preset"}),
         ("nvfp4_budget_q5_0_gptq", {"target": "nvfp4", **gq, "scale_search": "output", "budget_bits": "q5_0"}),
         ("nvfp4_budget5.5_search_mse", {"target": "nvfp4", "scale_search": "mse", "budget_bits": 5.5}),
         ("nvfp4_budget_q5_0_search_mse", {"target": "nvfp4", "scale_search": "mse", "budget_bits": "q5_0"}),
@@ -152,10 +153,7 @@ def main(argv=None) -> int:
             continue
         kw = dict(kw)
         target = kw.pop("target")
-        if kw.get("budget_bits") == "default":       # the default preset's own bits a weight
-            with open_source(SRC) as s:
-                kw["budget_bits"] = default_bits(make_plan(s, None, target))
-        elif kw.get("budget_bits") == "q5_0":        # no larger than the GGUF Q5_0 file
+        if kw.get("budget_bits") == "q5_0":        # no larger than the GGUF Q5_0 file
             with open_source(SRC) as s:
                 kw["budget_bits"] = bits_for_bytes(make_plan(s, None, target), work / "nvfp4_rtn.safetensors",
                                                    (work / "gguf_Q5_0.gguf").stat().st_size)
@@ -206,13 +204,6 @@ def main(argv=None) -> int:
               f"{r['mean_ssim_weight_only']:.4f} (min {r['min_ssim_weight_only']:.4f}) | {em} |")
     print(f"wrote {a.output}")
     return 0
-
-
-def default_bits(the_plan) -> float:
-    """Bits a weight the plan's quantized layers store (NVFP4 with its scales, FP8 with its scale)."""
-    from quant.budget import stored_bytes
-    q = the_plan.quantized()
-    return 8.0 * sum(stored_bytes(d.action, d.shape, 2) for d in q) / sum(d.shape[0] * d.shape[1] for d in q)
 
 
 if __name__ == "__main__":

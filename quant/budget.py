@@ -211,8 +211,11 @@ def apply(the_plan, src, req) -> Allocation:
     finally:
         if samples is not None:
             samples.close()
+    bits = req.plan.budget_bits
+    if bits == "preset":                         # the preset's own mix, re-decided at the same size
+        bits = 8.0 * sum(c.bytes[d.action] for c, d in zip(choices, q)) / max(1, sum(c.numel for c in choices))
     try:
-        al = allocate(choices, req.plan.budget_bits, "output" if samples else "weight")
+        al = allocate(choices, bits, "output" if samples else "weight")
     except ValueError as e:
         raise OptionError("{budget_bits}: " + str(e).split(" ", 1)[1]) from None
     by_layer = {c.layer: c for c in al.choices}

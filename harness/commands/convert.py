@@ -1,6 +1,7 @@
 """quantgate convert: BF16/FP16/FP32 checkpoint -> ComfyUI FP8 (legacy or comfy_quant) or NVFP4."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -47,11 +48,11 @@ def register(sub):
                         "neighbours by the block's weight error (mse) or output error on --act-samples (output); "
                         "with rtn or gptq. The file stays standard (any block scale decodes)")
     p.add_argument("--damp", type=float, metavar="D", help="gptq: H += D x mean(diag H) I (default 0.1)")
-    p.add_argument("--budget-bits", type=float, metavar="B",
+    p.add_argument("--budget-bits", type=_bits, metavar="B",
                    help="nvfp4: re-decide every layer the preset quantizes -- NVFP4, FP8 or source precision -- "
                         "by measured error per byte (output error on --act-samples, else weight error) so the "
                         "quantized layers store at most B bits a weight (4.5 = all NVFP4, 5.5 = GGUF Q5_0's "
-                        "size); the summary (--json) gives each layer's reason")
+                        "size; 'preset': the preset's own size); the summary (--json) gives each layer's reason")
     p.add_argument("--act-stats", metavar="JSON",
                    help="activation STATISTICS (a JSON from `quantgate calibrate`: per-layer amax and percentiles "
                         "of |x|) -> every quantized layer gets input_scale = statistic x margin / the layer "
@@ -88,6 +89,16 @@ def register(sub):
     from harness.commands.preset import add_mapping_args
     add_mapping_args(p)
     p.set_defaults(func=run)
+
+
+def _bits(text: str):
+    """--budget-bits: a number of bits a weight, or 'preset'."""
+    if text == "preset":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of bits a weight or 'preset', not {text!r}") from None
 
 
 def activation_files(args) -> tuple[str | None, str | None]:

@@ -114,3 +114,21 @@ def test_gptq_fp8_layers_change_and_stay_on_the_grid(thin_wan5b, samples):
                 assert torch.equal(r.get(f"{layer}.weight_scale"), g.get(f"{layer}.weight_scale"))
                 assert g.get(f"{layer}.weight").dtype == torch.float8_e4m3fn
     assert n > 0                                               # the preset's fp8 layers were checked
+
+
+def test_budget_preset_keeps_the_presets_own_size(cli, thin_wan5b, samples):
+    """--budget-bits preset: the preset's own bits a weight (measured here from its plan), re-decided."""
+    from quant.budget import stored_bytes
+    d, acts, held = samples
+    with open_source(thin_wan5b) as src:
+        q = [x for x in make_plan(src, None, "nvfp4").quantized() if len(x.shape) == 2]
+    own = 8.0 * sum(stored_bytes(x.action, x.shape, 2) for x in q) / sum(x.shape[0] * x.shape[1] for x in q)
+    out = d / "bp.safetensors"
+    r = cli("convert", thin_wan5b, "-f", "nvfp4", "--budget-bits", "preset", "--rounding", "gptq",
+            "--scale-search", "output", "--act-samples", acts, "-o", out, "--json")
+    assert r.returncode == 0, r.stderr
+    b = json.loads(r.stdout)["budget"]
+    numel = sum(x.shape[0] * x.shape[1] for x in q)
+    assert abs(b["budget_bits"] - own) < 1e-9 and 8 * b["bytes"] <= own * numel + 1e-6 and b["metric"] == "output"
+    r = cli("convert", thin_wan5b, "-f", "nvfp4", "--budget-bits", "lots", "-o", d / "x.safetensors")
+    assert r.returncode == 2 and "'preset'" in r.stderr and not (d / "x.safetensors").exists()
