@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import time
@@ -87,18 +88,8 @@ class Summary:
 
 def load_input_scales(path) -> dict[str, float]:
     """JSON ``{"layers": {layer: activation_amax}}`` (or a flat map) of calibrated activation amax."""
-    from .sources import load_json
-    obj = load_json(path, "input scales file")      # bounded numbers and nesting, no NaN, one-line errors
-    layers = obj.get("layers", obj) if isinstance(obj, dict) else None
-    if not isinstance(layers, dict):
-        raise InputError('expected {"layers": {"<layer>": <activation amax>, ...}}', path)
-    out = {}
-    for k, v in layers.items():
-        if type(v) not in (int, float) or not (0 < float(v) < float("inf")):
-            raise InputError(f"layer {short(k)}: activation amax must be a positive number, got "
-                             f"{short(v, 40) if isinstance(v, str) else str(v)[:40]}", path)
-        out[k] = float(v)
-    return out
+    from .inputs import input_scales_json         # the one validated loader (issue 20)
+    return input_scales_json(path)
 
 
 def make_plan(src, preset_name, target: str, comfy_version: str | None = None):
@@ -366,9 +357,17 @@ def _input_amax(req: ConvertRequest, stats, the_plan) -> dict[str, float]:
     else:
         amax = load_input_scales(a.input_scales) if a.input_scales else {}
     unknown = set(amax) - quantized
+    amax_file = (stats.path if stats is not None
+                 else a.input_scales if isinstance(a.input_scales, (str, Path)) else None)
     if unknown:
         raise InputError(f"input scales given for {len(unknown)} layers that are not quantized "
-                         f"(first: {sorted(unknown)[0]!r})", a.input_scales if isinstance(a.input_scales, str) else None)
+                         f"(first: {sorted(unknown)[0]!r})", amax_file)
+    for d in the_plan.quantized():            # never a zero, subnormal or non-finite input_scale (issue 20)
+        if d.layer in amax:
+            v = float(req.format.for_action(d.action).activation_scale(amax[d.layer]).reshape(-1)[0])
+            if not scale_ok(v):
+                raise InputError(f"layer {short(d.layer)}: activation amax {amax[d.layer]:g} gives input_scale "
+                                 f"{v!r} in F32 ({_why(v)}); no usable scale", amax_file)
     return amax
 
 
@@ -449,7 +448,8 @@ def _write(req: ConvertRequest, src, the_plan, amax, out, entries, meta, marker)
                 for d in the_plan.quantized())
         results = quantize_layers(jobs, device=device, backend=req.backend, rounding=strategy)
     try:
-        with AtomicWriter(out, entries, meta, writeback_every=256 << 20) as w:
+        with AtomicWriter(out, entries, meta, writeback_every=256 << 20) as w0:
+            w = ScaleGuard(w0, str(req.source))
             if use_pipeline:
                 _pipelined(req, src, the_plan, amax, w, bar)
             else:
@@ -476,6 +476,40 @@ def _pipelined(req: ConvertRequest, src, the_plan, amax, w, bar) -> None:
 
     pipeline.run(src, the_plan.decisions, req.format, w, device=str(req.device), backend=req.backend, amax=amax,
                  progress=step)
+
+
+F32_TINY = 1.1754943508222875e-38          # the smallest normal float32
+SCALE_SUFFIXES = (".input_scale", ".weight_scale", ".weight_scale_2", ".scale_weight", ".scale_input")
+
+
+def scale_ok(v: float) -> bool:
+    return math.isfinite(v) and v >= F32_TINY
+
+
+def _why(v: float) -> str:
+    return "not finite" if not math.isfinite(v) else "zero" if v == 0 else "negative" if v < 0 else \
+        "subnormal: underflowed"
+
+
+class ScaleGuard:
+    """The converter's writer, checked (issue 20): a per-tensor scale (``input_scale``, ``weight_scale``,
+    ``weight_scale_2``, legacy ``scale_weight``/``scale_input``; one element) that is zero, subnormal or not
+    finite is never written -- one line naming the source and the tensor, exit 2, and the atomic writer
+    leaves nothing behind. Block scales (many elements) may be zero for all-zero blocks."""
+
+    def __init__(self, writer, source: str):
+        self.writer, self.source = writer, source
+
+    def write(self, name: str, t) -> None:
+        if name.endswith(SCALE_SUFFIXES) and t.numel() == 1 and t.is_floating_point():
+            v = float(t.reshape(-1)[0].float())
+            if not scale_ok(v):
+                raise InputError(f"tensor {short(name)} would be {v!r} ({_why(v)}): the weights it scales are "
+                                 "all zero, huge or not finite; no usable scale", self.source)
+        self.writer.write(name, t)
+
+    def __getattr__(self, k):
+        return getattr(self.writer, k)
 
 
 def _serial(src, the_plan, w, results, bar) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,24 +96,21 @@ class Plan:
         return [d for d in self.decisions if d.action != "keep"]
 
 
-def _load(path: Path) -> Preset:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"preset is not valid TOML ({e})", path) from None
+def from_text(text: bytes | str, path) -> Preset:
+    """The preset that ``text`` would be as the file ``path`` (a preset about to be written)."""
+    return _load(Path(path), text)
+
+
+def _load(path: Path, text: bytes | str | None = None) -> Preset:
+    from .inputs import preset_toml          # the one validated loader of preset TOML (issue 20)
+    data = preset_toml(path, text=text)
     rules = []
-    for i, r in enumerate(data.get("rule", [])):
-        m = r.get("match")
-        if isinstance(m, str):
-            m = [m]
-        if not m or r.get("action") not in ("keep", "quant") or r.get("nvfp4") not in (None, "fp8", "keep"):
-            raise InputError(f"rule {i + 1}: needs match=[...], action='keep'|'quant', optional nvfp4='fp8'|'keep'", path)
-        rules.append(Rule(tuple(m), r["action"], r.get("nvfp4"), r.get("ndim"), int(r.get("min_numel", 0)),
-                          r.get("reason", ""), str(r.get("gguf", ""))))
-    prov = data.get("provenance", {})
-    return Preset(data.get("name", path.stem), data.get("description", ""), data.get("family"),
-                  tuple(data.get("archs", [])), tuple(rules), str(path),
-                  provenance=prov if isinstance(prov, dict) else {})
+    for r in data.get("rule", []):
+        m = r["match"]
+        rules.append(Rule(tuple([m] if isinstance(m, str) else m), r["action"], r.get("nvfp4"), r.get("ndim"),
+                          int(r.get("min_numel", 0)), r.get("reason", ""), str(r.get("gguf", ""))))
+    return Preset(data.get("name") or path.stem, data.get("description", ""), data.get("family"),
+                  tuple(data.get("archs", [])), tuple(rules), str(path), provenance=data.get("provenance", {}))
 
 
 def available() -> list[str]:

@@ -214,7 +214,11 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
 
 # --- HTML section + plot -----------------------------------------------------------------------
 
-def plot_sqnr(ladder: Ladder, png) -> Path:
+def _inputs(ladder: Ladder) -> list:
+    return [ladder.source, *(c.detail for c in ladder.columns if c.kind == "gguf")]
+
+
+def plot_sqnr(ladder: Ladder, png, inputs=()) -> Path:
     """SQNR per layer per format (matplotlib, Agg, imported here only)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -236,11 +240,13 @@ def plot_sqnr(ladder: Ladder, png) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.partial.png")
-    fig.savefig(tmp)
+    import io
+
+    from quant.outputs import write_bytes          # quantgate's one output path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(png)
+    write_bytes(png, buf.getvalue(), [*inputs, *_inputs(ladder)], what="ladder plot")
     return png
 
 
@@ -280,4 +286,4 @@ def write_html(ladder: Ladder, path) -> Path:
             "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style></head><body>"
             + body + "</body></html>\n")
-    return write_text(path, page)
+    return write_text(path, page, _inputs(ladder), what="ladder page")

@@ -17,7 +17,6 @@ element the layer saw). ``input_scale`` = statistic x margin / full-scale of the
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,28 +86,10 @@ class ActivationStatistics:
 
 
 def load(path) -> ActivationStatistics:
-    p = Path(path)
-    try:
-        obj = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise InputError("no such calibration file", p) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not a calibration JSON", p) from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise InputError("calibration file is not JSON", p) from None
-    if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
-        raise InputError(f"not a quantgate calibration (expected \"schema\": \"{SCHEMA}\"; make one with "
-                         "`quantgate calibrate`)", p)
-    layers = obj.get("layers")
-    if not isinstance(layers, dict) or not layers:
-        raise InputError("calibration has no layers", p)
-    for name, la in layers.items():
-        if not isinstance(la, dict) or not isinstance(la.get("amax"), (int, float)) or isinstance(la.get("amax"), bool):
-            raise InputError(f"layer {name!r}: no numeric amax", p)
-        for k, v in la.items():
-            if (k == "amax" or k.startswith("p")) and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
-                raise InputError(f"layer {name!r}: {k} must be a finite number >= 0, got {v!r}", p)
-    return ActivationStatistics(str(p), obj)
+    """The activation-statistics JSON through its one validated loader (quant.inputs: bounded parsing, a strict
+    schema: types, ranges, finite numbers, sizes; a FIFO is refused, never blocks)."""
+    from quant.inputs import calibration_json
+    return ActivationStatistics(str(path), calibration_json(path))
 
 
 __all__ = ["SCHEMA", "ActivationStatistics", "load", "percentile_key", "statistic_key"]

@@ -307,7 +307,16 @@ def derive_preset(model: GGUFModel, mapping: Mapping = Mapping(), *, name: str |
 
 
 def _toml_str(s: str) -> str:
-    return json.dumps(s, ensure_ascii=False)
+    """A TOML basic string that tomllib reads back to ``s``: control characters (DEL included) escaped; a
+    lone surrogate (a non-UTF-8 file name or --name, kept by Python as surrogateescape) cannot be in TOML, so
+    such a name is written as its bytes, backslash-escaped (``caf\\xe9.gguf``). Issue 20: a DEL or a lone
+    surrogate used to give an unreadable preset."""
+    s = str(s)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in s):
+        s = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") \
+            if not any(0xD800 <= ord(c) <= 0xDC7F for c in s) else s.encode("utf-16", "surrogatepass").decode(
+                "utf-16", "replace")
+    return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def preset_toml(preset) -> str:

@@ -262,9 +262,9 @@ if triton is not None:
 
     @triton.jit
     def _int8_rows_kernel(x_ptr, q_ptr, s_ptr, amax_ptr, N, K, KIND: tl.constexpr, BM: tl.constexpr,
-                          BK: tl.constexpr, TINY: tl.constexpr, HW: tl.constexpr):
-        """int8 per row (comfy-kitchen's eager quantize_int8_rowwise, bit for bit): s = max(amax/127, 1e-30) in
-        fp32 (stored), the division by s rounded to the input dtype (torch divides bf16/fp16 in fp32 and rounds),
+                          BK: tl.constexpr, TINY: tl.constexpr, HW: tl.constexpr, INV127: tl.constexpr):
+        """int8 per row (comfy-kitchen's eager quantize_int8_rowwise on the same device, bit for bit):
+        s = max(amax/127, 1e-30) in fp32 (stored; on CUDA amax x fp32(1/127), as torch computes it there), the division by s rounded to the input dtype (torch divides bf16/fp16 in fp32 and rounds),
         then round-half-even and clamp [-128, 127]. Two passes over each BM-row strip (the second from L2)."""
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rm = rows < N
@@ -277,7 +277,10 @@ if triton is not None:
             a = tl.abs(tl.load(x_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float32))
             acc = tl.maximum(acc, tl.max(a, axis=1))
             bad += tl.sum(tl.where(a < float("inf"), 0.0, 1.0), axis=1)      # NaN and inf both count
-        s = tl.maximum(tl.math.div_rn(acc, 127.0), 1e-30)
+        if HW:      # torch on CUDA divides by a Python scalar as a multiply by its fp32 reciprocal (kitchen's
+            s = tl.maximum(acc * INV127, 1e-30)      # eager reference on the GPU); on the CPU it divides
+        else:
+            s = tl.maximum(tl.math.div_rn(acc, 127.0), 1e-30)
         tl.store(s_ptr + rows, s, mask=rm)
         tl.store(amax_ptr + rows, tl.where(bad > 0, float("nan"), acc), mask=rm)
         sx = _round_to(s, KIND, HW)                       # the divisor in the weight's dtype
@@ -439,6 +442,7 @@ def quantize_int8_rows_async(x: torch.Tensor, hw: bool | None = None):
     if n and k:
         _int8_rows_kernel[(triton.cdiv(n, INT8_BM),)](x, q, s, rows, n, k, KIND=_KIND[x.dtype], BM=INT8_BM,
                                                       BK=min(INT8_BK, _pow2(k)), TINY=_TINY[x.dtype], HW=hw,
+                                                      INV127=float(torch.tensor(1.0) / torch.tensor(127.0)),
                                                       num_warps=4)
     else:
         rows.zero_()
