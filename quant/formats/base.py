@@ -250,9 +250,9 @@ class Format:
         raise NotImplementedError
 
     def quantize_async(self, tq, x):
-        """The pipelined CUDA path's no-sync kernels (``tq``: quant.kernels.triton_quant): ({suffix: device
-        tensor}, amax for the deferred finiteness check), or None where the format has none (then
-        :meth:`quantize` runs on the kernel stream)."""
+        """The pipelined CUDA path's no-sync kernels (``tq``: the kernel seam, quant.kernels.Kernels: its
+        ``*_async`` ops): ({suffix: device tensor}, amax for the deferred finiteness check), or None where the
+        format has none (then :meth:`quantize` runs on the kernel stream)."""
         return None
 
     def dequantize(self, tensors: dict, shape: tuple[int, int] | None = None, dtype=None, *, backend=None):
