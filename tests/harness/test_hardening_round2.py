@@ -137,6 +137,25 @@ def test_a_fifo_given_as_calibration_does_not_block(thin_wan5b, tmp_path):
     assert "not a regular file" in line and time.monotonic() - t < 30
 
 
+# ---- weights so small that their per-tensor scale underflows (before: an fp8 file with weight_scale 2.8e-45,
+# a subnormal F32, "converted", exit 0)
+def test_a_weight_scale_that_underflows_is_never_written(tmp_path):
+    import torch
+
+    from harness.fixtures.synth import make_model
+    from quant.safetensors_io import SafetensorsFile, save_file
+    src = make_model("wan22-ti2v-5b-thin", tmp_path / "m.safetensors", seed=1, dtype=torch.float32)
+    with SafetensorsFile(src) as f:
+        t, meta = {k: f.get(k).clone() for k in f.keys()}, dict(f.metadata)
+    t["blocks.0.ffn.0.weight"].fill_(1e-42)
+    tiny = tmp_path / "tiny.safetensors"
+    save_file(t, tiny, meta)
+    out = tmp_path / "o.safetensors"
+    line = one_error_line(*run_main("convert", tiny, "-o", out, "-f", "fp8")[::2])
+    assert "tiny.safetensors" in line and "blocks.0.ffn.0.weight_scale" in line and "subnormal" in line
+    assert not out.exists() and not _leftovers(tmp_path, out.name)
+
+
 # ---- a preset whose ndim is the string "2" (before: it matched nothing, an "fp8" file with nothing quantized)
 def test_preset_with_a_string_ndim_is_refused(thin_wan5b, tmp_path):
     p = tmp_path / "p.toml"
