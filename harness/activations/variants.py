@@ -31,11 +31,13 @@ def make(path, out, mode: str) -> Path:
     with SafetensorsFile(path) as f:
         tensors = {k: f.get(k).clone() for k in f.keys()}
         meta = dict(f.metadata)
-    try:
-        q = json.loads(meta[QUANT_KEY])
-        layers = q["layers"]
-    except (KeyError, ValueError, TypeError):
-        raise InputError("not a comfy_quant mixed file (no header _quantization_metadata)", path) from None
+    from quant.inputs import parse_json                       # bounded (issue 20)
+    if not isinstance(meta.get(QUANT_KEY), str):
+        raise InputError("not a comfy_quant mixed file (no header _quantization_metadata)", path)
+    q = parse_json(meta[QUANT_KEY], path, what="header _quantization_metadata")
+    layers = q.get("layers") if isinstance(q, dict) else None
+    if not isinstance(layers, dict) or not all(isinstance(c, dict) for c in layers.values()):
+        raise InputError("header _quantization_metadata has no 'layers' object of layer objects", path)
     for layer, conf in layers.items():
         fmt = conf.get("format")
         if fmt not in ("float8_e4m3fn", "nvfp4"):

@@ -36,20 +36,24 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    import os
+def _copy_source(ref, src) -> None:
+    """The reference model copied to ``src`` through quantgate's one output path (never over an input, atomic)."""
     import shutil
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    from quant.outputs import atomic_file, check_output
+    check_output(src, [ref], overwrite=True, what="demo source copy")
+    with atomic_file(src) as f, open(ref, "rb") as r:
+        shutil.copyfileobj(r, f, 8 << 20)
 
 
 # Qwen-Image renders the 3072-wide model: ~15-45 s a render on a shared 2-core CPU; one seed, one size
 FAMILY_PLAN = {"qwen_image": {"seeds": [1], "sizes": [[64, 64]]},
                "qwen_image_edit": {"seeds": [1], "sizes": [[64, 64]]}}
+# the formats a family's demo converts (None: every format of the registry). Qwen: fp8 (what the FP8
+# converter's users A/B) and nvfp4 under the smart preset (below); fp8-legacy and the detected-preset nvfp4
+# add ~2 renders of 30-70 s each (and the one-block nvfp4 file is all fp8), the int8/mxfp8/w4 formats more.
+# A14B: the three formats every WAN demo has, per expert.
+FAMILY_FORMATS = {"qwen_image": ("fp8",), "qwen_image_edit": ("fp8",),
+                  "wan22_a14b": ("fp8-legacy", "fp8", "nvfp4")}
 
 
 def _planted(model, srcs: dict, mdir: Path, stem: str, target_comfy: str, cands: list) -> list:
@@ -138,17 +142,20 @@ def run(args) -> int:
     for slot, p in srcs.items():
         tag = f"_{expert[slot]}" if len(srcs) > 1 else ""
         dst = mdir / f"{stem}{tag}_{'fp32' if 'fp32' in p.name else 'bf16'}.safetensors"
-        _link_or_copy(p, dst)
+        _copy_source(p, dst)
         local[slot] = dst
     srcs = local
 
     from harness.comfy.server import comfy_version, embedded_source
     from quant.convert import convert
     target_comfy = comfy_version(embedded_source())
-    _log(f"2/5 convert: {', '.join(FORMATS)} (for ComfyUI {target_comfy}, the embedded server)")
+    formats = FAMILY_FORMATS.get(model.family, FORMATS)
+    left = [f for f in FORMATS if f not in formats]
+    _log(f"2/5 convert: {', '.join(formats)} (for ComfyUI {target_comfy}, the embedded server)"
+         + (f"; not in this family's demo: {', '.join(left)}" if left else ""))
     t = time.monotonic()
     cands = []
-    for fmt in FORMATS:
+    for fmt in formats:
         for slot, src in srcs.items():
             tag = "" if len(srcs) == 1 else f"_{expert[slot]}"
             dst = mdir / f"{stem}{tag}_{fmt}.safetensors"
@@ -201,7 +208,7 @@ def run(args) -> int:
     timings["render_s"] = round(time.monotonic() - t, 2)
 
     _log("5/5 report")
-    record["demo"] = {"model": model.name, "family": model.family, "draws": model.draws,
+    record["demo"] = {"model": model.name, "family": model.family, "draws": model.draws, "formats_left_out": left,
                       "planted": [c["label"] for c in record["candidates"] if c["label"].startswith(PLANTED)]
                       if not args.no_planted else None, "timings": timings, "reference": kind,
                       "wall_s": round(time.monotonic() - t0, 2)}
