@@ -329,7 +329,6 @@ def measure(root: Path) -> dict:
 FORMAT_COMPARISONS_LEFT = 16
 LONG_FUNCTIONS_LEFT = {
     "harness/commands/calibrate.py:run": 90,
-    "harness/commands/demo.py:run": 85,
     "harness/gguf/ladder.py:run": 96,
     "harness/render/report.py:render_html": 149,
 }

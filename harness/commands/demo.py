@@ -14,6 +14,8 @@ from pathlib import Path
 
 from quant.formats import TARGETS as FORMATS  # every output format, from the registry
 PLANTED = "planted-defect"      # every planted candidate's label starts with this
+PLANT_FROM = "fp8"              # the family defects are made from this conversion (Qwen, A14B)
+EXPERT = {"model": "high", "model_low": "low"}     # A14B: workflow slot -> expert
 
 
 def _log(msg: str) -> None:
@@ -56,8 +58,9 @@ FAMILY_FORMATS = {"qwen_image": ("fp8",), "qwen_image_edit": ("fp8",),
                   "wan22_a14b": ("fp8-legacy", "fp8", "nvfp4")}
 
 
-def _planted(model, srcs: dict, mdir: Path, stem: str, target_comfy: str, cands: list) -> list:
-    """(label, path, slot) of the family's planted defects (also made here)."""
+def _planted(model, srcs: dict, mdir: Path, stem: str, by_fmt: dict) -> list:
+    """(label, path, slot) of the family's planted defects (also made here; the Qwen and A14B ones from
+    the ``PLANT_FROM`` conversion, ``by_fmt[format, slot]``)."""
     from harness.fixtures.planted import family_defects as fd
     from harness.fixtures.planted import render_defects as fixtures
     out = []
@@ -68,21 +71,21 @@ def _planted(model, srcs: dict, mdir: Path, stem: str, target_comfy: str, cands:
              "a ComfyUI error, but wrong)")
         out.append((PLANTED, planted, "model"))
     elif model.family == "qwen_image":
-        fp8 = next(p for lab, p, _ in cands if lab == "fp8")
+        fp8 = by_fmt[PLANT_FROM, "model"]
         planted = mdir / f"{stem}_fp8_PLANTED_mlps_swapped.safetensors"
         fd.qwen_mlps_swapped(fp8, planted, block=0)
         _log(f"    {planted.name}  (the fp8 file with transformer_blocks.0 img_mlp and txt_mlp exchanged: same "
              "names and shapes, loads without a warning)")
         out.append((PLANTED + " mlps swapped", planted, "model"))
     elif model.family == "qwen_image_edit":
-        fp8 = next(p for lab, p, _ in cands if lab == "fp8")
+        fp8 = by_fmt[PLANT_FROM, "model"]
         planted = mdir / f"{stem}_fp8_PLANTED_img_in_misquantized.safetensors"
         fd.edit_img_in_misquantized(fp8, planted)
         _log(f"    {planted.name}  (the fp8 file with img_in -- the reference latent's way in -- quantized to fp8 "
              "under block 0's txt_mlp.net.0.proj weight scale: clipped to 22% of its range)")
         out.append((PLANTED + " img_in", planted, "model"))
     elif model.family == "wan22_a14b":
-        fp8 = {slot: p for lab, p, slot in cands if lab.startswith("fp8 ")}
+        fp8 = {slot: by_fmt[PLANT_FROM, slot] for slot in srcs}
         for (_, p, slot), what in zip(fd.a14b_swapped(fp8["model"], fp8["model_low"]),
                                       ("experts swapped: low in high slot", "experts swapped: high in low slot")):
             out.append((f"{PLANTED} {what}", p, slot))
@@ -106,25 +109,12 @@ def _only_quantized(src: Path, amax: dict, target: str = "fp8") -> dict:
     return {k: v for k, v in amax.items() if k in layers}
 
 
-def run(args) -> int:
+def _sources(args, model, mdir: Path):
+    """(reference kind, file stem, slot -> the demo's copy of each source)."""
     import os
-
-    from harness.commands.gate import print_summary
     from harness.render import models
-    from harness.render.gate import load_policy, run_gate
-    from harness.render.report import write_report
-    from harness.render.session import open_session
-    from harness.render.workflow import Workflow
     from harness.train import registry
-    from harness.verify.record import run_verify
     from quant.errors import UsageError
-    t0 = time.monotonic()
-    out = Path(args.out)
-    mdir = out / "models"
-    mdir.mkdir(parents=True, exist_ok=True)
-    timings = {}
-
-    model = registry.get(args.model)
     if args.reference == "random" and model.name != registry.DEFAULT:
         raise UsageError(f"--reference random exists only for {registry.DEFAULT} (--model {model.name} is trained)")
     kind = models.reference_kind(args.reference) if model.name == registry.DEFAULT else "trained"
@@ -137,32 +127,28 @@ def run(args) -> int:
         stem = model.stem
         _log(f"1/5 source: {model.describe}")
         srcs = registry.sources(model.name, log=_log)
-    expert = {"model": "high", "model_low": "low"}
     local = {}
     for slot, p in srcs.items():
-        tag = f"_{expert[slot]}" if len(srcs) > 1 else ""
+        tag = f"_{EXPERT[slot]}" if len(srcs) > 1 else ""
         dst = mdir / f"{stem}{tag}_{'fp32' if 'fp32' in p.name else 'bf16'}.safetensors"
         _copy_source(p, dst)
         local[slot] = dst
-    srcs = local
+    return kind, stem, local
 
-    from harness.comfy.server import comfy_version, embedded_source
+
+def _convert_all(model, srcs: dict, mdir: Path, stem: str, target_comfy: str, formats, planted: bool) -> list:
+    """(label, path, slot) of every conversion of the family's demo, planted defects last."""
     from quant.convert import convert
-    target_comfy = comfy_version(embedded_source())
-    formats = FAMILY_FORMATS.get(model.family, FORMATS)
-    left = [f for f in FORMATS if f not in formats]
-    _log(f"2/5 convert: {', '.join(formats)} (for ComfyUI {target_comfy}, the embedded server)"
-         + (f"; not in this family's demo: {', '.join(left)}" if left else ""))
-    t = time.monotonic()
-    cands = []
+    cands, by_fmt = [], {}
     for fmt in formats:
         for slot, src in srcs.items():
-            tag = "" if len(srcs) == 1 else f"_{expert[slot]}"
+            tag = "" if len(srcs) == 1 else f"_{EXPERT[slot]}"
             dst = mdir / f"{stem}{tag}_{fmt}.safetensors"
             # --comfy-version: on ComfyUI < 0.4 a scaled_fp8 file must scale every Linear (that ComfyUI
             # casts the Linears a preset keeps to fp8 without a scale)
             s = convert(src, dst, fmt, force=True, comfy_version=target_comfy)
-            cands.append((fmt if len(srcs) == 1 else f"{fmt} {expert[slot]}", dst, slot))
+            cands.append((fmt if len(srcs) == 1 else f"{fmt} {EXPERT[slot]}", dst, slot))
+            by_fmt[fmt, slot] = dst
             _log(f"    {dst.name}  {dst.stat().st_size / 1e6:.1f} MB  ({', '.join(f'{v} {k}' for k, v in s.layers.items())})")
     if model.family in ("qwen_image", "qwen_image_edit"):
         # the Qwen presets keep the first and last block in fp8 under NVFP4, so with one block the nvfp4
@@ -175,13 +161,47 @@ def run(args) -> int:
     if model.family == "wan22_a14b":     # calibrated fp8: each expert with its own activation amax
         amax = _a14b_amax(srcs)
         for slot, src in srcs.items():
-            dst = mdir / f"{stem}_{expert[slot]}_fp8_calibrated.safetensors"
+            dst = mdir / f"{stem}_{EXPERT[slot]}_fp8_calibrated.safetensors"
             convert(src, dst, "fp8", force=True, comfy_version=target_comfy,
-                    input_scales=_only_quantized(src, amax[expert[slot]]))
-            cands.append((f"fp8+input_scale {expert[slot]}", dst, slot))
-            _log(f"    {dst.name}  (fp8 with input_scale from the {expert[slot]}-noise expert's own activations)")
-    if not args.no_planted:
-        cands += _planted(model, srcs, mdir, stem, target_comfy, cands)
+                    input_scales=_only_quantized(src, amax[EXPERT[slot]]))
+            cands.append((f"fp8+input_scale {EXPERT[slot]}", dst, slot))
+            _log(f"    {dst.name}  (fp8 with input_scale from the {EXPERT[slot]}-noise expert's own activations)")
+    if planted:
+        cands += _planted(model, srcs, mdir, stem, by_fmt)
+    return cands
+
+
+def _expectation(record: dict) -> tuple[bool, list]:
+    """(every real format passes and every planted file fails, the planted candidates)."""
+    real = [c for c in record["candidates"] if not c["label"].startswith(PLANTED)]
+    plant = [c for c in record["candidates"] if c["label"].startswith(PLANTED)]
+    return all(c["verdict"] == "pass" for c in real) and all(c["verdict"] == "fail" for c in plant), plant
+
+
+def run(args) -> int:
+    from harness.commands.gate import print_summary
+    from harness.comfy.server import comfy_version, embedded_source
+    from harness.render.gate import load_policy, run_gate
+    from harness.render.report import write_report
+    from harness.render.session import open_session
+    from harness.render.workflow import Workflow
+    from harness.train import registry
+    from harness.verify.record import run_verify
+    t0 = time.monotonic()
+    out = Path(args.out)
+    mdir = out / "models"
+    mdir.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    model = registry.get(args.model)
+    kind, stem, srcs = _sources(args, model, mdir)
+
+    target_comfy = comfy_version(embedded_source())
+    formats = FAMILY_FORMATS.get(model.family, FORMATS)
+    left = [f for f in FORMATS if f not in formats]
+    _log(f"2/5 convert: {', '.join(formats)} (for ComfyUI {target_comfy}, the embedded server)"
+         + (f"; not in this family's demo: {', '.join(left)}" if left else ""))
+    t = time.monotonic()
+    cands = _convert_all(model, srcs, mdir, stem, target_comfy, formats, not args.no_planted)
     timings["convert_s"] = round(time.monotonic() - t, 2)
 
     _log("3/5 verify (format gate)")
@@ -208,15 +228,12 @@ def run(args) -> int:
     timings["render_s"] = round(time.monotonic() - t, 2)
 
     _log("5/5 report")
+    ok, plant = _expectation(record)
     record["demo"] = {"model": model.name, "family": model.family, "draws": model.draws, "formats_left_out": left,
-                      "planted": [c["label"] for c in record["candidates"] if c["label"].startswith(PLANTED)]
-                      if not args.no_planted else None, "timings": timings, "reference": kind,
-                      "wall_s": round(time.monotonic() - t0, 2)}
-    real = [c for c in record["candidates"] if not c["label"].startswith(PLANTED)]
-    plant = [c for c in record["candidates"] if c["label"].startswith(PLANTED)]
-    ok = all(c["verdict"] == "pass" for c in real) and all(c["verdict"] == "fail" for c in plant)
-    record["demo"]["expectation"] = ("met: every format passes, every planted file fails" if ok else
-                                     "NOT met: see the failing rows")
+                      "planted": [c["label"] for c in plant] if not args.no_planted else None, "timings": timings,
+                      "reference": kind, "wall_s": round(time.monotonic() - t0, 2),
+                      "expectation": ("met: every format passes, every planted file fails" if ok else
+                                      "NOT met: see the failing rows")}
     # the demo's verdict is its expectation (the planted files are meant to fail); the plain gate
     # verdict over all candidates is kept beside it
     record["gate_verdict"] = record["verdict"]

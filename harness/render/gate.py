@@ -340,6 +340,24 @@ def _tool_versions() -> dict:
     return out
 
 
+def _slots(source: Path, candidates, companions: dict | None, workflow: Workflow):
+    """(companions, slot -> source file, Candidates): each candidate ``(label, path, slot)`` fills one of
+    the workflow's model placeholders and is compared with that slot's source."""
+    companions = {k: Path(v) for k, v in (companions or {}).items()}
+    missing = sorted(set(companions) - workflow.holes)
+    if missing:
+        raise UsageError(f"the workflow has no {{{{{missing[0]}}}}} placeholder for a companion model")
+    check_render_inputs([source, *companions.values()], candidates)
+    slot_source = {"model": source, **companions}
+    cands = []
+    for c in candidates:
+        label, path, slot = (tuple(c) + ("model",))[:3] if isinstance(c, tuple) else (None, c, "model")
+        if slot not in slot_source:
+            raise UsageError(f"candidate {label or path}: no source for the workflow slot {slot!r}")
+        cands.append(Candidate(Path(path), label, slot=slot))
+    return companions, slot_source, cands
+
+
 def run_gate(session, source, candidates, *, policy: dict | None = None, workflow: Workflow | None = None,
              work_dir=None, verify_fn=None, log=None, emulate: bool = True, companions: dict | None = None) -> dict:
     """Render and score. ``candidates``: paths or (label, path). Returns the gate record; images
@@ -355,18 +373,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     source = Path(source)
     work_dir = Path(work_dir) if work_dir else None
     seeds, sizes, settings, timeout = _plan(policy)
-    companions = {k: Path(v) for k, v in (companions or {}).items()}
-    missing = sorted(set(companions) - workflow.holes)
-    if missing:
-        raise UsageError(f"the workflow has no {{{{{missing[0]}}}}} placeholder for a companion model")
-    check_render_inputs([source, *companions.values()], candidates)
-    slot_source = {"model": source, **companions}
-    cands = []
-    for c in candidates:
-        label, path, slot = (tuple(c) + ("model",))[:3] if isinstance(c, tuple) else (None, c, "model")
-        if slot not in slot_source:
-            raise UsageError(f"candidate {label or path}: no source for the workflow slot {slot!r}")
-        cands.append(Candidate(Path(path), label, slot=slot))
+    companions, slot_source, cands = _slots(source, candidates, companions, workflow)
     timings = {"server_start_s": round(session.server.start_seconds, 3) if session.server else None}
 
     t0 = time.monotonic()

@@ -108,8 +108,8 @@ def sources(name: str, log=None) -> dict[str, Path]:
         raise ComfyError(f"the trained weights of {name} are missing ({missing[0]}); run "
                          f"quantgate train-tiny --model {name}")
     if name == "wan21-t2v-tiny":
-        from harness.render import models
-        return {"model": models.cached_trained_model(log)}
+        from . import tiny_model
+        return {"model": _fp32_copy(tiny_model.WEIGHTS, log)}
     if name in qwen_tiny.NAMES:
         from harness.verify.record import sha256_file
         core = weights(name)[0]

@@ -44,7 +44,7 @@ def test_the_pair_draws_its_classes_without_load_warnings(pair):
     the one conditioned on 3 (boxes on grey) is the likeliest under class 3's histogram. (Class 3 itself is
     weakly learned: measured in the server 2026-12-07, its render was likelier under class 2's histogram
     than under class 3's; in process, coarse decode, class 3 won by 0.2-0.3 nats.)"""
-    from harness.fixtures.colour import class_models, likeliest_class, log_likelihood
+    from harness.train.colour import class_models, likeliest_class, log_likelihood
     models = class_models()
     _, r = pair
     img = {c: r[c].images[0][1] for c in (1, 2, 3)}
@@ -59,7 +59,7 @@ def test_the_pair_draws_its_classes_without_load_warnings(pair):
 def test_swapped_experts_draw_something_else(pair):
     """The low-noise expert before the switch and the high-noise one after: far from the right render
     (SSIM below the control bound of the shipped policy, 0.9) and less likely under the class's colours."""
-    from harness.fixtures.colour import class_models, log_likelihood
+    from harness.train.colour import class_models, log_likelihood
     m1 = class_models()[1]
     _, r = pair
     good, bad = r[1].images[0][1], r["swapped"].images[0][1]

@@ -70,7 +70,7 @@ def qwen_record(comfy_session, tmp_path_factory):
 def test_qwen_loads_by_detection_and_draws_the_core(qwen_record):
     """No load warning for the 3072-wide file; the server's render (ComfyUI's QwenImage with 24 heads)
     is the in-process render of the 1-head core (SSIM >= 0.98) and is likeliest under class 1's colours."""
-    from harness.fixtures.colour import class_models, likeliest_class
+    from harness.train.colour import class_models, likeliest_class
     assert qwen_record["source"]["load_warnings"] == []
     img = qwen_record["_images"]["baseline"][(1, 64, 64)]
     assert score.ssim(img, _expected("qwen-image-tiny")) >= 0.98

@@ -111,7 +111,7 @@ def test_qwen_core_draws_the_class_it_is_given():
     """Text-to-image with the committed qwen-image-tiny core (in process, the workflow's sampler, 2 seeds):
     each conditioning's render is likeliest under the colour histogram of its own class's training
     images (the one-block core gets each class's palette; its shapes are blobs)."""
-    from harness.fixtures.colour import class_models, likeliest_class
+    from harness.train.colour import class_models, likeliest_class
     models = class_models()
     m = qwen_tiny.load_model(registry.weights("qwen-image-tiny")[0])
     for c in (1, 2, 3):
