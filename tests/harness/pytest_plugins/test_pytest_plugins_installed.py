@@ -142,3 +142,6 @@ def test_render_gate_from_the_installed_wheel(user, render_files, tmp_path):
     assert "Traceback" not in out and "test_gate_verdict" in out and "head.head" in out
     cases, fails = _junit(tmp_path / "bad" / "junit.xml")
     assert fails and any("head.head" in (f.get("message", "") + (f.text or "")) for f in fails)
+    fmt = [(f.get("message", "") + (f.text or "")) for c in cases if c.get("name") == "test_format_gate"
+           for f in c.findall("failure")]
+    assert fmt and "companion.missing" in fmt[0] and "head.head" in fmt[0], fmt       # the finding names the layer
