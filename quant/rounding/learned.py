@@ -22,6 +22,7 @@ Everything is plain torch and runs on CPU and CUDA.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -97,13 +98,21 @@ class Prepared:
     extra: tuple               # the RTN tensors to write besides the codes (fp8: scale; nvfp4: bs, s2)
 
 
+@functools.lru_cache(maxsize=None)
+def per_tensor(action: str) -> bool:
+    """Whether layers of kernel family ``action`` have one scale per tensor (the fp8 grid) instead of per-block
+    scales (the nvfp4 grid): asked of the format objects, not spelled out."""
+    from ..formats import FORMATS
+    return next(f for f in FORMATS.values() if f.kernel == action).block_scale_key is None
+
+
 def prepare(action: str, weight: torch.Tensor, name: str | None = None, backend=None) -> Prepared:
     """RTN through ``backend`` (a kernel backend; default the eager reference) is the start and the grid."""
     if backend is None:
         from ..kernels import get_backend
         backend = get_backend(weight.device)
     n, k = weight.shape
-    if action == "fp8":
+    if per_tensor(action):
         q, s = backend.quantize_fp8(weight, name=name)
         w = weight.to(torch.float32)
         scale = s.to(torch.float32)
@@ -134,7 +143,7 @@ def prepare(action: str, weight: torch.Tensor, name: str | None = None, backend=
 
 def dequant(action: str, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Grid values [.., N, K] times their scale (fp8: [.., 1, 1]; nvfp4: [.., N, K/16])."""
-    if action == "fp8":
+    if per_tensor(action):
         return q * scale
     sh = q.shape
     return (q.reshape(*sh[:-1], -1, _nv.BLOCK) * scale.unsqueeze(-1)).reshape(sh)
@@ -142,7 +151,7 @@ def dequant(action: str, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def encode(p: Prepared, q: torch.Tensor) -> tuple:
     """Grid values -> the layer's tensors in the kernel's return order (codes first, RTN's scales)."""
-    if p.action == "fp8":
+    if per_tensor(p.action):
         return (q.to(_fp8.FP8_DTYPE), p.extra[0])
     packed = _nv.pack(_nv.e2m1_encode(q))
     return (packed, p.extra[0], p.extra[1])
