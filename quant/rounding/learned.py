@@ -73,9 +73,20 @@ def fp8_neighbours(mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
+_GRIDS: dict = {}
+
+
+def _grid(device) -> torch.Tensor:
+    """E2M1_GRID on ``device``, made once (GPTQ asks per block: no host-to-device copy each time)."""
+    g = _GRIDS.get(device)
+    if g is None:
+        g = _GRIDS[device] = torch.tensor(E2M1_GRID, dtype=torch.float32, device=device)
+    return g
+
+
 def e2m1_neighbours(mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """lo <= mag <= hi on the E2M1 magnitude grid (mag in [0, 6])."""
-    grid = torch.tensor(E2M1_GRID, dtype=torch.float32, device=mag.device)
+    grid = _grid(mag.device)
     i = (torch.bucketize(mag, grid, right=True) - 1).clamp(0, len(E2M1_GRID) - 1)
     lo = grid[i]
     hi = torch.where(lo == mag, lo, grid[(i + 1).clamp(max=len(E2M1_GRID) - 1)])
