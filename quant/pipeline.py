@@ -329,27 +329,29 @@ def _out_bytes(fmt, it: _Item) -> int:
 
 class _Gpu:
     """H2D, kernels and D2H of one layer on three CUDA streams; returns an event and host views.
-    With the triton backend nothing waits for the GPU; another backend's ops run on the kernel stream
-    as they are (they may synchronize)."""
+    Where a backend of the kernel seam takes the layer's ``*_async`` op (triton) nothing waits for the GPU;
+    otherwise the format's synchronous ops run on the kernel stream as they are (they may synchronize)."""
 
     def __init__(self, device: str, fmt, be, oring: Ring):
+        from .kernels import ASYNC_OPS
         dev = torch.device(device)
         self.dev = dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(self.dev)
         self.fmt, self.be, self.oring = fmt, be, oring
-        self.tq = None
-        if getattr(be, "name", "") == "triton":
-            from .kernels import triton_quant
-            self.tq = triton_quant
+        self.fast = be.implements(*ASYNC_OPS)
         self.h2d = torch.cuda.Stream(self.dev)
         self.comp = torch.cuda.Stream(self.dev)
         self.d2h = torch.cuda.Stream(self.dev)
 
     def _kernels(self, d, x: torch.Tensor):
         """-> ({suffix: device tensor}, amax or None)."""
+        from .kernels import NoKernel
         lf = self.fmt.for_action(d.action)
-        if self.tq is not None and x.dtype in self.tq._KIND and x.numel() < 2**31:
-            fast = lf.quantize_async(self.tq, x)      # fp8/nvfp4: Triton, no sync; the others: None
+        if self.fast:
+            try:
+                fast = lf.quantize_async(self.be, x)     # no sync; None: the format has no async path
+            except NoKernel:                              # no backend takes this tensor (dtype, size)
+                fast = None
             if fast is not None:
                 return fast
         return lf.quantize(x, backend=self.be, name=d.name), None

@@ -326,7 +326,7 @@ def measure(root: Path) -> dict:
 
 # What is still over the promise, written down so it can only shrink (issue 19 takes these to zero):
 # lower a number or drop a line when you shorten one; never raise them.
-FORMAT_COMPARISONS_LEFT = 16
+FORMAT_COMPARISONS_LEFT = 0
 LONG_FUNCTIONS_LEFT = {
     "harness/commands/calibrate.py:run": 90,
     "harness/commands/demo.py:run": 85,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from quant import layout
+from quant import formats, layout
 from quant.errors import InputError
 from quant.safetensors_io import SafetensorsFile, save_file
 
@@ -39,17 +39,17 @@ def make(path, out, mode: str) -> Path:
     if not isinstance(layers, dict) or not all(isinstance(c, dict) for c in layers.values()):
         raise InputError("header _quantization_metadata has no 'layers' object of layer objects", path)
     for layer, conf in layers.items():
-        fmt = conf.get("format")
-        if fmt not in ("float8_e4m3fn", "nvfp4"):
+        fmt = formats.for_conf(conf)
+        if fmt is None or not fmt.static_input_scale:     # the formats whose input_scale is a choice
             continue
         conf.pop("full_precision_matrix_mult", None)
         tensors.pop(f"{layer}.input_scale", None)
         if mode == "weight-derived":
-            ws = tensors[f"{layer}.weight_scale_2" if fmt == "nvfp4" else f"{layer}.weight_scale"]
+            ws = tensors[f"{layer}.{fmt.decode_scale_key}"]
             tensors[f"{layer}.input_scale"] = ws.to(torch.float32).reshape(()).clone()
         elif mode == "unit":
             tensors[f"{layer}.input_scale"] = torch.tensor(1.0, dtype=torch.float32)
-        elif mode == "fpmm" and fmt == "float8_e4m3fn":
+        elif mode == "fpmm" and fmt.weight_only_without_input_scale:
             conf["full_precision_matrix_mult"] = True
         if f"{layer}.comfy_quant" in tensors:
             tensors[f"{layer}.comfy_quant"] = layout.comfy_quant_tensor(conf)

@@ -111,12 +111,12 @@ def _block_codes(blk: torch.Tensor, s2: torch.Tensor, hb: torch.Tensor | None, s
     return best_c.to(torch.uint8)
 
 
-def _bracketed(q: torch.Tensor, t0: torch.Tensor, neighbours) -> torch.Tensor:
-    """Grid values ``q`` moved into [lo, hi], the grid neighbours of the source's scaled values ``t0``."""
+def _bounds(t0: torch.Tensor, neighbours) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high): the grid neighbours of the source's scaled values ``t0``, signed, low <= high."""
     lo, hi = neighbours(t0.abs())
     sign = torch.where(torch.signbit(t0), -1.0, 1.0)
     a, b = sign * lo, sign * hi
-    return torch.minimum(torch.maximum(q, torch.minimum(a, b)), torch.maximum(a, b))
+    return torch.minimum(a, b), torch.maximum(a, b)
 
 
 class _Fp8Grid:
@@ -126,18 +126,20 @@ class _Fp8Grid:
         self.n, self.k = w.shape[1], w.shape[2]
         self.scale = torch.stack([_fp8.weight_scale(w[i]) for i in range(w.shape[0])]).to(w.device)   # [L]
         self.bracket = cfg.bracket
-        self.x0 = None
+        self.lo = self.hi = None
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        self.x0 = x
+        if self.bracket:                            # every column's bounds at once (the scale is known)
+            from .learned import fp8_neighbours
+            self.lo, self.hi = _bounds((x / self.scale[:, None, None]).clamp(-_fp8.FP8_MAX, _fp8.FP8_MAX),
+                                       fp8_neighbours)
         return x.clone()
 
     def column(self, w1: torch.Tensor, j: int, c: int, h: torch.Tensor) -> torch.Tensor:
         sc = self.scale[:, None]
         q = (w1[:, :, j] / sc).clamp(-_fp8.FP8_MAX, _fp8.FP8_MAX).to(_fp8.FP8_DTYPE).float()
         if self.bracket:
-            from .learned import fp8_neighbours
-            q = _bracketed(q, (self.x0[:, :, c] / sc).clamp(-_fp8.FP8_MAX, _fp8.FP8_MAX), fp8_neighbours)
+            q = torch.minimum(torch.maximum(q, self.lo[:, :, c]), self.hi[:, :, c])
         return q * sc
 
     def tensors(self, q: torch.Tensor, i: int) -> tuple:
@@ -172,10 +174,13 @@ class _Nvfp4Grid:
             self.codes[:, :, c // BLOCK] = cb
             self.total = cb.view(torch.float8_e4m3fn).float() * self.s2[:, None]
             self.safe = torch.where(self.total > 0, self.total, torch.ones_like(self.total))
+            if self.bracket:                        # the block's 16 columns' bounds under its chosen scale
+                from .learned import e2m1_neighbours
+                t0 = (self.x0[:, :, c:c + BLOCK] / self.safe.unsqueeze(-1)).clamp(-_nv.FP4_MAX, _nv.FP4_MAX)
+                self.lo, self.hi = _bounds(t0, e2m1_neighbours)
         q = _ss._e2m1_round(w1[:, :, j] / self.safe)
         if self.bracket:
-            from .learned import e2m1_neighbours
-            q = _bracketed(q, (self.x0[:, :, c] / self.safe).clamp(-_nv.FP4_MAX, _nv.FP4_MAX), e2m1_neighbours)
+            q = torch.minimum(torch.maximum(q, self.lo[:, :, c % BLOCK]), self.hi[:, :, c % BLOCK])
         return q * self.total
 
     def tensors(self, q: torch.Tensor, i: int) -> tuple:

@@ -40,7 +40,8 @@ def assign(batches, world: int) -> list[list]:
 
 def _entries(job) -> list[tuple[str, str, tuple]]:
     n, k = job.shape
-    if job.action == "fp8":
+    from .learned import per_tensor
+    if per_tensor(job.action):
         return [(f"{job.name}.q", "F8_E4M3", (n, k)), (f"{job.name}.s", "F32", ())]
     return [(f"{job.name}.q", "U8", tuple(nvfp4_packed_shape(n, k))),
             (f"{job.name}.s", "F8_E4M3", tuple(nvfp4_scale_shape(n, k))), (f"{job.name}.s2", "F32", ())]

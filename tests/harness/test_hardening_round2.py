@@ -43,9 +43,15 @@ def test_calibrate_never_writes_over_its_source(comfy_session, thin_source, tmp_
     line = one_error_line(*run_main("calibrate", src, "-o", link, *args)[::2])
     assert "would overwrite the input" in line
     assert _sha(src) == before
+    fifo = tmp_path / "calib.json"              # before: rendered, then replaced the FIFO by the JSON, exit 0
+    os.mkfifo(fifo)
+    line = one_error_line(*run_main("calibrate", src, "-o", fifo, *args)[::2])
+    assert "not a regular file" in line and str(fifo) in line
+    assert fifo.is_fifo()
 
 
 def test_calibrate_never_replaces_a_fifo(thin_wan5b, tmp_path):
+    """Refused before any render (the same case against a renderable model: test_calibrate_never_writes_over_its_source)."""
     fifo = tmp_path / "calib.json"
     os.mkfifo(fifo)
     line = one_error_line(*run_main("calibrate", thin_wan5b, "-o", fifo, "--force")[::2])
@@ -65,9 +71,10 @@ def test_nightly_trend_never_writes_over_a_record(tmp_path):
     a = _record(tmp_path / "a.json", "2026-11-01T00:00:00", 1.0)
     _record(tmp_path / "b.json", "2026-11-02T00:00:00", 1.1)
     before = a.read_bytes()
-    line = one_error_line(*run_main("nightly", "trend", tmp_path, "-o", a, "--force")[::2])
-    assert "overwrite the input" in line and "a.json" in line
-    assert a.read_bytes() == before
+    for force in ((), ("--force",)):            # before: `-o DIR/a.json` replaced the record with HTML, exit 0
+        line = one_error_line(*run_main("nightly", "trend", tmp_path, "-o", a, *force)[::2])
+        assert "overwrite the input" in line and "a.json" in line
+        assert a.read_bytes() == before
     other = tmp_path / "other.html"
     other.write_text("mine")
     line = one_error_line(*run_main("nightly", "trend", tmp_path, "-o", other)[::2])
@@ -128,6 +135,25 @@ def test_a_fifo_given_as_calibration_does_not_block(thin_wan5b, tmp_path):
     line = one_error_line(*run_main("convert", thin_wan5b, "-o", tmp_path / "o.safetensors", "-f", "fp8",
                                     "--act-stats", fifo)[::2])
     assert "not a regular file" in line and time.monotonic() - t < 30
+
+
+# ---- weights so small that their per-tensor scale underflows (before: an fp8 file with weight_scale 2.8e-45,
+# a subnormal F32, "converted", exit 0)
+def test_a_weight_scale_that_underflows_is_never_written(tmp_path):
+    import torch
+
+    from harness.fixtures.synth import make_model
+    from quant.safetensors_io import SafetensorsFile, save_file
+    src = make_model("wan22-ti2v-5b-thin", tmp_path / "m.safetensors", seed=1, dtype=torch.float32)
+    with SafetensorsFile(src) as f:
+        t, meta = {k: f.get(k).clone() for k in f.keys()}, dict(f.metadata)
+    t["blocks.0.ffn.0.weight"].fill_(1e-42)
+    tiny = tmp_path / "tiny.safetensors"
+    save_file(t, tiny, meta)
+    out = tmp_path / "o.safetensors"
+    line = one_error_line(*run_main("convert", tiny, "-o", out, "-f", "fp8")[::2])
+    assert "tiny.safetensors" in line and "blocks.0.ffn.0.weight_scale" in line and "subnormal" in line
+    assert not out.exists() and not _leftovers(tmp_path, out.name)
 
 
 # ---- a preset whose ndim is the string "2" (before: it matched nothing, an "fp8" file with nothing quantized)

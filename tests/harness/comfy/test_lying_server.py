@@ -123,7 +123,7 @@ def test_errors_are_comfy_errors_exit_2():
     assert issubclass(BadAnswer, ComfyError) and BadAnswer("x").exit_code == 2
 
 
-@pytest.mark.parametrize("lie", ["trickle", "endless-body", "wrong-type"])
+@pytest.mark.parametrize("lie", ["trickle", "endless-body", "body-1GiB", "wrong-type"])
 def test_doctor_against_a_lying_server_is_one_line_exit_2(lie, monkeypatch):
     """Before: the trickling server hung `doctor`, the 1 GiB body took it to 2.1 GB RSS and then "OK", the
     wrong JSON type gave a traceback."""
@@ -135,6 +135,8 @@ def test_doctor_against_a_lying_server_is_one_line_exit_2(lie, monkeypatch):
         routes[("GET", "/system_stats")] = trickle(http_answer(json.dumps(STATS)), 0.5)
     elif lie == "endless-body":
         routes[("GET", "/object_info")] = endless_body(announce=None)
+    elif lie == "body-1GiB":                    # before: read whole (2.1 GB RSS), then "OK", exit 0
+        routes[("GET", "/object_info")] = endless_body(announce=1 << 30)
     else:
         routes[("GET", "/system_stats")] = json_answer({"system": {"comfyui_version": ["0", 3]}})
     with Liar(routes) as liar:
