@@ -10,7 +10,7 @@
   harness/ (as the formats table is kept equal to the registry).
 
 ``python tests/test_structure.py [ROOT] [--json OUT]`` prints the same numbers for any checkout (the
-before/after numbers of issue 19 were measured so: benchmarks/results/structure-*.json).
+before/after numbers of issue 19 were measured so: benchmarks/results/structure-{before,after}-2026-12-07.json).
 """
 from __future__ import annotations
 
