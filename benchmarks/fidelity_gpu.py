@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import learned_gpu as G  # noqa: E402
-from harness.activations.synthetic import activations  # noqa: E402
+from harness.fixtures.synthetic_activations import activations  # noqa: E402
 from quant.kernels import fp8 as _fp8  # noqa: E402
 from quant.kernels import nvfp4 as _nv  # noqa: E402
 from quant.rounding import gptq, scale_search  # noqa: E402
@@ -45,21 +45,22 @@ def gram(x):
     return x.T @ x / x.shape[0]
 
 
-def gptq_block_time(action, device, cfg, scale=1.0):
-    """One A14B block under the wan22-a14b preset for ``action``; GPTQ with same-shape layers batched."""
+def gptq_block_time(action, device, cfg, scale=1.0, blocks=1):
+    """``blocks`` A14B blocks under the wan22-a14b preset for ``action``; GPTQ with same-shape layers batched
+    (across the blocks too, as convert's schedule batches the layers of one host-memory window)."""
     from quant import arch, presets
     a = arch.get("wan22-t2v-a14b")
     tensors = [(n, "BF16", tuple(max(16, int(x * scale) // 16 * 16) if len(s) == 2 else x for x in s))
                for n, s in a.tensors() if n.startswith("blocks.0.")]
     plan = presets.plan(presets.load("wan22-a14b"), action, tensors, source="bench")
-    q = plan.quantized()
+    q = plan.quantized() * blocks
     groups: dict = {}
     for i, d in enumerate(q):
         groups.setdefault((d.action, tuple(d.shape)), []).append(i)
     data = {}
     for i, d in enumerate(q):
         data[i] = (G.weight(tuple(d.shape), 1000 + i, device),
-                   gram(activations(d.shape[1], seed=2000 + i, device=device)(G.CALIB_ROWS)))
+                   gram(activations(d.shape[1], seed=2000 + i % 10, device=device)(G.CALIB_ROWS)))
     G.sync(device)
     t0 = time.perf_counter()
     for (act, _), idx in groups.items():
@@ -69,6 +70,7 @@ def gptq_block_time(action, device, cfg, scale=1.0):
     G.sync(device)
     dt = time.perf_counter() - t0
     return dt, {"layers": len(q), "by_action": plan.by_action(), "blocks": a.params.get("num_layers", 40),
+                "blocks_batched": blocks,
                 "batches": {f"{k[0]} {list(k[1])}": len(v) for k, v in groups.items()}}
 
 
@@ -81,6 +83,8 @@ def main(argv=None):
     ap.add_argument("--damp", type=float, default=gptq.GptqConfig.damp, help="GPTQ damp of the recommended recipe")
     ap.add_argument("--damp-alt", type=float, default=1.0, help="a second GPTQ damp (weight-error share)")
     ap.add_argument("--no-block", action="store_true", help="skip the A14B block timing")
+    ap.add_argument("--only-block", action="store_true", help="only the A14B expert timing (GPTQ, the recipe)")
+    ap.add_argument("--blocks", type=int, nargs="+", default=[1], help="blocks batched together (each a timing)")
     a = ap.parse_args(argv)
     dev = a.device
     layers = [(n, tuple(max(16, int(round(x * a.scale / 16)) * 16) for x in s)) for n, s in G.LAYERS]
@@ -153,6 +157,8 @@ def main(argv=None):
             "learned (data-free proxy)": learned("fp8", False),
         },
     }
+    if a.only_block:
+        methods = {k: {} for k in methods}
     for act, ms in methods.items():
         f = res["formats"].setdefault(act, {"methods": {}})
         rtn_db = None
@@ -180,11 +186,14 @@ def main(argv=None):
             print(f"{act:<6} {'convert_to_quant learned':<42} gain {sum(g) / len(g):+.3f} dB (worst {min(g):+.3f})  "
                   f"{tot:7.2f} s", flush=True)
             Path(a.out).write_text(json.dumps(res, indent=1, default=str))
-        if not a.no_block:
-            dt, info = gptq_block_time(act, dev, gptq.GptqConfig(damp=a.damp), a.scale)
-            f["gptq_a14b_block_s"], f["gptq_a14b_block"] = round(dt, 3), info
-            f["gptq_a14b_expert_est_s"] = round(dt * info["blocks"], 1)
-            print(f"{act:<6} GPTQ one A14B block {dt:.2f} s -> expert (x{info['blocks']}) {dt * info['blocks']:.0f} s",
+        for nb in ([] if a.no_block else a.blocks):
+            gptq_block_time(act, dev, gptq.GptqConfig(damp=a.damp), a.scale / 8)          # warm-up, small
+            dt, info = gptq_block_time(act, dev, gptq.GptqConfig(damp=a.damp), a.scale, nb)
+            est = dt * info["blocks"] / nb
+            key = "gptq_a14b_block" if nb == 1 else f"gptq_a14b_{nb}_blocks"
+            f[key + "_s"], f[key] = round(dt, 3), info
+            f["gptq_a14b_expert_est_s" if nb == 1 else f"gptq_a14b_expert_est_s_{nb}_blocks_batched"] = round(est, 1)
+            print(f"{act:<6} GPTQ {nb} A14B block(s) batched {dt:.2f} s -> expert (x{info['blocks']}) {est:.0f} s",
                   flush=True)
             Path(a.out).write_text(json.dumps(res, indent=1, default=str))
     return res

@@ -133,6 +133,7 @@ def detect_format(path) -> dict:
         for n in names:
             by_bytes[src.info(n).dtype] += src.info(n).nbytes
         st = build(src)
+        cast = None
         fmts = Counter(la.spec.name if la.spec else str(la.comfy_format) for la in st.declared)
         floats = {k: v for k, v in by_bytes.items() if k in ("BF16", "F16", "F32")}
         dominant = max(floats, key=floats.get) if floats else None
@@ -140,23 +141,38 @@ def detect_format(path) -> dict:
             fmt = "+".join(sorted(fmts, key=lambda k: -fmts[k]))
         elif by_bytes.get("F8_E4M3") or by_bytes.get("F8_E5M2"):
             fmt = "fp8 cast (no scales)"
+            cast = _cast_family()
         else:
             fmt = {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}.get(dominant, "unknown")
-        return {"container": "safetensors", "format": fmt, "quantized_layers": dict(fmts),
+        return {"container": "safetensors", "format": fmt, "quantized_layers": dict(fmts), "cast_family": cast,
                 "dtypes_bytes": dict(by_bytes), "tensors": len(names), "bytes": src.total_bytes,
                 "family": st.family}
 
 
+def _cast_family() -> str:
+    """The kernel family of a file of fp8 weights without scales: the first format storing F8_E4M3 weights."""
+    from quant.formats import FORMATS
+    return next(f.kernel for f in FORMATS.values() if "F8_E4M3" in f.companion("weight").dtypes)
+
+
 def claim_holds(claim: str, det: dict) -> bool:
+    """A quantization claim of the name (a kernel family) against the formats the header declares, asked of the
+    format objects: a four-bit family holds where any of its layers is; another where it is the dominant family
+    and no four-bit layer is (a file named fp8 holds no nvfp4 layers). Precision claims: the dominant dtype."""
+    from quant.formats import FORMATS
     fmt = det["format"]
     if claim.startswith("gguf "):
         want = claim[5:]
         return det["container"] == "gguf" and (fmt == claim or any(t.startswith(want) for t in det.get("types", [])))
-    if claim == "nvfp4":
-        return "nvfp4" in fmt
-    if claim == "fp8":
-        return fmt.startswith("fp8") and "nvfp4" not in fmt
-    return fmt == claim
+    if claim not in {f.kernel for f in FORMATS.values()}:
+        return fmt == claim
+    four_bit = {f.kernel for f in FORMATS.values() if f.four_bit}
+    fams = [FORMATS[n].kernel for n in fmt.split("+") if n in FORMATS]      # dominant first
+    if not fams and det.get("cast_family"):
+        fams = [det["cast_family"]]
+    if claim in four_bit:
+        return claim in fams
+    return bool(fams) and fams[0] == claim and not four_bit & set(fams)
 
 
 # frontend-only node types (never in /object_info)

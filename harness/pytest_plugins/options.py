@@ -8,7 +8,14 @@ The gate's tests ship in the package (``gate_tests/``). An installed quantgate l
 ``pytest11`` entry points; with ``--checkpoint`` and no test paths on the command line, the collection is the
 gate's tests instead of the current directory (which may be a folder of model files), or the gate's tests
 beside the project's own ``testpaths``. Without ``--checkpoint`` nothing is added, so a user's ordinary
-``pytest`` never runs quantgate's tests; quantgate's checkout names the folder in its own ``testpaths``."""
+``pytest`` never runs quantgate's tests; quantgate's checkout names the folder in its own ``testpaths``.
+
+Outside a project (no pytest ini file, no ``--rootdir``) pytest guesses its rootdir from every path-looking word
+of the command line, the model files given to ``--checkpoint`` / ``--source`` included -- the common ancestor
+of the run directory and the models' folders, often ``/`` or the user's home -- and would write its
+``.pytest_cache`` there and load any ``conftest.py`` between it and the tests. In that case a gate run keeps
+pytest's cache off (no ``--lf``: nothing is written beside the user's files) and reads conftest files only
+under the run directory; the report header says so."""
 import os
 from pathlib import Path
 
@@ -29,6 +36,37 @@ def pytest_addoption(parser):
                 help="checkpoint to check (pytest -m format / -m render): file, index.json or shard dir")
     g.addoption("--source", action="store", default=None, metavar="SRC",
                 help="unquantized source checkpoint it was made from")
+
+
+_GUESSED_ROOT: dict = {}
+
+
+def _rootdir_guessed(config) -> bool:
+    ns = config.known_args_namespace
+    return bool(getattr(ns, "checkpoint", None)) and config.inipath is None and not getattr(ns, "rootdir", None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    """A gate run outside a project: pytest's cache off, conftest files only under the run directory."""
+    if not _rootdir_guessed(early_config):
+        return
+    pm = early_config.pluginmanager
+    for name in ("stepwise", "cacheprovider"):      # stepwise needs the cache (pytest blocks both together)
+        plugin = pm.get_plugin(name)
+        if plugin is not None:
+            pm.unregister(plugin, name)
+            pm.set_blocked(name)
+    early_config.known_args_namespace.confcutdir = str(early_config.invocation_params.dir)
+    _GUESSED_ROOT[id(early_config)] = str(early_config.rootpath)
+
+
+def pytest_report_header(config):
+    root = _GUESSED_ROOT.get(id(config))
+    if root is None:
+        return None
+    return [f"quantgate: no pytest ini file here; pytest's rootdir guess is {root} (from the model paths): "
+            "its cache is off for this run, so nothing is written there"]
 
 
 def _covers(arg: str, base: Path) -> bool:

@@ -92,6 +92,8 @@ class Format:
     # full_precision_matrix_mult when no calibrated input_scale is given (weight-only; ComfyUI >= 0.4 would
     # otherwise cast activations to the weight format at scale 1.0)
     weight_only_without_input_scale: ClassVar[bool] = False
+    # without an input_scale ComfyUI scales activations per call (amax / full scale) instead of by 1.0
+    dynamic_without_input_scale: ClassVar[bool] = False
     max_rel_error: ClassVar[float] = 0.0     # numeric check: relative Frobenius error bound
     min_cosine: ClassVar[float] = 0.0
     target: ClassVar[bool] = True            # an output format of `quantgate convert`

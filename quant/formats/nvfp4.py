@@ -19,6 +19,7 @@ class Nvfp4(Format):
     name = "nvfp4"
     order = 2
     kernel = "nvfp4"
+    dynamic_without_input_scale = True       # ComfyUI: amax/(448*6) per call
     comfy_format = "nvfp4"
     carrier = CARRIER_COMFY_QUANT
     file_suffix = "_nvfp4mixed"

@@ -33,9 +33,25 @@ GLOBAL_FACTORS = tuple(2.0 ** (i / 32) for i in (0, 1, 2, 3))   # inside one e4m
 E4M3_TOP = 0x7E                                 # 448, the largest finite e4m3fn code
 
 
+_TABLES: dict = {}
+
+
+def _tables(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's E2M1 decision boundaries and grid values on ``device``, made once per device (GPTQ rounds
+    one column at a time: a host-to-device copy per call would stall the stream every column)."""
+    t = _TABLES.get(device)
+    if t is None:
+        t = _TABLES[device] = (_nv._boundaries(device),
+                               torch.tensor(_nv.E2M1_VALUES, dtype=torch.float32, device=device))
+    return t
+
+
 def _e2m1_round(v: torch.Tensor) -> torch.Tensor:
-    """Scaled values -> nearest E2M1 grid value (RNE ties, clamped to +-6), float32, sign kept."""
-    return _nv.e2m1_decode(_nv.e2m1_encode(v.clamp(-_nv.FP4_MAX, _nv.FP4_MAX)), torch.float32)
+    """Scaled values -> nearest E2M1 grid value (RNE ties, clamped to +-6), float32, sign kept: the value
+    ``e2m1_decode(e2m1_encode(v))`` gives (the kernel's boundaries), without building tables per call."""
+    bounds, grid = _tables(v.device)
+    mag = grid[torch.bucketize(v.abs().clamp(max=_nv.FP4_MAX), bounds, right=False)]
+    return torch.where(torch.signbit(v), -mag, mag)
 
 
 def block_error(xb: torch.Tensor, total: torch.Tensor, h_blocks: torch.Tensor | None = None,

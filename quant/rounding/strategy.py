@@ -43,11 +43,8 @@ class Learned:
         try:
             for ej, t in gen:
                 job = by_name[ej.name]
-                if ej.action == "fp8":
-                    raw = {"weight": t[0], job.fmt.decode_scale_key: t[1]}
-                else:
-                    raw = {"weight": t[0], "weight_scale": t[1], "weight_scale_2": t[2]}
-                yield job, raw
+                f = job.fmt                  # the kernel's order: codes, [block scales,] the per-tensor scale
+                yield job, dict(zip(("weight", *filter(None, (f.block_scale_key,)), f.decode_scale_key), t))
         finally:
             gen.close()
             if calib is not None:

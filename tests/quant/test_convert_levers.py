@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from harness.activations.synthetic import activations
+from harness.fixtures.synthetic_activations import activations
 from quant.activations.samples import save_samples
 from quant.convert import convert, make_plan
 from quant.kernels import fp8 as _fp8
@@ -132,3 +132,12 @@ def test_budget_preset_keeps_the_presets_own_size(cli, thin_wan5b, samples):
     assert abs(b["budget_bits"] - own) < 1e-9 and 8 * b["bytes"] <= own * numel + 1e-6 and b["metric"] == "output"
     r = cli("convert", thin_wan5b, "-f", "nvfp4", "--budget-bits", "lots", "-o", d / "x.safetensors")
     assert r.returncode == 2 and "'preset'" in r.stderr and not (d / "x.safetensors").exists()
+
+
+def test_plan_shows_the_budget_decisions_convert_makes(cli, thin_wan5b, tmp_path):
+    r = cli("plan", thin_wan5b, "-f", "nvfp4", "--budget-bits", "5.5", "--json")
+    assert r.returncode == 0, r.stderr
+    shown = {t["name"][: -len(".weight")]: t for t in json.loads(r.stdout)["tensors"]
+             if t["reason"].startswith("--budget-bits 5.5")}
+    s = convert(thin_wan5b, tmp_path / "b.safetensors", "nvfp4", budget_bits=5.5)
+    assert shown and {k: v["action"] for k, v in shown.items()} == {k: v["action"] for k, v in s.budget["layers"].items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -26,11 +27,11 @@ def user(quantgate_wheel, tmp_path_factory):
     return {"py": py, "env": env, "dir": d}
 
 
-def _pytest(user, cwd, *args, timeout=600):
+def _pytest(user, cwd, *args, timeout=600, cache_flag=True):
     cwd.mkdir(exist_ok=True)
     assert not [p for p in cwd.iterdir() if p.name != "junit.xml"], "not an empty directory"
-    r = subprocess.run([str(user["py"]), "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly",
-                        *map(str, args)],
+    r = subprocess.run([str(user["py"]), "-m", "pytest", *(["-p", "no:cacheprovider"] if cache_flag else []),
+                        "-p", "no:randomly", *map(str, args)],
                        cwd=cwd, env=user["env"], capture_output=True, text=True, timeout=timeout)
     return r.returncode, r.stdout + r.stderr
 
@@ -73,9 +74,16 @@ def test_format_gate_from_the_installed_wheel(user, format_files, tmp_path):
 
     # relative paths, as a user types them: resolved against the directory pytest runs in
     rel = {k: os.path.relpath(v, tmp_path / "good") for k, v in format_files.items()}
+    # ... and as a user runs it: pytest's cache not turned off by hand. pytest guesses its rootdir from the model
+    # paths (their common ancestor with the run directory); nothing may be written there or beside the models
     rc, out = _pytest(user, tmp_path / "good", "-m", "format", "--checkpoint", rel["good"],
-                      "--source", rel["src"], "--junitxml", "junit.xml")
+                      "--source", rel["src"], "--junitxml", "junit.xml", cache_flag=False)
     assert rc == 0, out
+    guess = Path(os.path.commonpath([tmp_path / "good", format_files["good"]]))
+    assert f"pytest's rootdir guess is {guess}" in out and f"rootdir: {guess}" in out, out
+    written = [p for d in (guess, tmp_path, tmp_path / "good", format_files["good"].parent)
+               for p in d.glob(".pytest_cache")]
+    assert not written, written
     assert f"format gate: checkpoint {format_files['good']}" in out and " passed" in out
     cases, fails = _junit(tmp_path / "good" / "junit.xml")
     assert len(cases) >= 5 and not fails

@@ -348,3 +348,16 @@ def test_fuzz_manifest_json(case, trunc):
     doc, _ = case
     p = write_case(_TMP, "manifest.json", to_json(doc), trunc)
     check("layout manifest", p, lambda: _use_manifest(p))
+
+
+def test_manifest_named_null_is_one_line(tmp_path):
+    """Found by the 10,000-case manifest run: "name": null passed the schema and ManifestSource failed with
+    TypeError (Path(None))."""
+    import json
+
+    from harness.verify import manifests
+    from quant.errors import InputError
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps({"name": None, "tensors": {"w": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}}}))
+    with pytest.raises(InputError, match="name"):
+        manifests.load(str(p))
