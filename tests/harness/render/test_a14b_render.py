@@ -11,6 +11,9 @@ from harness.render import score
 from harness.render.workflow import Workflow
 from harness.train import a14b_tiny, registry
 
+# real renders of the 3072-wide model / the expert pair in ComfyUI: minutes on a shared 2-core CPU
+pytestmark = pytest.mark.slow
+
 SETTINGS = dict(steps=6, cfg=1.0, sampler="euler", scheduler="simple", neg_seed=2)
 SIZE = (96, 64)
 
