@@ -34,7 +34,7 @@ class _Tensor(Strict):
 
 
 class Manifest(Open):
-    name: Name | None = None
+    name: Name = "manifest"          # null is refused: readers name the source by it
     description: Text = ""
     format: ShortText | None = None
     tensor_count: NonNegInt | None = None
