@@ -13,7 +13,8 @@
 * ``QGActivationEmulation`` (MODEL -> MODEL): fake-quantizes each listed Linear's INPUT the way the
   native low-precision kernel would, through comfy-kitchen's eager reference functions: fp8 static
   per-tensor scale (``input_scale``, or 1.0), NVFP4 per-16-block e4m3 scales under a static
-  (``input_scale``) or dynamic (amax/(448*6)) global scale. On a CPU ComfyUI never quantizes
+  (``input_scale``) or dynamic (amax/(448*6)) global scale; ``"dynamic": true`` on a layer: fp8 per call
+  amax/448 too (the render gate's reference conversion). On a CPU ComfyUI never quantizes
   activations itself, so this shows what an fp8/Blackwell GPU would draw.
 
 Bins: t = model_sampling.timestep(sigma) / model_sampling.timestep(sigma_max), in [0, 1]; bin 0 is
@@ -237,6 +238,12 @@ class QGCalibrationSave:
 
 def _fake_fp8(x: torch.Tensor, scale) -> torch.Tensor:
     import comfy_kitchen as ck
+    if scale == "dynamic":                 # per call amax / 448 (the render gate's reference conversion)
+        from comfy_kitchen.float_utils import F8_E4M3_MAX
+        a = float(x.detach().abs().amax())
+        if not a > 0:
+            return x
+        scale = a / F8_E4M3_MAX
     s = torch.tensor(1.0 if scale is None else float(scale), dtype=torch.float32, device=x.device)
     with ck.use_backend("eager"):
         q = ck.quantize_per_tensor_fp8(x.float(), s)
@@ -249,7 +256,7 @@ def _fake_nvfp4(x: torch.Tensor, scale) -> torch.Tensor:
     k = int(x.shape[-1])
     x2 = x.reshape(-1, k).float()
     m = x2.shape[0]
-    if scale is None:                      # dynamic global scale, as the kernel does without input_scale
+    if scale is None or scale == "dynamic":   # dynamic global scale, as the kernel does without input_scale
         g = (x2.abs().amax() / (F8_E4M3_MAX * F4_E2M1_MAX)).reshape(())
         if not float(g) > 0:
             return x
@@ -271,7 +278,7 @@ class QGActivationEmulation:
             "model": ("MODEL",),
             "policy": ("STRING", {"multiline": True, "default": "{\"layers\": {}}",
                                   "tooltip": 'JSON {"layers": {"<linear>": {"format": "fp8"|"nvfp4", '
-                                             '"input_scale": number|null}}}'}),
+                                             '"input_scale": number|null, "dynamic": bool}}}'}),
         }}
 
     RETURN_TYPES = ("MODEL",)
@@ -299,7 +306,7 @@ class QGActivationEmulation:
                 p = layers.get(name)
                 if p is None:
                     continue
-                fn, scale = FAKE[p["format"]], p.get("input_scale")
+                fn, scale = FAKE[p["format"]], ("dynamic" if p.get("dynamic") else p.get("input_scale"))
 
                 def pre(_m, inputs, _fn=fn, _scale=scale):
                     if not inputs or not torch.is_tensor(inputs[0]) or inputs[0].dim() < 2:

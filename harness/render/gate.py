@@ -8,6 +8,7 @@ Repeat = the first baseline rendered again; it must be pixel-identical.
 """
 from __future__ import annotations
 
+import json
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from quant.errors import InputError, UsageError
 
 from ..comfy.errors import ComfyError, ExecutionError
 from ..verify.record import sha256_file
-from . import emulation, score, twin
+from . import emulation, reference, score, twin
 from .workflow import Workflow
 
 POLICY_PATH = Path(__file__).resolve().parent.parent / "policy.toml"
@@ -63,6 +64,8 @@ class Candidate:
     notes: list = field(default_factory=list)
     seconds: float = 0.0
     activations: dict | None = None    # activation policy from the file (emulated renders), or None
+    reference: dict | None = None      # the reference conversion it is held to, and the relative verdict
+    role: str = "candidate"            # or "reference" (made by the gate; never decides the verdict)
 
     def as_dict(self) -> dict:
         return {"label": self.label, "path": str(self.path), "sha256": self.sha256, "format": self.format,
@@ -70,7 +73,8 @@ class Candidate:
                 "min_ssim": min((r["ssim"] for r in self.renders), default=None),
                 "verify": self.verify, "load_warnings": self.load_warnings,
                 "execution_error": self.execution_error, "verdict": self.verdict, "reasons": self.reasons, "notes": self.notes,
-                "seconds": round(self.seconds, 3), "activations": emulation.candidate_dict(self)}
+                "seconds": round(self.seconds, 3), "activations": emulation.candidate_dict(self),
+                "reference": self.reference}
 
 
 class Progress:
@@ -203,8 +207,12 @@ class _Renderer:
         self.session, self.workflow, self.settings, self.timeout, self.log = session, workflow, settings, timeout, log
         self.prog = Progress(log, total)
         self.times: list[float] = []
+        self.cache: dict = {}           # reference renders: same file, seed, size and policy -> same pixels
 
-    def __call__(self, model_name, seed, w, h, what, activations=None):
+    def __call__(self, model_name, seed, w, h, what, activations=None, cache=False):
+        ck = (model_name, seed, w, h, json.dumps(activations, sort_keys=True)) if cache else None
+        if ck is not None and ck in self.cache:
+            return self.cache[ck]
         wf = self.workflow.build(model_name, seed, w, h, self.settings, prefix="qg")
         if activations:
             wf = emulation.wrap(wf, model_name, activations, self.workflow.model_node)
@@ -214,6 +222,8 @@ class _Renderer:
             raise ComfyError("the workflow produced no image (it needs an image output node such as SaveImage)")
         self.times.append(res.seconds)
         self.log(f"  {msg} {res.seconds:.2f} s")
+        if ck is not None:
+            self.cache[ck] = (res, wf)
         return res, wf
 
 
@@ -272,7 +282,7 @@ def _render_candidate(render, c: Candidate, name, seeds, sizes, images, renders,
     for seed in seeds:
         for (w, h) in sizes:
             try:
-                res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h}")
+                res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h}", cache=c.role == "reference")
             except ExecutionError as e:
                 c.execution_error = {"node_id": e.node_id, "node_type": e.node_type,
                                      "exception_type": e.exception_type, "message": e.message[:2000]}
@@ -287,7 +297,7 @@ def _render_candidate(render, c: Candidate, name, seeds, sizes, images, renders,
                 raise ComfyError(f"{c.label}: image size {img.shape} differs from the source's {base.shape}")
             s, d = _ssim_pair(base, img)
             images["candidates"][c.label][(seed, w, h)] = img
-            r = {"role": "candidate", "candidate": c.label, "seed": seed, "width": w, "height": h, "ssim": s,
+            r = {"role": c.role, "candidate": c.label, "seed": seed, "width": w, "height": h, "ssim": s,
                  "max_abs_diff": d, "seconds": round(res.seconds, 3), "threshold": c.threshold,
                  "pass": s >= c.threshold, "pixels_sha256": score.pixel_sha256(img),
                  "rendered_as": c.rendered_as}
@@ -348,8 +358,80 @@ def _decide(c: Candidate, comfy_version: str, load_pol: dict, control: dict, rep
     c.verdict = "fail" if c.reasons else "pass"
 
 
+def _references(cands, session, source, policy, work_dir, log) -> list[Candidate]:
+    """One reference conversion per distinct (format, per-layer decisions, activation path) among the
+    candidates (harness.render.reference); ``c._ref`` is the candidate's. Candidates without one
+    (GGUF, unquantized, a format quantgate cannot write) get a note."""
+    if work_dir is None:
+        raise UsageError("a work directory is needed to write the reference conversions")
+    refs: dict[tuple, Candidate] = {}
+    for c in cands:
+        c._ref = None
+        if c.format == "gguf":
+            c.reference = {"available": False, "why": "no reference conversion for GGUF candidates"}
+            continue
+        try:
+            path, k, plan = reference.make(c.path, source, work_dir)
+        except reference.NoReference as e:
+            c.reference = {"available": False, "why": str(e)}
+            continue
+        pol = emulation.activation_policy(c.path)
+        rk = (k, json.dumps(sorted((pol or {}).get("layers", {})), sort_keys=True))
+        if rk not in refs:
+            r = Candidate(path, f"reference {c.format}" + (f"#{len(refs) + 1}" if refs else ""), role="reference")
+            _prepare(r, [r], session, source, policy, None, work_dir, lambda *_: None)
+            r.users, r.plan_key, r.layers = [], k, len(plan)
+            refs[rk] = r
+            log(f"{r.label}: round-to-nearest {c.format} conversion of the source with the candidate's per-layer "
+                f"decisions ({len(plan)} quantized layers)")
+        refs[rk].users.append(c)
+        c._ref = refs[rk]
+    return list(refs.values())
+
+
+def _judged_rows(c: Candidate) -> list[dict]:
+    return c.renders
+
+
+def _decide_relative(c: Candidate, pol: dict) -> None:
+    """The candidate against its own reference conversion (same seeds, sizes, activation path)."""
+    r = getattr(c, "_ref", None)
+    if r is None:
+        if c.reference and not c.reference.get("available", True):
+            c.notes.append(f"not compared with a reference conversion: {c.reference['why']}")
+        return
+    if r.execution_error:
+        c.reference = {"available": False, "label": r.label, "why": "the reference conversion failed to render"}
+        c.notes.append(f"{r.label} failed to render: not compared with it")
+        return
+    j = reference.judge(_judged_rows(c), _judged_rows(r), pol)
+    j.update(label=r.label, path=str(r.path), sha256=r.sha256, emulated=bool(r.activations))
+    c.reference = j
+    if not j.get("available"):
+        c.notes.append(f"not compared with {r.label}: {j['why']}")
+        return
+    if not j["pass"]:
+        w = j["worst"]
+        c.reasons.append(
+            f"clearly below its reference conversion ({r.label}: round-to-nearest, same layers"
+            f"{', activations emulated with dynamic scales' if r.activations else ''}): mean 1-SSIM "
+            f"{j['mean_dissimilarity']:.4f} vs the reference's {j['reference_mean_dissimilarity']:.4f} "
+            f"(limit {j['ratio']:g} x + {j['slack']:g} = {j['limit']:.4f}; worst seed {w['seed']} "
+            f"{w['width']}x{w['height']}: SSIM {w['ssim']:.4f} vs {w['reference_ssim']:.4f})")
+        c.verdict = "fail"
+
+
+def _reference_dict(r: Candidate) -> dict:
+    d = r.as_dict()
+    d.pop("reference", None)
+    d.update(role="reference", used_by=[c.label for c in r.users], quantized_layers=r.layers,
+             rounding="round-to-nearest")
+    return d
+
+
 def run_gate(session, source, candidates, *, policy: dict | None = None, workflow: Workflow | None = None,
-             work_dir=None, verify_fn=None, log=None, emulate: bool = True) -> dict:
+             work_dir=None, verify_fn=None, log=None, emulate: bool = True, compare_reference: bool | None = None
+             ) -> dict:
     """Render and score. ``candidates``: paths or (label, path). Returns the gate record; images
     are under ``record["_images"]`` (for the report; not serialised). ``emulate``: candidates that
     declare an activation path are rendered again with their activations quantized as the native
@@ -361,6 +443,8 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     source = Path(source)
     work_dir = Path(work_dir) if work_dir else None
     seeds, sizes, settings, timeout = _plan(policy)
+    reference_on = (bool(policy.get("reference", {}).get("enabled", True)) if compare_reference is None
+                    else compare_reference)
     check_render_inputs(source, candidates)
     cands = []
     for c in candidates:
@@ -378,20 +462,30 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     cand_names = {c.label: session.model(c.render_path) for c in cands}
     if "vae" in workflow.holes:
         settings["vae"] = session.vae()
+    refs = _references(cands, session, source, policy, work_dir, log) if reference_on else []
+    for r in refs:
+        cand_names[r.label] = session.model(r.render_path)
     if emulate:
         emulation.attach(cands, session)
+        for r in refs:
+            r.activations = reference.policy_for(r.users[0].activations)
 
     n_base = len(seeds) * len(sizes)
+    n_ref = len({(r.render_path, json.dumps(r.activations, sort_keys=True)) for r in refs})
     render = _Renderer(session, workflow, settings, timeout, log,
-                       n_base + 2 + n_base * len(cands) + emulation.extra_renders(cands, n_base))
+                       n_base + 2 + n_base * (len(cands) + n_ref) + emulation.extra_renders(cands + refs, n_base))
     images: dict = {"baseline": {}, "control": None, "candidates": {}}
     renders: list = []
     baseline_renders, src_warn, example_wf = _baseline(render, src_name, seeds, sizes, source, images)
     repeat, control = _repeat_and_control(render, src_name, seeds, sizes, policy["plan"], policy, images, cands,
                                           renders)
+    for r in refs:
+        _render_candidate(render, r, cand_names[r.label], seeds, sizes, images, renders, log)
     for c in cands:
         _render_candidate(render, c, cand_names[c.label], seeds, sizes, images, renders, log)
         _decide(c, session.version, policy.get("load", {}), control, repeat, src_warn)
+        if reference_on:
+            _decide_relative(c, policy.get("reference", {}))
 
     stats = session.stats
     render_times = render.times
@@ -409,6 +503,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
                     "devices": stats.get("devices", [])},
         "source": {"path": str(source), "sha256": src_sha, "load_warnings": src_warn},
         "candidates": [c.as_dict() for c in cands],
+        "references": [_reference_dict(r) for r in refs],
         "workflow": {"name": workflow.source, "model_node": workflow.model_node, "settings": settings,
                      "example_prompt": example_wf},
         "seeds": seeds, "sizes": [list(s) for s in sizes],

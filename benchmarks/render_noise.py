@@ -1,0 +1,164 @@
+"""Render noise of GOOD files against their reference conversion, on the trained tiny reference model
+(issue 21): the numbers the render gate's relative margins (policy.toml ``[reference]``) are set from.
+
+    python benchmarks/render_noise.py [-o benchmarks/results/cpu-render-noise-DATE.json] [--work DIR]
+
+Good files (nothing planted): the demo's three (fp8-legacy, fp8, nvfp4 for the embedded ComfyUI),
+calibrated fp8 / NVFP4 (``calibrate`` on sampler seeds 11-14: not the gate's), margin 1.2, percentile
+99.99, fp8 with ``full_precision_matrix_mult`` kept, learned rounding on recorded activations (fp8-legacy,
+NVFP4), an NVFP4 file with a Q8_0-derived preset (every Linear fp8) and the calibrated NVFP4 file with its
+global scale x2 and block scales /2 (exactly equivalent). One gate run (embedded ComfyUI 0.3.75, CPU,
+activation emulation on) over more seeds than the gate's plan (seeds 1-5 x the plan's 64x64 and 96x64;
+the shared 2-core box renders one 64x64 image in 5-25 s, so 5 seeds is what one run affords); every candidate is rendered beside its reference conversion (round-to-nearest, same layers,
+same activation path with dynamic scales).
+
+Per good file the JSON holds every render's SSIM (candidate, reference; weight-only too) and the gate's
+statistic -- mean dissimilarity d = 1 - SSIM of candidate and reference -- on every subset of the renders
+the gate's plan would draw (3 of the 5 seeds x both sizes): its spread is the render noise.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SEEDS = [1, 2, 3, 4, 5]
+SIZES = [[64, 64], [96, 64]]
+CAL_SEEDS = [11, 12, 13, 14]
+
+
+def qg(*args) -> None:
+    r = subprocess.run([sys.executable, "-m", "harness", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"quantgate {' '.join(map(str, args[:2]))}: {r.stderr[-2000:]}")
+
+
+def good_files(src, work: Path, comfy_version: str, log) -> dict[str, Path]:
+    from harness.gguf_synth import make_gguf
+    from harness.planted import quality_defects as qd
+    from harness.record_activations import record_file
+    from quant.convert import convert, make_plan
+    from quant.sources import open_source
+    cal = work / "calib.json"
+    if not cal.exists():
+        log("calibrate (seeds 11-14)")
+        qg("calibrate", src, "--seeds", *CAL_SEEDS, "-o", cal, "--force")
+    acts = work / "acts.safetensors"
+    if not acts.exists():
+        with open_source(src) as s:
+            layers = [x.layer for x in make_plan(s, None, "nvfp4").quantized()]
+        record_file(src, layers, acts)
+    gg = work / "tiny-Q8_0.gguf"
+    if not gg.exists():
+        make_gguf("wan21-t2v-tiny", gg, "Q8_0", src_dtype="BF16")
+    f: dict[str, Path] = {}
+
+    def c(label, fmt, **kw):
+        p = work / f"{label}.safetensors"
+        if not p.exists():
+            log(f"convert {label}")
+            convert(src, p, fmt, force=True, **kw)
+        f[label] = p
+    for fmt in ("fp8-legacy", "fp8", "nvfp4"):
+        c(f"demo_{fmt}", fmt, comfy_version=comfy_version)
+    c("fp8_cal", "fp8", activation_stats=cal)
+    c("fp8_cal_fpmm", "fp8", activation_stats=cal, keep_fpmm=True)
+    c("nvfp4_cal", "nvfp4", activation_stats=cal)
+    c("nvfp4_cal_m1.2", "nvfp4", activation_stats=cal, margin=1.2)
+    c("fp8-legacy_learned", "fp8-legacy", comfy_version=comfy_version, rounding="learned", calibration=acts)
+    c("nvfp4_learned_cal", "nvfp4", rounding="learned", calibration=acts, activation_stats=cal)
+    c("nvfp4_q8_0_preset", "nvfp4", preset_from_gguf=gg)
+    p = work / "nvfp4_cal_global_x2.safetensors"
+    if not p.exists():
+        qd.global_scale_up(f["nvfp4_cal"], p, 1)
+    f["nvfp4_cal_global_x2"] = p
+    return f
+
+
+def subsets(rows_c, rows_r):
+    """The gate's statistic on every plan-sized subset: (mean d candidate, mean d reference) per subset."""
+    cm = {(r["seed"], r["width"], r["height"]): 1 - r["ssim"] for r in rows_c}
+    rm = {(r["seed"], r["width"], r["height"]): 1 - r["ssim"] for r in rows_r}
+    out = []
+    for ss in itertools.combinations(SEEDS, 3):
+        for zz in [[tuple(z) for z in SIZES]]:
+            ks = [(s, w, h) for s in ss for (w, h) in zz if (s, w, h) in cm and (s, w, h) in rm]
+            if ks:
+                out.append((sum(cm[k] for k in ks) / len(ks), sum(rm[k] for k in ks) / len(ks)))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks" / "results" /
+                                                  f"cpu-render-noise-{datetime.date.today()}.json"))
+    ap.add_argument("--work", help="working directory (default: a temporary one)")
+    a = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(1)
+    from harness.comfy.server import comfy_version, embedded_source
+    from harness.render import gate, models
+    from harness.render.session import open_session
+
+    def log(m):
+        print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)
+    work = Path(a.work or tempfile.mkdtemp(prefix="qg-render-noise-"))
+    work.mkdir(parents=True, exist_ok=True)
+    src = models.reference_model()
+    files = good_files(src, work, comfy_version(embedded_source()), log)
+    pol = gate.load_policy()
+    pol["plan"]["seeds"], pol["plan"]["sizes"] = SEEDS, SIZES
+    t0 = time.monotonic()
+    with open_session(work_dir=work / "comfy", log=log) as s:
+        rec = gate.run_gate(s, src, list(files.items()), policy=pol, work_dir=work, log=log)
+    secs = time.monotonic() - t0
+    rows = {}
+    for r in rec["renders"]:
+        if r.get("candidate"):
+            rows.setdefault(r["candidate"], []).append(r)
+    refs = {r["label"]: r for r in rec["references"]}
+    out_files = {}
+    for c in rec["candidates"]:
+        lab, ref = c["label"], (c.get("reference") or {}).get("label")
+        rc, rr = rows.get(lab, []), rows.get(ref, [])
+        sub = subsets(rc, rr)
+        out_files[lab] = {
+            "format": c["format"], "rendered_as": c["rendered_as"], "activations": c["activations"],
+            "reference": ref, "absolute_verdict_reasons": [x for x in c["reasons"] if "reference" not in x],
+            "renders": [{"seed": x["seed"], "size": [x["width"], x["height"]], "ssim": x["ssim"],
+                         "weight_only_ssim": (x.get("weight_only") or {}).get("ssim")} for x in rc],
+            "min_ssim": min(x["ssim"] for x in rc), "mean_d": sum(1 - x["ssim"] for x in rc) / len(rc),
+            "reference_mean_d": sum(1 - x["ssim"] for x in rr) / len(rr) if rr else None,
+            "plan_subsets": {"n": len(sub),
+                             "max_d": max(x[0] for x in sub), "max_ratio": max(x[0] / x[1] for x in sub),
+                             "max_excess_over_reference": max(x[0] - x[1] for x in sub),
+                             "min_excess_over_reference": min(x[0] - x[1] for x in sub)}}
+    out_refs = {lab: {"format": r["format"], "used_by": r["used_by"], "activations": r["activations"],
+                      "renders": [{"seed": x["seed"], "size": [x["width"], x["height"]], "ssim": x["ssim"],
+                                   "weight_only_ssim": (x.get("weight_only") or {}).get("ssim")}
+                                  for x in rows.get(lab, [])]} for lab, r in refs.items()}
+    out = {"what": __doc__.split("\n\n")[0], "date": str(datetime.date.today()), "model": models.reference_arch(),
+           "comfyui": rec["comfyui"]["version"], "seeds": SEEDS, "sizes": SIZES, "calibration_seeds": CAL_SEEDS,
+           "plan_subsets": "every 3 of the 5 seeds x both sizes (the gate renders 3 seeds x 2 sizes)",
+           "gate_seconds": round(secs, 1), "renders": rec["timings"]["renders"],
+           "control_ssim": rec["control"]["ssim"], "good_files": out_files, "references": out_refs}
+    Path(a.output).write_text(json.dumps(out, indent=1) + "\n")
+    for lab, v in out_files.items():
+        ps = v["plan_subsets"]
+        print(f"{lab:<22} min {v['min_ssim']:.4f} mean d {v['mean_d']:.4f} ref d {v['reference_mean_d']:.4f}  "
+              f"subsets: max ratio {ps['max_ratio']:.2f} max excess {ps['max_excess_over_reference']:+.4f}")
+    print(f"wrote {a.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
