@@ -171,6 +171,17 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
                     layers.append(n)
             if not layers:
                 raise UsageError("no candidate quantizes any 2-D weight of this source; nothing to compare", source)
+            # FP8 / NVFP4 columns: the converter's own quantization path (quant.quantize.quantize_layers, RTN,
+            # the source tensor as convert reads it), so each column scores exactly the bytes `convert` writes
+            from quant.quantize import LayerJob, quantize_layers
+            target_fmt = {}
+            for c, spec in cols:
+                if spec[0] != "gguf":
+                    fmt_obj = F.get(c.kind)
+                    jobs = [LayerJob(n[: -len(".weight")], n, fmt_obj.for_action(spec[1][n]),
+                                     (lambda n=n: src.get(n)), None, tuple(shapes[n]))
+                            for n in layers if spec[1].get(n, "keep") != "keep"]
+                    target_fmt[c.label] = iter(quantize_layers(jobs))
             ref2: dict[str, float] = {}
             bar = None
             if progress:
@@ -192,8 +203,11 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
                         if act == "keep":
                             wq = w
                         else:
-                            fm = F.get(act)
-                            wq = fm.dequantize(fm.quantize(w), tuple(w.shape), torch.float32)
+                            r = next(target_fmt[c.label])
+                            assert r.job.name == n, (r.job.name, n)
+                            pre = r.job.layer + "."
+                            raw = {k[len(pre):]: v for k, v in r.tensors.items() if k.startswith(pre)}
+                            wq = r.job.fmt.dequantize(raw, tuple(w.shape), torch.float32).reshape(w.shape)
                     c.err2[n] = float((w.double() - wq.double()).pow(2).sum())
                 if bar is not None:
                     bar.update(1)
