@@ -80,6 +80,9 @@ def print_summary(record: dict, file=sys.stdout) -> None:
     for c in record["candidates"]:
         for reason in c["reasons"]:
             print(f"  {c['label']}: {reason}", file=file)
+        for note in c.get("notes") or []:
+            if note.startswith("warning:"):
+                print(f"  {c['label']}: {note}", file=file)
 
 
 def _vs_reference(ref: dict | None) -> str:

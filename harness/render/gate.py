@@ -65,6 +65,7 @@ class Candidate:
     seconds: float = 0.0
     activations: dict | None = None    # activation policy from the file (emulated renders), or None
     reference: dict | None = None      # the reference conversion it is held to, and the relative verdict
+    calibration_overlap: list = field(default_factory=list)   # calibration seeds (file metadata) the gate renders
     role: str = "candidate"            # or "reference" (made by the gate; never decides the verdict)
 
     def as_dict(self) -> dict:
@@ -74,7 +75,7 @@ class Candidate:
                 "verify": self.verify, "load_warnings": self.load_warnings,
                 "execution_error": self.execution_error, "verdict": self.verdict, "reasons": self.reasons, "notes": self.notes,
                 "seconds": round(self.seconds, 3), "activations": emulation.candidate_dict(self),
-                "reference": self.reference}
+                "reference": self.reference, "calibration_seeds_rendered": self.calibration_overlap}
 
 
 class Progress:
@@ -127,6 +128,24 @@ def _benign_unexpected(c, warning: dict, comfy_version: str) -> list[str]:
 
 def _ssim_pair(a, b):
     return round(score.ssim(a, b), 6), score.max_abs_diff(a, b)
+
+
+def calibration_seed_overlap(path, seeds) -> list[int]:
+    """Sampler seeds of the candidate's calibration (``quantgate.calibration`` metadata that convert
+    --calibration writes) that are also render seeds of this gate run."""
+    import json as _json
+    if twin.is_gguf(path):
+        return []
+    from quant.safetensors_io import read_header
+    try:
+        meta = read_header(path).metadata or {}
+        cal = _json.loads(meta.get("quantgate.calibration") or "{}")
+    except (InputError, ValueError, TypeError):
+        return []
+    got = cal.get("seeds") if isinstance(cal, dict) else None
+    if not isinstance(got, list):
+        return []
+    return sorted({int(s) for s in got if isinstance(s, int) and not isinstance(s, bool)} & {int(s) for s in seeds})
 
 
 def check_render_inputs(source, candidates) -> None:
@@ -338,6 +357,10 @@ def _decide(c: Candidate, comfy_version: str, load_pol: dict, control: dict, rep
             shown = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
             c.reasons.append(f"ComfyUI loaded it with {x['kind']} keys ({len(keys)}): {shown} "
                              "(the model in memory is not the model in the file)")
+    if c.calibration_overlap:
+        c.notes.append(f"warning: calibrated on sampler seeds {c.calibration_overlap}, which the gate also renders: "
+                       "these renders are not held out (calibrate on other seeds; `quantgate calibrate`'s default "
+                       "seeds are disjoint from the gate's)")
     v = c.verify
     need = (v or {}).get("min_comfy")
     if need and need != "any" and c.rendered_as == "file" and version_lt(comfy_version, need):
@@ -456,6 +479,11 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     src_sha = sha256_file(source)
     for c in cands:
         _prepare(c, cands, session, source, policy, verify_fn, work_dir, log)
+    for c in cands:
+        c.calibration_overlap = calibration_seed_overlap(c.path, seeds)
+        if c.calibration_overlap:
+            log(f"warning: {c.label} was calibrated on sampler seeds {c.calibration_overlap}, which the gate renders "
+                "too: those renders are not held out")
     timings["prepare_s"] = round(time.monotonic() - t0, 3)
     # every file must be visible to the server before anything renders (fails fast on a URL server)
     src_name = session.model(source)
