@@ -22,6 +22,9 @@ def register(sub):
                         "calibrated amax/full-scale in either direction are errors (weight-derived scales, the fp8 "
                         "default 1.0); --json lists every layer's ratio")
     p.add_argument("--strict", action="store_true", help="treat every warning as an error")
+    p.add_argument("--allow-unchecked", action="store_true",
+                   help="accept layers of a ComfyUI format quantgate cannot decode (a warning instead of an error); "
+                        "the summary then names how many layers were NOT checked")
     p.add_argument("--device", default="cpu", help="where the numeric check dequantizes (cpu, or cuda on a GPU box)")
     p.add_argument("--header-only", action="store_true",
                    help="without --source: check headers and scale values only, do not read weight data")
@@ -40,7 +43,7 @@ def run(args) -> int:
         check_record_path(args.record, [args.checkpoint, args.source, args.reference])
     rep = verify(args.checkpoint, args.source, args.reference, strict=args.strict,
                  header_only=args.header_only, structure_only=args.structure_only, device=args.device,
-                 calibration=args.calibration)
+                 calibration=args.calibration, allow_unchecked=args.allow_unchecked)
     if args.json:
         print(json.dumps(rep.as_dict(), indent=1))
     else:

@@ -452,6 +452,19 @@ def _reference_dict(r: Candidate) -> dict:
     return d
 
 
+def _tool_versions() -> dict:
+    """Versions in quantgate's own process (verify's numeric check runs here, with comfy-kitchen); the
+    server's torch is under comfyui.system. For model cards (``quantgate card``)."""
+    from importlib import metadata
+    out = {}
+    for key, dist in (("torch", "torch"), ("comfy_kitchen", "comfy-kitchen")):
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = None
+    return out
+
+
 def run_gate(session, source, candidates, *, policy: dict | None = None, workflow: Workflow | None = None,
              work_dir=None, verify_fn=None, log=None, emulate: bool = True, compare_reference: bool | None = None
              ) -> dict:
@@ -523,7 +536,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     verdict = "pass" if cands and all(c.verdict == "pass" for c in cands) else "fail"
     record = {
         "schema": "quantgate.gate/1",
-        "tool": {"name": "quantgate", "version": TOOL_VERSION},
+        "tool": {"name": "quantgate", "version": TOOL_VERSION, **_tool_versions()},
         "comfyui": {"version": session.version, "url": None if session.owned else session.client.url,
                     "embedded": bool(getattr(session, "embedded", False)),
                     "system": {k: stats.get("system", {}).get(k) for k in

@@ -260,6 +260,36 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
     return "\n".join(o)
 
 
+RENDERS_DIR = "renders"
+
+
+def write_render_pngs(record: dict, out_dir, inputs=()) -> dict:
+    """The decoded renders as lossless PNGs beside gate.json (``renders/source/s<seed>_<w>x<h>.png``,
+    ``renders/candidate-<i>/...``: the render each candidate was judged on), for model cards
+    (``quantgate card``). Returns the index gate.json keeps under ``images`` (paths relative to
+    ``out_dir``); empty when the record holds no images."""
+    from quant.outputs import write_bytes
+    imgs = record.get("_images") or {}
+    if not imgs.get("baseline"):
+        return {}
+    out_dir = Path(out_dir)
+
+    def put(sub: str, key, img) -> str:
+        seed, w, h = key
+        rel = f"{RENDERS_DIR}/{sub}/s{int(seed)}_{int(w)}x{int(h)}.png"
+        write_bytes(out_dir / rel, score.png_bytes(img), inputs, what="render image")
+        return rel
+
+    index = {"source": {}, "candidates": {}}
+    for key in sorted(imgs["baseline"]):
+        index["source"][f"{key[0]}/{key[1]}x{key[2]}"] = put("source", key, imgs["baseline"][key])
+    for i, c in enumerate(record.get("candidates") or []):
+        cim = (imgs.get("candidates") or {}).get(c["label"]) or {}
+        index["candidates"][c["label"]] = {f"{k[0]}/{k[1]}x{k[2]}": put(f"candidate-{i}", k, cim[k])
+                                           for k in sorted(cim)}
+    return index
+
+
 def write_report(record: dict, out_dir, title: str = "quantgate render gate", extra_sections=(),
                  inputs=()) -> tuple[Path, Path]:
     from quant.outputs import write_text
@@ -267,6 +297,9 @@ def write_report(record: dict, out_dir, title: str = "quantgate render gate", ex
     rp = out_dir / "report.html"
     ins = [*inputs, *_record_inputs(record)]
     html_text = render_html(record, title, extra_sections)
+    index = write_render_pngs(record, out_dir, ins)
+    if index:
+        record = {**record, "images": index}
     gj = write_gate_json(record, out_dir / "gate.json", ins)
     write_text(rp, html_text, ins, what="report")
     return rp, gj

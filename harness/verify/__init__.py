@@ -25,6 +25,15 @@ MODE_TEXT = {
 }
 
 
+def mode_text(mode: str, coverage: dict | None) -> str:
+    """What was checked, never more: with layers left undecoded the numeric claim names how many."""
+    if mode == "numeric" and coverage and coverage.get("unchecked"):
+        n, d = coverage["compared"], coverage["declared"]
+        return (f"numeric for {n} of {d} quantized layers (dequantized by comfy-kitchen and compared with the "
+                f"source); {d - n} quantized layers NOT checked")
+    return MODE_TEXT.get(mode, mode)
+
+
 @dataclass
 class Report:
     checkpoint: str
@@ -41,6 +50,7 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     bytes_checked: int = 0
     calibration: dict | None = None              # verify --calibration: per-layer scale vs calibrated
+    coverage: dict | None = None                 # numeric mode: declared / compared / unchecked layers
 
     @property
     def passed(self) -> bool:
@@ -55,7 +65,7 @@ class Report:
         verdict = "PASS" if self.passed else "FAIL"
         return (f"{verdict}: {self.checkpoint}: {self.tensors} tensors, {q}; "
                 f"{self.findings.count(ERROR)} errors, {self.findings.count(WARNING)} warnings; "
-                f"needs {'any ComfyUI' if self.min_comfy == 'any' else 'ComfyUI >= ' + self.min_comfy}; checked: {MODE_TEXT.get(self.mode, self.mode)}"
+                f"needs {'any ComfyUI' if self.min_comfy == 'any' else 'ComfyUI >= ' + self.min_comfy}; checked: {mode_text(self.mode, self.coverage)}"
                 + (" (strict)" if self.strict else ""))
 
     def lines(self, verbose: bool = False) -> list[str]:
@@ -72,14 +82,19 @@ class Report:
                 "findings": [f.as_dict() for f in self.findings.all()],
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
                 "bytes_checked": self.bytes_checked,
+                "checked": mode_text(self.mode, self.coverage),
+                **({"coverage": self.coverage} if self.coverage is not None else {}),
                 **({"calibration": self.calibration} if self.calibration is not None else {})}
 
 
 def verify(checkpoint, source=None, reference=None, *, strict: bool = False, header_only: bool = False,
-           structure_only: bool = False, progress=None, device: str = "cpu", calibration=None) -> Report:
+           structure_only: bool = False, progress=None, device: str = "cpu", calibration=None,
+           allow_unchecked: bool = False) -> Report:
     """Run the gate. Raises quant.errors.InputError for unreadable inputs (exit 2).
     ``device``: where comfy-kitchen's eager dequantizers run for the numeric check (cpu or cuda).
-    ``calibration``: a calibration JSON path (or loaded Calibration): activation scales far from it are errors."""
+    ``calibration``: a calibration JSON path (or loaded Calibration): activation scales far from it are errors.
+    ``allow_unchecked``: a declared format quantgate cannot decode is a warning instead of an error (the summary
+    then says how many layers were not checked)."""
     if device.startswith("cuda") and not __import__("torch").cuda.is_available():
         from quant.errors import UsageError
         raise UsageError("--device cuda requested but no CUDA device is available")
@@ -90,13 +105,14 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
     f = Findings()
     src_obj = None
     cal_rows = None
+    coverage: dict = {}
     with open_source(checkpoint) as ck:
         st = build(ck)
         try:
             if source is not None:
                 src_obj = open_source(source)
             ref, shapes_from = reference_shapes(st, src_obj)
-            plain = layout_rules.run(st, f, ref)
+            plain = layout_rules.run(st, f, ref, allow_unchecked)
             log_scales.run(st, f)                      # 8-bit log-coded scales: name them, point to repair
             non_transformer.run(st, f)                 # VAEs / text encoders: what ComfyUI can quantize
             scalars = value_rules.run(st, f)
@@ -109,7 +125,8 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
             if src_obj is not None:
                 mode = "numeric"
                 from . import numeric       # torch and comfy-kitchen: only when data is compared
-                nbytes = numeric.compare(st, src_obj, f, progress, device=device)
+                nbytes = numeric.compare(st, src_obj, f, progress, device=device, coverage=coverage,
+                                         allow_unchecked=allow_unchecked)
             elif not header_only:
                 mode = "statistics"
                 from . import stats     # torch: only when tensor data is read
@@ -147,7 +164,8 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
         f.promote_warnings()
     rep = Report(str(checkpoint), None if source is None else str(source),
                  None if reference is None else str(reference), mode, strict, f, mc, why, layers, n_tensors,
-                 shapes_from, bytes_checked=nbytes, calibration=cal_rows)
+                 shapes_from, bytes_checked=nbytes, calibration=cal_rows,
+                 coverage=coverage or None)
     rep.timings = {"rules": t1 - t0, "data": t2 - t1, "total": time.perf_counter() - t0}
     return rep
 

@@ -97,7 +97,7 @@ def check_markers(st: Structure, f: Findings):
                                             "ComfyUI then skips the legacy conversion and the scale_weight tensors are ignored")
 
 
-def check_carriers(st: Structure, f: Findings):
+def check_carriers(st: Structure, f: Findings, allow_unchecked: bool = False):
     if st.header_problem:
         f.error("carrier.header-invalid", st.header_problem)
     for name, problem in st.tensor_problems.items():
@@ -121,8 +121,13 @@ def check_carriers(st: Structure, f: Findings):
                 f.error("carrier.unknown-format", f"format {fmt!r} is not a ComfyUI quantization format "
                                                   "(ComfyUI fails with KeyError)", [la.name])
             else:
-                f.warning("format.unchecked", f"format {fmt!r} (ComfyUI >= {QUANT_ALGOS_SINCE[fmt]}) is not "
-                                              "checked by quantgate yet", [la.name])
+                # never a silent pass: a format quantgate cannot decode is an error unless the caller
+                # explicitly allows it (verify --allow-unchecked), and then the summary says it was not checked
+                add = f.warning if allow_unchecked else f.error
+                add("format.unchecked", f"format {fmt!r} (ComfyUI >= {QUANT_ALGOS_SINCE[fmt]}) is not checked by "
+                                        "quantgate: its weights were not decoded or compared"
+                                        + ("" if allow_unchecked else " (--allow-unchecked to accept the file "
+                                                                      "without that proof)"), [la.name])
         if la.declared and "weight" not in la.keys and not la.keys.keys() - {"comfy_quant"}:
             if la.name in st.infos:
                 continue   # a parameter tensor declared quantized: reported by check_layer_kinds
@@ -355,9 +360,9 @@ def min_comfy(st: Structure) -> tuple[str, list[str]]:
     return str(top), why
 
 
-def run(st: Structure, f: Findings, ref: dict):
+def run(st: Structure, f: Findings, ref: dict, allow_unchecked: bool = False):
     check_markers(st, f)
-    check_carriers(st, f)
+    check_carriers(st, f, allow_unchecked)
     plain = check_undeclared(st, f)
     check_companions(st, f, ref)
     if not plain:

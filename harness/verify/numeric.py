@@ -39,8 +39,8 @@ def checkable(st: Structure, la) -> bool:
         k = la.keys.get(c.suffix)
         if c.required and k is None:
             return False
-        if k is not None and st.infos[k].dtype not in c.dtypes:
-            return False
+        if k is not None and st.infos[k].dtype not in (*c.dtypes, *c.tolerated_dtypes):
+            return False        # tolerated dtypes (a half-precision per-tensor scale) decode like ComfyUI: cast
     w = st.infos[la.keys["weight"]]
     if len(w.shape) != 2:
         return False
@@ -112,19 +112,37 @@ def _check_plain(st, source, name, la, f) -> int:
 
 
 def compare(st: Structure, source, f: Findings, progress=None, workers: int | None = None,
-            device: str = "cpu") -> int:
+            device: str = "cpu", coverage: dict | None = None, allow_unchecked: bool = False) -> int:
     """Compare every tensor with ``source`` (a quant.sources.Source). Returns checkpoint bytes read.
     Tasks (one layer or tensor each) run on ``workers`` threads; at most ``2 * workers`` layers are in
-    memory."""
+    memory. ``coverage`` (a dict, filled in) gets ``declared``, ``compared`` and ``unchecked`` (layer names):
+    a declared quantized layer that could not be decoded is never passed silently -- it is a
+    ``numeric.unchecked`` error (a warning only for formats quantgate cannot decode, with ``allow_unchecked``)."""
     declared = {la.name: la for la in st.declared}
     comp = st.companion_keys()
     src_keys = set(source.keys())
     markers = {m.key for m in st.markers}
     tasks = []
+    unchecked: list[str] = []
     for la in declared.values():
         key = la.name + ".weight"
         if key in src_keys and la.spec is not None and len(source.info(key).shape) == 2 and checkable(st, la):
             tasks.append(("layer", la))
+            continue
+        unchecked.append(la.name)
+        if key not in src_keys:
+            f.warning("numeric.unchecked", "declared quantized layer has no weight in the source: not compared",
+                      [la.name])
+        elif la.spec is None or reference_for(la.spec) is None:
+            add = f.warning if allow_unchecked else f.error
+            add("numeric.unchecked", f"format {la.comfy_format!r} cannot be decoded by quantgate's independent "
+                                     "dequantizer: the layer's weights were not compared with the source", [la.name])
+        else:
+            f.error("numeric.unchecked", "declared quantized layer could not be decoded (its tensors are "
+                                         "incomplete, mistyped or mis-shaped): not compared with the source",
+                    [la.name])
+    if coverage is not None:
+        coverage.update(declared=len(declared), compared=len(declared) - len(unchecked), unchecked=unchecked)
     for name, info in st.infos.items():
         if name in comp or name.endswith(".comfy_quant") or name in IGNORED_KEYS or name in markers:
             continue

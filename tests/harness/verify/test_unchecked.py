@@ -1,0 +1,95 @@
+"""An unchecked format is an error, never a silent PASS (issue 24's false-PASS class).
+
+A file in a ComfyUI format quantgate cannot decode (here ``int8_tensorwise``, built with comfy-kitchen's own
+quantizer) with every weight negated and every scale x10 used to pass ``verify --source`` with exit 0 and a
+summary claiming "every layer dequantized by comfy-kitchen". Now it fails (``format.unchecked`` and
+``numeric.unchecked``); ``--allow-unchecked`` accepts it only with a summary that says how many layers were NOT
+checked.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness.planted.format_defects import load, save
+from harness.verify import verify
+
+LAYERS = ("blocks.0.ffn.0", "blocks.0.ffn.2")
+
+
+def _int8_tensorwise(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """comfy-kitchen's own int8 tensorwise quantizer (the layout ComfyUI 0.33 loads)."""
+    from comfy_kitchen.tensor.int8 import TensorWiseINT8Layout
+    q, params = TensorWiseINT8Layout.quantize(w.float())
+    return q, params.scale.float().reshape(())
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("unchecked")
+    g = torch.Generator().manual_seed(5)
+    src_t = {}
+    for i, name in enumerate(LAYERS):
+        shape = (64, 32) if i == 0 else (32, 64)
+        src_t[f"{name}.weight"] = (torch.randn(*shape, generator=g) * 0.05).to(torch.bfloat16)
+        src_t[f"{name}.bias"] = torch.zeros(shape[0], dtype=torch.bfloat16)
+    src = save(src_t, {}, d / "src.safetensors")
+    out = {"src": src}
+    for variant in ("intact", "destroyed"):
+        t, layers = {}, {}
+        for name in LAYERS:
+            q, scale = _int8_tensorwise(src_t[f"{name}.weight"])
+            if variant == "destroyed":
+                q, scale = -q, scale * 10
+            conf = {"format": "int8_tensorwise"}
+            t[f"{name}.weight"] = q.contiguous()
+            t[f"{name}.weight_scale"] = scale
+            t[f"{name}.comfy_quant"] = torch.tensor(list(json.dumps(conf).encode()), dtype=torch.uint8)
+            t[f"{name}.bias"] = src_t[f"{name}.bias"]
+            layers[name] = conf
+        meta = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})}
+        out[variant] = save(t, meta, d / f"int8_{variant}.safetensors")
+    return out
+
+
+def _errors(rep):
+    return {f.rule for f in rep.findings.all() if f.severity == "error"}
+
+
+@pytest.mark.parametrize("variant", ["intact", "destroyed"])
+def test_unchecked_format_fails_verify(files, variant):
+    rep = verify(files[variant], files["src"])
+    if rep.coverage and rep.coverage["unchecked"] == []:
+        pytest.fail("quantgate now decodes int8_tensorwise: this test's premise (an undecodable format) is gone; "
+                    "the per-format planted-defect tests own it")
+    assert not rep.passed and rep.exit_code == 1
+    assert {"format.unchecked", "numeric.unchecked"} <= _errors(rep), [f.line() for f in rep.findings.all()]
+    assert "every layer" not in rep.summary_line()
+    assert "0 of 2 quantized layers" in rep.summary_line() and "NOT checked" in rep.summary_line()
+
+
+def test_allow_unchecked_says_what_was_not_checked(files):
+    rep = verify(files["destroyed"], files["src"], allow_unchecked=True)
+    if rep.coverage and rep.coverage["unchecked"] == []:
+        pytest.skip("int8_tensorwise is decoded now: the destroyed file must fail (see the per-format tests)")
+    assert rep.passed            # explicitly allowed ...
+    line = rep.summary_line()
+    assert "2 quantized layers NOT checked" in line and "every layer" not in line, line   # ... and said plainly
+    assert rep.as_dict()["coverage"]["unchecked"] == sorted(LAYERS) or set(rep.as_dict()["coverage"]["unchecked"]) == set(LAYERS)
+
+
+def test_unchecked_fails_without_source_too(files):
+    """The statistics and header-only modes cannot decode it either: still an error."""
+    for kw in ({}, {"header_only": True}):
+        rep = verify(files["destroyed"], **kw)
+        assert "format.unchecked" in _errors(rep), kw
+
+
+def test_cli_exit_codes(files, cli):
+    r = cli("verify", files["destroyed"], "--source", files["src"])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "NOT checked" in r.stdout and "Traceback" not in r.stderr
+    r = cli("verify", files["destroyed"], "--source", files["src"], "--allow-unchecked")
+    assert r.returncode == 0 and "NOT checked" in r.stdout, r.stdout + r.stderr
