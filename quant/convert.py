@@ -111,7 +111,7 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
             preset_from_gguf=None, gguf_mapping=None, pipelined: bool | None = None, calibration=None,
             seed: int = 0, learned_iters: int | None = None, gpus: int = 1, calib_rows: int = 4096,
             activation_stats=None, percentile: float | None = None, margin: float = 1.0,
-            keep_fpmm: bool = False) -> Summary:
+            keep_fpmm: bool = False, allow_foreign_calibration: bool = False) -> Summary:
     """``backend``: kernel backend name (quant.kernels; default: the best available on ``device``);
     ``rounding``: rounding strategy name (quant.rounding; default round-to-nearest).
     ``pipelined``: with round-to-nearest on a safetensors source, reads, quantization and writes
@@ -126,7 +126,9 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     ``activation_stats``: a calibration JSON (``quantgate calibrate``) or a loaded
     :class:`quant.calibration.Calibration`; every quantized layer gets input_scale = its amax (or
     ``percentile`` of |x|) x ``margin`` / the layer format's full scale. ``keep_fpmm``: fp8 layers keep
-    full_precision_matrix_mult even with an input_scale (the scale is stored, unused)."""
+    full_precision_matrix_mult even with an input_scale (the scale is stored, unused).
+    A calibration recorded on another model (its provenance sha256 is not the source file's) is refused
+    (InputError naming both) unless ``allow_foreign_calibration``."""
     fmt = formats.get(target)
     learned = rounding == "learned"
     if not learned and (calibration or gpus != 1 or learned_iters is not None):
@@ -150,6 +152,10 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     if activation_stats is not None and not hasattr(activation_stats, "activation_amax"):
         from . import calibration as _cal
         activation_stats = _cal.load(activation_stats)
+    foreign_cal = None
+    if activation_stats is not None:
+        from . import calibration as _cal
+        foreign_cal = _cal.check_model(activation_stats, source, allow_foreign=allow_foreign_calibration)
 
     def weight_only(lf):                 # keep_fpmm: fp8 layers stay weight-only despite their input_scale
         return True if keep_fpmm and lf.kernel == "fp8" and not lf.legacy else None
@@ -203,7 +209,8 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
             prov = activation_stats.data.get("provenance", {})
             extra["quantgate.calibration"] = json.dumps({
                 "statistic": "amax" if percentile is None else f"p{percentile:g}", "margin": margin,
-                "model_sha256": (prov.get("model") or {}).get("sha256"), "seeds": prov.get("seeds")})
+                "model_sha256": (prov.get("model") or {}).get("sha256"), "seeds": prov.get("seeds"),
+                **({"foreign_to_source_sha256": foreign_cal[1]} if foreign_cal else {})})
         meta = layout.header_metadata(target, configs, src.metadata, extra)
         summary = Summary(str(source), str(out), target, the_plan.preset.name, the_plan.by_action(),
                           tensors_in=len(src), tensors_out=len(entries), bytes_in=src.total_bytes)

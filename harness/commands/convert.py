@@ -60,6 +60,9 @@ def register(sub):
                    help="with --calibration: use this recorded percentile of |x| (e.g. 99.99) instead of amax")
     p.add_argument("--margin", type=float, default=1.0, metavar="M",
                    help="with --calibration: multiply the statistic by M (default 1.0)")
+    p.add_argument("--allow-foreign-calibration", action="store_true",
+                   help="with --calibration: use a calibration recorded on another model (its model sha256 is not "
+                        "the source's; refused by default)")
     p.add_argument("--keep-full-precision-mm", action="store_true",
                    help="with --calibration: fp8 layers keep full_precision_matrix_mult (input_scale stored, unused)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
@@ -95,7 +98,8 @@ def run(args) -> int:
                 comfy_version=args.comfy_version, preset_from_gguf=args.preset_from_gguf, gguf_mapping=mapping,
                 rounding=args.rounding, calibration=acts, seed=args.seed, learned_iters=args.iters,
                 gpus=args.gpus, calib_rows=args.calib_rows, activation_stats=stats, percentile=args.percentile,
-                margin=args.margin, keep_fpmm=args.keep_full_precision_mm)
+                margin=args.margin, keep_fpmm=args.keep_full_precision_mm,
+                allow_foreign_calibration=args.allow_foreign_calibration)
     if args.rounding == "learned" and not acts:
         print("note: learned rounding without --calibration used the data-free proxy (the weights' own W^T W); "
               "on activations unrelated to the weights it measured worse than rtn (README)", file=sys.stderr)
