@@ -1,7 +1,7 @@
 """Issue 21's closing numbers: the render gate ALONE (``gate --no-verify``) on planted quality defects of the
 trained tiny reference model, before (absolute SSIM floor only, what the gate did) and after (plus the
-reference conversion) -- one gate run at the default plan (3 seeds x 64x64, 96x64; embedded ComfyUI 0.3.75,
-CPU, activation emulation on).
+reference conversion) -- one gate run (default: the policy's plan, 3 seeds x 64x64, 96x64; ``--seeds`` /
+``--size`` narrow it on a busy box; embedded ComfyUI 0.3.75, CPU, activation emulation on).
 
     python benchmarks/planted_render.py --work DIR [-o benchmarks/results/cpu-planted-render-DATE.json]
     python benchmarks/planted_render.py --work DIR --rejudge [-o ...]   # re-apply policy.toml's [reference]
@@ -56,7 +56,7 @@ def build(work: Path, log) -> list[tuple[str, Path]]:
     return out
 
 
-def render(work: Path, log) -> None:
+def render(work: Path, log, seeds=None, sizes=None) -> None:
     import numpy as np
     import torch
     torch.set_num_threads(1)
@@ -65,8 +65,13 @@ def render(work: Path, log) -> None:
     from harness.render.session import open_session
     cands = build(work, log)
     t0 = time.monotonic()
+    pol = gate.load_policy()
+    if seeds:
+        pol["plan"]["seeds"] = seeds
+    if sizes:
+        pol["plan"]["sizes"] = sizes
     with open_session(work_dir=work / "comfy-planted", log=log) as s:
-        rec = gate.run_gate(s, models.reference_model(), cands, policy=gate.load_policy(), work_dir=work, log=log)
+        rec = gate.run_gate(s, models.reference_model(), cands, policy=pol, work_dir=work, log=log)
     rec["timings"]["wall_s"] = round(time.monotonic() - t0, 1)
     imgs = rec["_images"]
     arrays = {}
@@ -158,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks" / "results" /
                                                   f"cpu-planted-render-{datetime.date.today()}.json"))
     ap.add_argument("--rejudge", action="store_true", help="only re-judge the stored renders with policy.toml")
+    ap.add_argument("--seeds", type=int, nargs="+", help="render seeds (default: the policy's)")
+    ap.add_argument("--size", action="append", help="WxH (repeatable; default: the policy's sizes)")
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -165,7 +172,7 @@ def main(argv=None) -> int:
     def log(m):
         print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)
     if not a.rejudge:
-        render(work, log)
+        render(work, log, a.seeds, [[int(v) for v in x.split("x")] for x in a.size] if a.size else None)
     rejudge(work, Path(a.output))
     return 0
 
