@@ -16,5 +16,5 @@ import pytest  # noqa: E402
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Every benchmark record (./qg bench, the nightly -m gpu run) names the GPU, driver, torch, ComfyUI and
     quantgate commit it was measured with, beside pytest-benchmark's own machine and commit info."""
-    from harness.nightly_info import machine_facts
+    from harness.nightly.info import machine_facts
     machine_info["quantgate"] = machine_facts()

@@ -2,7 +2,7 @@
 embedded ComfyUI with activation emulation on (``gate --no-verify``).
 
 calibrate (seeds 1-4 x the policy's sizes, held-out seeds 1001-1002) -> convert fp8 / nvfp4 (mixed) with
-``--calibration`` -> the same weights with other activation policies (``harness.calibration.variants``:
+``--calibration`` -> the same weights with other activation policies (``harness.activations.variants``:
 weight-derived, none, fpmm) -> one gate run over the seven files -> a JSON summary: per file min / mean SSIM
 emulated and weight-only and the verdict, the per-layer SQNR medians of ``calibrate --report``, and the
 magnitudes of the held-out activations against fp8 e4m3 at unit scale (what the fp8 file with no activation
@@ -36,7 +36,7 @@ def qg(*args) -> subprocess.CompletedProcess:
 
 def magnitudes(samples_path) -> dict:
     import torch
-    from harness.calibration.collect import load_samples
+    from harness.activations.collect import load_samples
     s = load_samples(samples_path)
     x = torch.cat([torch.cat(v).flatten().abs().float() for v in s.values()])
     per = sorted((float(torch.cat(v).abs().amax()), k) for k, v in s.items())
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
                                                   f"cpu-activation-policies-{datetime.date.today()}.json"))
     ap.add_argument("--work", help="working directory (default: a temporary one)")
     a = ap.parse_args(argv)
-    from harness.calibration import variants
+    from harness.activations import variants
     from harness.render import models
     work = Path(a.work or tempfile.mkdtemp(prefix="qg-actpol-"))
     work.mkdir(parents=True, exist_ok=True)

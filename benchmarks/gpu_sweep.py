@@ -13,7 +13,7 @@ import sys
 import torch
 import triton.testing
 
-from quant import fp8, nvfp4
+from quant.kernels import fp8, nvfp4
 from quant.kernels import triton_quant as tq
 
 

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None):
-    from harness.record_activations import record_file
+    from harness.activations.record import record_file
     from harness.render import gate, models
     from harness.render.session import open_session
     from quant.convert import convert, make_plan

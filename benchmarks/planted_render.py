@@ -43,7 +43,7 @@ GOOD = [("nvfp4 calibrated (good)", "nvfp4_cal")]
 def build(work: Path, log) -> list[tuple[str, Path]]:
     from benchmarks.render_noise import good_files
     from harness.comfy.server import comfy_version, embedded_source
-    from harness.planted import quality_defects as qd
+    from harness.fixtures.planted import quality_defects as qd
     from harness.render import models
     base = good_files(models.reference_model(), work, comfy_version(embedded_source()), log)
     out = [(lab, base[k]) for lab, k in GOOD]

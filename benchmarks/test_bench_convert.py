@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from quant import arch, fp8, nvfp4
+from quant import arch
+from quant.kernels import fp8, nvfp4
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.bench
@@ -27,16 +28,13 @@ def weight():
     return (torch.randn(4096, 4096, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
 
 
-@pytest.mark.parametrize("fmt", ["fp8", "nvfp4", "nvfp4-before-issue11"])
+@pytest.mark.parametrize("fmt", ["fp8", "nvfp4"])
 @pytest.mark.parametrize("threads", [0, 1])
 def test_bench_quantize_kernel_cpu(benchmark, weight, fmt, threads):
-    """MB/s of bf16 input; nvfp4-before-issue11 is the old row kernel (benchmarks/_nvfp4_before.py),
-    measured in the same run as the baseline of the >= 3x target. threads 0 = torch's default."""
-    from benchmarks import _nvfp4_before
-    fn = {"fp8": fp8.quantize, "nvfp4": nvfp4.quantize, "nvfp4-before-issue11": _nvfp4_before.quantize}[fmt]
-    if fmt == "nvfp4":
-        assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) if a.element_size() == 1 else torch.equal(a, b)
-                   for a, b in zip(fn(weight), _nvfp4_before.quantize(weight)))
+    """MB/s of bf16 input; threads 0 = torch's default. (The pre-issue-11 row kernel this was once compared
+    with is gone; its numbers stay in benchmarks/results, and the bytes are held by
+    tests/quant/test_convert_bytes.py.)"""
+    fn = {"fp8": fp8.quantize, "nvfp4": nvfp4.quantize}[fmt]
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -63,7 +61,7 @@ def _wait_rss(cmd, env=ENV):
 @pytest.fixture(scope="module")
 def mid_model(tmp_path_factory):
     """~270 MB bf16 WAN-layout model (dim 1024, ffn 4096, 8 blocks)."""
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     arch.ALL["wan-bench-mid"] = arch.ARCHS["wan22-ti2v-5b"].thin(dim=1024, ffn_dim=4096, num_layers=8)
     return make_model("wan-bench-mid", tmp_path_factory.mktemp("mid") / "wan_mid_bf16.safetensors")
 
@@ -101,7 +99,7 @@ def test_bench_convert_vs_convert_to_quant(benchmark, mid_model, tmp_path):
 
 
 def test_bench_peak_rss_2gb_model(benchmark, tmp_path_factory):
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     arch.ALL["wan-bench-2g"] = arch.ARCHS["wan22-ti2v-5b"].thin(num_layers=6)
     src = make_model("wan-bench-2g", tmp_path_factory.mktemp("big") / "wan_2g_bf16.safetensors")
     largest = max(torch.Size(s).numel() for _, s in arch.get("wan-bench-2g").tensors()) * 2

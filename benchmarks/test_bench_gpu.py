@@ -72,7 +72,7 @@ def _nbytes(fmt, shape):
 
 def _impl(impl, fmt, x):
     """A no-argument closure doing one quantization of ``x`` with ``impl``."""
-    from quant import fp8, nvfp4
+    from quant.kernels import fp8, nvfp4
     from quant.kernels import triton_quant as tq
     if impl == "quantgate-triton":
         return (lambda: tq.quantize_fp8_async(x)) if fmt == "fp8" else (lambda: tq.quantize_nvfp4_async(x))
@@ -108,7 +108,7 @@ def test_bench_quantize_kernel_cuda(benchmark, weights, impl, fmt, shape):
     torch.cuda.synchronize()
     key = f"{impl}/{fmt}/{shape[0]}x{shape[1]}"
     what = {"quantgate-triton": "amax + scale + cast (Triton, 2 launches + zero-fill)",
-            "quantgate-eager": "quant.fp8/nvfp4 eager torch on CUDA",
+            "quantgate-eager": "quant.kernels.fp8/nvfp4 eager torch on CUDA",
             "comfy-kitchen-cuda": "comfy-kitchen 0.2.40 CUDA kernel, scale given (cast only)",
             "comfy-kitchen-cuda+amax": "torch amax + scale, then comfy-kitchen's CUDA kernel (the full job)"}[impl]
     _record(benchmark, fn, key, _nbytes(fmt, shape), impl=impl, fmt=fmt, shape=list(shape), what=what)
@@ -217,7 +217,7 @@ def _convert(src, out, serial=False):
 
 
 def test_bench_e2e_wan5b_fp32_shards_nvfp4_cuda(benchmark, tmp_path_factory):
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     base = tmp_path_factory.mktemp("e2e")
     t0 = time.perf_counter()
     files, largest = _make_fp32_shards(base / "wan2.2_ti2v_5B")

@@ -1,4 +1,4 @@
-"""WAN 2.1 VAE decode on a CUDA GPU, bf16 vs fp8-cast weights (harness/wan_vae.py: ComfyUI's decoder
+"""WAN 2.1 VAE decode on a CUDA GPU, bf16 vs fp8-cast weights (harness/fixtures/wan_vae.py: ComfyUI's decoder
 shapes, random weights). Measures instead of claiming a speed-up: ComfyUI has no fp8 convolution, so an
 fp8 VAE can only be cast back to bf16 per op. Run on the GPU box: ``./qg bench -m gpu -k vae_decode``
 (one-shot form without pytest: benchmarks/vae_decode_timing.py; its H200 result is in benchmarks/results/)."""
@@ -17,7 +17,7 @@ def latent():
 
 @pytest.mark.parametrize("variant", ["bf16", "fp8-cast"])
 def test_wan21_vae_decode_17f_480p(benchmark, latent, variant):
-    from harness import wan_vae
+    from harness.fixtures import wan_vae
     m = wan_vae.build(device="cuda", fp8=variant == "fp8-cast")
 
     def run():

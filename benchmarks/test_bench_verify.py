@@ -64,7 +64,7 @@ def test_header_only_verify_14b(benchmark, sparse14b, fmt):
 @pytest.fixture(scope="module")
 def real_pair(tmp_path_factory):
     """~1.5 GB BF16 source (Wan 2.2 5B width, 4 blocks) + its fp8 and nvfp4 conversions."""
-    from harness import synth
+    from harness.fixtures import synth
     from quant import arch
     from quant.convert import convert
     a = arch.ARCHS["wan22-ti2v-5b"].thin(num_layers=4)

@@ -1,4 +1,4 @@
-"""Time WAN 2.1 VAE decode (real-size random-weight decoder, harness/wan_vae.py) in bf16 vs fp8-cast on a
+"""Time WAN 2.1 VAE decode (real-size random-weight decoder, harness/fixtures/wan_vae.py) in bf16 vs fp8-cast on a
 CUDA GPU, without pytest (for a one-shot run on the GPU box; the pytest-benchmark form is
 benchmarks/test_bench_vae_decode.py). Usage: python benchmarks/vae_decode_timing.py OUT.json [BUDGET_S]
 
@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from harness import wan_vae  # noqa: E402
+from harness.fixtures import wan_vae  # noqa: E402
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
     dev = "cuda"
     rec = {"device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
            "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-           "what": "WAN 2.1 VAE decoder (dim 96, z 16; harness/wan_vae.py), random weights, whole clip per pass; "
+           "what": "WAN 2.1 VAE decoder (dim 96, z 16; harness/fixtures/wan_vae.py), random weights, whole clip per pass; "
                    "fp8 = conv weights stored float8_e4m3fn, cast to bf16 in every forward (ComfyUI manual_cast)",
            "cases": []}
     models = {"bf16": wan_vae.build(device=dev, fp8=False), "fp8-cast": wan_vae.build(device=dev, fp8=True)}

@@ -119,12 +119,12 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     another rounding strategy, or a GGUF source) runs the one-layer-at-a-time loop. Same bytes.
     Default (None): on, unless QUANTGATE_PIPELINE=0.
     ``preset_from_gguf``: derive the preset from this GGUF (its GGML type per tensor, mapped by
-    ``gguf_mapping``, a :class:`quant.gguf_model.Mapping`) instead of ``preset``.
+    ``gguf_mapping``, a :class:`quant.gguf.model.Mapping`) instead of ``preset``.
     Learned rounding (``rounding="learned"``): ``calibration`` (a '<layer>.input' activations file; else
     the data-free proxy), ``seed`` (calibration-row sample), ``learned_iters`` (default 200 on CUDA, 50 on
     CPU), ``gpus`` (worker processes, one per device), ``calib_rows`` (rows kept per layer).
     ``activation_stats``: a calibration JSON (``quantgate calibrate``) or a loaded
-    :class:`quant.calibration.Calibration`; every quantized layer gets input_scale = its amax (or
+    :class:`quant.activations.statistics.Calibration`; every quantized layer gets input_scale = its amax (or
     ``percentile`` of |x|) x ``margin`` / the layer format's full scale. ``keep_fpmm``: fp8 layers keep
     full_precision_matrix_mult even with an input_scale (the scale is stored, unused).
     A calibration recorded on another model (its provenance sha256 is not the source file's) is refused
@@ -150,11 +150,11 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
     if keep_fpmm and activation_stats is None and input_scales is None:
         raise UsageError("--keep-full-precision-mm goes with --calibration (or --input-scales)")
     if activation_stats is not None and not hasattr(activation_stats, "activation_amax"):
-        from . import calibration as _cal
+        from quant.activations import statistics as _cal
         activation_stats = _cal.load(activation_stats)
     foreign_cal = None
     if activation_stats is not None:
-        from . import calibration as _cal
+        from quant.activations import statistics as _cal
         foreign_cal = _cal.check_model(activation_stats, source, allow_foreign=allow_foreign_calibration)
 
     def weight_only(lf):                 # keep_fpmm: fp8 layers stay weight-only despite their input_scale
@@ -167,7 +167,7 @@ def convert(source, output=None, target: str = "fp8", preset=None, *, device: st
                            activation_stats.path if activation_stats is not None else None,
                            input_scales if isinstance(input_scales, (str, Path)) else None], overwrite=force)
         if preset_from_gguf is not None:
-            from . import gguf_model
+            from quant.gguf import model as gguf_model
             if preset is not None:
                 raise UsageError("--preset and --preset-from-gguf exclude each other")
             preset = gguf_model.derive_preset(gguf_model.read(preset_from_gguf), gguf_mapping or gguf_model.Mapping(),
@@ -290,7 +290,7 @@ def _serial(src, the_plan, w, results, bar) -> None:
 def _learned_strategy(the_plan, source, out, device, progress, calibration, seed, iters, gpus, calib_rows):
     """A configured learned-rounding strategy (quant/rounding) for this conversion; checks its inputs."""
     from .rounding import Learned
-    from .rounding.calibration import Calibration
+    from quant.activations.samples import Calibration
     from .rounding.learned import LearnedConfig
     if iters is None:      # CUDA: 200 steps; CPU: 50 (most of the gain, see README "Learned rounding")
         iters = 200 if str(device).startswith("cuda") else 50

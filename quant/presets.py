@@ -26,7 +26,7 @@ from pathlib import Path
 from . import formats
 from .dtypes import FLOAT_DTYPES
 from .errors import InputError, ShapeError, UsageError, short
-from .formats.comfy import COMFY_VERSIONS, comfy_has
+from quant.comfy.versions import COMFY_VERSIONS, comfy_has
 from .resources import data_path
 
 PRESET_DIR = data_path("presets")

@@ -135,7 +135,7 @@ class GGUFSource(Source):
             from gguf import GGUFReader
         except ImportError:
             raise InputError("reading GGUF needs the 'gguf' package (pip install gguf)", path) from None
-        from . import gguf_safety
+        from quant.gguf import safety as gguf_safety
         gguf_safety.prescan(path)      # every count/length bounded by the file size before gguf-py reads
         try:
             self._r = GGUFReader(str(path), "r")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def thin_wan5b(tmp_path_factory) -> Path:
     """Thin WAN 2.2 TI2V 5B (real names, in/out 48, head_dim 128, text_dim 4096), BF16, seeded."""
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     return make_model("wan22-ti2v-5b-thin", tmp_path_factory.mktemp("src") / "wan22_ti2v_5b_thin_bf16.safetensors",
                       seed=1, dtype=torch.bfloat16)
 

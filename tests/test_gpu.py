@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quant import fp8, nvfp4
+from quant.kernels import fp8, nvfp4
 
 pytestmark = pytest.mark.gpu
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -63,8 +63,31 @@ def test_cuda_matches_comfy_kitchen_cuda_backend(shape):
 
 
 @cuda
+@pytest.mark.parametrize("shape", [(3072, 3072), (14336, 3072), (33, 50)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("kitchen", ["cuda", "triton"])
+def test_fp8_bytes_equal_comfy_kitchen_gpu_kernels(shape, dtype, kitchen):
+    """FP8 rounds like comfy-kitchen's GPU kernels (fp32 division by the scale): our CPU bytes, our CUDA bytes
+    and kitchen's CUDA / Triton backend's bytes for the same scale are the same."""
+    ck = pytest.importorskip("comfy_kitchen")
+    if not ck.list_backends().get(kitchen, {}).get("available"):
+        pytest.skip(f"comfy-kitchen {kitchen} backend unavailable: {ck.list_backends().get(kitchen)}")
+    gen = torch.Generator(device="cuda").manual_seed(sum(shape))
+    x = (torch.randn(shape, device="cuda", generator=gen) * 0.05)
+    x[:, :7] *= 30
+    x = x.to(dtype)
+    q, s = fp8.quantize(x)
+    qc, _ = fp8.quantize(x.cpu())
+    with ck.use_backend(kitchen):
+        qk = ck.quantize_per_tensor_fp8(x, s)
+    assert torch.equal(q.view(torch.uint8).cpu(), qc.view(torch.uint8))
+    diff = int((q.view(torch.uint8) != qk.view(torch.uint8)).sum())
+    assert diff == 0, f"{diff} of {q.numel()} codes differ from kitchen's {kitchen} kernel"
+
+
+@cuda
 def test_convert_on_cuda_writes_the_same_bytes_as_cpu(tmp_path):
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     from quant.convert import convert
     src = make_model("wan22-ti2v-5b-thin", tmp_path / "src.safetensors")
     for fmt in ("fp8-legacy", "fp8", "nvfp4"):
@@ -97,7 +120,7 @@ def test_real_size_wan22_5b_convert_and_verify_on_cuda(tmp_path):
     every layer re-decoded by comfy-kitchen on the GPU and compared with the source."""
     import json
 
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     from harness.verify import verify
     from quant.convert import convert
     from quant.safetensors_io import SafetensorsFile

@@ -61,7 +61,7 @@ def test_installed_quantgate_plans_converts_and_verifies_from_another_directory(
     where = _run([installed["py"], "-c", "import quant, harness; print(quant.__file__); print(harness.__file__)"],
                  **run).stdout.split()
     assert all(str(installed["py"].parent.parent) in w for w in where), where     # the wheel's code, not the checkout
-    _run([installed["py"], "-c", "from harness.synth import make_model; "
+    _run([installed["py"], "-c", "from harness.fixtures.synth import make_model; "
                                  "make_model('wan22-ti2v-5b-thin', 'model_bf16.safetensors', seed=1)"], **run)
     plan = json.loads(_run([installed["bin"], "plan", "model_bf16.safetensors", "--format", "nvfp4", "--json"],
                            **run).stdout)

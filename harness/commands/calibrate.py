@@ -77,7 +77,7 @@ def _sizes(args, policy) -> list[tuple[int, int]]:
 
 
 def run(args) -> int:
-    from harness.calibration import collect, sqnr
+    from harness.activations import collect, sqnr
     from harness.render.gate import load_policy
     from harness.render.session import open_session
     from harness.render.workflow import Workflow

@@ -36,12 +36,12 @@ def run(args) -> int:
     import shutil
 
     from harness.commands.gate import print_summary
-    from harness.planted import render_defects as fixtures
+    from harness.fixtures.planted import render_defects as fixtures
     from harness.render import models
     from harness.render.gate import load_policy, run_gate
     from harness.render.report import write_report
     from harness.render.session import open_session
-    from harness.render.verify_adapter import run_verify
+    from harness.verify.record import run_verify
     t0 = time.monotonic()
     out = Path(args.out)
     mdir = out / "models"

@@ -18,7 +18,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from harness.layout_diff import diff_paths
+    from harness.verify.layout_diff import diff_paths
     d = diff_paths(args.checkpoint, args.reference, structure_only=args.structure_only)
     if args.json:
         print(json.dumps(d.as_dict(), indent=1))

@@ -44,7 +44,7 @@ def table(rows, colour: bool) -> str:
 
 
 def run(args) -> int:
-    from harness import doctor
+    from harness.comfy import doctor
     facts = doctor.run(args.comfy_url, args.comfy_root, args.models, args.workflows)
     if args.json:
         print(json.dumps(facts, indent=1))

@@ -27,7 +27,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from quant.gguf_export import export_safetensors
+    from quant.gguf.export import export_safetensors
     s = export_safetensors(args.gguf, args.output, args.dtype, force=args.force,
                            progress=sys.stderr.isatty() and not args.json)
     if args.json:

@@ -102,7 +102,7 @@ def run(args) -> int:
     from harness.render.gate import load_policy, run_gate
     from harness.render.report import write_report
     from harness.render.session import open_session
-    from harness.render.verify_adapter import run_verify
+    from harness.verify.record import run_verify
     from harness.render.workflow import Workflow
     if args.model_node and not args.workflow:
         raise UsageError("--model-node needs --workflow")
@@ -118,7 +118,7 @@ def run(args) -> int:
     verify_fn = None if args.no_verify else run_verify
     cal = None
     if args.calibration:
-        from quant.calibration import load as load_calibration
+        from quant.activations.statistics import load as load_calibration
         cal = load_calibration(args.calibration)
         if verify_fn is not None:
             verify_fn = lambda ck, src: run_verify(ck, src, calibration=cal)  # noqa: E731
@@ -129,13 +129,13 @@ def run(args) -> int:
     runs, subs = [], []
     sections = None
     if args.ladder:
-        from harness import ladder
+        from harness.gguf import ladder
         from harness.render.twin import is_gguf
         lad = ladder.run(args.source, [c for c in args.checkpoint if is_gguf(c)], ("fp8", "nvfp4"), [None], ())
         print(lad.table(per_layer=False))
         sections = lambda d: [ladder.html_section(lad, d)]  # noqa: E731
     if cal is not None and cal.data.get("sqnr"):
-        from harness.calibration.sqnr import html_section
+        from harness.activations.sqnr import html_section
         before = sections
         sections = lambda d: [*(before(d) if before else []), html_section(cal.data["sqnr"], cal.path)]  # noqa: E731
     for t in tgts:

@@ -40,7 +40,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from harness import ladder
+    from harness.gguf import ladder
     from harness.commands.preset import mapping_from
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     mapping = mapping_from(args)

@@ -25,7 +25,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from harness import manifests as G
+    from harness.verify import manifests as G
     if args.action == "list":
         for name in G.names():
             m = G.load(name) if G.path_of(name).is_file() else G.generate(G.BY_NAME[name])

@@ -36,7 +36,7 @@ def register(sub):
 
 
 def run_compare(args) -> int:
-    from harness import nightly
+    from harness.nightly import records as nightly
     old, new = nightly.load(args.old), nightly.load(args.new)
     changes, gone, added = nightly.compare(old, new)
     bad = [c for c in changes if c.regression]
@@ -69,7 +69,7 @@ def run_compare(args) -> int:
 
 
 def run_trend(args) -> int:
-    from harness import nightly
+    from harness.nightly import records as nightly
     from quant.errors import InputError
     recs = []
     for r in args.records:

@@ -34,7 +34,7 @@ def run(args) -> int:
         preset = args.preset
         if args.preset_from_gguf:
             from harness.commands.preset import mapping_from
-            from quant import gguf_model
+            from quant.gguf import model as gguf_model
             if preset:
                 raise UsageError("--preset and --preset-from-gguf exclude each other")
             preset = gguf_model.derive_preset(gguf_model.read(args.preset_from_gguf), mapping_from(args),

@@ -20,7 +20,7 @@ def add_mapping_args(p) -> None:
 
 
 def mapping_from(args):
-    from quant.gguf_model import Mapping
+    from quant.gguf.model import Mapping
     m = Mapping(args.nvfp4_max_bits, args.fp8_max_bits, args.keep_edge_blocks)
     m.check()
     return m
@@ -55,7 +55,8 @@ def register(sub):
 
 
 def run_from_gguf(args) -> int:
-    from quant import atomic, gguf_model, presets
+    from quant import outputs, presets
+    from quant.gguf import model as gguf_model
     out = Path(args.output)
     gg = Path(args.gguf)
     if out.suffix != ".toml":
@@ -74,7 +75,7 @@ def run_from_gguf(args) -> int:
         report = gguf_model.match(model, shapes)
     pr = gguf_model.derive_preset(model, mapping, name=args.name, source_shapes=shapes)
     text = gguf_model.preset_toml(pr)
-    atomic.write_text(out, text, inputs)
+    outputs.write_text(out, text, inputs)
     back = presets.load(str(out))           # what convert will read: must be the same rules
     if back.rules != pr.rules:
         out.unlink(missing_ok=True)

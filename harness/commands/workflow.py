@@ -43,7 +43,7 @@ def _no_action(p) -> int:
 
 
 def run_convert(args) -> int:
-    from harness import workflow_convert as W
+    from harness.gguf import workflow_convert as W
     maps = W.parse_maps(args.map)
     results = W.convert_all(args.target, maps, args.weight_dtype)
     used = set().union(*(r.used_maps for r in results)) if results else set()
@@ -66,7 +66,7 @@ def run_convert(args) -> int:
 
 
 def run_rollback(args) -> int:
-    from harness import workflow_convert as W
+    from harness.gguf import workflow_convert as W
     for p in W.rollback(args.target):
         print(f"restored: {p}", file=sys.stderr)
     return 0

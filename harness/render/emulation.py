@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 
-from quant.calibration import PREFIXES
+from quant.activations.statistics import PREFIXES
 
 NODE = "QGActivationEmulation"
 
@@ -68,7 +68,7 @@ def describe(policy: dict | None) -> dict:
 
 def wrap(wf: dict, model_name: str, policy: dict, model_node: str | None = None) -> dict:
     """``wf`` (built for ``model_name``) with the emulation node after its model loader."""
-    from harness.calibration import graph
+    from harness.activations import graph
     loader = graph.model_loader(wf, model_node, model_name)
     return graph.with_emulation(wf, loader, json.dumps(policy, sort_keys=True))
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from quant import __version__ as TOOL_VERSION
-from quant.formats.comfy import comfy_has, version_lt
+from quant.comfy.versions import comfy_has, version_lt
 from quant.errors import InputError, UsageError
 
 from ..comfy.errors import ComfyError, ExecutionError
+from ..console import step_printer, tty
 from ..verify.record import sha256_file
 from . import emulation, reference, score, twin
 from .workflow import Workflow
@@ -87,28 +88,6 @@ class Progress:
         return f"[{self.n}/{self.total}] {what}"
 
 
-def _tty() -> bool:
-    import sys
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _step_printer(msg: str):
-    """A one-line progress bar on a terminal, fed by ComfyUI's websocket ``progress`` messages."""
-    import sys
-
-    def show(value: int, maximum: int, node):
-        if maximum > 0:
-            n = int(20 * value / maximum)
-            sys.stderr.write(f"\r  {msg} [{'#' * n}{'.' * (20 - n)}] {value}/{maximum}\x1b[K")
-            if value >= maximum:
-                sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-    return show
-
-
 def _benign_unexpected(c, warning: dict, comfy_version: str) -> list[str]:
     """``.comfy_quant`` tensors that ComfyUI < 0.4.0 reports as unexpected although the header's
     ``_quantization_metadata`` gives it the same layer config (converters write both on purpose)."""
@@ -161,7 +140,7 @@ def check_render_inputs(source, candidates) -> None:
         if p.is_dir() or not p.is_file():
             raise InputError("not a file; the render gate takes single .safetensors files", p)
         if i > 0 and twin.is_gguf(p):   # a candidate rendered as its gguf-py dequantized twin
-            from quant.gguf_safety import prescan
+            from quant.gguf.safety import prescan
             prescan(p)
             continue
         read_header(p)      # InputError for anything that is not a well-formed safetensors file
@@ -236,7 +215,7 @@ class _Renderer:
         if activations:
             wf = emulation.wrap(wf, model_name, activations, self.workflow.model_node)
         msg = self.prog.step(what)
-        res = self.session.client.run(wf, timeout=self.timeout, on_progress=_step_printer(msg) if _tty() else None)
+        res = self.session.client.run(wf, timeout=self.timeout, on_progress=step_printer(msg) if tty() else None)
         if not res.images:
             raise ComfyError("the workflow produced no image (it needs an image output node such as SaveImage)")
         self.times.append(res.seconds)

@@ -9,7 +9,7 @@ The **reference** pair the demo, the render gate and the render tests use (``ref
 * ``random``: the seeded random models below (generated deterministically on demand, never committed):
 
 * the thin WAN 2.1 t2v diffusion model (``quant.arch.THIN["wan21-t2v-thin"]``: dim 256, 1 block),
-  which ComfyUI 0.3.75 detects as WAN21; made by :mod:`harness.synth` (seeded, real layout);
+  which ComfyUI 0.3.75 detects as WAN21; made by :mod:`harness.fixtures.synth` (seeded, real layout);
 * a random TAEHV ``lighttaew2_1`` VAE whose keys and shapes come from ComfyUI's own
   ``comfy.taesd.taehv.TAEHV(latent_channels=16)``, built in a subprocess of the ComfyUI checkout
   (``args.cpu = True`` before importing comfy). Stored fp32: an fp16 file is read as HunyuanVideo's.
@@ -49,7 +49,7 @@ print("QG-SHAPES " + json.dumps([[k, list(v.shape), str(v.dtype)] for k, v in sd
 
 def make_thin_model(path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     """The seeded thin WAN 2.1 model (the render gate's embedded source checkpoint)."""
-    from harness import synth
+    from harness.fixtures import synth
     return synth.make_model(THIN_ARCH, path, seed=seed, dtype=dtype)
 
 
@@ -116,7 +116,7 @@ def cached_vae(comfy_root, seed: int = 0, log=None, python: str | None = None, l
 
 
 def cached_thin_model(seed: int = 0, log=None) -> Path:
-    from harness import synth
+    from harness.fixtures import synth
     from quant import arch
     d = cache_root() / "render-models"
     p = d / f"{THIN_ARCH}-seed{seed}-fp32-{_code_key(synth, arch)}.safetensors"

@@ -44,7 +44,7 @@ def _source_names(source) -> set[str]:
 def _match_source(layer: str, names: set[str]) -> str | None:
     """The source's weight tensor of a candidate layer (the two may differ by a ``model.diffusion_model.``
     style prefix)."""
-    from quant.calibration import PREFIXES
+    from quant.activations.statistics import PREFIXES
     cands = [layer]
     for p in PREFIXES:
         cands.append(layer[len(p):] if layer.startswith(p) else p + layer)

@@ -101,7 +101,7 @@ def _references_section(record: dict) -> list[str]:
 
 
 def render_html(record: dict, title: str = "quantgate render gate", extra_sections=()) -> str:
-    """``extra_sections``: HTML fragments placed before the workflow (e.g. harness.ladder.html_section)."""
+    """``extra_sections``: HTML fragments placed before the workflow (e.g. harness.gguf.ladder.html_section)."""
     imgs = record.get("_images") or {"baseline": {}, "candidates": {}, "control": None}
     cf = record["comfyui"]
     o = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>"]

@@ -14,7 +14,7 @@ import torch
 
 from quant import formats
 from quant.errors import InputError
-from quant.formats.comfy import COMFY_VERSIONS, version_lt
+from quant.comfy.versions import COMFY_VERSIONS, version_lt
 from quant.safetensors_io import read_header, save_file
 
 def structure(path):
@@ -126,14 +126,14 @@ def is_gguf(path) -> bool:
 
 def gguf_label(path) -> str:
     """'gguf Q4_0' from the file's general.file_type (the file name's stem when absent)."""
-    from quant import gguf_model
+    from quant.gguf import model as gguf_model
     m = gguf_model.read(path)
     return f"gguf {(m.file_type or Path(path).stem).replace('MOSTLY_', '')}"
 
 
 def make_gguf_twin(path, out) -> Path:
-    """A GGUF's dequantized twin: every tensor decoded by gguf-py (quant.gguf_export), float tensors
+    """A GGUF's dequantized twin: every tensor decoded by gguf-py (quant.gguf.export), float tensors
     as stored, so the render shows the weights ComfyUI-GGUF computes with."""
-    from quant.gguf_export import export_safetensors
+    from quant.gguf.export import export_safetensors
     export_safetensors(path, out, "keep", force=True)
     return Path(out)

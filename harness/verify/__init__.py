@@ -99,7 +99,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
         from quant.errors import UsageError
         raise UsageError("--device cuda requested but no CUDA device is available")
     if calibration is not None and not hasattr(calibration, "layer"):
-        from quant import calibration as _cal
+        from quant.activations import statistics as _cal
         calibration = _cal.load(calibration)
     t0 = time.perf_counter()
     f = Findings()
@@ -156,7 +156,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
                 f.info("compat.note", note)
         n_tensors = len(st.infos)
     if reference is not None:
-        from harness.layout_diff import diff_paths
+        from harness.verify.layout_diff import diff_paths
         d = diff_paths(checkpoint, reference, structure_only=structure_only)
         for g in d.groups:
             sev = INFO if g.equivalent else ERROR

@@ -93,7 +93,7 @@ def provenance(st: Structure, f: Findings, cal, source=None) -> dict:
     calibrated on (``quantgate.calibration`` metadata that convert writes), when the file says."""
     import json
 
-    from quant import calibration as _cal
+    from quant.activations import statistics as _cal
     want = _cal.model_sha256(cal)
     out = {"model_sha256": want}
     if want is None:

@@ -9,7 +9,7 @@ from quant import formats
 from quant.checkpoint import (IGNORED_KEYS, LEGACY_SUFFIXES, QUANT_STORAGE, SCALE_SUFFIXES, Layer, Structure,
                               pattern)
 from quant.dtypes import FLOAT_DTYPES, HIGH_PRECISION
-from quant.formats.comfy import COMFY_VERSIONS, QUANT_ALGOS_SINCE
+from quant.comfy.versions import COMFY_VERSIONS, QUANT_ALGOS_SINCE
 
 from .findings import Findings
 

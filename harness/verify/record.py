@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from quant import __version__
+from quant.errors import QuantgateError
 
 
 def sha256_file(path, bufsize: int = 8 << 20) -> str:
@@ -93,3 +94,28 @@ def check_record_path(path, inputs) -> None:
 def write_record(rec: dict, path, inputs=()) -> None:
     from quant.outputs import write_text
     write_text(path, json.dumps(rec, indent=1) + "\n", [*inputs, *record_inputs(rec)], what="record")
+
+def run_verify(ckpt, source=None, calibration=None) -> dict:
+    """The format gate (``harness.verify.verify``) as a plain dict for the render gate's record:
+    ``{"available", "passed", "summary", "findings", "min_comfy"}``."""
+    try:
+        from harness.verify import verify
+    except ImportError:
+        return {"available": False, "passed": None, "summary": "verify: not available", "findings": []}
+    try:
+        kw = {"calibration": calibration} if calibration is not None else {}
+        rep = verify(str(ckpt), source=str(source) if source else None, **kw)
+    except QuantgateError as e:
+        return {"available": True, "passed": False, "summary": str(e), "findings": [str(e)]}
+    except Exception as e:          # the render gate still renders; the record says verify broke
+        return {"available": True, "passed": None, "summary": f"verify crashed: {type(e).__name__}: {e}"[:300],
+                "findings": []}
+    passed = getattr(rep, "passed", None)
+    try:
+        lines = list(rep.lines())
+    except Exception:
+        lines = []
+    summary = rep.summary_line() if hasattr(rep, "summary_line") else ("pass" if passed else "fail")
+    findings = [ln for ln in lines if ln != summary]
+    return {"available": True, "passed": passed, "summary": summary, "findings": findings,
+            "min_comfy": getattr(rep, "min_comfy", None)}

@@ -17,9 +17,9 @@ from __future__ import annotations
 from ..errors import UsageError
 from .base import (CARRIER_COMFY_QUANT, CARRIER_MARKER, SHAPE_RULE_DOC, SHAPES, Companion, Format,  # noqa: F401
                    _REGISTRY, resolve_shape, shape_rule)
-from .comfy import (COMFY_QUANT_SUFFIX, COMFY_VERSIONS, FORMAT_VERSION, QUANT_ALGOS_SINCE,  # noqa: F401
-                    QUANT_METADATA_KEY, comfy_has, comfy_quant_bytes, comfy_quant_config, comfy_quant_tensor,
-                    quantization_metadata, version_lt)
+from quant.comfy.versions import (COMFY_QUANT_SUFFIX, COMFY_VERSIONS, FORMAT_VERSION, QUANT_ALGOS_SINCE,
+                                  QUANT_METADATA_KEY, comfy_has, comfy_quant_bytes, comfy_quant_config,
+                                  comfy_quant_tensor, quantization_metadata, version_lt)  # noqa: F401
 from . import fp8 as _fp8_formats  # noqa: F401  (registers fp8-legacy, fp8)
 from . import nvfp4 as _nvfp4_formats  # noqa: F401  (registers nvfp4)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
-from .comfy import COMFY_QUANT_SUFFIX, comfy_quant_bytes, comfy_quant_config, comfy_quant_tensor
+from quant.comfy.versions import COMFY_QUANT_SUFFIX, comfy_quant_bytes, comfy_quant_config, comfy_quant_tensor
 
 CARRIER_MARKER = "scaled_fp8_marker"      # legacy: a scaled_fp8 marker tensor declares the file
 CARRIER_COMFY_QUANT = "comfy_quant"       # per-layer .comfy_quant tensor + header _quantization_metadata

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..kernels.facts import E4M3_MAX
 from .base import CARRIER_COMFY_QUANT, CARRIER_MARKER, Companion, Format
-from .comfy import COMFY_VERSIONS, QUANT_ALGOS_SINCE
+from quant.comfy.versions import COMFY_VERSIONS, QUANT_ALGOS_SINCE
 
 _TOLERATED = ("BF16", "F16")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..kernels.facts import BLOCK, E2M1_MAX, E4M3_MAX, packed_shape, scale_shape
 from .base import CARRIER_COMFY_QUANT, Companion, Format, shape_rule
-from .comfy import QUANT_ALGOS_SINCE
+from quant.comfy.versions import QUANT_ALGOS_SINCE
 
 shape_rule("nvfp4_packed", packed_shape,
            "[rup(N,16), rup(K,16)/2], two E2M1 codes per byte, even element in the high nibble")

@@ -1,5 +1,6 @@
-"""The reference backend: plain torch on any device, bit-exact with comfy-kitchen's eager kernels
-(round-to-nearest-even, the same scales). Fast backends are measured against it."""
+"""The reference backend: plain torch on any device, round-to-nearest-even with the same scales as
+comfy-kitchen: NVFP4 bit-exact with kitchen's eager ``quantize_nvfp4``; FP8 bit-exact with kitchen's GPU
+kernels (fp32 division by the scale), not with its eager path (a bf16 reciprocal; see kernels/fp8.py). Fast backends are measured against it."""
 from __future__ import annotations
 
 import torch

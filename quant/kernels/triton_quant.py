@@ -5,8 +5,8 @@ kernels compile at first call with no build step or toolchain, and ``TRITON_INTE
 very same kernels on the CPU, so CI checks them against the eager reference without a GPU.
 
 Round-to-nearest is bit-exact with the eager reference (quant/fp8.py, quant/nvfp4.py): every
-operation is the same IEEE float32 operation in the same order (true division via ``div_rn``; the
-product rounded to the input dtype before the fp8 cast, as eager torch does).
+operation is the same IEEE float32 operation in the same order (true division via ``div_rn``: fp8
+divides the float32 weight by its scale, as comfy-kitchen's GPU kernels and comfy-quants do).
 
 Two passes over the weight: an amax pass (grid-stride, one atomic max of the |x| bit patterns, so
 NaN/inf propagate and are reported by the caller) and the quantize pass, whose programs walk the
@@ -167,12 +167,6 @@ if triton is not None:
             s = tl.where(s > 0, s, 1.0)
             if pid == 0:
                 tl.store(scale_ptr, s)
-        inv = tl.math.div_rn(1.0, s)
-        if KIND == 2:
-            wide = inv > 65504.0                     # 1/scale overflows fp16: scale in fp32 (eager does too)
-        else:
-            wide = False
-        inv_r = _round_to(inv, KIND, HW)
         # persistent, tiles in reverse order: the amax pass's tail is still in L2
         for i in range(pid, ntiles, tl.num_programs(0)):
             offs = (ntiles - 1 - i) * BLOCK + tl.arange(0, BLOCK)
@@ -181,10 +175,7 @@ if triton is not None:
                 x = tl.load(x_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
             else:
                 x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
-            if wide:
-                t = x * inv
-            else:
-                t = _round_to(x * inv_r, KIND, HW)
+            t = tl.math.div_rn(x, s)                 # IEEE fp32 division, as the eager reference
             t = tl.minimum(tl.maximum(t, -448.0), 448.0)
             code, _ = _to_e4m3(t, HW)
             tl.store(q_ptr + offs, code, mask=m)

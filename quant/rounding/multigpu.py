@@ -51,7 +51,7 @@ def _worker(rank: int, source: str, batches, device: str, cfg, calib_path, shard
 
     from ..sources import open_source
     from . import engine
-    from .calibration import Calibration
+    from quant.activations.samples import Calibration
     try:
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))

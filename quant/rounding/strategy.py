@@ -36,7 +36,7 @@ class Learned:
                                cfg=self.cfg, calibration=self.calibration, progress=self.progress, stats=self.stats)
             calib = None
         else:
-            from .calibration import Calibration
+            from quant.activations.samples import Calibration
             calib = Calibration(self.calibration, self.cfg.samples, self.cfg.seed) if self.calibration else None
             gen = engine.run(ejobs, lambda name: by_name[name].load(), device=str(device), cfg=self.cfg,
                              calibration=calib, progress=self.progress, stats=self.stats, backend=backend)

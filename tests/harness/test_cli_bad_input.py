@@ -76,7 +76,7 @@ def test_unknown_dtype(cli, tmp_path):
 
 
 def test_missing_shard(cli, tmp_path):
-    from harness.synth import make_sharded
+    from harness.fixtures.synth import make_sharded
     d = make_sharded("wan22-ti2v-5b-thin", tmp_path / "shards", n_shards=3, seed=2)
     (d / "diffusion_pytorch_model-00002-of-00003.safetensors").unlink()
     out = tmp_path / "o.safetensors"
@@ -86,7 +86,7 @@ def test_missing_shard(cli, tmp_path):
 
 
 def test_shape_no_format_can_take(cli, tmp_path):
-    from harness.synth import tensors
+    from harness.fixtures.synth import tensors
     t = dict(tensors("wan22-ti2v-5b-thin", seed=3))
     t["blocks.0.ffn.0.weight"] = t["blocks.0.ffn.0.weight"].reshape(512, 16, 16)   # not a Linear weight
     src = tmp_path / "weird_shape.safetensors"
@@ -98,7 +98,7 @@ def test_shape_no_format_can_take(cli, tmp_path):
 
 
 def test_non_finite_weights(cli, tmp_path):
-    from harness.synth import tensors
+    from harness.fixtures.synth import tensors
     t = dict(tensors("wan22-ti2v-5b-thin", seed=4))
     t["blocks.1.ffn.2.weight"][0, 0] = float("nan")
     src = tmp_path / "nan.safetensors"
@@ -135,7 +135,7 @@ def test_wrong_preset_for_model(cli, tmp_path, thin_wan5b):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_conversion_leaves_nothing_under_final_name(tmp_path, sig):
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     from quant import arch
     arch.ALL["wan-interrupt-test"] = arch.ARCHS["wan22-ti2v-5b"].thin(dim=1024, ffn_dim=4096, num_layers=12)
     src = make_model("wan-interrupt-test", tmp_path / "big.safetensors", dtype=torch.bfloat16)

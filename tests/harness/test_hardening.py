@@ -34,7 +34,7 @@ def _sha(p: Path) -> str:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """A small source and its fp8 conversion (a checkpoint verify passes)."""
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     from quant.convert import convert
     d = tmp_path_factory.mktemp("pair")
     src = make_model("wan22-ti2v-5b-thin", d / "src_bf16.safetensors", seed=3, dtype=torch.bfloat16)
@@ -45,7 +45,7 @@ def pair(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from harness.synth import make_sharded
+    from harness.fixtures.synth import make_sharded
     return make_sharded("wan22-ti2v-5b-thin", tmp_path_factory.mktemp("sh") / "model", n_shards=2, seed=4)
 
 

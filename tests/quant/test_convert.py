@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from quant import nvfp4
+from quant.kernels import nvfp4
 from quant.convert import convert
 
 KJ_LAYERS = [f"blocks.{i}.{a}.{x}" for i in range(2) for a in ("self_attn", "cross_attn") for x in "qkvo"] + \
@@ -98,7 +98,7 @@ def test_nvfp4_bytes_identical_to_comfy_kitchen(thin_wan5b, src, tmp_path):
 
 
 def test_shards_and_index_give_the_same_file(tmp_path, thin_wan5b):
-    from harness.synth import make_sharded
+    from harness.fixtures.synth import make_sharded
     d = make_sharded("wan22-ti2v-5b-thin", tmp_path / "shards", n_shards=3, seed=1)
     a = convert(d, tmp_path / "a.safetensors", "fp8")
     b = convert(d / "diffusion_pytorch_model.safetensors.index.json", tmp_path / "b.safetensors", "fp8")

@@ -2,7 +2,12 @@
 
 tests/data/convert_sha256.json holds the sha256 of every case below as written by the code before the
 format registry / kernel seam redesign (commit 2e5364b). Each case converts a deterministic seeded
-model (harness.synth) and the new code must reproduce the recorded bytes exactly.
+model (harness.fixtures.synth) and the new code must reproduce the recorded bytes exactly.
+
+Re-recorded once on purpose (issue 25, its own commit): FP8 now divides the float32 weight by the scale
+like comfy-kitchen's GPU kernels and comfy-quants (before: a bf16-rounded reciprocal, kitchen's eager
+path), so every case holding an fp8 layer changed (the nvfp4 cases through their FP8 layers; the NVFP4
+kernel is untouched). tests/quant/kernels/test_eager.py holds the FP8 bytes to the fp32-division math.
 
 Re-record (only when a format change is intended, and say so in the commit):
     PYTHONPATH=. python tests/quant/test_convert_bytes.py --record
@@ -48,7 +53,7 @@ def _input_scales(src: Path) -> dict[str, float]:
 
 
 def run_case(name: str, workdir: Path, sources: dict) -> str:
-    from harness.synth import make_model
+    from harness.fixtures.synth import make_model
     from quant.convert import convert
     arch, dtype, fmt, kw = CASES[name]
     key = (arch, dtype)

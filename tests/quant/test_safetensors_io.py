@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from quant.errors import InputError
 from quant.safetensors_io import Header, read_header
-from quant.spec import DTYPE_BYTES
+from quant.dtypes import DTYPE_BYTES
 
 pytestmark = pytest.mark.fuzz
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from quant.errors import InputError
 from quant.safetensors_io import SAFETENSORS_BITS, read_header
-from quant.spec import DTYPE_BYTES
+from quant.dtypes import DTYPE_BYTES
 
 safetensors = pytest.importorskip("safetensors")
 

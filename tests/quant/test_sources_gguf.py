@@ -29,7 +29,7 @@ def _write_gguf(path, tensors):
 
 @pytest.fixture(scope="module")
 def gguf_model(tmp_path_factory):
-    from harness.synth import tensors
+    from harness.fixtures.synth import tensors
     t = dict(tensors("wan22-ti2v-5b-thin", seed=5, dtype=torch.float32))
     p = tmp_path_factory.mktemp("gguf") / "wan_thin-Q8_0.gguf"
     _write_gguf(p, t)

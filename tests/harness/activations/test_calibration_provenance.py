@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from quant import calibration
+from quant.activations import statistics as calibration
 from quant.convert import convert, make_plan
 from quant.sources import open_source
 from tests._inproc import one_error_line, run_main

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.planted import render_defects as fixtures
+from harness.fixtures.planted import render_defects as fixtures
 from tests._policies import small_policy_toml
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -9,9 +9,9 @@ import re
 import pytest
 import torch
 
-from harness.planted import render_defects as fixtures
+from harness.fixtures.planted import render_defects as fixtures
 from harness.render import gate, report, twin
-from quant import nvfp4
+from quant.kernels import nvfp4
 from quant.safetensors_io import SafetensorsFile
 
 # a smaller plan than the default policy, to keep CI short (2 seeds x 2 sizes for the good files)
@@ -175,7 +175,7 @@ def test_kj_recipe_on_old_comfy_is_explained_and_scaled_variant_passes(comfy_ses
     old = d / "for_0375.safetensors"
     convert(thin_source, kj, "fp8-legacy", force=True)
     convert(thin_source, old, "fp8-legacy", force=True, comfy_version=comfy_session.version)
-    from harness.render.verify_adapter import run_verify
+    from harness.verify.record import run_verify
     rec = gate.run_gate(comfy_session, thin_source, [("kj", kj), ("old", old)], policy=ONE_SEED, work_dir=d,
                         verify_fn=run_verify)
     k, o = _c(rec, "kj"), _c(rec, "old")

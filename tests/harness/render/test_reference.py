@@ -4,7 +4,7 @@ alone (``gate --no-verify``: no format gate, no source comparison of the weights
 One gate run in the session's embedded ComfyUI over the trained tiny reference model: the good files
 (the demo's three, calibrated, learned rounding, margin 1.2, fp8 with full_precision_matrix_mult, a
 Q8_0-derived preset, global scale x2 with block scales /2) must pass, every planted quality defect
-(harness/planted/quality_defects.py) must fail, and -- the point of the issue -- the absolute floor alone
+(harness/fixtures/planted/quality_defects.py) must fail, and -- the point of the issue -- the absolute floor alone
 lets through defects that the reference comparison catches. The plan is one seed at 64x64 (CI time); the
 margins in policy.toml come from benchmarks/render_noise.py, not from these files."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from harness.planted import quality_defects as qd
+from harness.fixtures.planted import quality_defects as qd
 from harness.render import gate, reference
 from tests._inproc import run_main
 
@@ -33,7 +33,7 @@ PLANTED = {
 
 @pytest.fixture(scope="module")
 def files(comfy_session, thin_source, tmp_path_factory):
-    from harness.record_activations import record_file
+    from harness.activations.record import record_file
     from quant.convert import convert, make_plan
     from quant.sources import open_source
     d = tmp_path_factory.mktemp("reference-gate")
@@ -59,7 +59,7 @@ def files(comfy_session, thin_source, tmp_path_factory):
     c("nvfp4 calibrated", "nvfp4", activation_stats=cal)
     c("nvfp4 margin 1.2", "nvfp4", activation_stats=cal, margin=1.2)
     c("nvfp4 learned", "nvfp4", rounding="learned", calibration=acts, activation_stats=cal, learned_iters=10)
-    from harness.gguf_synth import make_gguf
+    from harness.fixtures.gguf_synth import make_gguf
     gg = make_gguf("wan21-t2v-tiny", d / "tiny-Q8_0.gguf", "Q8_0", src_dtype="BF16")
     c("nvfp4 Q8_0 preset", "nvfp4", preset_from_gguf=gg)
 

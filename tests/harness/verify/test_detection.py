@@ -144,8 +144,8 @@ def test_verify_passes_nvfp4_wan_head_and_fails_nvfp4_qwen_img_in(tmp_path):
     dimension read), Qwen-Image's img_in in NVFP4 is."""
     import torch
 
-    from harness.planted import format_defects as fd
-    from harness.synth import make_model
+    from harness.fixtures.planted import format_defects as fd
+    from harness.fixtures.synth import make_model
     from harness.verify import verify
     from quant.convert import convert
     srcs = fd.make_sources(tmp_path)
@@ -161,7 +161,7 @@ def test_verify_passes_nvfp4_wan_head_and_fails_nvfp4_qwen_img_in(tmp_path):
     convert(q, good, "nvfp4")
     t, m = fd.load(good)
     w = t["img_in.weight"].float()
-    from quant import nvfp4 as nv
+    from quant.kernels import nvfp4 as nv
     t["img_in.weight"], t["img_in.weight_scale"], t["img_in.weight_scale_2"] = nv.quantize(w)
     t["img_in.comfy_quant"] = fd.comfy_quant_tensor({"format": "nvfp4"})
     qm = fd.qmeta(m)

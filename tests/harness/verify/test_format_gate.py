@@ -1,11 +1,11 @@
 """The format gate as pytest tests, one per rule group (`pytest -m format --checkpoint CKPT ...`).
 
-Without --checkpoint they check a demo checkpoint built on the fly (see harness/pytest_format.py)."""
+Without --checkpoint they check a demo checkpoint built on the fly (see harness/pytest_plugins/format.py)."""
 from __future__ import annotations
 
 import pytest
 
-from harness.pytest_format import GROUPS
+from harness.pytest_plugins.format import GROUPS
 
 pytestmark = pytest.mark.format
 

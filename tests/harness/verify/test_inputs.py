@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from harness import synth
+from harness.fixtures import synth
 from harness.verify import verify
 from quant.convert import convert
 from quant.safetensors_io import SafetensorsFile, save_file

@@ -101,7 +101,7 @@ def test_fp8_cast_vae_conv_weight_is_flagged(tmp_path, capsys):
 
 
 def test_fp8_text_encoder_linears_pass_norms_and_embeddings_are_named(tmp_path, capsys):
-    from harness.planted.render_defects import fp8_file
+    from harness.fixtures.planted.render_defects import fp8_file
     entries = LAYOUTS["umt5_xxl"]["thin"]
     src = _file(tmp_path / "umt5_thin_bf16.safetensors", entries, seed=3)
     fp8 = fp8_file(src, tmp_path / "umt5_thin_fp8_scaled.safetensors", "legacy")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness import synth
+from harness.fixtures import synth
 from harness.verify import verify
 
 pytest.importorskip("convert_to_quant")

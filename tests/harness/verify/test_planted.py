@@ -1,5 +1,5 @@
 """Planted defects of every kind are caught by the right rule with the right exit code; good files
-(quant.convert, hand-made with quant.fp8, the peer tool convert_to_quant) pass."""
+(quant.convert, hand-made with quant.kernels.fp8, the peer tool convert_to_quant) pass."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pytest
 
 from harness.cli import main
 from harness.verify import verify
-from harness.planted import format_defects as P
+from harness.fixtures.planted import format_defects as P
 
 
 @pytest.fixture(scope="module")

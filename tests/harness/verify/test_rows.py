@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.planted.format_defects import load, save
+from harness.fixtures.planted.format_defects import load, save
 from harness.verify import verify
 from quant.convert import convert
 from quant.kernels.nvfp4 import swizzle, unswizzle

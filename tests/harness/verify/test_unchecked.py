@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from harness.planted.format_defects import load, save
+from harness.fixtures.planted.format_defects import load, save
 from harness.verify import verify
 
 LAYERS = ("blocks.0.ffn.0", "blocks.0.ffn.2")

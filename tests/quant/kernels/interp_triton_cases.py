@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quant import fp8, nvfp4
+from quant.kernels import fp8, nvfp4
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by tests/test_triton_kernels.py under TRITON_INTERPRET=1", allow_module_level=True)

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quant import fp8, nvfp4
+from quant.kernels import fp8, nvfp4
 from quant.errors import InputError
 
 pytestmark = pytest.mark.gpu
@@ -110,7 +110,7 @@ def test_backend_ops_signatures_and_non_finite(tq):
 
 @cuda
 def test_pipelined_cuda_convert_writes_the_serial_cpu_bytes(tmp_path):
-    from harness.synth import make_model, make_sharded
+    from harness.fixtures.synth import make_model, make_sharded
     from quant.convert import convert
     src = make_model("wan22-ti2v-5b-thin", tmp_path / "src.safetensors", dtype=torch.float32)
     shards = make_sharded("wan22-ti2v-5b-thin", tmp_path / "shards", dtype=torch.float32)

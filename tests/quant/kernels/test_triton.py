@@ -1,5 +1,5 @@
 """The Triton kernels (quant/kernels/triton_quant.py) run by Triton's CPU interpreter: the same
-kernel code as on the GPU, bit-exact with the eager reference (quant.fp8 / quant.nvfp4) for
+kernel code as on the GPU, bit-exact with the eager reference (quant.kernels.fp8 / quant.kernels.nvfp4) for
 round-to-nearest, dequantize included (hypothesis: random shapes, odd sizes, dtypes, ties, -0.0).
 The interpreter mis-casts fp8 and truncates bf16, so it runs the kernels' integer-rounding path
 (HW=False); tests/test_gpu_kernels.py checks both paths on CUDA.

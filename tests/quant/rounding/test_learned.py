@@ -8,12 +8,12 @@ import time
 import pytest
 import torch
 
-from harness.activations import activations
-from quant import fp8 as _fp8
-from quant import nvfp4 as _nv
+from harness.activations.synthetic import activations
+from quant.kernels import fp8 as _fp8
+from quant.kernels import nvfp4 as _nv
 from quant.convert import convert, make_plan
 from quant.rounding import learned as L
-from quant.rounding.calibration import save_samples
+from quant.activations.samples import save_samples
 from quant.safetensors_io import SafetensorsFile
 from quant.sources import open_source
 
