@@ -8,13 +8,15 @@ calibrated fp8 / NVFP4 (``calibrate`` on sampler seeds 11-14: not the gate's), m
 99.99, fp8 with ``full_precision_matrix_mult`` kept, learned rounding on recorded activations (fp8-legacy,
 NVFP4), an NVFP4 file with a Q8_0-derived preset (every Linear fp8) and the calibrated NVFP4 file with its
 global scale x2 and block scales /2 (exactly equivalent). One gate run (embedded ComfyUI 0.3.75, CPU,
-activation emulation on) over more seeds than the gate's plan (seeds 1-5 x the plan's 64x64 and 96x64;
-the shared 2-core box renders one 64x64 image in 5-25 s, so 5 seeds is what one run affords); every candidate is rendered beside its reference conversion (round-to-nearest, same layers,
+activation emulation on): the gate's seeds 1-3 at 64x64 (the shared 2-core box, at load ~17, renders one
+64x64 image in 20-40 s; a first run over 5 seeds x 2 sizes was stopped at a quarter: it would have taken
+~2 h); every candidate is rendered beside its reference conversion (round-to-nearest, same layers,
 same activation path with dynamic scales).
 
 Per good file the JSON holds every render's SSIM (candidate, reference; weight-only too) and the gate's
 statistic -- mean dissimilarity d = 1 - SSIM of candidate and reference -- on every subset of the renders
-the gate's plan would draw (3 of the 5 seeds x both sizes): its spread is the render noise.
+of the renders (every 1, 2 and 3 of the seeds): its spread is the render noise; a single render is what
+the CI test judges on.
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SEEDS = [1, 2, 3, 4, 5]
-SIZES = [[64, 64], [96, 64]]
+SEEDS = [1, 2, 3]
+SIZES = [[64, 64]]
 CAL_SEEDS = [11, 12, 13, 14]
 
 
@@ -85,15 +87,14 @@ def good_files(src, work: Path, comfy_version: str, log) -> dict[str, Path]:
 
 
 def subsets(rows_c, rows_r):
-    """The gate's statistic on every plan-sized subset: (mean d candidate, mean d reference) per subset."""
+    """The gate's statistic on every subset of the renders: (mean d candidate, mean d reference) per subset."""
     cm = {(r["seed"], r["width"], r["height"]): 1 - r["ssim"] for r in rows_c}
     rm = {(r["seed"], r["width"], r["height"]): 1 - r["ssim"] for r in rows_r}
+    keys = [k for k in cm if k in rm]
     out = []
-    for ss in itertools.combinations(SEEDS, 3):
-        for zz in [[tuple(z) for z in SIZES]]:
-            ks = [(s, w, h) for s in ss for (w, h) in zz if (s, w, h) in cm and (s, w, h) in rm]
-            if ks:
-                out.append((sum(cm[k] for k in ks) / len(ks), sum(rm[k] for k in ks) / len(ks)))
+    for n in range(1, len(keys) + 1):
+        for ks in itertools.combinations(keys, n):
+            out.append((sum(cm[k] for k in ks) / len(ks), sum(rm[k] for k in ks) / len(ks)))
     return out
 
 
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
                                   for x in rows.get(lab, [])]} for lab, r in refs.items()}
     out = {"what": __doc__.split("\n\n")[0], "date": str(datetime.date.today()), "model": models.reference_arch(),
            "comfyui": rec["comfyui"]["version"], "seeds": SEEDS, "sizes": SIZES, "calibration_seeds": CAL_SEEDS,
-           "plan_subsets": "every 3 of the 5 seeds x both sizes (the gate renders 3 seeds x 2 sizes)",
+           "plan_subsets": "every non-empty subset of the renders (single renders: what the CI test judges on)",
            "gate_seconds": round(secs, 1), "renders": rec["timings"]["renders"],
            "control_ssim": rec["control"]["ssim"], "good_files": out_files, "references": out_refs}
     Path(a.output).write_text(json.dumps(out, indent=1) + "\n")

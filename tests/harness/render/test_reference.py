@@ -10,6 +10,7 @@ margins in policy.toml come from benchmarks/render_noise.py, not from these file
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -82,7 +83,12 @@ def record(comfy_session, thin_source, files):
     pol = gate.load_policy()
     pol["plan"] = dict(pol["plan"], **PLAN)
     labels = GOOD + [x for v in PLANTED.values() for x in v]
-    return gate.run_gate(comfy_session, thin_source, [(k, f[k]) for k in labels], policy=pol, work_dir=d)
+    rec = gate.run_gate(comfy_session, thin_source, [(k, f[k]) for k in labels], policy=pol, work_dir=d)
+    keep = os.environ.get("QUANTGATE_KEEP_REFERENCE_REPORT")          # a copy of report.html / gate.json to look at
+    if keep:
+        from harness.render.report import write_report
+        write_report(rec, keep, title="quantgate render gate: reference conversion (issue 21 planted defects)")
+    return rec
 
 
 def _c(rec, label):
