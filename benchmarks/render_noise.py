@@ -47,7 +47,7 @@ def qg(*args) -> None:
 def good_files(src, work: Path, comfy_version: str, log) -> dict[str, Path]:
     from harness.fixtures.gguf_synth import make_gguf
     from harness.fixtures.planted import quality_defects as qd
-    from harness.activations.synthetic.record import record_file
+    from harness.activations.record import record_file
     from quant.convert import convert, make_plan
     from quant.sources import open_source
     cal = work / "calib.json"

@@ -34,7 +34,7 @@ PLANTED = {
 
 @pytest.fixture(scope="module")
 def files(comfy_session, thin_source, tmp_path_factory):
-    from harness.activations.synthetic.record import record_file
+    from harness.activations.record import record_file
     from quant.convert import convert, make_plan
     from quant.sources import open_source
     d = tmp_path_factory.mktemp("reference-gate")
