@@ -3,14 +3,17 @@ trained tiny reference model, before (absolute SSIM floor only, what the gate di
 reference conversion) -- one gate run (default: the policy's plan, 3 seeds x 64x64, 96x64; ``--seeds`` /
 ``--size`` narrow it on a busy box; embedded ComfyUI 0.3.75, CPU, activation emulation on).
 
-    python benchmarks/planted_render.py --work DIR [-o benchmarks/results/cpu-planted-render-DATE.json]
+    python benchmarks/planted_render.py --work DIR --noise-output N.json --no-rejudge [--seeds 1 2 --size 64x64 ...]
     python benchmarks/planted_render.py --work DIR --rejudge [-o ...]   # re-apply policy.toml's [reference]
 
-The good base files (demo conversions, calibrated conversions on seeds 11-14) are taken from
-``benchmarks/render_noise.py``'s work directory when present (``--work`` the same DIR), else made here. The
-gate record and the rendered pixels are kept in DIR (``planted-gate.json``, ``planted-images.npz``) so the
-verdicts can be re-judged with other margins without rendering again; ``--rejudge`` also writes
-``DIR/report/report.html`` (the report page: candidates against their reference conversion).
+The same gate run renders every good file of ``benchmarks/render_noise.py`` (demo conversions, calibrated on
+sampler seeds 11-14, margin 1.2, fpmm, learned rounding, Q8_0-derived preset, global x2 / block /2) beside the
+planted files: ``--noise-output`` writes the good files' render noise and the margins that
+``render_noise.statistics``'s rule gives (the planted files are not read there); policy.toml's ``[reference]``
+is set from those, and ``--rejudge`` then judges every file with them. The gate record and the rendered pixels
+are kept in DIR (``planted-gate.json``, ``planted-images.npz``) so the verdicts are re-judged without rendering
+again; ``--rejudge`` also writes ``DIR/report/report.html`` (the report page: candidates against their
+reference conversion).
 """
 from __future__ import annotations
 
@@ -24,20 +27,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# defect class -> (label, factory, base file, argument); severities chosen from the issue's wording
+# defect class -> (label, factory, base file, argument); severities chosen from the issue's wording and from
+# what the defect does to the file's numbers, before any render was judged: activation scales /2 and /16 (the
+# issue's range); block scales 4 e4m3 codes down (x0.59-0.84 per block); global scale up until 10 % of the
+# block scales underflow to zero (qd.underflow_k: k = 17 on the tiny model; x2^8..x2^12 change nothing there);
+# fp8 scale x2^14 (+10 % relative weight error, 14 % of the weights to zero; x2^10 adds only 0.2 %)
 PLANTED = {
     "activation scales too small": [("nvfp4 input x1/2", "scale_inputs", "nvfp4_cal", 1 / 2),
                                     ("nvfp4 input x1/16", "scale_inputs", "nvfp4_cal", 1 / 16),
                                     ("fp8 input x1/2", "scale_inputs", "fp8_cal", 1 / 2),
                                     ("fp8 input x1/16", "scale_inputs", "fp8_cal", 1 / 16)],
-    "nvfp4 block scales shifted down": [("nvfp4 block -4 codes", "shift_block_scales", "demo_nvfp4", 4),
-                                        ("nvfp4 block -8 codes", "shift_block_scales", "demo_nvfp4", 8)],
-    "nvfp4 global scale up, block scales underflow": [("nvfp4 global x2^8", "global_scale_up", "demo_nvfp4", 8),
-                                                      ("nvfp4 global x2^12", "global_scale_up", "demo_nvfp4", 12)],
-    "fp8 per-tensor scale far too large": [("fp8 scale x2^10", "coarse_fp8", "demo_fp8", 2 ** 10),
-                                           ("fp8 scale x2^14", "coarse_fp8", "demo_fp8", 2 ** 14)],
+    "nvfp4 block scales shifted down": [("nvfp4 block -4 codes", "shift_block_scales", "demo_nvfp4", 4)],
+    "nvfp4 global scale up, block scales underflow": [("nvfp4 global up 10pct underflow", "global_scale_up",
+                                                       "demo_nvfp4", ("underflow", 0.10))],
+    "fp8 per-tensor scale far too large": [("fp8 scale x2^14", "coarse_fp8", "demo_fp8", 2 ** 14)],
 }
-GOOD = [("nvfp4 calibrated (good)", "nvfp4_cal")]
+# every good file of benchmarks/render_noise.py is rendered in the same gate run: their renders set the
+# margins (render_noise.summarize reads only these), the planted files are judged with them afterwards
+GOOD_LABELS = ["demo_fp8-legacy", "demo_fp8", "demo_nvfp4", "fp8_cal", "fp8_cal_fpmm", "nvfp4_cal", "nvfp4_cal_m1.2",
+               "fp8-legacy_learned", "nvfp4_learned_cal", "nvfp4_q8_0_preset", "nvfp4_cal_global_x2"]
+GOOD = [(k, k) for k in GOOD_LABELS]
 
 
 def build(work: Path, log) -> list[tuple[str, Path]]:
@@ -51,12 +60,15 @@ def build(work: Path, log) -> list[tuple[str, Path]]:
         for lab, fn, b, arg in items:
             p = work / ("planted-" + lab.replace(" ", "_").replace("/", "-").replace("^", "") + ".safetensors")
             if not p.exists():
+                if isinstance(arg, tuple):          # ("underflow", fraction): k from the file's block scales
+                    arg = qd.underflow_k(base[b], arg[1])
+                    log(f"{lab}: k = {arg}")
                 getattr(qd, fn)(base[b], p, arg)
             out.append((lab, p))
     return out
 
 
-def render(work: Path, log, seeds=None, sizes=None) -> None:
+def render(work: Path, log, seeds=None, sizes=None, noise_out: Path | None = None) -> None:
     import numpy as np
     import torch
     torch.set_num_threads(1)
@@ -88,6 +100,13 @@ def render(work: Path, log, seeds=None, sizes=None) -> None:
         arrays[f"control|{s0}|{cs}|{w}|{h}"] = a
     np.savez_compressed(work / "planted-images.npz", **arrays)
     write_gate_json(rec, work / "planted-gate.json")
+    if noise_out is not None:           # the good files' render noise: what the margins are set from
+        from benchmarks.render_noise import summarize
+        out = summarize(rec, rec["timings"]["wall_s"], labels={lab for lab, _ in GOOD},
+                        note="rendered in the same gate run as benchmarks/planted_render.py's planted files "
+                             "(which are not read here)")
+        noise_out.write_text(json.dumps(out, indent=1) + "\n")
+        log(f"noise: {json.dumps(out['statistics'].get('margins'))} -> {noise_out}")
 
 
 def _load(work: Path) -> dict:
@@ -163,8 +182,12 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks" / "results" /
                                                   f"cpu-planted-render-{datetime.date.today()}.json"))
     ap.add_argument("--rejudge", action="store_true", help="only re-judge the stored renders with policy.toml")
+    ap.add_argument("--no-rejudge", action="store_true", help="only render (judge later with --rejudge, once the "
+                                                              "margins are set from the noise)")
     ap.add_argument("--seeds", type=int, nargs="+", help="render seeds (default: the policy's)")
     ap.add_argument("--size", action="append", help="WxH (repeatable; default: the policy's sizes)")
+    ap.add_argument("--noise-output", help="also write the good files' render noise (benchmarks/render_noise.py's "
+                                           "JSON, with the margins its rule gives) here")
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -172,7 +195,10 @@ def main(argv=None) -> int:
     def log(m):
         print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)
     if not a.rejudge:
-        render(work, log, a.seeds, [[int(v) for v in x.split("x")] for x in a.size] if a.size else None)
+        render(work, log, a.seeds, [[int(v) for v in x.split("x")] for x in a.size] if a.size else None,
+               Path(a.noise_output) if a.noise_output else None)
+    if a.no_rejudge:
+        return 0
     rejudge(work, Path(a.output))
     return 0
 

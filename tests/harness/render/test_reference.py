@@ -27,7 +27,7 @@ GOOD = ["demo fp8-legacy", "demo fp8", "demo nvfp4", "fp8 calibrated", "fp8 fpmm
 PLANTED = {
     "activation scales too small": ["nvfp4 input x1/2", "nvfp4 input x1/16", "fp8 input x1/2", "fp8 input x1/16"],
     "nvfp4 block scales shifted down": ["nvfp4 block scales -8 codes"],
-    "nvfp4 global scale up, block scales underflow": ["nvfp4 global x2^12"],
+    "nvfp4 global scale up, block scales underflow": ["nvfp4 global up 10pct underflow"],
     "fp8 per-tensor scale far too large": ["fp8 scale x2^14"],
 }
 
@@ -72,7 +72,9 @@ def files(comfy_session, thin_source, tmp_path_factory):
     p("fp8 input x1/2", qd.scale_inputs, "fp8 calibrated", 1 / 2)
     p("fp8 input x1/16", qd.scale_inputs, "fp8 calibrated", 1 / 16)
     p("nvfp4 block scales -8 codes", qd.shift_block_scales, "demo nvfp4", 8)
-    p("nvfp4 global x2^12", qd.global_scale_up, "demo nvfp4", 12)
+    # k from the file's block scales (x2^12 changes nothing on this model: every block scale stays normal)
+    p("nvfp4 global up 10pct underflow", qd.global_scale_up, "demo nvfp4",
+      qd.underflow_k(f["demo nvfp4"], 0.10))
     p("fp8 scale x2^14", qd.coarse_fp8, "demo fp8", 2 ** 14)
     return d, f
 
