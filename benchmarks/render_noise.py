@@ -8,15 +8,16 @@ calibrated fp8 / NVFP4 (``calibrate`` on sampler seeds 11-14: not the gate's), m
 99.99, fp8 with ``full_precision_matrix_mult`` kept, learned rounding on recorded activations (fp8-legacy,
 NVFP4), an NVFP4 file with a Q8_0-derived preset (every Linear fp8) and the calibrated NVFP4 file with its
 global scale x2 and block scales /2 (exactly equivalent). One gate run (embedded ComfyUI 0.3.75, CPU,
-activation emulation on): the gate's seeds 1-3 at 64x64 (the shared 2-core box, at load ~17, renders one
-64x64 image in 20-40 s; a first run over 5 seeds x 2 sizes was stopped at a quarter: it would have taken
-~2 h); every candidate is rendered beside its reference conversion (round-to-nearest, same layers,
-same activation path with dynamic scales).
+activation emulation on); every candidate is rendered beside its reference conversion (round-to-nearest,
+same layers, same activation path with dynamic scales). The committed measurement
+(``cpu-render-noise-2026-12-07.json``) came from ``benchmarks/planted_render.py --noise-output``: the same
+good files in one gate run with the planted files (not read here), seeds 1-2 x 64x64, 96x64 -- 150 renders,
+39 min on the shared 2-core box at load 10-13 (a 3 x 2 plan did not fit the time).
 
 Per good file the JSON holds every render's SSIM (candidate, reference; weight-only too) and the gate's
-statistic -- mean dissimilarity d = 1 - SSIM of candidate and reference -- on every subset of the renders
-of the renders (every 1, 2 and 3 of the seeds): its spread is the render noise; a single render is what
-the CI test judges on.
+statistic -- mean dissimilarity d = 1 - SSIM of candidate and reference -- on every subset of its renders
+(its spread is the render noise; a single render is what the CI test judges on), and ``statistics``: the
+noise by format, size, seed and file, and the margins of policy.toml ``[reference]`` by the rule below.
 """
 from __future__ import annotations
 

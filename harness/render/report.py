@@ -202,6 +202,8 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
                 o.append("<ul>" + "".join(f"<li>{_e(f)}</li>" for f in v["findings"][:40]) + "</ul>")
         else:
             o.append(f"<p class='muted'>verify: {_e(v.get('summary') or 'not available')}</p>")
+        if c["reasons"]:        # a render can clear the floor while the candidate fails: say why here too
+            o.append("<ul class='fail'>" + "".join(f"<li>{_e(x)}</li>" for x in c["reasons"]) + "</ul>")
         o.append("<div class='grid'>")
         cimgs = imgs["candidates"].get(lab, {})
         wimgs = (imgs.get("weight_only") or {}).get(lab, {})
@@ -227,8 +229,10 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
                      f"{' (activations emulated)' if wo is not None else ''}</div></div>"
                      f"<div>{_img(score.heatmap(b, cc), 'difference')}<div class='lbl'>|difference|</div></div></div>"
                      f"<div class='cap'>seed {r['seed']} · {r['width']}×{r['height']} · SSIM "
-                     f"<b class='{'pass' if r['pass'] else 'fail'}'>{r['ssim']:.4f}</b> · max diff {r['max_abs_diff']}"
-                     f" · {r['seconds']:.2f} s</div></div>")
+                     f"<b class='{'pass' if r['pass'] else 'fail'}'>{r['ssim']:.4f}</b> (floor {r['threshold']:g})"
+                     + (f" · 1−SSIM {1 - r['ssim']:.4f} vs the reference's {1 - rrows[key]['ssim']:.4f}"
+                        if key in rrows else "")
+                     + f" · max diff {r['max_abs_diff']} · {r['seconds']:.2f} s</div></div>")
         o.append("</div>")
     if imgs.get("control") is not None:
         s0, cs, w, h, ci = imgs["control"]
