@@ -33,7 +33,7 @@ PLANTED = {
     # 1-SSIM 2.19-3.20 x its reference's per render (2.59 x at seed 1 64x64), while a good file (margin 1.2)
     # reached 1.85 x; it passes the render gate (a known miss, see README "The render gate")
     "activation scales too small": ["nvfp4 input x1/16", "fp8 input x1/2", "fp8 input x1/16"],
-    "nvfp4 block scales shifted down": ["nvfp4 block scales -8 codes"],
+    "nvfp4 block scales shifted down": ["nvfp4 block scales -4 codes"],     # x0.59-0.84 per block
     "nvfp4 global scale up, block scales underflow": ["nvfp4 global up 10pct underflow"],
     "fp8 per-tensor scale far too large": ["fp8 scale x2^16"],
 }
@@ -78,7 +78,7 @@ def files(comfy_session, thin_source, tmp_path_factory):
     p("nvfp4 input x1/16", qd.scale_inputs, "nvfp4 calibrated", 1 / 16)
     p("fp8 input x1/2", qd.scale_inputs, "fp8 calibrated", 1 / 2)
     p("fp8 input x1/16", qd.scale_inputs, "fp8 calibrated", 1 / 16)
-    p("nvfp4 block scales -8 codes", qd.shift_block_scales, "demo nvfp4", 8)
+    p("nvfp4 block scales -4 codes", qd.shift_block_scales, "demo nvfp4", 4)
     # k from the file's block scales (x2^12 changes nothing on this model: every block scale stays normal)
     p("nvfp4 global up 10pct underflow", qd.global_scale_up, "demo nvfp4",
       qd.underflow_k(f["demo nvfp4"], 0.10))
@@ -148,7 +148,9 @@ def test_every_planted_defect_fails_the_render_alone(record, cls):
 
 def test_the_absolute_floor_alone_lets_defects_through(record):
     """Why the reference is needed: on this model some planted files clear the format's absolute SSIM floor
-    (they failed before issue 21) and only the reference comparison fails them."""
+    (they passed the render gate before issue 21) and only the reference comparison fails them. At seed 1
+    64x64: block scales -4 codes 0.9156 vs the 0.90 floor (benchmarks/results/cpu-planted-render-2026-12-07.json;
+    fp8 inputs x1/2 sits at the 0.97 floor: 0.9676 here, 0.9783-0.99 in the benchmark)."""
     through = [x for v in PLANTED.values() for x in v if _c(record, x)["min_ssim"] >= _c(record, x)["threshold"]]
     assert through, "every planted file is below the absolute floor: this test no longer shows the gap"
     for label in through:
