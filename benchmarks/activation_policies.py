@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     if r.returncode:
         sys.exit(r.stderr)
     for fmt in ("fp8", "nvfp4"):
-        r = qg("convert", src, "-o", work / f"{fmt}_cal.safetensors", "--format", fmt, "--calibration",
+        r = qg("convert", src, "-o", work / f"{fmt}_cal.safetensors", "--format", fmt, "--act-stats",
                work / "calib.json", "--force")
         if r.returncode:
             sys.exit(r.stderr)

@@ -88,7 +88,7 @@ def ours(action, names, ws, calib, device, cfg):
 
 
 class _Calib:
-    """Calibration rows held in memory (the file reader's interface)."""
+    """Activation samples held in memory (the file reader's interface)."""
 
     def __init__(self, rows):
         self.rows_ = rows

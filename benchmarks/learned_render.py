@@ -40,9 +40,9 @@ def main(argv=None):
             k = fmt[:3]
             convert(src, d / f"rtn_{k}.safetensors", fmt, comfy_version=s.version, force=True)
             r = convert(src, d / f"lrec_{k}.safetensors", fmt, comfy_version=s.version, rounding="learned",
-                        calibration=acts, force=True)
+                        act_samples=acts, force=True)
             p = convert(src, d / f"lprox_{k}.safetensors", fmt, comfy_version=s.version, rounding="learned",
-                        force=True)
+                        learned_data_free=True, force=True)
             res["convert"][fmt] = {"recorded": r.learned, "proxy": p.learned}
         labels = [f"{p}_{k}" for k in ("fp8", "nvf") for p in ("rtn", "lrec", "lprox")]
         rec = gate.run_gate(s, src, [(x, d / f"{x}.safetensors") for x in labels], policy=pol, work_dir=d)

@@ -73,12 +73,12 @@ def good_files(src, work: Path, comfy_version: str, log) -> dict[str, Path]:
         f[label] = p
     for fmt in ("fp8-legacy", "fp8", "nvfp4"):
         c(f"demo_{fmt}", fmt, comfy_version=comfy_version)
-    c("fp8_cal", "fp8", activation_stats=cal)
-    c("fp8_cal_fpmm", "fp8", activation_stats=cal, keep_fpmm=True)
-    c("nvfp4_cal", "nvfp4", activation_stats=cal)
-    c("nvfp4_cal_m1.2", "nvfp4", activation_stats=cal, margin=1.2)
-    c("fp8-legacy_learned", "fp8-legacy", comfy_version=comfy_version, rounding="learned", calibration=acts)
-    c("nvfp4_learned_cal", "nvfp4", rounding="learned", calibration=acts, activation_stats=cal)
+    c("fp8_cal", "fp8", act_stats=cal)
+    c("fp8_cal_fpmm", "fp8", act_stats=cal, keep_fpmm=True)
+    c("nvfp4_cal", "nvfp4", act_stats=cal)
+    c("nvfp4_cal_m1.2", "nvfp4", act_stats=cal, margin=1.2)
+    c("fp8-legacy_learned", "fp8-legacy", comfy_version=comfy_version, rounding="learned", act_samples=acts)
+    c("nvfp4_learned_cal", "nvfp4", rounding="learned", act_samples=acts, act_stats=cal)
     c("nvfp4_q8_0_preset", "nvfp4", preset_from_gguf=gg)
     p = work / "nvfp4_cal_global_x2.safetensors"
     if not p.exists():

@@ -125,7 +125,8 @@ def _main(argv: list[str] | None) -> int:
     except QuantgateError as e:
         if debug:
             raise
-        print(f"quantgate: {one_line(str(e))}", file=sys.stderr)
+        from harness.commands import message
+        print(f"quantgate: {one_line(message(e))}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         return 0

@@ -124,6 +124,8 @@ def _parse_comfy_quant(src, key, info) -> tuple[dict | None, str | None]:
     if not isinstance(conf, dict):
         return None, f"{key} holds JSON {type(conf).__name__}, not an object"
     if not isinstance(conf.get("format"), str):
+        if formats.dialect_for(conf) is not None:      # e.g. comfy-quants' INT8-Fast marker: read, named by verify
+            return conf, None
         return None, f"{key} has no 'format' (ComfyUI: 'Unknown quantization format for layer')"
     return conf, None
 
@@ -145,7 +147,7 @@ def _parse_header(raw: str) -> tuple[dict | None, str | None, dict[str, str]]:
                          "(layer configs JSON-encoded twice?); ComfyUI cannot read it")
         elif not isinstance(conf, dict):
             bad[name] = f"its _quantization_metadata entry is a {type(conf).__name__}, not a JSON object"
-        elif not isinstance(conf.get("format"), str):
+        elif not isinstance(conf.get("format"), str) and formats.dialect_for(conf) is None:
             bad[name] = "its _quantization_metadata entry has no 'format' (ComfyUI: 'Unknown quantization format')"
         else:
             layers[name] = conf
@@ -211,8 +213,8 @@ def build(src) -> Structure:
                     la.conf["full_precision_matrix_mult"] = True
         if la.legacy:
             la.spec = _LEGACY
-        elif la.comfy_format:
-            la.spec = BY_COMFY_FORMAT.get(la.comfy_format)
+        elif la.comfy_format or formats.dialect_for(la.conf) is not None:
+            la.spec = formats.for_conf(la.conf)
 
     from . import arch
     st = Structure(src, infos, meta, layers, markers, header_raw, header_layers, header_problem,

@@ -43,5 +43,24 @@ class UsageError(QuantgateError):
     """Bad command-line usage or options (exit 2)."""
 
 
+class OptionError(UsageError):
+    """An option value that is wrong, or options that do not go together. The message is a template
+    naming the options as ``{name}`` (the core's own names); ``str(err)`` shows those names,
+    :meth:`worded` a front end's (the CLI words them as its flags, harness/commands)."""
+
+    def __init__(self, template: str, path: object | None = None):
+        self.template = template
+        super().__init__(self.worded(lambda name: name), path)
+
+    def worded(self, flag) -> str:
+        """The problem with every ``{name}`` replaced by ``flag(name)``."""
+        import re
+        return re.sub(r"\{(\w+)\}", lambda m: flag(m.group(1)), self.template)
+
+
+class DeviceError(UsageError):
+    """A device was asked for that is not there (exit 2)."""
+
+
 class ShapeError(InputError):
     """A tensor shape that the requested format cannot take (exit 2)."""

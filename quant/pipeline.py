@@ -165,130 +165,152 @@ def run(src, decisions, fmt, writer, *, device: str = "cpu", backend: str | None
     ``device``; round-to-nearest) and ``writer.write`` every output tensor in order.
     ``progress(nbytes)`` is called after each source tensor is written. Returns stats."""
     from .kernels import get_backend
-    amax = amax or {}
-    cuda = device.startswith("cuda")
     be = get_backend(device, backend)
+    items = _items(src, decisions)
+    if not items:
+        return {"read_ring_bytes": 0, "out_ring_bytes": 0}
+    r = _Run(src, items, fmt, writer, device, amax or {}, progress)
+    r.go(be, workers)
+    return {"read_ring_bytes": r.rring.cap, "out_ring_bytes": r.oring.cap if r.oring else 0}
+
+
+def _items(src, decisions) -> list[_Item]:
     items = []
     for d in decisions:
         f, b, e = src.span(d.name)
         info = src.info(d.name)
         items.append(_Item(d, f, b, e - b, TORCH_DTYPES[info.dtype], tuple(info.shape)))
-    if not items:
-        return {"read_ring_bytes": 0, "out_ring_bytes": 0}
-    abort = threading.Event()
-    errors: list[BaseException] = []
-    largest = max(max(it.nbytes for it in items), min(BATCH, sum(it.nbytes for it in items)))
-    rring = Ring(2 * largest, cuda, abort)
-    oring = None
-    if cuda:
-        out_largest = max(_out_bytes(fmt, it) for it in items)
-        oring = Ring(2 * out_largest + 4 * ALIGN, True, abort)
-    in_q: queue.Queue = queue.Queue()
-    out_q: queue.Queue = queue.Queue(maxsize=64)
+    return items
 
-    def fail(e: BaseException):
+
+class _Run:
+    """One pipelined conversion: the reader and writer threads around the compute loop (this thread).
+    The first error of any stage sets ``abort`` (every stage stops) and is raised to the caller."""
+
+    def __init__(self, src, items: list[_Item], fmt, writer, device: str, amax: dict, progress):
+        self.src, self.items, self.fmt, self.writer = src, items, fmt, writer
+        self.device, self.amax, self.progress = device, amax, progress
+        self.cuda = device.startswith("cuda")
+        self.abort = threading.Event()
+        self.errors: list[BaseException] = []
+        largest = max(max(it.nbytes for it in items), min(BATCH, sum(it.nbytes for it in items)))
+        self.rring = Ring(2 * largest, self.cuda, self.abort)
+        self.oring = None
+        if self.cuda:
+            out_largest = max(_out_bytes(fmt, it) for it in items)
+            self.oring = Ring(2 * out_largest + 4 * ALIGN, True, self.abort)
+        self.in_q: queue.Queue = queue.Queue()
+        self.out_q: queue.Queue = queue.Queue(maxsize=64)
+
+    def fail(self, e: BaseException):
         if not isinstance(e, _Abort):
-            errors.append(e)
-        abort.set()
+            self.errors.append(e)
+        self.abort.set()
 
-    def reader():
+    def reader(self):
         try:
-            for group in _groups(items):
+            for group in _groups(self.items):
                 start, total = group[0].begin, group[-1].begin + group[-1].nbytes - group[0].begin
-                rec = rring.alloc(total)
-                raw = rring.view(rec, 0, total)
+                rec = self.rring.alloc(total)
+                raw = self.rring.view(rec, 0, total)
                 if total:
-                    src.pread_into(group[0].file, start, memoryview(raw.numpy()).cast("B"))
-                shared = _Shared(rring, rec, len(group))
+                    self.src.pread_into(group[0].file, start, memoryview(raw.numpy()).cast("B"))
+                shared = _Shared(self.rring, rec, len(group))
                 for it in group:
                     t = _as_tensor(raw[it.begin - start: it.begin - start + it.nbytes], it.dtype, it.shape)
-                    _put(in_q, (it, t, shared), abort)
-            _put(in_q, None, abort)
+                    _put(self.in_q, (it, t, shared), self.abort)
+            _put(self.in_q, None, self.abort)
         except BaseException as e:    # noqa: BLE001 - handed to the caller's thread
-            fail(e)
+            self.fail(e)
 
-    def writer_loop():
+    def writer_loop(self):
         try:
             while True:
-                job = _get(out_q, abort)
+                job = _get(self.out_q, self.abort)
                 if job is None:
                     return
                 kind, it, t, shared, payload = job
-                d = it.decision
                 if kind == "keep":
-                    writer.write(d.name, t)
+                    self.writer.write(it.decision.name, t)
                 else:
-                    orec = None
-                    try:
-                        if kind == "gpu":
-                            ev, raw, amax_h, orec = payload
-                            ev.synchronize()
-                            if amax_h is not None and not math.isfinite(float(amax_h)):
-                                bad = int((~torch.isfinite(t)).sum())
-                                raise InputError(f"tensor has {bad} non-finite values (inf/NaN); "
-                                                 "refusing to quantize", d.name)
-                        else:
-                            raw = payload.result()
-                    except InputError as e:           # name the file, not only the tensor
-                        raise InputError(f"tensor {d.name!r}: {e.problem}", it.file) from None
-                    lf = fmt.for_action(d.action)
-                    for k, v in lf.layer_tensors(d.layer, raw, input_amax=amax.get(d.layer)).items():
-                        writer.write(k, v)
-                    if orec is not None:
-                        oring.free(orec)
+                    self._write_quantized(kind, it, t, payload)
                 shared.release()
-                if progress is not None:
-                    progress(it.nbytes)
+                if self.progress is not None:
+                    self.progress(it.nbytes)
         except BaseException as e:    # noqa: BLE001
-            fail(e)
+            self.fail(e)
 
-    threads = [threading.Thread(target=reader, name="qg-read", daemon=True),
-               threading.Thread(target=writer_loop, name="qg-write", daemon=True)]
-    for th in threads:
-        th.start()
-    pool = None
-    threads_before = torch.get_num_threads()
-    try:
-        if cuda:
-            gpu = _Gpu(device, fmt, be, oring)
-        else:
-            # CPU: one tensor per worker thread, each running torch single-threaded. Parallel across
-            # tensors instead of inside every small op: no per-op thread barrier, which on a busy
-            # machine costs more than the op (measured: 3x slower with 2 intra-op threads under load).
-            n = workers or max(1, min(threads_before, os.cpu_count() or 1, 8))
-            torch.set_num_threads(1)
-            pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="qg-quant")
+    def _write_quantized(self, kind: str, it: _Item, t: torch.Tensor, payload):
+        d = it.decision
+        orec = None
+        try:
+            if kind == "gpu":
+                ev, raw, amax_h, orec = payload
+                ev.synchronize()
+                if amax_h is not None and not math.isfinite(float(amax_h)):
+                    bad = int((~torch.isfinite(t)).sum())
+                    raise InputError(f"tensor has {bad} non-finite values (inf/NaN); "
+                                     "refusing to quantize", d.name)
+            else:
+                raw = payload.result()
+        except InputError as e:           # name the file, not only the tensor
+            raise InputError(f"tensor {d.name!r}: {e.problem}", it.file) from None
+        lf = self.fmt.for_action(d.action)
+        for k, v in lf.layer_tensors(d.layer, raw, input_amax=self.amax.get(d.layer)).items():
+            self.writer.write(k, v)
+        if orec is not None:
+            self.oring.free(orec)
+
+    def go(self, be, workers: int | None):
+        threads = [threading.Thread(target=self.reader, name="qg-read", daemon=True),
+                   threading.Thread(target=self.writer_loop, name="qg-write", daemon=True)]
+        for th in threads:
+            th.start()
+        pool = None
+        threads_before = torch.get_num_threads()
+        try:
+            if self.cuda:
+                gpu = _Gpu(self.device, self.fmt, be, self.oring)
+            else:
+                # CPU: one tensor per worker thread, each running torch single-threaded. Parallel across
+                # tensors instead of inside every small op: no per-op thread barrier, which on a busy
+                # machine costs more than the op (measured: 3x slower with 2 intra-op threads under load).
+                n = workers or max(1, min(threads_before, os.cpu_count() or 1, 8))
+                torch.set_num_threads(1)
+                pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="qg-quant")
+            self._compute(be, gpu if self.cuda else None, pool)
+            threads[1].join()
+        except BaseException as e:
+            self.fail(e)
+        finally:
+            self.abort.set() if self.errors else None
+            for th in threads:
+                th.join()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+                torch.set_num_threads(threads_before)
+        if self.errors:
+            raise self.errors[0]
+
+    def _compute(self, be, gpu, pool):
         while True:
-            job = _get(in_q, abort)
+            job = _get(self.in_q, self.abort)
             if job is None:
                 break
             it, t, shared = job
             d = it.decision
             if d.action == "keep":
-                _put(out_q, ("keep", it, t, shared, None), abort)
-            elif cuda:
+                _put(self.out_q, ("keep", it, t, shared, None), self.abort)
+            elif gpu is not None:
                 try:
                     launched = gpu.launch(d, t)
                 except InputError as e:        # a backend that checks on the spot
                     raise InputError(f"tensor {d.name!r}: {e.problem}", it.file) from None
-                _put(out_q, ("gpu", it, t, shared, launched), abort)
+                _put(self.out_q, ("gpu", it, t, shared, launched), self.abort)
             else:
-                fut = pool.submit(_cpu_quantize, fmt, be, d, t)
-                _put(out_q, ("cpu", it, t, shared, fut), abort)
-        _put(out_q, None, abort)
-        threads[1].join()
-    except BaseException as e:
-        fail(e)
-    finally:
-        abort.set() if errors else None
-        for th in threads:
-            th.join()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-            torch.set_num_threads(threads_before)
-    if errors:
-        raise errors[0]
-    return {"read_ring_bytes": rring.cap, "out_ring_bytes": oring.cap if oring else 0}
+                fut = pool.submit(_cpu_quantize, self.fmt, be, d, t)
+                _put(self.out_q, ("cpu", it, t, shared, fut), self.abort)
+        _put(self.out_q, None, self.abort)
 
 
 def _cpu_quantize(fmt, be, d, t: torch.Tensor) -> dict:
@@ -307,31 +329,31 @@ def _out_bytes(fmt, it: _Item) -> int:
 
 class _Gpu:
     """H2D, kernels and D2H of one layer on three CUDA streams; returns an event and host views.
-    With the triton backend nothing waits for the GPU; another backend's ops run on the kernel stream
-    as they are (they may synchronize)."""
+    Where a backend of the kernel seam takes the layer's ``*_async`` op (triton) nothing waits for the GPU;
+    otherwise the format's synchronous ops run on the kernel stream as they are (they may synchronize)."""
 
     def __init__(self, device: str, fmt, be, oring: Ring):
+        from .kernels import ASYNC_OPS
         dev = torch.device(device)
         self.dev = dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(self.dev)
         self.fmt, self.be, self.oring = fmt, be, oring
-        self.tq = None
-        if getattr(be, "name", "") == "triton":
-            from .kernels import triton_quant
-            self.tq = triton_quant
+        self.fast = be.implements(*ASYNC_OPS)
         self.h2d = torch.cuda.Stream(self.dev)
         self.comp = torch.cuda.Stream(self.dev)
         self.d2h = torch.cuda.Stream(self.dev)
 
     def _kernels(self, d, x: torch.Tensor):
         """-> ({suffix: device tensor}, amax or None)."""
+        from .kernels import NoKernel
         lf = self.fmt.for_action(d.action)
-        if self.tq is not None and x.dtype in self.tq._KIND and x.numel() < 2**31:
-            if lf.kernel == "nvfp4":
-                packed, scales, s2, amax = self.tq.quantize_nvfp4_async(x)
-                return {"weight": packed, lf.block_scale_key: scales, lf.decode_scale_key: s2}, amax
-            q, scale, amax = self.tq.quantize_fp8_async(x)
-            return {"weight": q, lf.decode_scale_key: scale}, amax
+        if self.fast:
+            try:
+                fast = lf.quantize_async(self.be, x)     # no sync; None: the format has no async path
+            except NoKernel:                              # no backend takes this tensor (dtype, size)
+                fast = None
+            if fast is not None:
+                return fast
         return lf.quantize(x, backend=self.be, name=d.name), None
 
     def launch(self, d, host: torch.Tensor):

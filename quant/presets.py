@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import formats
 from .dtypes import FLOAT_DTYPES
-from .errors import InputError, ShapeError, UsageError, short
+from .errors import InputError, OptionError, ShapeError, UsageError, short
 from quant.comfy.versions import COMFY_VERSIONS, comfy_has
 from .resources import data_path
 
@@ -44,9 +43,10 @@ class Rule:
     gguf: str = ""
 
     def override(self, kernel: str) -> str | None:
-        """What "quant" means for this rule when the file's format uses ``kernel`` (None: the kernel itself).
-        Only nvfp4 files have per-rule overrides today (sensitive layers in fp8 or kept)."""
-        return {"nvfp4": self.nvfp4}.get(kernel)
+        """What "quant" means for this rule in a 4-bit format's file (None: the format's own kernel): the
+        ``nvfp4`` key names the sensitive layers (fp8 or kept); each 4-bit format maps "fp8" to its 8-bit
+        sibling (:attr:`quant.formats.Format.sensitive_actions`)."""
+        return self.nvfp4
 
     def fits(self, name: str, shape: tuple) -> bool:
         if not any(fnmatch.fnmatchcase(name, g) for g in self.match):
@@ -96,24 +96,21 @@ class Plan:
         return [d for d in self.decisions if d.action != "keep"]
 
 
-def _load(path: Path) -> Preset:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"preset is not valid TOML ({e})", path) from None
+def from_text(text: bytes | str, path) -> Preset:
+    """The preset that ``text`` would be as the file ``path`` (a preset about to be written)."""
+    return _load(Path(path), text)
+
+
+def _load(path: Path, text: bytes | str | None = None) -> Preset:
+    from .inputs import preset_toml          # the one validated loader of preset TOML (issue 20)
+    data = preset_toml(path, text=text)
     rules = []
-    for i, r in enumerate(data.get("rule", [])):
-        m = r.get("match")
-        if isinstance(m, str):
-            m = [m]
-        if not m or r.get("action") not in ("keep", "quant") or r.get("nvfp4") not in (None, "fp8", "keep"):
-            raise InputError(f"rule {i + 1}: needs match=[...], action='keep'|'quant', optional nvfp4='fp8'|'keep'", path)
-        rules.append(Rule(tuple(m), r["action"], r.get("nvfp4"), r.get("ndim"), int(r.get("min_numel", 0)),
-                          r.get("reason", ""), str(r.get("gguf", ""))))
-    prov = data.get("provenance", {})
-    return Preset(data.get("name", path.stem), data.get("description", ""), data.get("family"),
-                  tuple(data.get("archs", [])), tuple(rules), str(path),
-                  provenance=prov if isinstance(prov, dict) else {})
+    for r in data.get("rule", []):
+        m = r["match"]
+        rules.append(Rule(tuple([m] if isinstance(m, str) else m), r["action"], r.get("nvfp4"), r.get("ndim"),
+                          int(r.get("min_numel", 0)), r.get("reason", ""), str(r.get("gguf", ""))))
+    return Preset(data.get("name") or path.stem, data.get("description", ""), data.get("family"),
+                  tuple(data.get("archs", [])), tuple(rules), str(path), provenance=data.get("provenance", {}))
 
 
 def available() -> list[str]:
@@ -155,8 +152,23 @@ def legacy_needs_all_linear(target: str, comfy_version: str | None) -> bool:
         return False
     has = comfy_has("legacy_high_precision_linear", comfy_version)
     if has is None:
-        raise UsageError(f"--comfy-version {comfy_version!r} is not a version number (e.g. 0.3.75)")
+        raise OptionError(f"{{comfy_version}} {comfy_version!r} is not a version number (e.g. 0.3.75)")
     return not has
+
+
+def _accepted(fmt, action: str, reason: str, shape: tuple) -> tuple[str, str]:
+    """The action a layer of ``shape`` really gets: a format that cannot hold it (e.g. ConvRot needs K % 16 == 0)
+    hands it to its fallback format, else it is kept in source precision, and the reason says why."""
+    seen = set()
+    while action != "keep" and action not in seen:
+        seen.add(action)
+        lf = fmt.for_action(action)
+        why = lf.refuses(*shape)
+        if why is None:
+            return action, reason
+        action = lf.fallback_action or "keep"
+        reason = f"{lf.name} cannot hold it: {why}" + (f"; {action} instead" if action != "keep" else "; kept")
+    return action, reason
 
 
 def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, source: str = "",
@@ -188,10 +200,12 @@ def plan(preset: Preset, target: str, tensors: list[tuple[str, str, tuple]], *, 
             if math.prod(shape) < r.min_numel:
                 action, reason = "keep", f"smaller than {r.min_numel} elements"
             else:
-                over = r.override(fmt.kernel)
+                over = r.override(fmt.kernel) if fmt.four_bit else None
+                over = fmt.sensitive_actions.get(over, over)
                 action = over or fmt.kernel
                 if over:
                     reason = reason or f"sensitive layer: {over} under {fmt.kernel}"
+                action, reason = _accepted(fmt, action, reason, shape)
         if all_linear and action == "keep" and name.endswith(".weight") and _eligible(dtype, shape):
             action = "fp8"
             reason = (f"ComfyUI {comfy_version} (< {COMFY_VERSIONS['legacy_high_precision_linear']}) loads every "

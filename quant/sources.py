@@ -5,7 +5,6 @@ tensors one at a time (``get``), so nothing ever holds the whole model.
 from __future__ import annotations
 
 import contextvars
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,8 +177,7 @@ class GGUFSource(Source):
 def load_json(path, what: str = "JSON file"):
     """A small JSON file read defensively: no NaN/Infinity, numbers bounded, nesting bounded, lone
     surrogates refused; every failure is one InputError line naming the file."""
-    from .safetensors_io import _has_lone_surrogate, _Obj, _Reject, _depth, _no_constant, _parse_float, \
-        _parse_int
+    from .safetensors_io.json_bounded import Reject, depth, has_lone_surrogate, loads, plain
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -190,26 +188,18 @@ def load_json(path, what: str = "JSON file"):
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror or e}", p) from None
     try:
-        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_Obj, parse_int=_parse_int,
-                         parse_float=_parse_float, parse_constant=_no_constant)
+        obj = loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise InputError(f"{what} is not UTF-8 text", p) from None
     except RecursionError:
         raise InputError(f"{what} is not valid JSON (nested too deeply)", p) from None
     except ValueError as e:         # JSONDecodeError, _Reject, the int-digit limit
-        why = getattr(e, "msg", None) or (str(e) if isinstance(e, _Reject) else "a number out of range")
+        why = getattr(e, "msg", None) or (str(e) if isinstance(e, Reject) else "a number out of range")
         raise InputError(f"{what} is not valid JSON ({why})", p) from None
-    if _depth(obj) > 64:
+    if depth(obj) > 64:
         raise InputError(f"{what} is not valid JSON (nested too deeply)", p)
-    if _has_lone_surrogate(obj):
+    if has_lone_surrogate(obj):
         raise InputError(f"{what} holds a lone UTF-16 surrogate (\\uD800-\\uDFFF escape)", p)
-
-    def plain(v):
-        if isinstance(v, _Obj):
-            return {k: plain(x) for k, x in v}
-        if isinstance(v, list):
-            return [plain(x) for x in v]
-        return v
     return plain(obj)
 
 

@@ -31,3 +31,10 @@ def run_cli(*args, timeout=300, cwd=None, env=None):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def quantgate_wheel(tmp_path_factory) -> Path:
+    """The quantgate wheel, built once per session from a copy of the checkout (tests/_wheel.py)."""
+    from tests._wheel import build_wheel
+    return build_wheel(tmp_path_factory.mktemp("wheel"))

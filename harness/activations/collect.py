@@ -10,9 +10,7 @@ floats rounded to 7 significant digits).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from quant.errors import InputError
 from quant.safetensors_io import SafetensorsFile
 
 from harness.comfy.errors import ComfyError
-from harness.activations import graph
+from harness.render import graph
 
 PERCENTILES = (99.0, 99.9, 99.99, 99.999)
 RUN_SCHEMA = "quantgate.calibration-run/1"
@@ -75,33 +73,50 @@ class Merged:
     model_calls: int = 0
 
     def add_run(self, f: SafetensorsFile, where: str) -> None:
-        try:
-            meta = json.loads(f.metadata.get("quantgate_calibration", ""))
-        except ValueError:
-            meta = None
-        if not isinstance(meta, dict) or meta.get("schema") != RUN_SCHEMA:
+        from quant.inputs import calibration_run
+        text = f.metadata.get("quantgate_calibration", "")
+        if f'"{RUN_SCHEMA}"' not in text:
             raise ComfyError(f"{where}: not a QGCalibrationSave file (is harness/custom_nodes/quantgate_calibration.py "
                              "the same version on the server?)")
+        # the one validated loader of a run record (issue 20): every field typed, bins in range, finite numbers
+        meta = calibration_run(text, where, error=ComfyError)
         if self.nbins and meta["bins"] != self.nbins:
             raise ComfyError(f"{where}: {meta['bins']} bins, earlier runs had {self.nbins}")
         self.nbins, self.hist = int(meta["bins"]), meta["hist"]
         self.runs += 1
         self.model_calls += int(meta.get("model_calls", 0))
         names = set(f.keys())
+        nh = int(meta["hist"]["n"])
+
+        def tensor(key: str, shape_ok):
+            if key not in names:
+                return None
+            info = f.info(key)
+            if not shape_ok(tuple(info.shape)) or info.dtype not in ("F32", "F16", "BF16", "I64"):
+                raise ComfyError(f"{where}: tensor {key} is {info.dtype}{list(info.shape)[:4]}, not what the run "
+                                 "record describes")
+            return f.get(key)
         for i, (name, la) in enumerate(meta["layers"].items()):
             L = self.layers.get(name)
             if L is None:
                 L = self.layers[name] = _Layer(int(la["in_features"]))
                 self.order.append(name)
+            if int(la["in_features"]) != L.in_features:
+                raise ComfyError(f"{where}: layer {name[:80]!r} has {la['in_features']} inputs, earlier runs "
+                                 f"{L.in_features}")
             for b, d in la["bins"].items():
-                h = f.get(f"hist.{i}.{b}") if f"hist.{i}.{b}" in names else None
+                h = tensor(f"hist.{i}.{b}", lambda s: s == (nh,))
                 L.bins.setdefault(int(b), _Bin()).add(d, h)
-            ca = f.get(f"chan_amax.{i}") if f"chan_amax.{i}" in names else None
+            ca = tensor(f"chan_amax.{i}", lambda s: s == (L.in_features,))
             if ca is not None:
                 L.chan_amax = ca.clone() if L.chan_amax is None else torch.maximum(L.chan_amax, ca)
-            if f"samples.{i}" in names:
-                self.samples.setdefault(name, []).append(f.get(f"samples.{i}"))
-                self.sample_rows.setdefault(name, []).extend(int(v) for v in f.get(f"sample_rows.{i}").tolist())
+            x = tensor(f"samples.{i}", lambda s: len(s) == 2 and s[1] == L.in_features)
+            if x is not None:
+                rows = tensor(f"sample_rows.{i}", lambda s: len(s) == 1)
+                if rows is None or int(rows.sum()) != x.shape[0] or bool((rows < 0).any()):
+                    raise ComfyError(f"{where}: samples.{i} and sample_rows.{i} disagree")
+                self.samples.setdefault(name, []).append(x)
+                self.sample_rows.setdefault(name, []).extend(int(v) for v in rows.tolist())
 
     # -- statistics ---------------------------------------------------------------------------
     def _percentiles(self, hist: torch.Tensor | None, count: int, zeros: int, amax: float, ps) -> dict[str, float]:
@@ -202,17 +217,6 @@ def collect(session, model_name: str, *, workflow, seeds, sizes, settings, bins:
     return merged
 
 
-def write_json(obj: dict, path) -> Path:
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.partial")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
-
-
 def samples_tensors(merged: Merged) -> tuple[dict[str, torch.Tensor], dict]:
     """Held-out input rows per layer (for the SQNR numbers), as a tensors dict + index metadata."""
     tensors, index = {}, {}
@@ -228,12 +232,11 @@ def samples_tensors(merged: Merged) -> tuple[dict[str, torch.Tensor], dict]:
 def load_samples(path) -> dict[str, list[torch.Tensor]]:
     """{layer: [per-call input rows]} from a samples file written by ``quantgate calibrate``."""
     with SafetensorsFile(path) as f:
-        try:
-            meta = json.loads(f.metadata.get("quantgate_samples", ""))
-        except ValueError:
-            meta = None
-        if not isinstance(meta, dict) or meta.get("schema") != "quantgate.calibration-samples/1":
+        from quant.inputs import samples_index
+        text = f.metadata.get("quantgate_samples", "")
+        if '"quantgate.calibration-samples/1"' not in text:
             raise InputError("not a quantgate calibration samples file", path)
+        meta = samples_index(text, path)
         out = {}
         for name, i in meta["layers"].items():
             x = f.get(f"x.{i}").float()

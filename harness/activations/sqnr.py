@@ -19,9 +19,11 @@ import statistics
 import torch
 
 from quant import formats
+from quant.formats import get as _format       # table()'s parameter ``formats`` shadows the module
 from quant.activations.statistics import percentile_key
 
 FORMATS = ("fp8", "nvfp4")
+ACT_BLOCK = 16          # the block of the emulated block-scaled activation quantization (quantgate_calibration)
 
 
 def _fake():
@@ -112,8 +114,8 @@ def table(source, calib: dict, samples: dict[str, list[torch.Tensor]], formats=F
             layers = {}
             for layer, k, la in todo:
                 w = src.get(k)
-                if fmt == "nvfp4" and w.shape[1] % 16:
-                    continue
+                if _format(fmt).block_scale_key is not None and w.shape[1] % ACT_BLOCK:
+                    continue                  # the emulated activation quantization needs whole blocks
                 layers[layer] = layer_sqnr(w, samples[layer], fmt, la, percentiles)
             names = list(dict.fromkeys(p for v in layers.values() for p in v))
             med = {}

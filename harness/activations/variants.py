@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from quant import layout
+from quant import formats, layout
 from quant.errors import InputError
 from quant.safetensors_io import SafetensorsFile, save_file
 
@@ -31,23 +31,25 @@ def make(path, out, mode: str) -> Path:
     with SafetensorsFile(path) as f:
         tensors = {k: f.get(k).clone() for k in f.keys()}
         meta = dict(f.metadata)
-    try:
-        q = json.loads(meta[QUANT_KEY])
-        layers = q["layers"]
-    except (KeyError, ValueError, TypeError):
-        raise InputError("not a comfy_quant mixed file (no header _quantization_metadata)", path) from None
+    from quant.inputs import parse_json                       # bounded (issue 20)
+    if not isinstance(meta.get(QUANT_KEY), str):
+        raise InputError("not a comfy_quant mixed file (no header _quantization_metadata)", path)
+    q = parse_json(meta[QUANT_KEY], path, what="header _quantization_metadata")
+    layers = q.get("layers") if isinstance(q, dict) else None
+    if not isinstance(layers, dict) or not all(isinstance(c, dict) for c in layers.values()):
+        raise InputError("header _quantization_metadata has no 'layers' object of layer objects", path)
     for layer, conf in layers.items():
-        fmt = conf.get("format")
-        if fmt not in ("float8_e4m3fn", "nvfp4"):
+        fmt = formats.for_conf(conf)
+        if fmt is None or not fmt.static_input_scale:     # the formats whose input_scale is a choice
             continue
         conf.pop("full_precision_matrix_mult", None)
         tensors.pop(f"{layer}.input_scale", None)
         if mode == "weight-derived":
-            ws = tensors[f"{layer}.weight_scale_2" if fmt == "nvfp4" else f"{layer}.weight_scale"]
+            ws = tensors[f"{layer}.{fmt.decode_scale_key}"]
             tensors[f"{layer}.input_scale"] = ws.to(torch.float32).reshape(()).clone()
         elif mode == "unit":
             tensors[f"{layer}.input_scale"] = torch.tensor(1.0, dtype=torch.float32)
-        elif mode == "fpmm" and fmt == "float8_e4m3fn":
+        elif mode == "fpmm" and fmt.weight_only_without_input_scale:
             conf["full_precision_matrix_mult"] = True
         if f"{layer}.comfy_quant" in tensors:
             tensors[f"{layer}.comfy_quant"] = layout.comfy_quant_tensor(conf)

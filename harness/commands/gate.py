@@ -41,12 +41,12 @@ def register(sub):
     p.add_argument("--ladder", action="store_true",
                    help="add the quality ladder (weight SQNR per layer: the GGUF candidates beside FP8 and NVFP4-mixed "
                         "made from the source, detected preset) to report.html")
-    p.add_argument("--calibration", metavar="JSON",
-                   help="a calibration from `quantgate calibrate`: verify holds each input_scale against it "
+    p.add_argument("--act-stats", "--calibration", dest="calibration", metavar="JSON",
+                   help="activation statistics from `quantgate calibrate` (--calibration: the older name): verify holds each input_scale against it "
                         "(verify --calibration); its SQNR numbers (calibrate --report) go into report.html")
     p.add_argument("--no-emulation", action="store_true",
                    help="render weight-only only (by default a candidate that declares an activation path is also "
-                        "rendered with its activations quantized as the native fp8/NVFP4 kernel would, and judged "
+                        "rendered with its activations quantized as the format's native kernel would (fp8/NVFP4 input scales, int8 per-row after ConvRot, W4A4 int4, MXFP8 blocks), and judged "
                         "on that render)")
     p.add_argument("--no-reference", action="store_true",
                    help="judge on the absolute SSIM floor only (by default the gate also converts the source itself "

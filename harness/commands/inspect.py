@@ -30,11 +30,24 @@ def summarize(src) -> dict:
         layout = "plain fp8 cast (no scales)"
     else:
         layout = "unquantized"
+    specs = {la.spec for la in st.declared if la.spec is not None}
+    loaders = sorted({f"{f.name}: {f.loader}" for f in specs if f.loader})
+    if specs and not loaders:
+        loaders = [f"stock ComfyUI >= {max((f.loads_since for f in specs), key=_ver)}"]
     return {"path": str(src.path), "kind": src.kind, "files": len(src.files), "tensors": len(names),
+            "loader": loaders,
             "bytes": src.total_bytes, "family": arch.detect(names), "layout": layout,
             "dtypes": dict(dtypes), "bytes_by_dtype": dict(bytes_by), "quantized_formats": dict(fmts),
             "metadata": {k: (v if len(v) < 200 else v[:200] + f"... ({len(v)} chars)") for k, v in src.metadata.items()},
             "model_kind": _model_kind(st)}
+
+
+def _ver(v: str):
+    from packaging.version import InvalidVersion, Version
+    try:
+        return Version(v)
+    except InvalidVersion:
+        return Version("0")
 
 
 def _model_kind(st) -> dict | None:
@@ -71,6 +84,8 @@ def run(args) -> int:
         print(f"    {dt:<8} {c:>6} tensors  {s['bytes_by_dtype'][dt] / 1e6:>12,.1f} MB")
     if s["quantized_formats"]:
         print("  quantized " + ", ".join(f"{v} {k}" for k, v in s["quantized_formats"].items()))
+    for ld in s["loader"]:
+        print(f"  loader    {ld}")
     for k, v in s["metadata"].items():
         print(f"  meta      {k} = {v}")
     return 0

@@ -23,8 +23,8 @@ def register(sub):
     p.add_argument("source", help="the unquantized checkpoint (.safetensors, index.json, shard dir)")
     p.add_argument("--gguf", action="append", default=[], metavar="FILE.gguf", help="a GGUF of the same model "
                    "(repeatable)")
-    p.add_argument("--formats", default="fp8,nvfp4", help="comma list of fp8, nvfp4 ('' for GGUF only; default "
-                   "fp8,nvfp4)")
+    p.add_argument("--formats", default="fp8,nvfp4", help="comma list of fp8, nvfp4, int8, int8-convrot, mxfp8, "
+                   "w4a4-convrot, w4a8-int8 ('' for GGUF only; default fp8,nvfp4)")
     p.add_argument("--preset", "-p", action="append", default=[], help="hand preset name or .toml (repeatable; "
                    "default: detected)")
     p.add_argument("--preset-from-gguf", action="append", default=[], metavar="FILE.gguf",

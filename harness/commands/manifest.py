@@ -29,7 +29,8 @@ def run(args) -> int:
     if args.action == "list":
         for name in G.names():
             m = G.load(name) if G.path_of(name).is_file() else G.generate(G.BY_NAME[name])
-            print(f"{name:<48} {m['tensor_count']:>5} tensors {m['file_bytes']:>15,} B  {m['description']}")
+            print(f"{name:<48} {m.get('tensor_count', len(m['tensors'])):>5} tensors "
+                  f"{m.get('file_bytes') or 0:>15,} B  {m.get('description', '')}")
         return 0
     if args.action == "show":
         m = G.load(args.name)

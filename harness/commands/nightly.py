@@ -31,6 +31,7 @@ def register(sub):
                                  "*.json) in date order; PNGs are written beside the page.")
     t.add_argument("records", nargs="+", help="record files or directories")
     t.add_argument("-o", "--out", default="nightly-trend.html", help="the HTML page (default: nightly-trend.html)")
+    t.add_argument("--force", action="store_true", help="overwrite an existing page (never a record it reads)")
     t.set_defaults(func=run_trend)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
@@ -71,6 +72,10 @@ def run_compare(args) -> int:
 def run_trend(args) -> int:
     from harness.nightly import records as nightly
     from quant.errors import InputError
+    from quant.outputs import check_output
+    files = [f for r in args.records for f in ([Path(r)] if not Path(r).is_dir() else sorted(Path(r).glob("*.json")))]
+    # the one output check (issue 20): never one of the records (named or in a directory), --force rules
+    check_output(args.out, files, overwrite=args.force, what="trend page")
     recs = []
     for r in args.records:
         p = Path(r)
@@ -84,6 +89,6 @@ def run_trend(args) -> int:
                 print(f"quantgate: skipped {e}", file=sys.stderr)
     if not recs:
         raise UsageError("no nightly records among the given files and directories")
-    out = nightly.trend_html(recs, args.out)
+    out = nightly.trend_html(recs, args.out, overwrite=args.force, inputs=files)
     print(f"trend of {len(recs)} records: {out}", file=sys.stdout)
     return 0

@@ -22,6 +22,13 @@ def register(sub):
                    help="oldest ComfyUI the file must load correctly on (default: current, >= 0.4). For "
                         "fp8-legacy below 0.4.0 every Linear is quantized with a scale, because such ComfyUI "
                         "casts the Linears a preset keeps to fp8 without one")
+    from harness.commands.convert import _bits
+    p.add_argument("--budget-bits", type=_bits, metavar="B",
+                   help="nvfp4: re-decide the quantized layers (NVFP4 / FP8 / source precision) by measured error "
+                        "per byte as `convert --budget-bits` does -- reads the weights; each layer's reason says why")
+    p.add_argument("--act-samples", metavar="FILE", help="with --budget-bits: measure output error on these "
+                                                          "recorded activations (else weight error)")
+    p.add_argument("--scale-search", choices=("mse", "output"), help="with --budget-bits: as convert's")
     p.add_argument("--json", action="store_true")
     p.add_argument("--all", action="store_true", help="list kept tensors too (default: summary of them)")
     from harness.commands.preset import add_mapping_args
@@ -40,6 +47,8 @@ def run(args) -> int:
             preset = gguf_model.derive_preset(gguf_model.read(args.preset_from_gguf), mapping_from(args),
                                               source_shapes={n: src.info(n).shape for n in src.keys()})
         plan = make_plan(src, preset, args.target, args.comfy_version)
+        if args.budget_bits is not None:
+            _budget(args, src, plan)
     has_gguf = any(d.gguf for d in plan.decisions)
     if args.json:
         print(json.dumps({"preset": plan.preset.name, "format": plan.target, "counts": plan.by_action(),
@@ -56,7 +65,7 @@ def run(args) -> int:
     print(f"{'tensor':<{w}}  {'dtype':<6} {'shape':<18} {gcol}action  reason")
     kept = 0
     for d in plan.decisions:
-        if d.action == "keep" and not args.all:
+        if d.action == "keep" and not args.all and not d.reason.startswith("--budget-bits"):
             kept += 1
             continue
         g = f"{d.gguf or '-':<6} " if has_gguf else ""
@@ -64,3 +73,16 @@ def run(args) -> int:
     if kept:
         print(f"... {kept} tensors kept in source precision (--all lists them)")
     return 0
+
+
+def _budget(args, src, plan) -> None:
+    """`--budget-bits`: the same allocation convert makes (quant.budget.apply), decisions rewritten in place."""
+    from pathlib import Path
+
+    from quant import budget
+    from quant.convert import ConvertRequest, PlanChoice, RoundingChoice
+    req = ConvertRequest(Path(args.source), formats.get(args.target),
+                         plan=PlanChoice(budget_bits=args.budget_bits),
+                         rounding=RoundingChoice(samples=args.act_samples, scale_search=args.scale_search))
+    req.check()
+    budget.apply(plan, src, req)

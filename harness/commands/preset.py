@@ -55,7 +55,7 @@ def register(sub):
 
 
 def run_from_gguf(args) -> int:
-    from quant import outputs, presets
+    from quant import presets
     from quant.gguf import model as gguf_model
     out = Path(args.output)
     gg = Path(args.gguf)
@@ -75,11 +75,15 @@ def run_from_gguf(args) -> int:
         report = gguf_model.match(model, shapes)
     pr = gguf_model.derive_preset(model, mapping, name=args.name, source_shapes=shapes)
     text = gguf_model.preset_toml(pr)
-    outputs.write_text(out, text, inputs)
-    back = presets.load(str(out))           # what convert will read: must be the same rules
-    if back.rules != pr.rules:
-        out.unlink(missing_ok=True)
-        raise UsageError("internal error: the written preset does not read back to the same rules", out)
+
+    def reads_back(data: bytes):
+        """What convert will read: valid TOML of the same rules -- checked BEFORE the file appears, so an
+        unreadable preset (a DEL or a lone surrogate in a name) is never left behind (issue 20)."""
+        back = presets.from_text(data, out)
+        if back.rules != pr.rules:
+            raise UsageError("internal error: the preset would not read back to the same rules; not written", out)
+    from quant.outputs import write_text
+    write_text(out, text, inputs, overwrite=args.force, what="preset", validate=reads_back)
     actions = {}
     for r in pr.rules:
         k = r.action if r.action == "keep" else (r.nvfp4 or "nvfp4")

@@ -17,8 +17,8 @@ def register(sub):
                                        "the layout with")
     p.add_argument("--structure-only", action="store_true",
                    help="with --reference: ignore tensor widths (thin test models vs full-size manifests)")
-    p.add_argument("--calibration", metavar="JSON",
-                   help="a calibration from `quantgate calibrate`: activation scales more than 8x away from the "
+    p.add_argument("--act-stats", "--calibration", dest="calibration", metavar="JSON",
+                   help="activation statistics from `quantgate calibrate` (--calibration: the older name): activation scales more than 8x away from the "
                         "calibrated amax/full-scale in either direction are errors (weight-derived scales, the fp8 "
                         "default 1.0); --json lists every layer's ratio")
     p.add_argument("--strict", action="store_true", help="treat every warning as an error")

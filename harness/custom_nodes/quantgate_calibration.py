@@ -236,7 +236,7 @@ class QGCalibrationSave:
 
 # ---- activation emulation -------------------------------------------------------------------
 
-def _fake_fp8(x: torch.Tensor, scale) -> torch.Tensor:
+def _fake_fp8(x: torch.Tensor, scale, p=None) -> torch.Tensor:
     import comfy_kitchen as ck
     if scale == "dynamic":                 # per call amax / 448 (the render gate's reference conversion)
         from comfy_kitchen.float_utils import F8_E4M3_MAX
@@ -250,7 +250,7 @@ def _fake_fp8(x: torch.Tensor, scale) -> torch.Tensor:
         return ck.dequantize_per_tensor_fp8(q, s, torch.float32).to(x.dtype)
 
 
-def _fake_nvfp4(x: torch.Tensor, scale) -> torch.Tensor:
+def _fake_nvfp4(x: torch.Tensor, scale, p=None) -> torch.Tensor:
     import comfy_kitchen as ck
     from comfy_kitchen.float_utils import F4_E2M1_MAX, F8_E4M3_MAX
     k = int(x.shape[-1])
@@ -268,7 +268,49 @@ def _fake_nvfp4(x: torch.Tensor, scale) -> torch.Tensor:
     return y[:m, :k].reshape(x.shape).to(x.dtype)
 
 
-FAKE = {"fp8": _fake_fp8, "nvfp4": _fake_nvfp4}
+def _rotate(x2: torch.Tensor, group) -> torch.Tensor:
+    """kitchen's online ConvRot activation rotation (regular Hadamard per group; applying it twice is identity)."""
+    if not group:
+        return x2
+    from comfy_kitchen.tensor.int8_utils import _build_hadamard, _rotate_activation
+    return _rotate_activation(x2, _build_hadamard(int(group), device=x2.device, dtype=torch.float32), int(group))
+
+
+def _fake_int8(x: torch.Tensor, scale, p=None) -> torch.Tensor:
+    """int8_linear's dynamic per-row int8 activations (after the ConvRot rotation when the layer has one)."""
+    from comfy_kitchen.backends.eager.quantization import quantize_int8_rowwise
+    g = (p or {}).get("group")
+    k = int(x.shape[-1])
+    x2 = _rotate(x.reshape(-1, k).float(), g)
+    q, s = quantize_int8_rowwise(x2)
+    return _rotate(q.float() * s, g).reshape(x.shape).to(x.dtype)
+
+
+def _fake_int4(x: torch.Tensor, scale, p=None) -> torch.Tensor:
+    """convrot_w4a4_linear's activations: rotated, then signed int4 per row (amax/7), kitchen's quantizer."""
+    from comfy_kitchen.backends.eager.convrot_w4a4 import quantize_signed_int4_rowwise
+    g = (p or {}).get("group")
+    k = int(x.shape[-1])
+    x2 = _rotate(x.reshape(-1, k).float(), g)
+    packed, s = quantize_signed_int4_rowwise(x2)
+    b = packed.to(torch.int32)
+    lo, hi = b & 0xF, (b >> 4) & 0xF
+    codes = torch.stack([lo - ((lo >> 3) << 4), hi - ((hi >> 3) << 4)], dim=-1).reshape(x2.shape)
+    return _rotate(codes.float() * s.reshape(-1, 1).float(), g).reshape(x.shape).to(x.dtype)
+
+
+def _fake_mxfp8(x: torch.Tensor, scale, p=None) -> torch.Tensor:
+    """MXFP8's native (Blackwell) activations: e4m3 with one E8M0 scale per 32 along K."""
+    from comfy_kitchen.backends.eager.quantization import dequantize_mxfp8, quantize_mxfp8
+    k = int(x.shape[-1])
+    x2 = x.reshape(-1, k).float()
+    q, bs = quantize_mxfp8(x2, pad_32x=True)
+    y = dequantize_mxfp8(q, bs, torch.float32)[: x2.shape[0], :k]
+    return y.reshape(x.shape).to(x.dtype)
+
+
+FAKE = {"fp8": _fake_fp8, "nvfp4": _fake_nvfp4, "int8": _fake_int8, "int8_convrot": _fake_int8,
+        "w4a8": _fake_int8, "w4a4": _fake_int4, "mxfp8": _fake_mxfp8}
 
 
 class QGActivationEmulation:
@@ -277,8 +319,9 @@ class QGActivationEmulation:
         return {"required": {
             "model": ("MODEL",),
             "policy": ("STRING", {"multiline": True, "default": "{\"layers\": {}}",
-                                  "tooltip": 'JSON {"layers": {"<linear>": {"format": "fp8"|"nvfp4", '
-                                             '"input_scale": number|null, "dynamic": bool}}}'}),
+                                  "tooltip": 'JSON {"layers": {"<linear>": {"format": "fp8"|"nvfp4"|"int8"|'
+                                             '"int8_convrot"|"w4a4"|"w4a8"|"mxfp8", "input_scale": number|null, '
+                                             '"group": ConvRot group or null, "dynamic": bool (fp8/nvfp4)}}}'}),
         }}
 
     RETURN_TYPES = ("MODEL",)
@@ -306,12 +349,13 @@ class QGActivationEmulation:
                 p = layers.get(name)
                 if p is None:
                     continue
-                fn, scale = FAKE[p["format"]], ("dynamic" if p.get("dynamic") else p.get("input_scale"))
+                dyn = p.get("dynamic") and p["format"] in ("fp8", "nvfp4")   # the gate's reference conversion
+                fn, scale = FAKE[p["format"]], ("dynamic" if dyn else p.get("input_scale"))
 
-                def pre(_m, inputs, _fn=fn, _scale=scale):
+                def pre(_m, inputs, _fn=fn, _scale=scale, _p=p):
                     if not inputs or not torch.is_tensor(inputs[0]) or inputs[0].dim() < 2:
                         return None
-                    return (_fn(inputs[0], _scale),) + tuple(inputs[1:])
+                    return (_fn(inputs[0], _scale, _p),) + tuple(inputs[1:])
                 hs.append(mod.register_forward_pre_hook(pre))
             return hs
 

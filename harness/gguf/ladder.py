@@ -21,7 +21,7 @@ from quant.errors import InputError, UsageError
 @dataclass
 class Column:
     label: str
-    kind: str                     # "gguf" | "fp8" | "nvfp4"
+    kind: str                     # "gguf" | a format name (fp8, nvfp4, int8-convrot, ...)
     detail: str                   # GGUF file name or preset name
     what: dict[str, str] = field(default_factory=dict)        # layer -> GGML type or action
     err2: dict[str, float] = field(default_factory=dict)      # layer -> ||W - W'||^2
@@ -108,6 +108,14 @@ def _gguf_label(model) -> str:
     return f"gguf {ft}"
 
 
+def _check_formats(names) -> None:
+    from quant import formats as F
+    comfy_targets = [n for n, f in F.FORMATS.items() if f.target and not f.legacy]
+    for f in names:
+        if f not in comfy_targets:
+            raise UsageError(f"--formats takes {', '.join(comfy_targets)}, not {f!r}")
+
+
 def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derived=(), *, progress=False) -> Ladder:
     """``preset_names``: hand presets (None = detected from the keys); ``derived``: [(gguf path, Mapping)]
     for NVFP4-mixed under GGUF-derived presets."""
@@ -118,9 +126,7 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
     from quant import presets
     from quant.convert import make_plan
     from quant.sources import open_source
-    for f in formats:
-        if f not in ("fp8", "nvfp4"):
-            raise UsageError(f"--formats takes fp8 and/or nvfp4, not {f!r}")
+    _check_formats(formats)
     if not ggufs and not formats:
         raise UsageError("nothing to compare: give --gguf files and/or --formats")
     with open_source(source) as src:
@@ -144,7 +150,7 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
             for fmt in formats:
                 for pn in preset_names:
                     plans.append((fmt, make_plan(src, pn, fmt)))
-                if fmt == "nvfp4":
+                if F.get(fmt).four_bit:
                     for g, mapping in derived:
                         pr = gguf_model.derive_preset(gguf_model.read(g), mapping, source_shapes=shapes)
                         plans.append((fmt, presets.plan(pr, fmt, [(n, src.info(n).dtype, shapes[n]) for n in shapes],
@@ -155,7 +161,7 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
                 if prov.get("sha256"):          # GGUF-derived: name it by the GGUF type it came from
                     label = f"{fmt} via {str(prov.get('file_type') or prov.get('gguf_file')).replace('MOSTLY_', '')}"
                 c = Column(label, fmt, pl.preset.name, sha256=prov.get("sha256"))
-                cols.append((c, ("plan", {d.name: d.action for d in pl.decisions})))
+                cols.append((c, ("plan", {d.name: d.action for d in pl.decisions}, F.get(fmt))))
             # layers: 2-D weights any candidate stores quantized
             layers = []
             for n, s in shapes.items():
@@ -178,8 +184,7 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
             target_fmt = {}
             for c, spec in cols:
                 if spec[0] != "gguf":
-                    fmt_obj = F.get(c.kind)
-                    jobs = [LayerJob(n[: -len(".weight")], n, fmt_obj.for_action(spec[1][n]),
+                    jobs = [LayerJob(n[: -len(".weight")], n, spec[2].for_action(spec[1][n]),
                                      (lambda n=n: src.get(n)), None, tuple(shapes[n]))
                             for n in layers if spec[1].get(n, "keep") != "keep"]
                     target_fmt[c.label] = iter(quantize_layers(jobs))
@@ -222,7 +227,11 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
 
 # --- HTML section + plot -----------------------------------------------------------------------
 
-def plot_sqnr(ladder: Ladder, png) -> Path:
+def _inputs(ladder: Ladder) -> list:
+    return [ladder.source, *(c.detail for c in ladder.columns if c.kind == "gguf")]
+
+
+def plot_sqnr(ladder: Ladder, png, inputs=()) -> Path:
     """SQNR per layer per format (matplotlib, Agg, imported here only)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -244,11 +253,13 @@ def plot_sqnr(ladder: Ladder, png) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.partial.png")
-    fig.savefig(tmp)
+    import io
+
+    from quant.outputs import write_bytes          # quantgate's one output path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(png)
+    write_bytes(png, buf.getvalue(), [*inputs, *_inputs(ladder)], what="ladder plot")
     return png
 
 
@@ -288,4 +299,4 @@ def write_html(ladder: Ladder, path) -> Path:
             "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style></head><body>"
             + body + "</body></html>\n")
-    return write_text(path, page)
+    return write_text(path, page, _inputs(ladder), what="ladder page")

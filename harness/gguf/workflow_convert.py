@@ -134,24 +134,10 @@ def dump_like(obj, original_text: str) -> str:
 
 
 def read_workflow(path: Path) -> tuple[bytes, object, str]:
-    """-> (bytes, parsed JSON, kind "ui"/"api"); InputError for anything else."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError("no such workflow file", path) from None
-    except IsADirectoryError:
-        raise InputError("is a directory", path) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", path) from None
-    try:
-        text = raw.decode("utf-8")
-        obj = json.loads(text)
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text (not a ComfyUI workflow)", path) from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path) from None
-    except RecursionError:
-        raise InputError("JSON nested too deeply", path) from None
+    """-> (bytes, parsed JSON, kind "ui"/"api") through the one validated loader of workflow JSON
+    (quant.inputs: bounded parsing, the fields quantgate reads typed); InputError for anything else."""
+    from quant.inputs import workflow_json
+    raw, obj, _ = workflow_json(path)
     return raw, obj, kind_of(obj, path)
 
 
@@ -320,13 +306,15 @@ def backup_path(p: Path) -> Path:
     return p.with_name(p.name + BACKUP_SUFFIX)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """quantgate's one output path (quant.outputs.atomic_file: temp beside it, fsync, rename, never
-    onto a FIFO/device), keeping the workflow file's permissions."""
+def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = True, inputs=(), what: str = "workflow") -> None:
+    """quantgate's one output path (quant.outputs: checked, temp beside it, fsync, an atomic commit, never
+    onto a FIFO/device; ``overwrite=False``: refused if the name exists, also when it appears meanwhile),
+    keeping the workflow file's permissions."""
     import stat as _stat
 
-    from quant.outputs import atomic_file
+    from quant.outputs import atomic_file, check_output
     path = Path(path)
+    check_output(path, inputs, overwrite=overwrite, what=what)
     try:
         mode = _stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
@@ -358,7 +346,8 @@ def write_all(results: list[Result]) -> list[Path]:
         for r in results:
             if not r.changed:
                 continue
-            atomic_write_bytes(backup_path(r.path), r.original)
+            # a backup is never replaced: an earlier one holds the true original
+            atomic_write_bytes(backup_path(r.path), r.original, overwrite=False, inputs=[r.path], what="workflow backup")
             done.append(r)
             atomic_write_bytes(r.path, r.new_text.encode("utf-8"))
     except BaseException:
@@ -387,8 +376,9 @@ def rollback(target) -> list[Path]:
             raise InputError(f"no backup {b.name} beside it: nothing to roll back", p)
         pairs = [(p, b)]
     restored = []
+    from quant.inputs import read_bytes
     for orig, b in pairs:
-        data = b.read_bytes()
+        data = read_bytes(b, what="workflow backup")
         atomic_write_bytes(orig, data)
         if orig.read_bytes() != data:
             raise InputError("restoring from the backup did not reproduce it byte-exactly; the backup was kept", orig)

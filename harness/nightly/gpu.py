@@ -98,10 +98,8 @@ def start_server(work: Path, log=print, cpu: bool | None = None):
 
 
 def memory(session, reset: bool = False) -> dict:
-    import requests
-    r = requests.get(f"{session.client.url}/quantgate/memory", params={"reset": 1} if reset else None, timeout=30)
-    r.raise_for_status()
-    return r.json()
+    # the one client (bounded, validated JSON object)
+    return session.client.get_json("/quantgate/memory", {"reset": 1} if reset else None, read_timeout=30)
 
 
 def device_used_mib(session) -> float | None:
@@ -128,10 +126,9 @@ def timed_render(session, workflow, model_name: str, steps: int, settings: dict,
 def speed_and_memory(session, workflow, path: Path, settings: dict, steps_lo: int = 2, steps_hi: int = 10,
                      repeats: int | None = None) -> dict:
     """Seconds per step, load+decode seconds and peak VRAM of one model file in the running server."""
-    import requests
     name = session.model(path)
     # unload what earlier cases left in VRAM, then open a new peak window: the peak is this file's alone
-    requests.post(f"{session.client.url}/free", json={"unload_models": True, "free_memory": True}, timeout=60)
+    session.client.free(deadline=60)
     time.sleep(1.0)
     memory(session, reset=True)
     lo, hi = [], []

@@ -20,7 +20,6 @@ unchanged code on one machine type read +41 % median and +84 % seconds per step)
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -62,19 +61,10 @@ class Change:
 
 
 def load(path) -> dict:
-    p = Path(path)
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("no such file", p) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
-        raise InputError("not a JSON nightly record (pytest-benchmark --benchmark-json output)", p) from None
-    if not isinstance(obj, dict) or any(k not in obj for k in SCHEMA_KEYS) or not isinstance(obj["benchmarks"], list):
-        raise InputError("not a pytest-benchmark record (needs machine_info, commit_info, benchmarks, datetime)", p)
-    for b in obj["benchmarks"]:
-        if not isinstance(b, dict) or not isinstance(b.get("name"), str) or not isinstance(b.get("stats"), dict):
-            raise InputError("a benchmark entry has no name or stats", p)
-    return obj
+    """A nightly record through its one validated loader (quant.inputs: bounded JSON, pytest-benchmark's
+    fields typed, finite numbers, an ISO datetime)."""
+    from quant.inputs import nightly_record
+    return nightly_record(path)
 
 
 def _num(x) -> float | None:
@@ -217,14 +207,19 @@ def describe(rec: dict) -> str:
     return f"{rec.get('datetime', '?')[:19]} commit {str(c.get('id', '?'))[:10]}{' (dirty)' if c.get('dirty') else ''} on {gpu}"
 
 
-def trend_html(records: list[tuple[str, dict]], out_html, max_plots: int = 40) -> Path:
-    """One HTML page with a plot per benchmark figure over the records (sorted by date). PNGs beside it."""
+def trend_html(records: list[tuple[str, dict]], out_html, max_plots: int = 40, *, overwrite: bool = True,
+               inputs=()) -> Path:
+    """One HTML page with a plot per benchmark figure over the records (sorted by date). PNGs beside it.
+    Every file goes through quant.outputs (never over a record, ``overwrite`` = --force)."""
+    import io
+    from quant.outputs import check_output, write_bytes, write_text
+    inputs = [*inputs, *(p for p, _ in records)]
+    check_output(out_html, inputs, overwrite=overwrite, what="trend page")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import html as H
     out_html = Path(out_html)
-    out_html.parent.mkdir(parents=True, exist_ok=True)
     recs = sorted(records, key=lambda r: r[1].get("datetime", ""))
     series: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for i, (_, rec) in enumerate(recs):
@@ -233,7 +228,6 @@ def trend_html(records: list[tuple[str, dict]], out_html, max_plots: int = 40) -
                 if rule_for(fig) is not None:
                     series.setdefault((b["name"], fig), []).append((i, v))
     img_dir = out_html.parent / (out_html.stem + "_plots")
-    img_dir.mkdir(exist_ok=True)
     body = []
     for j, ((name, fig), pts) in enumerate(sorted(series.items())[:max_plots]):
         fig_, ax = plt.subplots(figsize=(6, 2.6), dpi=90)
@@ -244,8 +238,10 @@ def trend_html(records: list[tuple[str, dict]], out_html, max_plots: int = 40) -
         ax.tick_params(axis="y", labelsize=7)
         fig_.tight_layout()
         png = img_dir / f"plot{j:03d}.png"
-        fig_.savefig(png)
+        buf = io.BytesIO()
+        fig_.savefig(buf, format="png")
         plt.close(fig_)
+        write_bytes(png, buf.getvalue(), inputs, overwrite=True, what="trend plot")
         body.append(f"<figure><img src='{H.escape(img_dir.name)}/{png.name}'><figcaption>{H.escape(name)} · "
                     f"{H.escape(fig)} ({H.escape(rule_for(fig)[0])})</figcaption></figure>")
     rows = "".join(f"<li>{H.escape(Path(p).name)}: {H.escape(describe(r))}</li>" for p, r in recs)
@@ -253,6 +249,5 @@ def trend_html(records: list[tuple[str, dict]], out_html, max_plots: int = 40) -
             "body{font:14px system-ui,sans-serif;margin:2em}figure{display:inline-block;margin:6px}"
             "figcaption{font-size:11px;color:#555}</style></head><body><h1>quantgate nightly trend</h1>"
             f"<p>{len(recs)} records:</p><ul>{rows}</ul>{''.join(body)}</body></html>")
-    from quant.outputs import write_text          # quantgate's one output path
-    write_text(out_html, page)
+    write_text(out_html, page, inputs, overwrite=overwrite, what="trend page")
     return out_html

@@ -2,10 +2,11 @@
 
     pytest -m format --checkpoint CKPT [--source SRC] [--reference REF] [--strict-format]
 
-Registered from the root conftest.py. Without ``--checkpoint`` the same tests run against a demo
-checkpoint built on the fly (a seeded thin Wan 2.2 model converted to fp8 by quant.convert, checked
-numerically against its source) -- they never pass vacuously, and the report header says which
-checkpoint was checked.
+Registered by -p in pyproject's addopts in the checkout and by the pytest11 entry point of an installed
+quantgate; its tests are harness/pytest_plugins/gate_tests/test_format_gate.py. Without ``--checkpoint`` the
+same tests run against a demo checkpoint built on the fly (a seeded thin Wan 2.2 model converted to fp8 by
+quant.convert, checked numerically against its source) -- they never pass vacuously, and the report header says
+which checkpoint was checked.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""pytest plugin of the render gate (registered in the root conftest.py).
+"""pytest plugin of the render gate (loaded by -p in the checkout, by the pytest11 entry point when installed).
 
 * ``pytest -m render --checkpoint CKPT --source SRC [--comfy-url URL | --comfy-root PATH]
-  [--workflow W --model-node ID] [--render-out DIR]`` runs the render gate on a user's file as tests
-  (tests/harness/render/test_checkpoint_gate.py); report.html + gate.json go to --render-out.
+  [--workflow W --model-node ID] [--render-out DIR] [--render-policy TOML]`` runs the render gate on a
+  user's file as tests (harness/pytest_plugins/gate_tests/test_render_gate.py); report.html + gate.json go to
+  --render-out.
 * Fixtures for quantgate's own tests: ``comfy_session`` (one embedded ComfyUI server for the whole
   session), ``thin_source`` (the seeded thin WAN 2.1 checkpoint).
 """
@@ -23,6 +24,9 @@ _OPTIONS = [
                              help="render gate: node id in --workflow that loads the checkpoint")),
     (("--render-out",), dict(action="store", default=None, metavar="DIR",
                              help="render gate: where report.html and gate.json go")),
+    (("--render-policy",), dict(action="store", default=None, metavar="TOML",
+                                help="render gate: thresholds and render plan (seeds, sizes, steps; default: "
+                                     "quantgate's harness/policy.toml), as `quantgate gate --policy`")),
 ]
 
 
@@ -83,14 +87,19 @@ def render_gate_record(request, tmp_path_factory):
         write_report(rec, out)
         rec["_out"] = str(out)
         return rec
-    from harness.render.gate import check_render_inputs
-    check_render_inputs(src, [ckpt])            # no pickle ever reaches the server
+    from harness.render.gate import check_render_inputs, load_policy
+    from quant.errors import QuantgateError
+    try:
+        check_render_inputs(src, [ckpt])        # no pickle ever reaches the server
+        policy = load_policy(_opt(cfg, "render_policy"))
+    except QuantgateError as e:
+        pytest.fail(f"render gate: {e}", pytrace=False)
     wf = Workflow.from_arg(_opt(cfg, "workflow"), _opt(cfg, "model_node"))
     with open_session(_opt(cfg, "comfy_url"), _opt(cfg, "comfy_root"), work_dir=work / "comfy",
                       keep_log=out / "comfyui.log", comfy_python=_opt(cfg, "comfy_python")) as s:
         if _opt(cfg, "workflow"):
             s.check_nodes(wf.wf)
-        rec = run_gate(s, src, [ckpt], workflow=wf, work_dir=work, verify_fn=run_verify)
+        rec = run_gate(s, src, [ckpt], policy=policy, workflow=wf, work_dir=work, verify_fn=run_verify)
     write_report(rec, out)
     rec["_out"] = str(out)
     return rec

@@ -35,7 +35,9 @@ def activation_policy(path) -> dict | None:
     try:
         for la in st.declared:
             spec = la.spec
-            if spec is None or spec.kernel not in ("fp8", "nvfp4") or la.fpmm or "weight" not in la.keys:
+            emu = None if spec is None or la.fpmm or "weight" not in la.keys else \
+                spec.emulation(la.conf if isinstance(la.conf, dict) else {})
+            if emu is None:
                 continue
             k = la.keys.get(spec.input_scale_key)
             v = None
@@ -48,7 +50,7 @@ def activation_policy(path) -> dict | None:
                 if name.startswith(p):
                     name = name[len(p):]
                     break
-            layers[name] = {"format": spec.kernel, "input_scale": v}
+            layers[name] = {**emu, "input_scale": v}
     finally:
         st.src.close()
     return {"layers": layers} if layers else None
@@ -57,18 +59,27 @@ def activation_policy(path) -> dict | None:
 def describe(policy: dict | None) -> dict:
     """Counts per kind: {"fp8 static": n, "fp8 unit 1.0": n, "nvfp4 static": n, "nvfp4 dynamic": n}."""
     out: dict[str, int] = {}
+    from quant import formats
+    static = {f.kernel for f in formats.FORMATS.values() if f.static_input_scale}
+    unit = {f.kernel for f in formats.FORMATS.values() if f.weight_only_without_input_scale}
+    short = {f.kernel: f.activation_short for f in formats.FORMATS.values()}
     for p in (policy or {}).get("layers", {}).values():
-        if p["format"] == "fp8":
-            k = "fp8 static input_scale" if p["input_scale"] is not None else "fp8 unit scale 1.0"
+        fam = p["format"]
+        if p["input_scale"] is not None:
+            k = f"{fam} static input_scale"
+        elif fam in unit:
+            k = f"{fam} unit scale 1.0"
+        elif fam in static:
+            k = f"{fam} dynamic scale"
         else:
-            k = "nvfp4 static input_scale" if p["input_scale"] is not None else "nvfp4 dynamic scale"
+            k = f"{fam} {short.get(fam, 'dynamic')}" + (f" after ConvRot (group {p['group']})" if p.get("group") else "")
         out[k] = out.get(k, 0) + 1
     return dict(sorted(out.items()))
 
 
 def wrap(wf: dict, model_name: str, policy: dict, model_node: str | None = None) -> dict:
     """``wf`` (built for ``model_name``) with the emulation node after its model loader."""
-    from harness.activations import graph
+    from . import graph
     loader = graph.model_loader(wf, model_node, model_name)
     return graph.with_emulation(wf, loader, json.dumps(policy, sort_keys=True))
 
@@ -125,7 +136,7 @@ def explain(c) -> str:
     if not c.activations:
         return ""
     wo = [r["weight_only"] for r in c.renders if "weight_only" in r]
-    txt = (" with activations emulated as the native fp8/NVFP4 kernel quantizes them ("
+    txt = (" with activations emulated as the format's native kernel quantizes them ("
            + ", ".join(f"{n} {k}" for k, n in describe(c.activations).items()) + ")")
     if wo and all(x["pass"] for x in wo):
         txt += (f"; the weight-only render passes (min SSIM {min(x['ssim'] for x in wo):.4f}): the activation "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,20 +29,9 @@ POLICY_PATH = Path(__file__).resolve().parent.parent / "policy.toml"
 
 
 def load_policy(path=None) -> dict:
-    p = Path(path) if path else POLICY_PATH
-    try:
-        pol = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise InputError("no such policy file", p) from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"policy is not valid TOML: {e}", p) from None
-    for sec in ("plan", "thresholds", "control"):
-        if sec not in pol:
-            raise InputError(f"policy has no [{sec}] section", p)
-    sizes = pol["plan"].get("sizes", [])
-    if not sizes or not all(isinstance(s, list) and len(s) == 2 for s in sizes):
-        raise InputError("plan.sizes must be a list of [width, height]", p)
-    return pol
+    """The render-gate policy TOML through its one validated loader (types, ranges, finite numbers)."""
+    from quant.inputs import policy_toml
+    return policy_toml(Path(path) if path else POLICY_PATH)
 
 
 @dataclass

@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+from quant.errors import QuantgateError
+
 from ..comfy import temp_bases
 from ..comfy.client import ComfyClient
 from ..comfy.errors import ComfyError
@@ -38,8 +40,9 @@ class RenderSession:
             spec = inp.get(input_name)
             opts = spec[0] if isinstance(spec, list) and spec and isinstance(spec[0], list) else []
             if isinstance(spec, list) and spec and spec[0] == "COMBO" and len(spec) > 1:
-                opts = spec[1].get("options", [])
-            self._options[key] = list(opts)
+                opts = spec[1].get("options", []) if isinstance(spec[1], dict) else []
+            # a server's answer: only file names (strings) count, whatever else it lists
+            self._options[key] = [o for o in opts if isinstance(o, str)] if isinstance(opts, list) else []
         return self._options[key]
 
     def model(self, path, folder: str = "diffusion_models", node_class: str = "UNETLoader",
@@ -122,8 +125,11 @@ def open_session(comfy_url: str | None = None, comfy_root=None, *, work_dir=None
         if keep_log is not None and srv.log_path.is_file():
             try:
                 Path(keep_log).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(srv.log_path, keep_log)
-            except OSError:
+                from quant.outputs import atomic_file, check_output      # the one output path (issue 20)
+                check_output(keep_log, [srv.log_path], overwrite=True, what="server log copy")
+                with atomic_file(keep_log, buffering=-1) as f, open(srv.log_path, "rb") as r:
+                    shutil.copyfileobj(r, f, 1 << 20)
+            except (OSError, QuantgateError):
                 pass
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,6 @@
-"""What a candidate file is (for thresholds), and the NVFP4 *dequantized twin*.
+"""What a candidate file is (for thresholds), and the *dequantized twin* of a format the server cannot load.
 
-ComfyUI < 0.8 cannot load NVFP4. On such a server the render gate renders a twin instead: every
+ComfyUI < 0.8 cannot load NVFP4 (< 0.18 MXFP8, < 0.27 int8, < 0.28 W4A4, < 0.31 W4A8; the formats' loads_since). On such a server the render gate renders a twin instead: every
 quantized layer dequantized by comfy-kitchen's eager reference (``ck.dequantize_nvfp4`` under
 ``ck.use_backend("eager")``; ``weight.float() * weight_scale`` for fp8 layers), all other tensors
 copied, saved as a plain checkpoint. That is exactly the weight a GPU below SM 10 computes with
@@ -57,6 +57,8 @@ def server_supports(fmt: str, comfy_version: str) -> bool:
     since = loads_since(fmt)
     if since is None:
         return True
+    if formats.FORMATS[fmt].loader:              # a custom node's dialect: stock ComfyUI renders the twin
+        return False
     lt = version_lt(comfy_version, since)
     if lt is None:
         return not version_lt(COMFY_VERSIONS["comfy_quant_tensor"], since)
@@ -87,7 +89,13 @@ def make_dequantized_twin(path, out, source=None) -> Path:
                 kr = reference_for(la.spec)
                 if "weight" not in la.keys or kr is None:
                     continue
-                if la.spec.block_scale_key is None and la.decode_scale_key not in la.keys:
+                if getattr(kr, "tensors_api", False):          # multi-tensor formats (int8, mxfp8, w4a4, w4a8)
+                    t = kr.load(st, la)
+                    shape = src_shapes.get(la.keys["weight"])
+                    n, k = tuple(shape) if shape is not None and len(shape) == 2 else \
+                        la.spec.stored_nk(tuple(t["weight"].shape))
+                    w = kr.decode(ck, t, n, k, la.conf if isinstance(la.conf, dict) else {})
+                elif la.spec.block_scale_key is None and la.decode_scale_key not in la.keys:
                     w = st.src.get(la.keys["weight"]).to(torch.float32)   # ComfyUI: implicit scale 1
                 else:
                     w, scale, bs = load_layer(st, la)

@@ -32,19 +32,8 @@ def load(path_or_name) -> dict:
     p = Path(path_or_name)
     if not p.suffix and not p.exists():
         p = template_path(str(path_or_name))
-    try:
-        wf = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise InputError("no such workflow file", p) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read workflow: {e}", p) from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"workflow is not valid JSON ({e.msg} at line {e.lineno})", p) from None
-    if isinstance(wf, dict) and "nodes" in wf and "links" in wf:
-        raise InputError("this is a UI workflow; export it with 'Save (API Format)' (API format is needed)", p)
-    if not isinstance(wf, dict) or not wf or not all(
-            isinstance(n, dict) and "class_type" in n and isinstance(n.get("inputs", {}), dict) for n in wf.values()):
-        raise InputError("not an API-format ComfyUI workflow ({node_id: {class_type, inputs}})", p)
+    from quant.inputs import workflow_json        # the one validated loader of workflow JSON (issue 20)
+    _, wf, _ = workflow_json(p, api_only=True)
     return wf
 
 

@@ -92,7 +92,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
            allow_unchecked: bool = False) -> Report:
     """Run the gate. Raises quant.errors.InputError for unreadable inputs (exit 2).
     ``device``: where comfy-kitchen's eager dequantizers run for the numeric check (cpu or cuda).
-    ``calibration``: a calibration JSON path (or loaded Calibration): activation scales far from it are errors.
+    ``calibration``: a calibration JSON path (or loaded ActivationStatistics): activation scales far from it are errors.
     ``allow_unchecked``: a declared format quantgate cannot decode is a warning instead of an error (the summary
     then says how many layers were not checked)."""
     if device.startswith("cuda") and not __import__("torch").cuda.is_available():
@@ -121,39 +121,13 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
                 cal_rows = calibration_rules.run(st, f, calibration, scalars)
                 cal_rows["provenance"] = calibration_rules.provenance(st, f, calibration, source)
             t1 = time.perf_counter()
-            mode = "header-only"
-            nbytes = 0
-            if src_obj is not None:
-                mode = "numeric"
-                from . import numeric       # torch and comfy-kitchen: only when data is compared
-                nbytes = numeric.compare(st, src_obj, f, progress, device=device, coverage=coverage,
-                                         allow_unchecked=allow_unchecked)
-            elif not header_only:
-                mode = "statistics"
-                from . import stats     # torch: only when tensor data is read
-                nbytes = stats.statistics(st, f, progress)
-                if st.declared:
-                    f.info("stats.note", "no --source given: the numbers were checked for plausibility only (NaN codes, "
-                                         "range use, scale magnitudes, block-scale alignment); nibble order, row-major "
-                                         "block scales and e5m2-vs-e4m3 data are only proven with --source")
-            elif st.declared and not plain:
-                f.info("stats.note", "header-only check: tensor data was not read")
+            mode, nbytes = _data(st, src_obj, f, progress, header_only=header_only, plain=plain, device=device,
+                                 coverage=coverage, allow_unchecked=allow_unchecked)
             t2 = time.perf_counter()
         finally:
             if src_obj is not None:
                 src_obj.close()
-        mc, why = layout_rules.min_comfy(st)
-        layers: dict[str, int] = {}
-        for la in st.declared:
-            name = la.spec.name if la.spec else str(la.comfy_format)
-            layers[name] = layers.get(name, 0) + 1
-        if mc != "any":
-            f.info("compat.min-comfy", f"needs ComfyUI >= {mc} ({'; '.join(why)})")
-        from quant.formats import FORMATS
-        for name in layers:
-            note = getattr(FORMATS.get(name), "runtime_note", "")
-            if note:
-                f.info("compat.note", note)
+        mc, why, layers = _compat(st, f)
         n_tensors = len(st.infos)
     if reference is not None:
         from harness.verify.layout_diff import diff_paths
@@ -169,6 +143,43 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
                  coverage=coverage or None)
     rep.timings = {"rules": t1 - t0, "data": t2 - t1, "total": time.perf_counter() - t0}
     return rep
+
+
+def _data(st, src_obj, f: Findings, progress, *, header_only: bool, plain, device: str, coverage: dict,
+          allow_unchecked: bool) -> tuple[str, int]:
+    """The tensor-data check of the mode asked for -> (mode, bytes checked)."""
+    if src_obj is not None:
+        from . import numeric       # torch and comfy-kitchen: only when data is compared
+        return "numeric", numeric.compare(st, src_obj, f, progress, device=device, coverage=coverage,
+                                          allow_unchecked=allow_unchecked)
+    if not header_only:
+        from . import numeric   # torch: only when tensor data is read
+        nbytes = numeric.statistics(st, f, progress)
+        if st.declared:
+            f.info("stats.note", "no --source given: the numbers were checked for plausibility only (NaN codes, "
+                                 "range use, scale magnitudes, block-scale alignment); nibble order, row-major "
+                                 "block scales and e5m2-vs-e4m3 data are only proven with --source")
+        return "statistics", nbytes
+    if st.declared and not plain:
+        f.info("stats.note", "header-only check: tensor data was not read")
+    return "header-only", 0
+
+
+def _compat(st, f: Findings) -> tuple[str, list, dict[str, int]]:
+    """The oldest ComfyUI that loads the file (and why), the layers per format, each format's runtime note."""
+    mc, why = layout_rules.min_comfy(st)
+    layers: dict[str, int] = {}
+    for la in st.declared:
+        name = la.spec.name if la.spec else str(la.comfy_format)
+        layers[name] = layers.get(name, 0) + 1
+    if mc != "any":
+        f.info("compat.min-comfy", f"needs ComfyUI >= {mc} ({'; '.join(why)})")
+    from quant.formats import FORMATS
+    for name in layers:
+        note = getattr(FORMATS.get(name), "runtime_note", "")
+        if note:
+            f.info("compat.note", note)
+    return mc, why, layers
 
 
 __all__ = ["verify", "Report", "ERROR", "WARNING", "INFO", "MODES"]

@@ -30,7 +30,7 @@ def run(st: Structure, f: Findings, cal, scalars: dict[str, dict[str, float]]) -
     """Adds findings; returns {"far": FAR, "layers": {layer: {...}}} for the JSON report."""
     rows, missing = {}, []
     for la in st.declared:
-        if la.spec is None or la.spec.kernel not in ("fp8", "nvfp4"):
+        if la.spec is None or not la.spec.static_input_scale:
             continue
         key = la.spec.input_scale_key
         v = scalars.get(la.name, {}).get(key)
@@ -48,7 +48,7 @@ def run(st: Structure, f: Findings, cal, scalars: dict[str, dict[str, float]]) -
             rows[la.name] = row
             continue
         if v is None:
-            if la.spec.kernel == "nvfp4":
+            if la.spec.dynamic_without_input_scale:
                 row["effective"] = "dynamic (amax/(448*6) per call)"
                 rows[la.name] = row
                 continue

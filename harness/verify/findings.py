@@ -16,6 +16,8 @@ RULES = {
     "carrier.unknown-format": ("carrier", "declared format exists in ComfyUI's QUANT_ALGOS"),
     "carrier.orphan": ("carrier", "every declared layer has tensors in the file"),
     "format.unchecked": ("carrier", "format is one quantgate can check (error unless --allow-unchecked)"),
+    "loader.custom-node": ("carrier", "the file loads in stock ComfyUI (a custom node's dialect is named with its loader)"),
+    "conf.params": ("carrier", "a layer's comfy_quant parameters (ConvRot group size, group_size) fit the format and the weight"),
     "numeric.unchecked": ("numeric", "every declared quantized layer was decoded and compared with the source"),
     "quant.plain-cast": ("carrier", "fp8 tensors without any scale (plain dtype cast)"),
     "marker.dtype": ("marker", "scaled_fp8 marker is F8_E4M3"),

@@ -241,6 +241,31 @@ def check_companions(st: Structure, f: Findings, ref: dict):
             f.error("companion.shape", msg, [la.name])
 
 
+def check_loader(st: Structure, f: Findings):
+    """Layers in a custom node's dialect (comfy-quants' INT8-Fast): say which loader the file needs."""
+    by: dict[str, list[str]] = {}
+    for la in st.declared:
+        if la.spec is not None and la.spec.loader:
+            by.setdefault(la.spec.name, []).append(la.name)
+    for name, layers in by.items():
+        from quant import formats
+        f.warning("loader.custom-node", f"{name} dialect (comfy_quant marker without 'format'): needs "
+                                        f"{formats.get(name).loader}; not interchangeable with a stock-ComfyUI "
+                                        "int8_tensorwise file", layers)
+
+
+def check_conf_params(st: Structure, f: Findings, ref: dict):
+    """The format's own parameters in each layer's comfy_quant dict (ConvRot group, group size, ...)."""
+    for la in st.declared:
+        if la.spec is None or not isinstance(la.conf, dict):
+            continue
+        nk = _logical_nk(la, st, ref)
+        if nk is None:
+            continue
+        for why in la.spec.conf_problems(la.conf, *nk):
+            f.error("conf.params", f"{la.spec.name}: {why}", [la.name])
+
+
 def check_layer_kinds(st: Structure, f: Findings, ref: dict):
     for la in st.declared:
         last = la.name.rsplit(".", 1)[-1]
@@ -347,8 +372,11 @@ def min_comfy(st: Structure) -> tuple[str, list[str]]:
         fmt = la.comfy_format
         if la.legacy:
             pass                                 # the marker above says it
+        elif la.spec is not None and la.spec.loader:
+            pass                                 # a custom node's dialect: no ComfyUI version loads it (check_loader)
         elif la.spec is not None:
-            need.append((QUANT_ALGOS_SINCE[la.spec.comfy_format], f"format {fmt}"))
+            need.append((la.spec.loads_since, f"format {fmt}" + ("" if la.spec.name == la.spec.comfy_format
+                                                                  else f" ({la.spec.name})")))
         elif fmt in QUANT_ALGOS_SINCE:
             need.append((QUANT_ALGOS_SINCE[fmt], f"format {fmt}"))
         if "pre_quant_scale" in la.keys:
@@ -365,6 +393,8 @@ def run(st: Structure, f: Findings, ref: dict, allow_unchecked: bool = False):
     check_carriers(st, f, allow_unchecked)
     plain = check_undeclared(st, f)
     check_companions(st, f, ref)
+    check_conf_params(st, f, ref)
+    check_loader(st, f)
     if not plain:
         check_layer_kinds(st, f, ref)
     check_activation(st, f)

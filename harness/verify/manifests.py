@@ -151,7 +151,8 @@ def regen(out_dir: Path | None = None) -> list[Path]:
     for r in RECIPES:
         p = (out_dir or GOLDEN_DIR) / f"{r.name}.json"
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(dumps(generate(r)))
+        from quant.outputs import write_text           # atomic (issue 20)
+        write_text(p, dumps(generate(r)), what="manifest")
         out.append(p)
     return out
 
@@ -167,13 +168,8 @@ def load(name: str) -> dict:
         p = path_of(name)
     if not p.is_file():
         raise InputError(f"unknown manifest {name!r}; known: {', '.join(names())}")
-    try:
-        m = json.loads(p.read_text())
-        if not isinstance(m.get("tensors"), dict):
-            raise ValueError
-    except (ValueError, AttributeError):
-        raise InputError("not a quantgate manifest (JSON with a 'tensors' object)", p) from None
-    return m
+    from quant.inputs import manifest_json      # the one validated loader (issue 20): bounded, typed
+    return manifest_json(p)
 
 
 def is_manifest_name(name: str) -> bool:
@@ -194,7 +190,7 @@ def summary(m: dict) -> dict:
     return {k: m[k] for k in ("name", "description", "arch", "format", "file_bytes", "published_bytes",
                               "header_bytes", "tensor_count", "params_or_elements", "dtypes",
                               "quantized_layers", "evidence") if k in m} | {
-        "tensors": m["tensor_count"], "metadata_keys": sorted(m.get("metadata", {}))}
+        "tensors": m.get("tensor_count", len(m["tensors"])), "metadata_keys": sorted(m.get("metadata", {}))}
 
 
 if __name__ == "__main__":

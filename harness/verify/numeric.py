@@ -5,7 +5,7 @@ independent of quantgate's own kernels) and compared with the source weight (``m
 error and cosine, limits from the layer's format object); failures are diagnosed (``diagnosis``) by
 re-trying the usual mistakes (swapped nibbles, row-major block scales, e5m2 data, a scale off by a
 factor). Unquantized tensors must equal the source after dtype conversion; every source tensor must be
-present. Tasks run on a small thread pool (``pool``). Without a source: ``stats.statistics``.
+present. Tasks run on a small thread pool (``pool``). Without a source: ``statistics`` (plausibility only).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import math
 import torch
 
 from quant.checkpoint import IGNORED_KEYS, Structure, load_layer
+from quant.dtypes import FLOAT_DTYPES
 from quant.formats import resolve_shape
 
 from . import row_bounds
@@ -22,7 +23,6 @@ from .findings import Findings
 from .kitchen import open_kitchen, reference_for
 from .metrics import metrics, within
 from .pool import WORKERS, LocalFindings, run_tasks
-from .stats import statistics  # noqa: F401  (verify's no-source mode)
 
 
 def scale_key(la) -> str:
@@ -35,6 +35,8 @@ def checkable(st: Structure, la) -> bool:
     spec = la.spec
     if spec is None or reference_for(spec) is None or la.logical_shape is not None and len(la.logical_shape) != 2:
         return False
+    if getattr(reference_for(spec), "tensors_api", False):
+        return _checkable_tensors(st, la)
     for c in spec.companions:
         k = la.keys.get(c.suffix)
         if c.required and k is None:
@@ -50,7 +52,81 @@ def checkable(st: Structure, la) -> bool:
     return math.prod(s.shape) == 1
 
 
+def _checkable_tensors(st: Structure, la) -> bool:
+    """Every required companion present with an accepted dtype, the stored shapes those of one [N, K] Linear."""
+    spec = la.spec
+    for c in spec.companions:
+        k = la.keys.get(c.suffix)
+        if k is None:
+            if c.required:
+                return False
+            continue
+        if st.infos[k].dtype not in c.dtypes:
+            return False
+    w = st.infos[la.keys["weight"]]
+    if len(w.shape) != 2:
+        return False
+    n, k = spec.stored_nk(tuple(w.shape))
+    for c in spec.companions:
+        key = la.keys.get(c.suffix)
+        if key is not None and c.suffix != "weight":
+            got = tuple(st.infos[key].shape)
+            if got != resolve_shape(c.shape, n, k) and not any(got == resolve_shape(a, n, k) for a in c.alt_shapes):
+                if not spec.block_scales_fit(tuple(w.shape), got) or c.suffix != spec.block_scale_key:
+                    return False
+    return True
+
+
+def _check_layer_tensors(ck, kr, st, source, la, f, device="cpu") -> int:
+    """A layer of a multi-tensor format: every companion loaded, decoded by comfy-kitchen, each row held to the
+    format's own per-element worst case."""
+    key = la.name + ".weight"
+    n, k = source.info(key).shape
+    t = kr.load(st, la)
+    if device != "cpu":
+        t = {s: v.to(device) for s, v in t.items()}
+    expect_w = resolve_shape(la.spec.companion("weight").shape, n, k)
+    if tuple(t["weight"].shape) != expect_w:
+        f.error("numeric.shape", "quantized weight shape does not fit the source weight's shape", [la.name])
+        return 0
+    nbytes = sum(v.numel() * v.element_size() for v in t.values())
+    ref = source.get(key).to(device)
+    conf = la.conf if isinstance(la.conf, dict) else {}
+    try:
+        (rel, cos, alpha), (bad_rows, n_bad, worst, n_blocks) = kr.check(ck, la.spec, t, ref, n, k, conf)
+    except (ValueError, RuntimeError) as e:        # kitchen refuses the declared parameters (e.g. a group size)
+        f.error("numeric.mismatch", f"comfy-kitchen cannot decode the layer as declared: {str(e)[:200]}", [la.name])
+        return nbytes
+    if n_bad and within(la.spec, rel, cos):
+        f.error("numeric.rows", "comfy-kitchen's dequantization: " + row_bounds.describe(
+            la.spec.name, bad_rows, n_bad, n, worst, n_blocks, getattr(la.spec, "block_size", 16)), [la.name])
+    if not within(la.spec, rel, cos):
+        ref32 = ref.to(torch.float32)
+        why = None
+        for what, fn in kr.mistakes(ck, t, n, k, conf):     # the format's usual mistakes first: they name it
+            try:
+                r2, c2, _ = metrics(ref32, fn())
+            except Exception:      # a diagnosis attempt must never break the report
+                continue
+            if within(la.spec, r2, c2):
+                why = what
+                break
+        if why is None:
+            class _NoTries:
+                @staticmethod
+                def mistakes(*_a):
+                    return []
+            why = diagnose(ck, _NoTries, la, None, None, None, n, k, ref32, alpha, cos)
+        f.error("numeric.mismatch", f"comfy-kitchen's dequantization differs from the source "
+                                    f"(limits: rel. error <= {la.spec.max_rel_error}, cosine >= "
+                                    f"{la.spec.min_cosine}): {why}", [la.name])
+    return nbytes
+
+
 def _check_layer(ck, st, source, la, f, device="cpu") -> int:
+    kr = reference_for(la.spec)
+    if getattr(kr, "tensors_api", False):
+        return _check_layer_tensors(ck, kr, st, source, la, f, device)
     key = la.name + ".weight"
     n, k = source.info(key).shape
     w, scale, bs = load_layer(st, la)
@@ -188,6 +264,31 @@ def _equal_after_cast(ref: torch.Tensor, got: torch.Tensor) -> bool:
         return False
     return bool(torch.equal(cast.contiguous().reshape(-1).view(torch.uint8),
                             got.contiguous().reshape(-1).view(torch.uint8)))
+
+
+def statistics(st: Structure, f: Findings, progress=None) -> int:
+    """verify's no-source mode: unquantized float tensors finite, each checkable layer's stored numbers
+    plausible (its kitchen reference's ``stats``). Returns the bytes read."""
+    nbytes = 0
+    comp = st.companion_keys()
+    for name, info in st.infos.items():       # unquantized float tensors must be finite (comfy_format §7.9)
+        if name in comp or info.dtype not in FLOAT_DTYPES:
+            continue
+        t = st.src.get(name)
+        nbytes += t.numel() * t.element_size()
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            f.error("stats.nonfinite", "unquantized tensor holds NaN/Inf values", [name])
+        del t
+    for la in st.declared:
+        if not checkable(st, la):
+            continue
+        w, scale, bs = load_layer(st, la)
+        nbytes += w.numel() * w.element_size()
+        reference_for(la.spec).stats(la, w, scale, bs, f)
+        if progress:
+            progress(nbytes)
+        del w, bs
+    return nbytes
 
 
 __all__ = ["compare", "statistics", "checkable", "load_layer", "scale_key", "WORKERS"]

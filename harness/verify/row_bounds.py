@@ -127,9 +127,42 @@ def nvfp4_bad_blocks(got: torch.Tensor, ref: torch.Tensor, block_scales_logical:
     return bad_rows, n_rows, n_blocks, None if worst is None else worst[:3]
 
 
-def describe(kind: str, bad_rows: list[int], n_bad: int, n_rows: int, worst, n_blocks: int | None = None) -> str:
+def bound_rows(got: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, max_report: int = 0,
+               block: int | None = None) -> tuple[list[int], int, tuple | None, int | None]:
+    """Rows whose squared error (``got`` - ``ref``, float32 [n, k]) exceeds the sum of their elements' squared
+    bounds (``bound`` [n, k], the format object's ``elem_bound``: in the codes' own basis, which for the ConvRot
+    formats is the rotated one -- an orthogonal rotation keeps every row's error norm). ``block``: also count
+    the blocks of that many elements along K over their bound (formats whose scales are per block, with the
+    error measured in the same basis). Returns (first bad rows, number of bad rows, (worst row, its rel. error,
+    its rel. bound), number of bad blocks or None)."""
+    err = got - ref
+    err2 = err.square().sum(1)
+    b2 = bound.square()
+    bound2 = b2.sum(1).mul_(SLACK ** 2).add_(1e-30)
+    over = err2 > bound2
+    n_blocks = None
+    if block:
+        n, k = ref.shape
+        kp = -(-k // block) * block
+        e2, bb2 = err.square(), b2
+        if kp != k:
+            e2 = torch.nn.functional.pad(e2, (0, kp - k))
+            bb2 = torch.nn.functional.pad(bb2, (0, kp - k))
+        n_blocks = int((e2.view(n, -1, block).sum(-1) > bb2.view(n, -1, block).sum(-1) * SLACK ** 2 + 1e-30).sum())
+    if not bool(over.any()):
+        return [], 0, None, n_blocks
+    rows = torch.nonzero(over).reshape(-1)
+    ratio = err2[rows] / bound2[rows]
+    r = int(rows[int(torch.argmax(ratio))])
+    nr = max(float(ref[r].square().sum()), 1e-30)
+    worst = (r, (float(err2[r]) / nr) ** 0.5, (float(bound2[r]) / nr) ** 0.5)
+    return [int(x) for x in rows[:max_report]], int(rows.numel()), worst, n_blocks
+
+
+def describe(kind: str, bad_rows: list[int], n_bad: int, n_rows: int, worst, n_blocks: int | None = None,
+             block: int = 16) -> str:
     shown = ", ".join(map(str, bad_rows[:8])) + (", ..." if n_bad > len(bad_rows[:8]) else "")
-    blocks = f", {n_blocks} blocks of 16" if n_blocks is not None else ""
+    blocks = f", {n_blocks} blocks of {block}" if n_blocks is not None else ""
     w = ""
     if worst is not None:
         w = f"; worst row {worst[0]}: rel. error {worst[1]:.3g} > its worst case {worst[2]:.3g}"

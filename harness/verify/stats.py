@@ -1,11 +1,11 @@
 """Statistics without a source: plausibility of the stored numbers (NaN codes, use of the e4m3 range,
-decoded magnitudes, block scales lining up with the data). The report says that nothing was proven."""
+decoded magnitudes, block scales lining up with the data), per kernel family; the kitchen references
+call them (``kitchen.*Reference.stats``) and ``numeric.statistics`` walks a file with them. The report
+says that nothing was proven."""
 from __future__ import annotations
 
 import torch
 
-from quant.checkpoint import Structure, load_layer
-from quant.dtypes import FLOAT_DTYPES
 from quant.kernels.common import E2M1_MAX, E4M3_MAX
 
 from .findings import Findings
@@ -69,28 +69,3 @@ def nvfp4_stats(la, w, s2, bs, f: Findings):
     if bad > MISALIGNED_FRACTION * max(1, np_ * c):
         f.error("stats.range", "nvfp4 block scales do not line up with the data (zero scales on non-zero blocks): "
                                "block scales not in the swizzled layout?", [la.name])
-
-
-def statistics(st: Structure, f: Findings, progress=None) -> int:
-    from .kitchen import reference_for
-    from .numeric import checkable
-    nbytes = 0
-    comp = st.companion_keys()
-    for name, info in st.infos.items():       # unquantized float tensors must be finite (comfy_format §7.9)
-        if name in comp or info.dtype not in FLOAT_DTYPES:
-            continue
-        t = st.src.get(name)
-        nbytes += t.numel() * t.element_size()
-        if t.numel() and not bool(torch.isfinite(t).all()):
-            f.error("stats.nonfinite", "unquantized tensor holds NaN/Inf values", [name])
-        del t
-    for la in st.declared:
-        if not checkable(st, la):
-            continue
-        w, scale, bs = load_layer(st, la)
-        nbytes += w.numel() * w.element_size()
-        reference_for(la.spec).stats(la, w, scale, bs, f)
-        if progress:
-            progress(nbytes)
-        del w, bs
-    return nbytes

@@ -1,6 +1,7 @@
-"""Recorded calibration activations for learned rounding.
+"""Activation SAMPLES for learned rounding: recorded input rows of each quantized Linear. (The
+per-layer statistics that become input_scale are activation STATISTICS: :mod:`quant.activations.statistics`.)
 
-File format (``convert --calibration FILE``): a safetensors file (parsed by quantgate's own safe reader,
+File format (``convert --act-samples FILE``): a safetensors file (parsed by quantgate's own safe reader,
 never a pickle) with one tensor ``<layer>.input`` per quantized Linear, shape [..., K] (rows are input
 activations of that layer, any float dtype; leading dims are flattened). Header metadata
 ``quantgate.calibration = "activations"`` is written by :func:`save_samples`; it is not required.
@@ -17,24 +18,19 @@ from pathlib import Path
 import torch
 
 from quant.errors import InputError
-from quant.safetensors_io import SafetensorsFile, save_file
+from quant.safetensors_io import save_file
 
 SUFFIX = ".input"
 
 
-class Calibration:
+class ActivationSamples:
     def __init__(self, path, samples: int, seed: int):
+        from quant.inputs import activation_samples
         self.path = Path(path)
-        if self.path.suffix.lower() == ".json":
-            raise InputError("learned rounding needs recorded activations (a .safetensors file of "
-                             "'<layer>.input' tensors), not a JSON of statistics", self.path)
-        if not self.path.is_file():
-            raise InputError("no such calibration file", self.path)
-        self._f = SafetensorsFile(self.path)
+        # the one validated loader of activation files (issue 20): F16/BF16/F32 [..., K] with rows
+        self._f = activation_samples(self.path)
         self.samples, self.seed = int(samples), int(seed)
         self.layers = {k[: -len(SUFFIX)] for k in self._f.keys() if k.endswith(SUFFIX)}
-        if not self.layers:
-            raise InputError(f"no '<layer>{SUFFIX}' activation tensors in the calibration file", self.path)
 
     def close(self):
         self._f.close()

@@ -1,5 +1,7 @@
-"""Calibration files: per-Linear activation statistics recorded while ComfyUI sampled a workflow
-(written by ``quantgate calibrate``; read by ``convert --calibration`` and ``verify --calibration``).
+"""Activation STATISTICS files: per-Linear statistics of the inputs recorded while ComfyUI sampled a
+workflow (written by ``quantgate calibrate``; read by ``convert --act-stats`` and ``verify --calibration``),
+which become each layer's ``input_scale``. (The recorded activation rows that learned rounding fits to
+are activation SAMPLES: :mod:`quant.activations.samples`.)
 
 Schema ``quantgate.calibration/1`` (JSON)::
 
@@ -15,12 +17,11 @@ element the layer saw). ``input_scale`` = statistic x margin / full-scale of the
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from quant.errors import InputError, UsageError
+from quant.errors import InputError, OptionError
 
 SCHEMA = "quantgate.calibration/1"
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -36,7 +37,7 @@ def statistic_key(percentile: float | None) -> str:
 
 
 @dataclass
-class Calibration:
+class ActivationStatistics:
     path: str
     data: dict
 
@@ -63,7 +64,7 @@ class Calibration:
             return None
         key = statistic_key(percentile)
         if key not in la:
-            raise UsageError(f"--percentile {percentile}: not recorded in this calibration (recorded: "
+            raise OptionError(f"{{percentile}} {percentile}: not recorded in this calibration (recorded: "
                              f"{', '.join(str(p) for p in self.percentiles) or 'none'})", self.path)
         return float(la[key]) * float(margin)
 
@@ -84,33 +85,15 @@ class Calibration:
         return out
 
 
-def load(path) -> Calibration:
-    p = Path(path)
-    try:
-        obj = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise InputError("no such calibration file", p) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not a calibration JSON", p) from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise InputError("calibration file is not JSON", p) from None
-    if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
-        raise InputError(f"not a quantgate calibration (expected \"schema\": \"{SCHEMA}\"; make one with "
-                         "`quantgate calibrate`)", p)
-    layers = obj.get("layers")
-    if not isinstance(layers, dict) or not layers:
-        raise InputError("calibration has no layers", p)
-    for name, la in layers.items():
-        if not isinstance(la, dict) or not isinstance(la.get("amax"), (int, float)) or isinstance(la.get("amax"), bool):
-            raise InputError(f"layer {name!r}: no numeric amax", p)
-        for k, v in la.items():
-            if (k == "amax" or k.startswith("p")) and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
-                raise InputError(f"layer {name!r}: {k} must be a finite number >= 0, got {v!r}", p)
-    return Calibration(str(p), obj)
+def load(path) -> ActivationStatistics:
+    """The activation-statistics JSON through its one validated loader (quant.inputs: bounded parsing, a strict
+    schema: types, ranges, finite numbers, sizes; a FIFO is refused, never blocks)."""
+    from quant.inputs import calibration_json
+    return ActivationStatistics(str(path), calibration_json(path))
 
 
-def model_sha256(cal: Calibration) -> str | None:
-    """sha256 of the model the calibration was recorded on (its provenance), or None when it has none."""
+def model_sha256(cal: ActivationStatistics) -> str | None:
+    """sha256 of the model the statistics were recorded on (their provenance), or None when they have none."""
     prov = cal.data.get("provenance")
     model = prov.get("model") if isinstance(prov, dict) else None
     sha = model.get("sha256") if isinstance(model, dict) else None
@@ -126,10 +109,10 @@ def file_sha256(path, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def foreign(cal: Calibration, source) -> tuple[str, str] | None:
-    """(calibration's model sha256, source's sha256) when the calibration was recorded on ANOTHER model than
-    ``source`` (a single checkpoint file; ``calibrate`` records one), else None. A calibration without a
-    recorded model, or a sharded source, cannot be compared: None."""
+def foreign(cal: ActivationStatistics, source) -> tuple[str, str] | None:
+    """(statistics' model sha256, source's sha256) when they were recorded on ANOTHER model than ``source``
+    (a single checkpoint file; ``calibrate`` records one), else None. Statistics without a recorded model, or
+    a sharded source, cannot be compared: None."""
     want = model_sha256(cal)
     p = Path(source)
     if want is None or not p.is_file() or p.suffix.lower() == ".json":
@@ -138,8 +121,8 @@ def foreign(cal: Calibration, source) -> tuple[str, str] | None:
     return None if got == want else (want, got)
 
 
-def check_model(cal: Calibration, source, *, allow_foreign: bool = False) -> tuple[str, str] | None:
-    """Refuse (InputError: one line naming both sha256s) a calibration recorded on another model than
+def check_model(cal: ActivationStatistics, source, *, allow_foreign: bool = False) -> tuple[str, str] | None:
+    """Refuse (InputError: one line naming both sha256s) statistics recorded on another model than
     ``source``; ``allow_foreign`` returns the pair instead (the caller says so)."""
     f = foreign(cal, source)
     if f is not None and not allow_foreign:
@@ -148,5 +131,5 @@ def check_model(cal: Calibration, source, *, allow_foreign: bool = False) -> tup
     return f
 
 
-__all__ = ["SCHEMA", "Calibration", "load", "percentile_key", "statistic_key", "model_sha256", "foreign",
-           "check_model"]
+__all__ = ["SCHEMA", "ActivationStatistics", "load", "percentile_key", "statistic_key", "model_sha256",
+           "foreign", "check_model"]

@@ -22,12 +22,21 @@ from quant.comfy.versions import (COMFY_QUANT_SUFFIX, COMFY_VERSIONS, FORMAT_VER
                                   comfy_quant_tensor, quantization_metadata, version_lt)  # noqa: F401
 from . import fp8 as _fp8_formats  # noqa: F401  (registers fp8-legacy, fp8)
 from . import nvfp4 as _nvfp4_formats  # noqa: F401  (registers nvfp4)
+from . import int8 as _int8  # noqa: F401
+from . import int8_convrot as _int8_convrot  # noqa: F401
+from . import mxfp8 as _mxfp8  # noqa: F401
+from . import w4a4_convrot as _w4a4_convrot  # noqa: F401
+from . import w4a8_int8 as _w4a8_int8  # noqa: F401
+from . import int8_fast as _int8_fast  # noqa: F401  (read-only dialect: comfy-quants' INT8-Fast files)
 
 FORMATS: dict[str, Format] = dict(sorted(_REGISTRY.items(), key=lambda kv: kv[1].order))
 TARGETS: tuple[str, ...] = tuple(n for n, f in FORMATS.items() if f.target)
-# comfy "format" string -> the comfy_quant-carried format that reads it (legacy files are found by marker)
-BY_COMFY_FORMAT: dict[str, Format] = {f.comfy_format: f for f in FORMATS.values()
-                                      if f.carrier == CARRIER_COMFY_QUANT and f.comfy_format}
+# comfy "format" string -> the (first) comfy_quant-carried format that reads it (legacy files are found by
+# marker; for a layer's dict use for_conf, which tells int8 from int8-convrot)
+BY_COMFY_FORMAT: dict[str, Format] = {}
+for _f in FORMATS.values():
+    if _f.carrier == CARRIER_COMFY_QUANT and _f.comfy_format:
+        BY_COMFY_FORMAT.setdefault(_f.comfy_format, _f)
 
 
 def get(name: str) -> Format:
@@ -35,6 +44,21 @@ def get(name: str) -> Format:
         return FORMATS[name]
     except KeyError:
         raise UsageError(f"unknown format {name!r}; choose one of {', '.join(TARGETS)}") from None
+
+
+def for_conf(conf) -> Format | None:
+    """The format of a layer's comfy_quant dict (None: not one quantgate knows). Formats sharing a ComfyUI format
+    string (int8_tensorwise with or without ConvRot) are told apart by :meth:`Format.matches_conf`."""
+    if not isinstance(conf, dict):
+        return None
+    name = conf.get("format")
+    return next((f for f in FORMATS.values() if f.carrier == CARRIER_COMFY_QUANT and f.comfy_format == name
+                 and f.matches_conf(conf)), None)
+
+
+def dialect_for(conf) -> Format | None:
+    """A format declared by a comfy_quant dict WITHOUT "format" (a custom node's dialect), or None."""
+    return for_conf(conf) if isinstance(conf, dict) and "format" not in conf else None
 
 
 def marker_format() -> Format:

@@ -92,6 +92,8 @@ class Format:
     # full_precision_matrix_mult when no calibrated input_scale is given (weight-only; ComfyUI >= 0.4 would
     # otherwise cast activations to the weight format at scale 1.0)
     weight_only_without_input_scale: ClassVar[bool] = False
+    # without an input_scale ComfyUI scales activations per call (amax / full scale) instead of by 1.0
+    dynamic_without_input_scale: ClassVar[bool] = False
     max_rel_error: ClassVar[float] = 0.0     # numeric check: relative Frobenius error bound
     min_cosine: ClassVar[float] = 0.0
     target: ClassVar[bool] = True            # an output format of `quantgate convert`
@@ -99,6 +101,16 @@ class Format:
     doc_written: ClassVar[str] = ""          # README/`formats --markdown`: what a file holds (markdown)
     doc_comfy: ClassVar[str] = ""            # README/`formats --markdown`: which ComfyUI loads it (markdown)
     order: ClassVar[int] = 100               # position in FORMATS / --format choices
+    # activations: "static" = a calibrated input_scale may be stored (fp8, nvfp4); anything else is a sentence
+    # saying what ComfyUI does with activations at run time (the render gate's report quotes it)
+    activation: ClassVar[str] = "static"
+    activation_short: ClassVar[str] = "dynamic per-row"   # the render report's few words for a dynamic activation path
+    four_bit: ClassVar[bool] = False         # the preset's sensitive-layer rules (nvfp4 = "fp8"|"keep") apply
+    sensitive_actions: ClassVar[dict] = {}   # preset sensitive-layer value -> action in this format's files
+    fallback_action: ClassVar[str | None] = None     # action for a layer this format refuses (None: keep it)
+    native_sm: ClassVar[tuple[int, int] | None] = None   # lowest CUDA SM ComfyUI runs it natively on (None: never)
+    learned_rounding: ClassVar[bool] = False  # `--rounding learned` can optimise its rounding (quant.rounding)
+    loader: ClassVar[str | None] = None      # a custom node the file needs instead of stock ComfyUI (dialects)
 
     def __init_subclass__(cls, register: bool = True, **kw):
         super().__init_subclass__(**kw)
@@ -131,8 +143,7 @@ class Format:
         fp8 layers as ``fp8``)."""
         if action == self.kernel:
             return self
-        from . import FORMATS
-        for f in FORMATS.values():
+        for f in sorted(_REGISTRY.values(), key=lambda f: f.order):     # = FORMATS' order
             if f.kernel == action and f.carrier == self.carrier:
                 return f
         raise ValueError(f"{self.name} files cannot hold {action} layers")
@@ -140,6 +151,38 @@ class Format:
     def stored_nk(self, weight_shape: tuple[int, ...]) -> tuple[int, int]:
         """The logical [N, K] a stored 2-D weight implies (padded dims when the weight is packed)."""
         return tuple(weight_shape)
+
+    def refuses(self, n: int, k: int) -> str | None:
+        """Why a Linear [n, k] cannot be written in this format (None: it can). The plan keeps such a layer
+        in source precision, or gives it to :attr:`fallback_action`."""
+        return None
+
+    def matches_conf(self, conf: dict) -> bool:
+        """Whether a layer's comfy_quant dict (whose "format" is this format's) is this format (formats that
+        share one ComfyUI format string, e.g. int8_tensorwise with and without ConvRot, tell them apart)."""
+        return True
+
+    def emulation(self, conf: dict) -> dict | None:
+        """How the render gate's activation emulation quantizes this layer's input the way ComfyUI's native kernel
+        does: {"format": <kernel family the emulation node knows>, ...parameters}, or None (weight-only)."""
+        return {"format": self.kernel}
+
+    def conf_problems(self, conf: dict, n: int, k: int) -> list[str]:
+        """What is wrong with a layer's comfy_quant parameters for a [n, k] weight (verify's layout rules)."""
+        return []
+
+    def conf_extra(self, n: int, k: int) -> dict:
+        """Keys this format adds to a layer's comfy_quant dict beside "format" (shape dependent)."""
+        return {}
+
+    def raw_nk(self, raw: dict) -> tuple[int, int]:
+        """The logical [N, K] of :meth:`quantize`'s output (for the layer's comfy_quant dict)."""
+        return self.stored_nk(tuple(raw["weight"].shape))
+
+    @property
+    def static_input_scale(self) -> bool:
+        """A calibrated input_scale can be stored and is used by ComfyUI."""
+        return self.activation == "static"
 
     def block_scales_fit(self, weight_shape: tuple, scales_shape: tuple) -> bool:
         """Whether stored block scales can cover the stored weight (formats without them: True)."""
@@ -155,19 +198,24 @@ class Format:
                 out.append((f"{layer}.{c.suffix}", c.dtypes[0], resolve_shape(c.shape, n, k)))
         return out
 
-    def layer_config(self, has_input_scale: bool, weight_only: bool | None = None) -> dict | None:
+    def layer_config(self, has_input_scale: bool, weight_only: bool | None = None,
+                     shape: tuple[int, int] | None = None) -> dict | None:
         """The layer's comfy_quant JSON dict, or None when the carrier is a file marker. ``weight_only``:
-        force full_precision_matrix_mult on (True) or off (False); None = the format's default."""
+        force full_precision_matrix_mult on (True) or off (False); None = the format's default. ``shape``:
+        the logical [N, K] (formats whose dict depends on it, e.g. the ConvRot group size, need it)."""
         if self.legacy:
             return None
         if weight_only is None:
             weight_only = self.weight_only_without_input_scale and not has_input_scale
-        return comfy_quant_config(self, full_precision_mm=bool(weight_only))
+        conf = comfy_quant_config(self, full_precision_mm=bool(weight_only))
+        if shape is not None:
+            conf.update(self.conf_extra(*shape))
+        return conf
 
     def layer_entries(self, layer: str, n: int, k: int, *, input_scale: bool = False,
                       weight_only: bool | None = None) -> list[tuple[str, str, tuple]]:
         ents = self.entries(layer, n, k, with_input_scale=input_scale)
-        conf = self.layer_config(input_scale, weight_only)
+        conf = self.layer_config(input_scale, weight_only, (n, k))
         if conf is not None:
             ents.append((f"{layer}.{COMFY_QUANT_SUFFIX}", "U8", (len(comfy_quant_bytes(conf)),)))
         return ents
@@ -187,7 +235,7 @@ class Format:
                 out[f"{layer}.{c.suffix}"] = c.fit(raw[c.suffix].cpu())
             elif c.suffix == self.input_scale_key and input_amax is not None:
                 out[f"{layer}.{c.suffix}"] = self.activation_scale(input_amax)
-        conf = self.layer_config(input_amax is not None, weight_only)
+        conf = self.layer_config(input_amax is not None, weight_only, self.raw_nk(raw))
         if conf is not None:
             out[f"{layer}.{COMFY_QUANT_SUFFIX}"] = comfy_quant_tensor(conf)
         return out
@@ -203,10 +251,29 @@ class Format:
         """Quantize a 2-D weight -> {suffix: tensor} (on the weight's device, raw shapes)."""
         raise NotImplementedError
 
+    def quantize_async(self, tq, x):
+        """The pipelined CUDA path's no-sync kernels (``tq``: the kernel seam, quant.kernels.Kernels: its
+        ``*_async`` ops): ({suffix: device tensor}, amax for the deferred finiteness check), or None where the
+        format has none (then :meth:`quantize` runs on the kernel stream)."""
+        return None
+
     def dequantize(self, tensors: dict, shape: tuple[int, int] | None = None, dtype=None, *, backend=None):
         """Inverse of :meth:`quantize` from {suffix: tensor}; ``shape`` = the logical [N, K].
         (quantgate's own decode: the checker proves files through comfy-kitchen instead.)"""
         raise NotImplementedError
+
+    # ---- deliberate damage (planted defects: verify must catch a destroyed file of every format) -------
+    def negated_weight(self, w):
+        """The stored weight whose decoded values are (about) the negatives of ``w``'s, in this encoding."""
+        import torch
+        if w.dtype == torch.int8:
+            return (-w.to(torch.int16)).clamp(-128, 127).to(torch.int8)
+        return (-w.float()).to(w.dtype)
+
+    def scaled_up(self, scale):
+        """A decode scale that makes every value about 10x larger (float scales x10; others unchanged)."""
+        import torch
+        return scale * 10 if scale.dtype in (torch.float32, torch.float16, torch.bfloat16) else scale
 
     def __repr__(self):
         return f"<format {self.name}>"

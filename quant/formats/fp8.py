@@ -14,11 +14,16 @@ class _Fp8(Format, register=False):
     full_scale = E4M3_MAX
     max_rel_error = 0.08
     min_cosine = 0.995
+    learned_rounding = True
 
     def quantize(self, w, *, backend=None, name=None) -> dict:
         from ..kernels import get_backend
         q, s = (backend or get_backend(w.device)).quantize_fp8(w, name=name)
         return {"weight": q, self.decode_scale_key: s}
+
+    def quantize_async(self, tq, x):
+        q, scale, amax = tq.quantize_fp8_async(x)
+        return {"weight": q, self.decode_scale_key: scale}, amax
 
     def dequantize(self, tensors, shape=None, dtype=None, *, backend=None):
         import torch

@@ -19,6 +19,7 @@ class Nvfp4(Format):
     name = "nvfp4"
     order = 2
     kernel = "nvfp4"
+    dynamic_without_input_scale = True       # ComfyUI: amax/(448*6) per call
     comfy_format = "nvfp4"
     carrier = CARRIER_COMFY_QUANT
     file_suffix = "_nvfp4mixed"
@@ -50,6 +51,9 @@ class Nvfp4(Format):
                     "ComfyUI dequantizes it to bf16 on every forward")
     max_rel_error = 0.25
     min_cosine = 0.96
+    four_bit = True              # the presets' sensitive-layer rules (nvfp4 = "fp8" | "keep") apply
+    learned_rounding = True
+    native_sm = (10, 0)
 
     def stored_nk(self, weight_shape):
         return weight_shape[0], weight_shape[1] * 2            # padded dims
@@ -63,6 +67,13 @@ class Nvfp4(Format):
         from ..kernels import get_backend
         q, bs, s2 = (backend or get_backend(w.device)).quantize_nvfp4(w, name=name)
         return {"weight": q, "weight_scale": bs, "weight_scale_2": s2}
+
+    def quantize_async(self, tq, x):
+        packed, scales, s2, amax = tq.quantize_nvfp4_async(x)
+        return {"weight": packed, self.block_scale_key: scales, self.decode_scale_key: s2}, amax
+
+    def negated_weight(self, w):
+        return w ^ 0x88                      # the E2M1 sign bits of both nibbles
 
     def dequantize(self, tensors, shape=None, dtype=None, *, backend=None):
         import torch

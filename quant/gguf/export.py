@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quant.errors import InputError, UsageError
+from quant.errors import InputError, OptionError, UsageError
 
 DTYPES = {"keep": None, "f32": "F32", "f16": "F16", "bf16": "BF16"}
 
@@ -37,7 +37,7 @@ def export_safetensors(gguf_path, output, dtype: str = "keep", *, force: bool = 
     from quant.safetensors_io import TORCH_DTYPES, AtomicWriter
     from quant.sources import GGUFSource
     if dtype not in DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        raise OptionError(f"{{dtype}} must be one of {', '.join(DTYPES)}, not {dtype!r}")
     g, out = Path(gguf_path), Path(output)
     if not g.is_file():
         raise InputError("no such file", g)

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quant.errors import InputError, UsageError
+from quant.errors import InputError, OptionError
 
 FLOAT_TYPES = ("F32", "F16", "BF16", "F64")
 
@@ -216,12 +216,12 @@ class Mapping:
 
     def check(self):
         if not (1 <= self.nvfp4_max_bits <= 16) or not (1 <= self.fp8_max_bits <= 16):
-            raise UsageError("--nvfp4-max-bits / --fp8-max-bits must be between 1 and 16")
+            raise OptionError("{nvfp4_max_bits} / {fp8_max_bits} must be between 1 and 16")
         if self.fp8_max_bits < self.nvfp4_max_bits:
-            raise UsageError(f"--fp8-max-bits ({self.fp8_max_bits}) is below --nvfp4-max-bits "
+            raise OptionError(f"{{fp8_max_bits}} ({self.fp8_max_bits}) is below {{nvfp4_max_bits}} "
                              f"({self.nvfp4_max_bits}); nothing could become FP8")
         if self.keep_edge_blocks < 0:
-            raise UsageError("--keep-edge-blocks must be >= 0")
+            raise OptionError("{keep_edge_blocks} must be >= 0")
 
 
 def _edge_blocks(keys, n: int) -> set[str]:
@@ -307,7 +307,16 @@ def derive_preset(model: GGUFModel, mapping: Mapping = Mapping(), *, name: str |
 
 
 def _toml_str(s: str) -> str:
-    return json.dumps(s, ensure_ascii=False)
+    """A TOML basic string that tomllib reads back to ``s``: control characters (DEL included) escaped; a
+    lone surrogate (a non-UTF-8 file name or --name, kept by Python as surrogateescape) cannot be in TOML, so
+    such a name is written as its bytes, backslash-escaped (``caf\\xe9.gguf``). Issue 20: a DEL or a lone
+    surrogate used to give an unreadable preset."""
+    s = str(s)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in s):
+        s = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") \
+            if not any(0xD800 <= ord(c) <= 0xDC7F for c in s) else s.encode("utf-16", "surrogatepass").decode(
+                "utf-16", "replace")
+    return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def preset_toml(preset) -> str:

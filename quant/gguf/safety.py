@@ -114,7 +114,36 @@ class _Reader:
 
 def prescan(path) -> Scan:
     """Validate the whole GGUF header and tensor table against the file size (see module doc)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    buf, size = _map(path)
+    try:
+        v, order = _version(path, buf)
+        r = _Reader(path, buf, order)
+        r.pos = 8
+        n_tensors = r.unpack("Q", "tensor count")
+        n_kv = r.unpack("Q", "key/value count")
+        left = size - r.pos
+        if n_kv * 12 > left:          # key length (8) + value type (4) at least
+            r.fail(f"{n_kv:,} key/value pairs declared, more than the {left:,} bytes left could hold")
+        if n_tensors * 24 > left:     # name length 8 + n_dims 4 + type 4 + offset 8
+            r.fail(f"{n_tensors:,} tensors declared, more than the {left:,} bytes left could hold")
+        fields = _fields(r, n_kv)
+        tensors = _tensor_table(r, n_tensors)
+        align = DEFAULT_ALIGNMENT
+        if "general.alignment" in fields:
+            vt, a = fields["general.alignment"]
+            if vt != 4 or a == 0 or a & (a - 1):
+                r.fail("general.alignment is not a non-zero power of two (uint32)")
+            align = a
+        data = r.pos + (-r.pos % align)
+        for t in tensors:
+            _check_tensor(r, t, data, size)
+        return Scan(v, fields, tensors, data, size)
+    finally:
+        buf.close()
+
+
+def _map(path) -> tuple[mmap.mmap, int]:
+    """The file mapped read-only, and its size (at least the 24 bytes of a GGUF preamble)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -125,75 +154,72 @@ def prescan(path) -> Scan:
         size = os.fstat(fd).st_size
         if size < 24:
             raise InputError(f"not a readable GGUF file (only {size} bytes)", path)
-        buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ), size
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read: {getattr(e, 'strerror', None) or e}", path) from None
     finally:
         os.close(fd)
+
+
+def _version(path, buf) -> tuple[int, str]:
+    """The GGUF version and byte order (a big-endian file reads its version byte-swapped)."""
+    if buf[:4] != GGUF_MAGIC:
+        raise InputError("not a GGUF file (no GGUF magic)", path)
+    (v,) = struct.unpack_from("<I", buf, 4)
+    order = "<"
+    if v & 0xFFFF == 0:
+        order = ">"
+        (v,) = struct.unpack_from(">I", buf, 4)
+    if v not in SUPPORTED_VERSIONS:
+        raise InputError(f"GGUF version {v} is not supported (2 or 3)", path)
+    return v, order
+
+
+def _fields(r: _Reader, n_kv: int) -> dict:
+    fields = {}
+    for i in range(n_kv):
+        key = r.string(f"key #{i}")
+        if key in fields:
+            r.fail(f"key {short(key)} appears twice")
+        vtype = r.unpack("I", f"type of {short(key)}")
+        fields[key] = (vtype, r.value(vtype, f"value of {short(key)}"))
+    return fields
+
+
+def _tensor_table(r: _Reader, n_tensors: int) -> list[TensorEntry]:
+    tensors, names = [], set()
+    for i in range(n_tensors):
+        name = r.string(f"tensor #{i} name")
+        if name in names:
+            r.fail(f"tensor {short(name)} appears twice")
+        names.add(name)
+        nd = r.unpack("I", f"tensor {short(name)} dimension count")
+        if not 1 <= nd <= MAX_DIMS:
+            r.fail(f"tensor {short(name)} has {nd} dimensions (1..{MAX_DIMS})")
+        dims = tuple(r.unpack("Q", f"tensor {short(name)} dimensions") for _ in range(nd))
+        tid = r.unpack("I", f"tensor {short(name)} type")
+        off = r.unpack("Q", f"tensor {short(name)} offset")
+        tensors.append(TensorEntry(name, dims, tid, off))
+    return tensors
+
+
+def _check_tensor(r: _Reader, t: TensorEntry, data: int, size: int) -> None:
+    """A known GGML type, no zero dimension, whole blocks per row, data inside the file."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     try:
-        if buf[:4] != GGUF_MAGIC:
-            raise InputError("not a GGUF file (no GGUF magic)", path)
-        (v,) = struct.unpack_from("<I", buf, 4)
-        order = "<"
-        if v & 0xFFFF == 0:
-            order = ">"
-            (v,) = struct.unpack_from(">I", buf, 4)
-        if v not in SUPPORTED_VERSIONS:
-            raise InputError(f"GGUF version {v} is not supported (2 or 3)", path)
-        r = _Reader(path, buf, order)
-        r.pos = 8
-        n_tensors = r.unpack("Q", "tensor count")
-        n_kv = r.unpack("Q", "key/value count")
-        left = size - r.pos
-        if n_kv * 12 > left:          # key length (8) + value type (4) at least
-            r.fail(f"{n_kv:,} key/value pairs declared, more than the {left:,} bytes left could hold")
-        if n_tensors * 24 > left:     # name length 8 + n_dims 4 + type 4 + offset 8
-            r.fail(f"{n_tensors:,} tensors declared, more than the {left:,} bytes left could hold")
-        fields = {}
-        for i in range(n_kv):
-            key = r.string(f"key #{i}")
-            if key in fields:
-                r.fail(f"key {short(key)} appears twice")
-            vtype = r.unpack("I", f"type of {short(key)}")
-            fields[key] = (vtype, r.value(vtype, f"value of {short(key)}"))
-        tensors, names = [], set()
-        for i in range(n_tensors):
-            name = r.string(f"tensor #{i} name")
-            if name in names:
-                r.fail(f"tensor {short(name)} appears twice")
-            names.add(name)
-            nd = r.unpack("I", f"tensor {short(name)} dimension count")
-            if not 1 <= nd <= MAX_DIMS:
-                r.fail(f"tensor {short(name)} has {nd} dimensions (1..{MAX_DIMS})")
-            dims = tuple(r.unpack("Q", f"tensor {short(name)} dimensions") for _ in range(nd))
-            tid = r.unpack("I", f"tensor {short(name)} type")
-            off = r.unpack("Q", f"tensor {short(name)} offset")
-            tensors.append(TensorEntry(name, dims, tid, off))
-        align = DEFAULT_ALIGNMENT
-        if "general.alignment" in fields:
-            vt, a = fields["general.alignment"]
-            if vt != 4 or a == 0 or a & (a - 1):
-                r.fail("general.alignment is not a non-zero power of two (uint32)")
-            align = a
-        data = r.pos + (-r.pos % align)
-        for t in tensors:
-            try:
-                qt = GGMLQuantizationType(t.type_id)
-            except ValueError:
-                r.fail(f"tensor {short(t.name)} has unknown GGML type {t.type_id}")
-            if any(d == 0 for d in t.dims):
-                raise InputError(f"tensor {short(t.name)} has a zero dimension {list(t.dims)}", path)
-            n = math.prod(t.dims)
-            bs, ts = GGML_QUANT_SIZES[qt]
-            if t.dims[0] % bs:
-                r.fail(f"tensor {short(t.name)}: row length {t.dims[0]} is not a multiple of the "
-                       f"{qt.name} block size {bs}")
-            nbytes = n // bs * ts
-            if data + t.offset + nbytes > size:
-                r.fail(f"tensor {short(t.name)} ({qt.name} {list(t.dims)}) lies past the end of the file")
-        return Scan(v, fields, tensors, data, size)
-    finally:
-        buf.close()
+        qt = GGMLQuantizationType(t.type_id)
+    except ValueError:
+        r.fail(f"tensor {short(t.name)} has unknown GGML type {t.type_id}")
+    if any(d == 0 for d in t.dims):
+        raise InputError(f"tensor {short(t.name)} has a zero dimension {list(t.dims)}", r.path)
+    n = math.prod(t.dims)
+    bs, ts = GGML_QUANT_SIZES[qt]
+    if t.dims[0] % bs:
+        r.fail(f"tensor {short(t.name)}: row length {t.dims[0]} is not a multiple of the "
+               f"{qt.name} block size {bs}")
+    nbytes = n // bs * ts
+    if data + t.offset + nbytes > size:
+        r.fail(f"tensor {short(t.name)} ({qt.name} {list(t.dims)}) lies past the end of the file")
 
 
 def dequantizable(type_name: str) -> bool:

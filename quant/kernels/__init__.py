@@ -1,13 +1,14 @@
-"""The kernel backend seam: one API, several implementations.
+"""The kernel backend seam: one API, several implementations, chosen per call.
 
 A backend is an object with ``name``, ``priority`` (higher wins when available), ``available(device)``
-and the ops ``quantize_fp8(w) -> (q_e4m3, scale_f32_0d)``, ``quantize_nvfp4(w, global_scale=None) ->
-(packed_u8, swizzled_block_scales_e4m3, s2_f32_0d)``, ``dequantize_fp8(q, scale, dtype)`` and
-``dequantize_nvfp4(packed, scales, s2, n, k, dtype)``. ``eager`` (plain torch, bit-exact with
-comfy-kitchen) is always registered; fast CUDA/Triton backends register themselves with
-:func:`register` and must write the same bytes (tests hold them to the eager backend).
+and ``ops``: for each op it implements (quant.kernels.registry lists them), what it accepts (a
+:class:`~quant.kernels.registry.Needs`: device types, dtypes, dimensions, size). ``eager`` (plain torch,
+bit-exact with comfy-kitchen) implements every required op for any tensor and is always registered; fast
+backends (``triton``) register with :func:`register`, implement what they do well, and must write the
+same bytes (tests hold them to the eager backend). A call goes to the first backend that takes it
+(automatic fallback: no backend falls back by hand).
 
-    get_backend(device="cuda")          # the best available backend for a device
+    get_backend(device="cuda")          # the ops of a device: the best available backend first, then the rest
     with use_backend("eager"): ...      # force one (tests, bisecting a fast kernel)
 """
 from __future__ import annotations
@@ -16,19 +17,16 @@ import contextlib
 import contextvars
 
 from ..errors import UsageError
+from .registry import ASYNC_OPS, OPS, Kernels, Needs, NoKernel, check_backend
 
 _BACKENDS: dict[str, object] = {}
 _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("quant_kernel_backend", default=None)
-
-OPS = ("quantize_fp8", "quantize_nvfp4", "dequantize_fp8", "dequantize_nvfp4", "available")
 
 
 def register(backend) -> object:
     """Add a backend (an object or a class, instantiated once). Returns it, so it works as a decorator."""
     obj = backend() if isinstance(backend, type) else backend
-    missing = [op for op in OPS if not callable(getattr(obj, op, None))]
-    if missing or not getattr(obj, "name", None):
-        raise TypeError(f"kernel backend {obj!r} lacks {', '.join(missing) or 'a name'}")
+    check_backend(obj)
     _BACKENDS[obj.name] = obj
     return backend
 
@@ -57,9 +55,16 @@ def names() -> list[str]:
     return sorted(_BACKENDS, key=lambda n: -getattr(_BACKENDS[n], "priority", 0))
 
 
-def get_backend(device="cpu", name: str | None = None):
-    """The backend to use on ``device``: ``name`` if given (or forced by :func:`use_backend`),
-    else the available one with the highest priority."""
+def _chain(first, dev: str) -> Kernels:
+    """``first``, then every lower-priority backend available on ``dev`` (the fallbacks)."""
+    rest = [_BACKENDS[n] for n in names() if _BACKENDS[n] is not first
+            and getattr(_BACKENDS[n], "priority", 0) <= getattr(first, "priority", 0) and _BACKENDS[n].available(dev)]
+    return Kernels([first, *rest])
+
+
+def get_backend(device="cpu", name: str | None = None) -> Kernels:
+    """The kernels to use on ``device``: backend ``name`` if given (or forced by :func:`use_backend`),
+    else the available one with the highest priority; calls it does not take go to the next one."""
     _builtin()
     name = name or _FORCED.get()
     dev = str(device)
@@ -69,16 +74,17 @@ def get_backend(device="cpu", name: str | None = None):
             raise UsageError(f"unknown kernel backend {name!r}; available: {', '.join(names())}")
         if not b.available(dev):
             raise UsageError(f"kernel backend {name!r} is not available on {dev}")
-        return b
+        return _chain(b, dev)
     for n in names():
         if _BACKENDS[n].available(dev):
-            return _BACKENDS[n]
+            return _chain(_BACKENDS[n], dev)
     raise UsageError(f"no kernel backend available on {dev}")   # pragma: no cover - eager always is
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Force backend ``name`` inside the block (raises UsageError for an unknown name)."""
+    """Force backend ``name`` inside the block (raises UsageError for an unknown name); yields the
+    backend object."""
     _builtin()
     if name not in _BACKENDS:
         raise UsageError(f"unknown kernel backend {name!r}; available: {', '.join(names())}")
@@ -89,4 +95,5 @@ def use_backend(name: str):
         _FORCED.reset(tok)
 
 
-__all__ = ["register", "get_backend", "use_backend", "names", "EagerBackend", "TritonBackend"]
+__all__ = ["register", "get_backend", "use_backend", "names", "Kernels", "Needs", "NoKernel", "OPS", "ASYNC_OPS", "EagerBackend",
+           "TritonBackend"]

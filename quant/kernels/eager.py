@@ -7,17 +7,21 @@ import torch
 
 from . import fp8 as _fp8
 from . import nvfp4 as _nv
+from .registry import ANY, REQUIRED_OPS
 
 
 class EagerBackend:
     name = "eager"
     priority = 0            # the fallback: any faster backend that is available wins
+    ops = {op: ANY for op in REQUIRED_OPS}     # every required op, any tensor: the end of every chain
 
     def available(self, device="cpu") -> bool:
         return True
 
-    def quantize_fp8(self, w: torch.Tensor, scale: torch.Tensor | None = None, *, name: str | None = None):
-        """-> (q float8_e4m3fn [N, K], scale float32 0-d)"""
+    def quantize_fp8(self, w: torch.Tensor, scale: torch.Tensor | None = None, *, name: str | None = None,
+                     check_finite: str = "sync"):
+        """-> (q float8_e4m3fn [N, K], scale float32 0-d). Non-finite input raises here (``check_finite``
+        "deferred" too: eager never defers)."""
         return _fp8.quantize(w, scale, name=name)
 
     def quantize_nvfp4(self, w: torch.Tensor, global_scale: torch.Tensor | None = None, *, name: str | None = None):

@@ -261,6 +261,40 @@ if triton is not None:
         tl.store(s_ptr + off.to(tl.int64), bcode, mask=sm)
 
     @triton.jit
+    def _int8_rows_kernel(x_ptr, q_ptr, s_ptr, amax_ptr, N, K, KIND: tl.constexpr, BM: tl.constexpr,
+                          BK: tl.constexpr, TINY: tl.constexpr, HW: tl.constexpr, INV127: tl.constexpr):
+        """int8 per row (comfy-kitchen's eager quantize_int8_rowwise on the same device, bit for bit):
+        s = max(amax/127, 1e-30) in fp32 (stored; on CUDA amax x fp32(1/127), as torch computes it there), the division by s rounded to the input dtype (torch divides bf16/fp16 in fp32 and rounds),
+        then round-half-even and clamp [-128, 127]. Two passes over each BM-row strip (the second from L2)."""
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        rm = rows < N
+        base = rows.to(tl.int64)[:, None] * K
+        acc = tl.zeros((BM,), dtype=tl.float32)
+        bad = tl.zeros((BM,), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            cols = k0 + tl.arange(0, BK)
+            m = rm[:, None] & (cols < K)[None, :]
+            a = tl.abs(tl.load(x_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float32))
+            acc = tl.maximum(acc, tl.max(a, axis=1))
+            bad += tl.sum(tl.where(a < float("inf"), 0.0, 1.0), axis=1)      # NaN and inf both count
+        if HW:      # torch on CUDA divides by a Python scalar as a multiply by its fp32 reciprocal (kitchen's
+            s = tl.maximum(acc * INV127, 1e-30)      # eager reference on the GPU); on the CPU it divides
+        else:
+            s = tl.maximum(tl.math.div_rn(acc, 127.0), 1e-30)
+        tl.store(s_ptr + rows, s, mask=rm)
+        tl.store(amax_ptr + rows, tl.where(bad > 0, float("nan"), acc), mask=rm)
+        sx = _round_to(s, KIND, HW)                       # the divisor in the weight's dtype
+        sx = tl.where(sx == 0.0, TINY, sx)
+        for k0 in range(0, K, BK):
+            cols = k0 + tl.arange(0, BK)
+            m = rm[:, None] & (cols < K)[None, :]
+            x = tl.load(x_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            t = _round_to(tl.math.div_rn(x, sx[:, None]), KIND, HW)
+            t = tl.minimum(tl.maximum(t, -128.0), 127.0)
+            t = (t + 12582912.0) - 12582912.0              # round half to even (|t| <= 128 < 2**22)
+            tl.store(q_ptr + base + cols[None, :], t.to(tl.int8), mask=m)
+
+    @triton.jit
     def _fp8_dequant_kernel(q_ptr, scale_ptr, out_ptr, numel, KIND: tl.constexpr, BLOCK: tl.constexpr,
                             HW: tl.constexpr):
         s = _round_to(tl.load(scale_ptr), KIND, HW)
@@ -389,6 +423,31 @@ def quantize_nvfp4_async(x: torch.Tensor, global_scale: torch.Tensor | None = No
                         L2H=CFG["nv_l2"], FASTDIV=CFG["nv_fastdiv"],
                         num_warps=CFG["nv_warps"])
     return packed, scales, s2, amax.view(torch.float32).reshape(())
+
+
+_TINY = {torch.float32: torch.finfo(torch.float32).tiny, torch.bfloat16: torch.finfo(torch.bfloat16).tiny,
+         torch.float16: torch.finfo(torch.float16).tiny}
+INT8_BM, INT8_BK = 4, 1024
+
+
+def quantize_int8_rows_async(x: torch.Tensor, hw: bool | None = None):
+    """2-D [N, K] -> (q int8 [N, K], scale float32 [N, 1], amax float32 0-d: the largest row amax, for the
+    caller's finiteness check); nothing waits for the GPU."""
+    x = _check(x, 2)
+    hw = _hw() if hw is None else hw
+    n, k = x.shape
+    q = torch.empty((n, k), dtype=torch.int8, device=x.device)
+    s = torch.empty((n, 1), dtype=torch.float32, device=x.device)
+    rows = torch.empty(max(n, 1), dtype=torch.float32, device=x.device)
+    if n and k:
+        _int8_rows_kernel[(triton.cdiv(n, INT8_BM),)](x, q, s, rows, n, k, KIND=_KIND[x.dtype], BM=INT8_BM,
+                                                      BK=min(INT8_BK, _pow2(k)), TINY=_TINY[x.dtype], HW=hw,
+                                                      INV127=float(torch.tensor(1.0) / torch.tensor(127.0)),
+                                                      num_warps=4)
+    else:
+        rows.zero_()
+        s.fill_(1e-30)
+    return q, s, rows[:n].amax() if n else rows[0]
 
 
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32,

@@ -148,7 +148,7 @@ def _run_batch(batch, load, device, cfg, calibration, results, stats, bar, total
     def stack(attr):
         return torch.stack([getattr(p, attr) for p in preps])
 
-    scale = torch.stack([p.scale.reshape(1, 1) if action == "fp8" else p.scale for p in preps])
+    scale = torch.stack([p.scale.reshape(1, 1) if L.per_tensor(action) else p.scale for p in preps])
     h = torch.stack(hs)
     w, q_rtn, lo, step, frac = (stack(a) for a in ("w", "q_rtn", "lo", "step", "frac"))
     for p in preps:                                # keep only what encode() needs

@@ -22,6 +22,7 @@ Everything is plain torch and runs on CPU and CUDA.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -72,9 +73,20 @@ def fp8_neighbours(mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
+_GRIDS: dict = {}
+
+
+def _grid(device) -> torch.Tensor:
+    """E2M1_GRID on ``device``, made once (GPTQ asks per block: no host-to-device copy each time)."""
+    g = _GRIDS.get(device)
+    if g is None:
+        g = _GRIDS[device] = torch.tensor(E2M1_GRID, dtype=torch.float32, device=device)
+    return g
+
+
 def e2m1_neighbours(mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """lo <= mag <= hi on the E2M1 magnitude grid (mag in [0, 6])."""
-    grid = torch.tensor(E2M1_GRID, dtype=torch.float32, device=mag.device)
+    grid = _grid(mag.device)
     i = (torch.bucketize(mag, grid, right=True) - 1).clamp(0, len(E2M1_GRID) - 1)
     lo = grid[i]
     hi = torch.where(lo == mag, lo, grid[(i + 1).clamp(max=len(E2M1_GRID) - 1)])
@@ -97,13 +109,21 @@ class Prepared:
     extra: tuple               # the RTN tensors to write besides the codes (fp8: scale; nvfp4: bs, s2)
 
 
+@functools.lru_cache(maxsize=None)
+def per_tensor(action: str) -> bool:
+    """Whether layers of kernel family ``action`` have one scale per tensor (the fp8 grid) instead of per-block
+    scales (the nvfp4 grid): asked of the format objects, not spelled out."""
+    from ..formats import FORMATS
+    return next(f for f in FORMATS.values() if f.kernel == action).block_scale_key is None
+
+
 def prepare(action: str, weight: torch.Tensor, name: str | None = None, backend=None) -> Prepared:
     """RTN through ``backend`` (a kernel backend; default the eager reference) is the start and the grid."""
     if backend is None:
         from ..kernels import get_backend
         backend = get_backend(weight.device)
     n, k = weight.shape
-    if action == "fp8":
+    if per_tensor(action):
         q, s = backend.quantize_fp8(weight, name=name)
         w = weight.to(torch.float32)
         scale = s.to(torch.float32)
@@ -134,7 +154,7 @@ def prepare(action: str, weight: torch.Tensor, name: str | None = None, backend=
 
 def dequant(action: str, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Grid values [.., N, K] times their scale (fp8: [.., 1, 1]; nvfp4: [.., N, K/16])."""
-    if action == "fp8":
+    if per_tensor(action):
         return q * scale
     sh = q.shape
     return (q.reshape(*sh[:-1], -1, _nv.BLOCK) * scale.unsqueeze(-1)).reshape(sh)
@@ -142,7 +162,7 @@ def dequant(action: str, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def encode(p: Prepared, q: torch.Tensor) -> tuple:
     """Grid values -> the layer's tensors in the kernel's return order (codes first, RTN's scales)."""
-    if p.action == "fp8":
+    if per_tensor(p.action):
         return (q.to(_fp8.FP8_DTYPE), p.extra[0])
     packed = _nv.pack(_nv.e2m1_encode(q))
     return (packed, p.extra[0], p.extra[1])

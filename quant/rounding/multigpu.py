@@ -13,8 +13,8 @@ any number of devices, including N CPU processes (how the tests exercise this pa
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -40,24 +40,29 @@ def assign(batches, world: int) -> list[list]:
 
 def _entries(job) -> list[tuple[str, str, tuple]]:
     n, k = job.shape
-    if job.action == "fp8":
+    from .learned import per_tensor
+    if per_tensor(job.action):
         return [(f"{job.name}.q", "F8_E4M3", (n, k)), (f"{job.name}.s", "F32", ())]
     return [(f"{job.name}.q", "U8", tuple(nvfp4_packed_shape(n, k))),
             (f"{job.name}.s", "F8_E4M3", tuple(nvfp4_scale_shape(n, k))), (f"{job.name}.s2", "F32", ())]
 
 
-def _worker(rank: int, source: str, batches, device: str, cfg, calib_path, shard: str, err: str, progress: bool):
+def _worker(rank: int, source: str, batches, device: str, cfg, calib_path, shard: str, err: str, progress: bool,
+            parent: int | None = None):
+    if parent is not None:                 # die with the converter, even when it is SIGKILLed (issue 20)
+        from ..lifetime import die_with_parent
+        die_with_parent(parent)
     import torch
 
     from ..sources import open_source
     from . import engine
-    from quant.activations.samples import Calibration
+    from quant.activations.samples import ActivationSamples
     try:
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         jobs = [j for b in batches for j in b]
         entries = [e for j in jobs for e in _entries(j)]
-        calib = Calibration(calib_path, cfg.samples, cfg.seed) if calib_path else None
+        calib = ActivationSamples(calib_path, cfg.samples, cfg.seed) if calib_path else None
         stats = engine.Stats()
         with open_source(source) as src, AtomicWriter(shard, entries, {}) as w:
             for job, tensors in engine.run(jobs, src.get, device=device, cfg=cfg, calibration=calib,
@@ -83,13 +88,15 @@ def run(jobs, source, out: Path, *, world: int, device: str, cfg, calibration=No
     from . import engine
     parts = assign([b for w in engine.plan(jobs, device=device) for b in w], world)
     devices = [f"cuda:{r}" if device.startswith("cuda") else "cpu" for r in range(world)]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.learned-", dir=out.parent))
+    from ..outputs import remove_stale_partials, temp_dir
+    remove_stale_partials(out)             # shard directories of SIGKILLed runs
+    tmp = temp_dir(out)                    # carries our pid: the next write removes it if we are killed
     try:
         ctx = mp.get_context("spawn")
         procs = []
         for r in range(world):
             a = (r, str(source), parts[r], devices[r], cfg, str(calibration) if calibration else None,
-                 str(tmp / f"rank{r}.safetensors"), str(tmp / f"rank{r}.err"), progress)
+                 str(tmp / f"rank{r}.safetensors"), str(tmp / f"rank{r}.err"), progress, os.getpid())
             p = ctx.Process(target=_worker, args=a, daemon=True)
             p.start()
             procs.append(p)

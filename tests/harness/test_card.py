@@ -129,3 +129,55 @@ def test_card_cli_force_rules_and_never_over_an_input(gate_dir, tmp_path, cli):
     assert r.returncode == 2 and "overwrite the input" in r.stderr, r.stderr
     assert (gate_dir / "gate.json").read_bytes() == rec_bytes
     assert sorted(p.name for p in trap.iterdir()) == ["README.md"]      # nothing written beside it either
+
+
+def test_card_from_a_version_matrix_folder(gate_dir, tmp_path):
+    """A matrix folder (``gate --comfy-root A --comfy-root B``): one row and one render section per run. Built
+    the way ``gate`` lays it out, from the session's real run twice (the same server, as a matrix of two)."""
+    from harness.render import matrix
+    m = tmp_path / "matrix"
+    runs = []
+    for sub in ("comfyui-x", "comfyui-x-2"):
+        shutil.copytree(gate_dir, m / sub)
+        rec = json.loads((m / sub / "gate.json").read_text())
+        runs.append({"target": sub, "version": rec["comfyui"]["version"], "record": rec,
+                     "report": str(m / sub / "report.html")})
+    matrix.write(matrix.summarize(runs), m)
+    card = build_card(m)
+    version = runs[0]["version"]
+    assert card.readme.count(f"| {version} | embedded | file |") == 2
+    assert card.readme.count(f"### ComfyUI {version}") == 2
+    n = len([r for r in runs[0]["record"]["renders"] if r["role"] == "candidate"])
+    assert len([k for k in card.files if k.endswith(".png")]) == 2 * n
+    # the runs of a matrix must be about the same file
+    rec = json.loads((m / "comfyui-x-2" / "gate.json").read_text())
+    rec["candidates"][0]["sha256"] = "0" * 64
+    (m / "comfyui-x-2" / "gate.json").write_text(json.dumps(rec))
+    with pytest.raises(InputError, match="checked different files"):
+        build_card(m)
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="no chromium on this machine (Debian package chromium)")
+def test_card_preview_in_headless_chromium(gate_dir, tmp_path):
+    """benchmarks/card_preview.py: the card read back by huggingface_hub and shown in a real browser the way the Hub
+    renders a card; a card without the comfyui tag is refused."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+    root = Path(__file__).resolve().parents[2]
+    write_card(build_card(gate_dir), tmp_path / "card")
+    shot = tmp_path / "card.png"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "card_preview.py"), tmp_path / "card", "-o", shot],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "card valid" in r.stdout, r.stdout + r.stderr
+    im = np.asarray(Image.open(shot).convert("RGB"))
+    assert im.shape[1] == 1000 and im.shape[0] > 1500                  # the whole card, not an empty page
+    colourful = (im.max(axis=2).astype(int) - im.min(axis=2)) > 60      # the renders (red / yellow / blue)
+    assert colourful.sum() > 20000, colourful.sum()
+
+    readme = tmp_path / "card" / "README.md"
+    readme.write_text(readme.read_text().replace("- comfyui\n", "", 1))
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "card_preview.py"), tmp_path / "card", "-o", shot],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "do not include comfyui" in r.stderr, r.stdout + r.stderr

@@ -49,6 +49,8 @@ def test_formats_min_comfy_is_what_the_checker_finds(thin_wan5b, tmp_path):
     from harness.verify import verify
     from quant.convert import convert
     for f in spec.FORMATS.values():
+        if not f.target:                 # a dialect quantgate reads (int8-fast), never writes
+            continue
         out = tmp_path / f"{f.name}.safetensors"
         convert(thin_wan5b, out, f.name)
         assert verify(out, header_only=True).min_comfy == re.match(r"≥ ([0-9.]+)", f.doc_comfy).group(1), f.name

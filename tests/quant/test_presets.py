@@ -19,8 +19,24 @@ def test_preset_resolves_every_tensor(preset, arch_name, target):
             assert len(d.shape) == 2 and d.name.endswith(".weight"), d
             assert not any(s in d.name for s in ("norm", "modulation", "embedding", "img_in", "txt_in",
                                                  "patch", "head.", "final_layer", "proj_out")), d
-        if target != "nvfp4":
-            assert d.action in ("keep", "fp8")
+        assert d.action in _allowed(target), d
+
+
+def _allowed(target: str) -> set[str]:
+    """What a layer of a ``target`` file may become: kept, the format's own kernel, its 4-bit sensitive-layer
+    format (nvfp4 -> fp8, w4a4/w4a8 -> int8_convrot) and the fallbacks for shapes a format cannot hold."""
+    from quant import formats
+    f = formats.get(target)
+    out = {"keep", f.kernel}
+    if f.four_bit:
+        out |= {f.sensitive_actions.get("fp8", "fp8")}
+    todo = list(out - {"keep"})
+    while todo:
+        lf = f.for_action(todo.pop())
+        if lf.fallback_action and lf.fallback_action not in out:
+            out.add(lf.fallback_action)
+            todo.append(lf.fallback_action)
+    return out
 
 
 def test_wan5b_fp8_matches_kj_layer_set():

@@ -87,7 +87,7 @@ def converted(calib, thin_source):
     out = {}
     for fmt in ("fp8", "nvfp4"):
         out[f"{fmt}-cal"] = d / f"{fmt}_cal.safetensors"
-        convert(thin_source, out[f"{fmt}-cal"], fmt, activation_stats=path)
+        convert(thin_source, out[f"{fmt}-cal"], fmt, act_stats=path)
         out[f"{fmt}-none"] = variants.make(out[f"{fmt}-cal"], d / f"{fmt}_none.safetensors", "none")
         out[f"{fmt}-weight"] = variants.make(out[f"{fmt}-cal"], d / f"{fmt}_weight.safetensors", "weight-derived")
     out["fp8-fpmm"] = variants.make(out["fp8-cal"], d / "fp8_fpmm.safetensors", "fpmm")
@@ -112,7 +112,7 @@ def test_convert_writes_calibrated_input_scales(calib, converted, thin_source, t
             assert vals[layer] == pytest.approx(cal["layers"][layer]["amax"] / full, rel=1e-6)
             assert "full_precision_matrix_mult" not in conf          # fp8 drops it once calibrated
     p = tmp_path / "p.safetensors"
-    convert(thin_source, p, "fp8", activation_stats=path, percentile=99.9, margin=1.5, keep_fpmm=True)
+    convert(thin_source, p, "fp8", act_stats=path, percentile=99.9, margin=1.5, keep_fpmm=True)
     meta, vals = _scalars(p)
     assert all(c.get("full_precision_matrix_mult") is True for c in meta.values())
     for layer, v in vals.items():
@@ -122,12 +122,12 @@ def test_convert_writes_calibrated_input_scales(calib, converted, thin_source, t
 def test_convert_calibration_errors_are_one_line(calib, thin_source, tmp_path):
     _, path, cal, _ = calib
     out = tmp_path / "o.safetensors"
-    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--calibration", path, "--percentile", "97.5", "-o", out)
+    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--act-stats", path, "--percentile", "97.5", "-o", out)
     assert "not recorded" in one_error_line(rc, err) and not out.exists()
     other = tmp_path / "other.json"
     cal2 = dict(cal, layers={k: v for k, v in cal["layers"].items() if k != "blocks.0.ffn.0"})
     other.write_text(json.dumps(cal2))
-    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--calibration", other, "-o", out)
+    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--act-stats", other, "-o", out)
     assert "blocks.0.ffn.0" in one_error_line(rc, err) and not out.exists()
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

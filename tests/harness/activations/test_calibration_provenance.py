@@ -32,7 +32,7 @@ def cals(thin_source, tmp_path_factory):
 def test_convert_refuses_a_foreign_calibration_naming_both_sha256s(thin_source, cals):
     d, own, other, _, foreign = cals
     out = d / "refused.safetensors"
-    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--calibration", foreign, "-o", out)
+    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--act-stats", foreign, "-o", out)
     line = one_error_line(rc, err)
     assert rc == 2 and own in line and other in line and "--allow-foreign-calibration" in line
     assert not out.exists()
@@ -41,7 +41,7 @@ def test_convert_refuses_a_foreign_calibration_naming_both_sha256s(thin_source, 
 def test_allow_foreign_calibration_forces_it_and_records_it(thin_source, cals):
     d, own, other, _, foreign = cals
     out = d / "forced.safetensors"
-    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--calibration", foreign,
+    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--act-stats", foreign,
                           "--allow-foreign-calibration", "-o", out)
     assert rc == 0, err
     from quant.safetensors_io import read_header
@@ -53,7 +53,7 @@ def test_own_calibration_converts_and_verifies_clean(thin_source, cals):
     from harness.verify import verify
     d, own, _, mine, _ = cals
     out = d / "own.safetensors"
-    convert(thin_source, out, "fp8", activation_stats=mine, force=True)
+    convert(thin_source, out, "fp8", act_stats=mine, force=True)
     rep = verify(out, thin_source, calibration=mine, header_only=True)
     assert "calibration.foreign" not in {f.rule for f in rep.findings.all()}, rep.lines()
 
@@ -62,7 +62,7 @@ def test_verify_calibration_reports_a_foreign_calibration_as_an_error(thin_sourc
     from harness.verify import verify
     d, own, other, mine, foreign = cals
     out = d / "for-verify.safetensors"
-    convert(thin_source, out, "fp8", activation_stats=mine, force=True)
+    convert(thin_source, out, "fp8", act_stats=mine, force=True)
 
     def errors(rep):
         return [f for f in rep.findings.all() if f.rule == "calibration.foreign" and f.severity == "error"]

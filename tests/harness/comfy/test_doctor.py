@@ -138,7 +138,7 @@ def test_doctor_bad_input_one_line_exit_2(tmp_path, case, cli):
     r = cli("doctor", *args, subprocess=case == "unreachable")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr and not r.stdout
-    assert {"unreachable": "cannot reach ComfyUI", "malformed-workflow": "x.json: not valid JSON",
+    assert {"unreachable": "cannot reach ComfyUI", "malformed-workflow": "x.json: workflow is not valid JSON",
             "no-models-dir": "nope: --models: not a directory", "no-server": "--comfy-url",
             "bad-root": "not a ComfyUI checkout"}[case] in r.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def _pytest(*args):
     r = subprocess.run([sys.executable, "-m", "pytest", "-m", "format", "-q", "-p", "no:cacheprovider",
-                        "tests/harness/verify/test_format_gate.py", *map(str, args)],
+                        "harness/pytest_plugins/gate_tests/test_format_gate.py", *map(str, args)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     return r.returncode, r.stdout + r.stderr
 
@@ -63,7 +63,7 @@ def test_relative_checkpoint_paths_resolve_against_the_callers_directory(files):
     ck, src = Path(files["nvfp4"]), Path(files["src"])
     env = dict(os.environ, QUANTGATE_CALLER_DIR=str(ck.parent))
     r = subprocess.run([sys.executable, "-m", "pytest", "-m", "format", "-p", "no:cacheprovider",
-                        "tests/harness/verify/test_format_gate.py", "--checkpoint", ck.name,
+                        "harness/pytest_plugins/gate_tests/test_format_gate.py", "--checkpoint", ck.name,
                         "--source", os.path.relpath(src, ck.parent)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -62,11 +62,11 @@ def files(comfy_session, thin_source, tmp_path_factory):
         convert(thin_source, f[label], fmt, force=True, **kw)
     for fmt in ("fp8-legacy", "fp8", "nvfp4"):
         c(f"demo {fmt}", fmt, comfy_version=comfy_session.version)
-    c("fp8 calibrated", "fp8", activation_stats=cal)
-    c("fp8 fpmm", "fp8", activation_stats=cal, keep_fpmm=True)
-    c("nvfp4 calibrated", "nvfp4", activation_stats=cal)
-    c("nvfp4 margin 1.2", "nvfp4", activation_stats=cal, margin=1.2)
-    c("nvfp4 learned", "nvfp4", rounding="learned", calibration=acts, activation_stats=cal, learned_iters=10)
+    c("fp8 calibrated", "fp8", act_stats=cal)
+    c("fp8 fpmm", "fp8", act_stats=cal, keep_fpmm=True)
+    c("nvfp4 calibrated", "nvfp4", act_stats=cal)
+    c("nvfp4 margin 1.2", "nvfp4", act_stats=cal, margin=1.2)
+    c("nvfp4 learned", "nvfp4", rounding="learned", act_samples=acts, act_stats=cal, learned_iters=10)
     from harness.fixtures.gguf_synth import make_gguf
     gg = make_gguf("wan21-t2v-tiny", d / "tiny-Q8_0.gguf", "Q8_0", src_dtype="BF16")
     c("nvfp4 Q8_0 preset", "nvfp4", preset_from_gguf=gg)

@@ -1,8 +1,9 @@
 """An unchecked format is an error, never a silent PASS (issue 24's false-PASS class).
 
-A file in a ComfyUI format quantgate cannot decode (here ``int8_tensorwise``, built with comfy-kitchen's own
-quantizer) with every weight negated and every scale x10 used to pass ``verify --source`` with exit 0 and a
-summary claiming "every layer dequantized by comfy-kitchen". Now it fails (``format.unchecked`` and
+A file in a ComfyUI format quantgate cannot decode with every weight negated and every scale x10 used to pass ``verify --source`` with exit 0 and a
+summary claiming "every layer dequantized by comfy-kitchen" (int8_tensorwise, before quantgate decoded it; the
+per-format destroyed-file tests in test_new_formats_verify.py own that case now). Here the format is ``float8_e5m2``, a
+ComfyUI format (QUANT_ALGOS since 0.8.0) quantgate has no format object for. Now it fails (``format.unchecked`` and
 ``numeric.unchecked``); ``--allow-unchecked`` accepts it only with a summary that says how many layers were NOT
 checked.
 """
@@ -19,11 +20,10 @@ from harness.verify import verify
 LAYERS = ("blocks.0.ffn.0", "blocks.0.ffn.2")
 
 
-def _int8_tensorwise(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """comfy-kitchen's own int8 tensorwise quantizer (the layout ComfyUI 0.33 loads)."""
-    from comfy_kitchen.tensor.int8 import TensorWiseINT8Layout
-    q, params = TensorWiseINT8Layout.quantize(w.float())
-    return q, params.scale.float().reshape(())
+def _e5m2(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A valid ComfyUI ``float8_e5m2`` layer: per-tensor scale amax/57344 (a format quantgate cannot decode)."""
+    scale = (w.float().abs().amax() / torch.finfo(torch.float8_e5m2).max).reshape(())
+    return (w.float() / scale).to(torch.float8_e5m2), scale
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +40,17 @@ def files(tmp_path_factory):
     for variant in ("intact", "destroyed"):
         t, layers = {}, {}
         for name in LAYERS:
-            q, scale = _int8_tensorwise(src_t[f"{name}.weight"])
+            q, scale = _e5m2(src_t[f"{name}.weight"])
             if variant == "destroyed":
-                q, scale = -q, scale * 10
-            conf = {"format": "int8_tensorwise"}
+                q, scale = (-q.float()).to(q.dtype), scale * 10
+            conf = {"format": "float8_e5m2"}
             t[f"{name}.weight"] = q.contiguous()
             t[f"{name}.weight_scale"] = scale
             t[f"{name}.comfy_quant"] = torch.tensor(list(json.dumps(conf).encode()), dtype=torch.uint8)
             t[f"{name}.bias"] = src_t[f"{name}.bias"]
             layers[name] = conf
         meta = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})}
-        out[variant] = save(t, meta, d / f"int8_{variant}.safetensors")
+        out[variant] = save(t, meta, d / f"e5m2_{variant}.safetensors")
     return out
 
 
@@ -62,8 +62,8 @@ def _errors(rep):
 def test_unchecked_format_fails_verify(files, variant):
     rep = verify(files[variant], files["src"])
     if rep.coverage and rep.coverage["unchecked"] == []:
-        pytest.fail("quantgate now decodes int8_tensorwise: this test's premise (an undecodable format) is gone; "
-                    "the per-format planted-defect tests own it")
+        pytest.fail("quantgate now decodes float8_e5m2: this test's premise (an undecodable format) is gone; "
+                    "pick another format it cannot decode")
     assert not rep.passed and rep.exit_code == 1
     assert {"format.unchecked", "numeric.unchecked"} <= _errors(rep), [f.line() for f in rep.findings.all()]
     assert "every layer" not in rep.summary_line()
@@ -73,7 +73,7 @@ def test_unchecked_format_fails_verify(files, variant):
 def test_allow_unchecked_says_what_was_not_checked(files):
     rep = verify(files["destroyed"], files["src"], allow_unchecked=True)
     if rep.coverage and rep.coverage["unchecked"] == []:
-        pytest.skip("int8_tensorwise is decoded now: the destroyed file must fail (see the per-format tests)")
+        pytest.fail("float8_e5m2 is decoded now: pick another format quantgate cannot decode")
     assert rep.passed            # explicitly allowed ...
     line = rep.summary_line()
     assert "2 quantized layers NOT checked" in line and "every layer" not in line, line   # ... and said plainly

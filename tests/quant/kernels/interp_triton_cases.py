@@ -77,3 +77,23 @@ def test_given_global_scale_is_used(tq):
     p, bs, _ = nvfp4.quantize(x, s2)
     p2, bs2, s22, _ = tq.quantize_nvfp4_async(x, s2, hw=False)
     assert torch.equal(p, p2) and _eq(bs, bs2) and torch.equal(s22, s2)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(x=weights())
+def test_interpreted_int8_rows_bit_exact_with_the_format_math(tq, x):
+    """The per-row int8 kernel (int8 and int8-convrot on CUDA) writes quant.formats.int8's bytes, which are
+    comfy-kitchen's eager quantize_int8_rowwise's (tests/quant/formats/test_new_format_bytes.py)."""
+    from quant.formats.int8 import quantize_rowwise
+    x = x.clone()
+    x[0] = 0                                                   # an all-zero row: the tiny-divisor branch
+    q, s, amax = tq.quantize_int8_rows_async(x, hw=False)
+    q2, s2 = quantize_rowwise(x)
+    assert torch.equal(q, q2) and torch.equal(s, s2)
+    assert float(amax) == float(x.abs().amax().float())
+
+
+def test_interpreted_int8_rows_flag_non_finite(tq):
+    x = torch.randn(4, 64)
+    x[2, 3] = float("inf")
+    assert not torch.isfinite(tq.quantize_int8_rows_async(x, hw=False)[2])

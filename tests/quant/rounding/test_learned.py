@@ -50,7 +50,7 @@ def test_thin_model_learned_nvfp4_verifies_and_beats_rtn_on_held_out(cli, thin_w
     d, calib, held, actions = calibrated
     out, rtn = d / "learned.safetensors", d / "rtn.safetensors"
     t0 = time.perf_counter()
-    r = cli("convert", thin_wan5b, "-f", "nvfp4", "--rounding", "learned", "--calibration", calib,
+    r = cli("convert", thin_wan5b, "-f", "nvfp4", "--rounding", "learned", "--act-samples", calib,
             "-o", out, "--json")
     seconds = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
@@ -85,7 +85,7 @@ def test_thin_model_learned_nvfp4_verifies_and_beats_rtn_on_held_out(cli, thin_w
 
 def test_seed_decides_the_sample_and_two_workers_write_the_same_bytes(thin_wan5b, calibrated):
     d, calib, _, _ = calibrated
-    kw = dict(target="fp8", rounding="learned", calibration=calib, learned_iters=8, calib_rows=64, force=True)
+    kw = dict(target="fp8", rounding="learned", act_samples=calib, learned_iters=8, sample_rows=64, force=True)
     a = convert(thin_wan5b, d / "s0a.safetensors", seed=0, **kw)
     convert(thin_wan5b, d / "s1.safetensors", seed=1, **kw)
     two = convert(thin_wan5b, d / "s0_two.safetensors", seed=0, gpus=2, **kw)
@@ -113,17 +113,35 @@ def test_neighbours_bracket_every_value_and_rtn_is_one_of_them():
 
 
 def test_learned_options_errors_are_one_line(cli, thin_wan5b, tmp_path):
-    r = cli("convert", thin_wan5b, "-f", "fp8", "--calibration", tmp_path / "c.safetensors", "-o", tmp_path / "o.safetensors")
-    assert r.returncode == 2 and "options of --rounding learned" in r.stderr and "Traceback" not in r.stderr
+    r = cli("convert", thin_wan5b, "-f", "fp8", "--act-samples", tmp_path / "c.safetensors", "-o", tmp_path / "o.safetensors")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["quantgate: --act-samples goes with --rounding learned, --rounding gptq "
+                                             "or --scale-search output"]
     (tmp_path / "c.json").write_text("{}")
-    r = cli("convert", thin_wan5b, "-f", "fp8", "--rounding", "learned", "--calibration", tmp_path / "c.json",
+    r = cli("convert", thin_wan5b, "-f", "fp8", "--rounding", "learned", "--act-samples", tmp_path / "c.json",
             "-o", tmp_path / "o.safetensors")
     assert r.returncode == 2 and "c.json" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def test_old_calibration_option_says_which_one_it_was_taken_as(cli, thin_wan5b, tmp_path):
+    """--calibration (before issue 19) still works: a .json is activation statistics, anything else activation
+    samples, each with one deprecation line naming the new option."""
+    r = cli("convert", thin_wan5b, "-f", "fp8", "--calibration", tmp_path / "c.safetensors", "-o", tmp_path / "o.safetensors")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 2, r.stderr
+    assert "--calibration is deprecated" in lines[0] and "taken as --act-samples" in lines[0]
+    assert "--act-samples goes with --rounding learned" in lines[1]
+    (tmp_path / "c.json").write_text("{}")
+    r = cli("convert", thin_wan5b, "-f", "fp8", "--calibration", tmp_path / "c.json", "-o", tmp_path / "o.safetensors")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "taken as --act-stats" in lines[0] and "not a quantgate calibration" in lines[1], r.stderr
+    assert not (tmp_path / "o.safetensors").exists()
+
+
 def test_render_gate_passes_a_learned_rounding_file(comfy_session, thin_source, tmp_path):
-    """The render model has no recorded activations: learned rounding runs on its data-free proxy here.
+    """The render model has no recorded activations: learned rounding runs on its data-free proxy here
+    (learned_data_free: the CLI refuses learned rounding without --act-samples).
     Both learned files must pass the gate like their RTN twins; the SSIMs are printed for the record."""
     from harness.render import gate
     policy = gate.load_policy()
@@ -132,7 +150,7 @@ def test_render_gate_passes_a_learned_rounding_file(comfy_session, thin_source, 
     for fmt in ("fp8-legacy", "nvfp4"):      # the formats the embedded ComfyUI (0.3.x) renders
         convert(thin_source, tmp_path / f"rtn_{fmt[:3]}.safetensors", fmt, comfy_version=v)
         convert(thin_source, tmp_path / f"learned_{fmt[:3]}.safetensors", fmt, comfy_version=v, rounding="learned",
-                learned_iters=20)
+                learned_iters=20, learned_data_free=True)
     labels = ("rtn_fp8", "learned_fp8", "rtn_nvf", "learned_nvf")
     rec = gate.run_gate(comfy_session, thin_source, [(k, tmp_path / f"{k}.safetensors") for k in labels],
                         policy=policy, work_dir=tmp_path)

@@ -1,11 +1,14 @@
 """Insert quantgate's activation nodes into an API-format workflow (a dict of nodes): a node that
 takes the loaded MODEL and hands on a wrapped MODEL goes between the model loader and everything that
-used the loader's MODEL output."""
+used the loader's MODEL output. Used by the render gate (activation emulation) and by activation
+collection (harness.activations), which renders through the render gate's session."""
 from __future__ import annotations
 
 import copy
 
 from quant.errors import UsageError
+
+from .workflow import MODEL_INPUTS
 
 IMAGE_SINKS = ("SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveWEBM", "SaveVideo")
 
@@ -15,7 +18,6 @@ def model_loader(wf: dict, model_node: str | None, model_name: str | None = None
     holds ``model_name``)."""
     if model_node is not None:
         return str(model_node)
-    from harness.render.workflow import MODEL_INPUTS
     for nid, node in wf.items():
         inp = node.get("inputs", {})
         if any(inp.get(k) == model_name for k in MODEL_INPUTS):

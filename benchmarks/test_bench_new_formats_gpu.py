@@ -1,0 +1,207 @@
+"""GPU benchmarks of the formats ComfyUI 0.33 ships beside fp8/nvfp4 (issue 24), ONE run on the GPU box:
+`python -m pytest -m "bench and gpu" benchmarks/test_bench_new_formats_gpu.py --benchmark-json OUT.json`
+(QG_BENCH_OUT: where the summary JSON goes).
+
+* HBM copy rate (bytes read + written): the yardstick / I/O floor of a memory-bound quantizer;
+* each new format at real WAN sizes (bf16): quantgate's path (the format module on CUDA tensors), comfy-kitchen's
+  eager reference on the same device, and comfy-kitchen's CUDA backend; GB/s = (bytes read + written) / device
+  median (triton.testing.do_bench); and whether each writes the bytes of kitchen's eager reference on that device;
+* fp8 per-call overhead: ``get_backend("cuda").quantize_fp8`` (synchronous finiteness check) vs the raw Triton
+  kernel (``quantize_fp8_async``) vs the backend op with the check deferred (``check_finite="deferred"``).
+"""
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.bench, pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+SHAPES = [(14336, 5120), (5120, 5120)]
+NEW_FORMAT_SHAPES = SHAPES if os.environ.get("QG_NEW_SHAPES") == "all" else SHAPES[:1]
+NEW = ("int8", "int8-convrot", "mxfp8", "w4a4-convrot", "w4a8-int8")
+RESULTS: dict = {"device": None, "rows": {}}
+
+
+def _bench_ms(fn) -> float:
+    import triton.testing
+    return float(triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median"))
+
+
+def _record(benchmark, fn, key, nbytes, **info):
+    ms = _bench_ms(fn)
+    gbs = nbytes / 1e9 / (ms / 1e3)
+    benchmark.pedantic(lambda: (fn(), torch.cuda.synchronize()), rounds=3, warmup_rounds=1)
+    info.update(device_median_ms=round(ms, 4), bytes_moved=nbytes, gb_per_s=round(gbs, 1))
+    benchmark.extra_info.update(info)
+    RESULTS["rows"][key] = info
+    print(f"\n{key}: {ms * 1e3:.1f} us, {gbs:,.0f} GB/s")
+    return gbs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dump():
+    RESULTS["device"] = torch.cuda.get_device_name()
+    yield
+    out = Path(os.environ.get("QG_BENCH_OUT", ROOT / "benchmarks" / "results" / "gpu-new-formats.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(RESULTS, indent=1) + "\n")
+
+
+def test_bench_hbm_copy(benchmark):
+    n = 2 << 30
+    a = torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    _record(benchmark, lambda: b.copy_(a), "hbm_copy", 2 * n, what="device-to-device copy of 2 GiB (read + write)")
+
+
+@pytest.fixture(scope="module")
+def weights():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    out = {}
+    for shape in SHAPES:
+        x = torch.randn(shape, device="cuda", generator=g) * 0.02
+        x[:, :17] *= 20
+        out[shape] = x.to(torch.bfloat16)
+    return out
+
+
+def _kitchen(fmt, x, conf, backend):
+    import comfy_kitchen as ck
+    from comfy_kitchen.tensor import quantize_convrot_w4a4_weight, quantize_w4a8_int8_weight
+    from comfy_kitchen.registry import registry
+
+    def run():
+        with ck.use_backend(backend):
+            if fmt == "int8":
+                impl = registry.get_implementation("quantize_int8_rowwise", kwargs={"x": x, "stochastic_rounding": 0})
+                q, s = impl(x, stochastic_rounding=0)
+                return {"weight": q, "weight_scale": s}
+            if fmt == "int8-convrot":
+                g = conf["convrot_groupsize"]
+                impl = registry.get_implementation("quantize_int8_convrot_weight", kwargs={
+                    "weight": x, "group_size": g, "stochastic_rounding": 0})
+                q, s = impl(x, g, stochastic_rounding=0)
+                return {"weight": q, "weight_scale": s}
+            if fmt == "mxfp8":
+                q, s = ck.quantize_mxfp8(x, pad_32x=x.shape[0] % 32 != 0 or x.shape[1] % 32 != 0)
+                return {"weight": q, "weight_scale": s.view(torch.uint8)}
+            if fmt == "w4a4-convrot":
+                q, s = quantize_convrot_w4a4_weight(x, conf["convrot_groupsize"])
+                return {"weight": q, "weight_scale": s}
+            q, sr, sc, _c, cb = quantize_w4a8_int8_weight(x, 16, conf["convrot_groupsize"])
+            return {"weight": q, "weight_s_rel": sr, "weight_s_channel": sc, "weight_codebook": cb}
+    return run
+
+
+def _same(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(
+        a[k].shape == b[k].shape and torch.equal(a[k].contiguous().view(torch.uint8).reshape(-1),
+                                                 b[k].contiguous().view(torch.uint8).reshape(-1)) for k in a)
+
+
+def _nbytes(out: dict, x) -> int:
+    return x.numel() * x.element_size() + sum(v.numel() * v.element_size() for v in out.values())
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("fmt", NEW)
+@pytest.mark.parametrize("impl", ["quantgate", "kitchen-eager", "kitchen-cuda"])
+def test_bench_new_format(benchmark, weights, fmt, impl, shape):
+    if shape not in NEW_FORMAT_SHAPES:
+        pytest.skip("the new formats are measured at 14336x5120 (QG_NEW_SHAPES=all for every shape)")
+    from quant import formats
+    f = formats.get(fmt)
+    x = weights[shape]
+    conf = f.layer_config(False, None, shape)
+    ref = _kitchen(fmt, x, conf, "eager")()
+    if impl == "quantgate":
+        fn = lambda: f.quantize(x)          # noqa: E731
+    else:
+        fn = _kitchen(fmt, x, conf, impl.split("-")[1])
+    try:
+        out = fn()
+    except Exception as e:                   # a backend without the op: recorded, not a failure
+        RESULTS["rows"][f"{fmt} {impl} {shape[0]}x{shape[1]}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        pytest.skip(f"{impl} cannot run {fmt}: {e}")
+    exact = _same(out, ref)
+    _record(benchmark, fn, f"{fmt} {impl} {shape[0]}x{shape[1]}", _nbytes(out, x),
+            bit_exact_with_kitchen_eager_on_cuda=exact)
+    if impl == "quantgate":
+        assert exact, f"{fmt}: quantgate's CUDA bytes differ from kitchen's eager reference on the same device"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_bench_fp8_backend_op_overhead(benchmark, weights, shape):
+    from quant.kernels import get_backend
+    from quant.kernels import triton_quant as tq
+    x = weights[shape]
+    be = get_backend("cuda")
+    nb = x.numel() * 3
+    key = f"{shape[0]}x{shape[1]}"
+    raw = _record(benchmark, lambda: tq.quantize_fp8_async(x), f"fp8 raw-triton {key}", nb)
+    op = _bench_ms(lambda: be.quantize_fp8(x))
+    RESULTS["rows"][f"fp8 backend-op {key}"] = {"device_median_ms": round(op, 4),
+                                                "gb_per_s": round(nb / 1e9 / (op / 1e3), 1)}
+    if "check_finite" in be.quantize_fp8.__code__.co_varnames:
+        d = _bench_ms(lambda: be.quantize_fp8(x, check_finite="deferred"))
+        RESULTS["rows"][f"fp8 backend-op-deferred {key}"] = {"device_median_ms": round(d, 4),
+                                                             "gb_per_s": round(nb / 1e9 / (d / 1e3), 1)}
+        be.flush()
+    assert raw > 0
+
+
+def _cli_convert(src, out, fmt):
+    """The whole CLI (`python -m harness.cli convert --device cuda`), a fresh process: (wall s, summary)."""
+    import subprocess
+    import sys
+    import time
+    cmd = [sys.executable, "-m", "harness.cli", "convert", str(src), "-o", str(out), "-f", fmt,
+           "--device", "cuda", "--force", "-q", "--json"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr[-3000:]
+    return wall, json.loads(p.stdout[p.stdout.index("{"):])
+
+
+E2E_FORMATS = tuple(os.environ.get("QG_E2E_FORMATS", ",".join(("fp8", *NEW))).split(","))
+
+
+def test_bench_e2e_wan5b_whole_cli_every_format(benchmark, tmp_path_factory):
+    """Real-size WAN 2.2 TI2V 5B (FP32 shards, ~20 GB) -> each format with the whole CLI, cold (page cache
+    dropped before each), against the I/O floor of the same run (cold read of the shards + fsync'd write of
+    that format's output size). fp8 is the baseline of the same run (QG_E2E_FORMATS: which formats)."""
+    from test_bench_gpu import _drop_caches, _make_fp32_shards, _read_s, _write_s
+    base = tmp_path_factory.mktemp("e2e_new")
+    files, _largest = _make_fp32_shards(base / "wan2.2_ti2v_5B")
+    src = base / "wan2.2_ti2v_5B" / "diffusion_pytorch_model.safetensors.index.json"
+    from harness.fixtures.synth import make_model
+    tiny = make_model("wan22-ti2v-5b-thin", base / "tiny.safetensors", dtype=torch.float32)
+    for fmt in E2E_FORMATS:                         # warm-up: Triton's disk cache, once per machine
+        _cli_convert(tiny, base / f"tiny_{fmt}.safetensors", fmt)
+    rows = {}
+    src_bytes = sum(f.stat().st_size for f in files)
+    _drop_caches()
+    read_cold = _read_s(files)                      # the cold-read half of the floor, once
+    for fmt in E2E_FORMATS:
+        out = base / f"out_{fmt}.safetensors"
+        dropped = _drop_caches()
+        wall, summ = _cli_convert(src, out, fmt)
+        out_bytes = out.stat().st_size
+        out.unlink()
+        write_s = _write_s(base / "write_probe.bin", out_bytes)
+        floor = read_cold + write_s
+        rows[fmt] = dict(page_cache_dropped=dropped, source_bytes=src_bytes, output_bytes=out_bytes,
+                         read_cold_s=round(read_cold, 2), write_fsync_s=round(write_s, 2), floor_cold_s=round(floor, 2),
+                         cli_wall_s=round(wall, 2), convert_s=round(summ["seconds"], 2),
+                         ratio_cli_wall=round(wall / floor, 3), ratio_convert=round(summ["seconds"] / floor, 3),
+                         layers=summ["layers"], target_cli_wall=1.25)
+        print(f"\n{fmt}: " + json.dumps(rows[fmt]))
+    RESULTS["e2e_whole_cli"] = rows
+    benchmark.extra_info.update(rows)
+    benchmark.pedantic(lambda: None, rounds=1, warmup_rounds=0)
+    assert all(r["output_bytes"] > 0 for r in rows.values())

@@ -1,0 +1,98 @@
+"""ConvRot facts shared by the rotated formats (int8-convrot, w4a4-convrot, w4a8-int8).
+
+ConvRot rotates every Linear weight in groups of ``g`` input columns by a *regular* Hadamard matrix
+(Kronecker powers of H4 = [[1,1,1,-1],[1,1,-1,1],[1,-1,1,1],[-1,1,1,1]], divided by sqrt(g)):
+``W_rot[:, group] = W[:, group] @ H.T``. H is symmetric and orthogonal (H = H.T = H^-1), so decoding rotates
+the same way again, activations are rotated online with the same H and ``x @ W.T == rot(x) @ rot(W).T``.
+``g`` must be a power of 4 (4, 16, 64, 256) dividing K; ComfyUI reads it per layer from
+``convrot_groupsize`` (default 256).
+
+The arithmetic follows comfy-kitchen's reference (the rotation is one batched matmul in the weight's own
+dtype), so the rotated weight -- and the bytes quantized from it -- are the same as kitchen's on the same
+input and device.
+"""
+from __future__ import annotations
+
+GROUP_SIZES = (256, 64, 16)          # preferred first: Comfy-Org's files use 256
+DEFAULT_GROUP = 256
+
+
+def group_for(k: int, sizes: tuple[int, ...] = GROUP_SIZES) -> int | None:
+    """The largest ConvRot group size that divides ``k`` (None: none does)."""
+    return next((g for g in sizes if k % g == 0), None)
+
+
+def is_group_size(g) -> bool:
+    """A valid regular-Hadamard size: a power of 4, at least 4."""
+    return isinstance(g, int) and not isinstance(g, bool) and g >= 4 and (g & (g - 1)) == 0 \
+        and (g.bit_length() - 1) % 2 == 0
+
+
+_H_CACHE: dict = {}
+
+
+def hadamard(g: int, dtype=None, device="cpu"):
+    """The normalised regular Hadamard matrix of size ``g`` (entries +-1/sqrt(g), exact in every float dtype)."""
+    import torch
+    if not is_group_size(g):
+        raise ValueError(f"ConvRot group size must be a power of 4 (>= 4), got {g!r}")
+    dtype = dtype or torch.float32
+    key = (g, dtype, str(device))
+    h = _H_CACHE.get(key)
+    if h is None:
+        base = torch.tensor([[1, 1, 1, -1], [1, 1, -1, 1], [1, -1, 1, 1], [-1, 1, 1, 1]], dtype=dtype, device=device)
+        h = base
+        while h.shape[0] < g:
+            h = torch.kron(h, base)
+        h = h / (g ** 0.5)                       # a power of two: exact
+        _H_CACHE[key] = h
+    return h
+
+
+def rotate(w, g: int):
+    """``w`` [n, k] with each group of ``g`` columns multiplied by H.T (in ``w``'s dtype)."""
+    import torch
+    n, k = w.shape
+    if k % g:
+        raise ValueError(f"K={k} is not divisible by the ConvRot group size {g}")
+    h = hadamard(g, w.dtype, w.device)
+    return torch.matmul(w.reshape(n, k // g, g), h.T).reshape(n, k)
+
+
+def rotate_rows(x, g: int):
+    """Online activation rotation: the last dim of ``x`` in groups of ``g`` times H (kitchen's activation path)."""
+    import torch
+    shape = x.shape
+    h = hadamard(g, x.dtype, x.device)
+    return torch.matmul(x.reshape(-1, shape[-1] // g, g), h).reshape(shape)
+
+
+# ---- signed int4 in int8 storage: two codes per byte, the EVEN column in the LOW nibble (kitchen) ----------
+def pack_int4(codes):
+    """[n, k] int codes in [-8, 7] -> [n, k/2] int8, even column in bits 0..3, odd column in bits 4..7."""
+    import torch
+    lo = codes[..., 0::2].to(torch.int32) & 0xF
+    hi = codes[..., 1::2].to(torch.int32) & 0xF
+    return (lo | (hi << 4)).to(torch.int8)
+
+
+def unpack_int4(packed, signed: bool = True):
+    """Inverse of :func:`pack_int4` -> int8 codes [n, 2 * cols] (two's-complement nibbles when ``signed``)."""
+    import torch
+    b = packed.to(torch.int32)
+    lo, hi = b & 0xF, (b >> 4) & 0xF
+    if signed:
+        lo = lo - ((lo >> 3) << 4)
+        hi = hi - ((hi >> 3) << 4)
+    return torch.stack([lo, hi], dim=-1).reshape(*packed.shape[:-1], -1).to(torch.int8)
+
+
+def group_problems(g, k: int, allowed: tuple[int, ...] | None = None) -> list[str]:
+    """Why a declared ``convrot_groupsize`` cannot decode a weight with K = ``k`` (empty: it can)."""
+    if not is_group_size(g):
+        return [f"convrot_groupsize {g!r} is not a power of 4 (kitchen's regular Hadamard sizes: 4, 16, 64, 256)"]
+    if k % g:
+        return [f"convrot_groupsize {g} does not divide K={k}"]
+    if allowed is not None and g not in allowed:
+        return [f"convrot_groupsize {g} is not one the format's kernel takes ({', '.join(map(str, allowed))})"]
+    return []

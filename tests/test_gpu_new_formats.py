@@ -1,0 +1,55 @@
+"""CUDA paths of the formats ComfyUI 0.33 ships beside fp8/nvfp4 (GPU box: `python -m pytest -m gpu
+tests/test_gpu_new_formats.py`). Not run in CI (no GPU there)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quant import formats
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+NEW = ("int8", "int8-convrot", "mxfp8", "w4a4-convrot", "w4a8-int8")
+
+
+def _kitchen_eager(fmt, x, conf):
+    from tests.quant.formats.test_new_format_bytes import _kitchen
+    return _kitchen(fmt, x, conf)
+
+
+@pytest.mark.parametrize("fmt", NEW)
+@pytest.mark.parametrize("shape", [(33, 64), (512, 1024), (3072, 5120)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_bytes_are_kitchens_eager_bytes_on_the_device(fmt, shape, dtype):
+    f = formats.get(fmt)
+    if f.refuses(*shape):
+        pytest.skip("shape not held by the format")
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 0.05).to(dtype).cuda()
+    ours = f.quantize(x)
+    theirs = _kitchen_eager(fmt, x, f.layer_config(False, None, shape))
+    for k in ours:
+        assert ours[k].device.type == "cuda"
+        assert torch.equal(ours[k].contiguous().view(torch.uint8), theirs[k].contiguous().view(torch.uint8)), k
+
+
+@pytest.mark.parametrize("fmt", NEW)
+def test_convert_device_cuda_pipelined_passes_verify(fmt, tmp_path):
+    from harness.verify import verify
+    from quant.convert import convert
+    src = __import__("pathlib").Path(__file__).resolve().parents[1] / "harness" / "train" / "wan21-t2v-tiny.safetensors"
+    out = tmp_path / f"{fmt}.safetensors"
+    convert(src, out, fmt, device="cuda")
+    rep = verify(out, src, device="cuda")
+    assert rep.passed and rep.coverage["unchecked"] == [], [x.line() for x in rep.findings.all()]
+
+
+def test_deferred_finiteness_check_raises_at_flush():
+    from quant.errors import InputError
+    from quant.kernels import get_backend
+    be = get_backend("cuda")
+    x = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16)
+    x[3, 3] = float("nan")
+    be.quantize_fp8(x, name="bad", check_finite="deferred")        # no sync, no raise here
+    with pytest.raises(InputError, match="non-finite"):
+        be.flush()
+    with pytest.raises(InputError):
+        be.quantize_fp8(x, name="bad")
