@@ -309,6 +309,12 @@ def _fake_mxfp8(x: torch.Tensor, scale, p=None) -> torch.Tensor:
     return y.reshape(x.shape).to(x.dtype)
 
 
+def fn_dynamic(p: dict) -> bool:
+    """Whether the layer's emulation takes a per-call ("dynamic") scale: fp8 and NVFP4 (their FAKE functions);
+    the other formats quantize per row / block at run time anyway."""
+    return FAKE.get(p.get("format")) in (_fake_fp8, _fake_nvfp4)
+
+
 FAKE = {"fp8": _fake_fp8, "nvfp4": _fake_nvfp4, "int8": _fake_int8, "int8_convrot": _fake_int8,
         "w4a8": _fake_int8, "w4a4": _fake_int4, "mxfp8": _fake_mxfp8}
 
@@ -349,7 +355,7 @@ class QGActivationEmulation:
                 p = layers.get(name)
                 if p is None:
                     continue
-                dyn = p.get("dynamic") and p["format"] in ("fp8", "nvfp4")   # the gate's reference conversion
+                dyn = p.get("dynamic") and fn_dynamic(p)          # the gate's reference conversion
                 fn, scale = FAKE[p["format"]], ("dynamic" if dyn else p.get("input_scale"))
 
                 def pre(_m, inputs, _fn=fn, _scale=scale, _p=p):

@@ -116,6 +116,30 @@ def _check_formats(names) -> None:
             raise UsageError(f"--formats takes {', '.join(comfy_targets)}, not {f!r}")
 
 
+def _converter_columns(cols, layers, src, shapes) -> dict:
+    """FP8 / NVFP4 columns through the converter's own quantization path (quant.quantize.quantize_layers, RTN,
+    the source tensor as convert reads it), so each column scores exactly the bytes `convert` writes:
+    {column label: iterator of LayerResult, in ``layers`` order}."""
+    from quant.quantize import LayerJob, quantize_layers
+    out = {}
+    for c, spec in cols:
+        if spec[0] != "gguf":
+            jobs = [LayerJob(n[: -len(".weight")], n, spec[2].for_action(spec[1][n]),
+                             (lambda n=n: src.get(n)), None, tuple(shapes[n]))
+                    for n in layers if spec[1].get(n, "keep") != "keep"]
+            out[c.label] = iter(quantize_layers(jobs))
+    return out
+
+
+def _converter_dequant(r, n: str, w):
+    """The weight ``convert`` writes for layer tensor ``n`` (a LayerResult of :func:`_converter_columns`), decoded."""
+    import torch
+    assert r.job.name == n, (r.job.name, n)
+    pre = r.job.layer + "."
+    raw = {k[len(pre):]: v for k, v in r.tensors.items() if k.startswith(pre)}
+    return r.job.fmt.dequantize(raw, tuple(w.shape), torch.float32).reshape(w.shape)
+
+
 def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derived=(), *, progress=False) -> Ladder:
     """``preset_names``: hand presets (None = detected from the keys); ``derived``: [(gguf path, Mapping)]
     for NVFP4-mixed under GGUF-derived presets."""
@@ -178,16 +202,7 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
                     layers.append(n)
             if not layers:
                 raise UsageError("no candidate quantizes any 2-D weight of this source; nothing to compare", source)
-            # FP8 / NVFP4 columns: the converter's own quantization path (quant.quantize.quantize_layers, RTN,
-            # the source tensor as convert reads it), so each column scores exactly the bytes `convert` writes
-            from quant.quantize import LayerJob, quantize_layers
-            target_fmt = {}
-            for c, spec in cols:
-                if spec[0] != "gguf":
-                    jobs = [LayerJob(n[: -len(".weight")], n, spec[2].for_action(spec[1][n]),
-                                     (lambda n=n: src.get(n)), None, tuple(shapes[n]))
-                            for n in layers if spec[1].get(n, "keep") != "keep"]
-                    target_fmt[c.label] = iter(quantize_layers(jobs))
+            target_fmt = _converter_columns(cols, layers, src, shapes)
             ref2: dict[str, float] = {}
             bar = None
             if progress:
@@ -209,11 +224,7 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
                         if act == "keep":
                             wq = w
                         else:
-                            r = next(target_fmt[c.label])
-                            assert r.job.name == n, (r.job.name, n)
-                            pre = r.job.layer + "."
-                            raw = {k[len(pre):]: v for k, v in r.tensors.items() if k.startswith(pre)}
-                            wq = r.job.fmt.dequantize(raw, tuple(w.shape), torch.float32).reshape(w.shape)
+                            wq = _converter_dequant(next(target_fmt[c.label]), n, w)
                     c.err2[n] = float((w.double() - wq.double()).pow(2).sum())
                 if bar is not None:
                     bar.update(1)

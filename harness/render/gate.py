@@ -379,6 +379,29 @@ def _references(cands, session, source, policy, work_dir, log) -> list[Candidate
     return list(refs.values())
 
 
+def _reference_candidates(cands, session, source, policy, work_dir, log, names: dict) -> list[Candidate]:
+    """The reference conversions of ``cands`` (:func:`_references`), visible to the server (``names``) and,
+    where their candidates' activations are emulated, emulated the same way with dynamic scales."""
+    refs = _references(cands, session, source, policy, work_dir, log)
+    for r in refs:
+        names[r.label] = session.model(r.render_path)
+        r.activations = reference.policy_for(r.users[0].activations)
+    return refs
+
+
+def _distinct(refs) -> int:
+    """Reference files rendered (same file and activation policy: rendered once)."""
+    return len({(r.render_path, json.dumps(r.activations, sort_keys=True)) for r in refs})
+
+
+def _calibration_overlaps(cands, seeds, log) -> None:
+    for c in cands:
+        c.calibration_overlap = calibration_seed_overlap(c.path, seeds)
+        if c.calibration_overlap:
+            log(f"warning: {c.label} was calibrated on sampler seeds {c.calibration_overlap}, which the gate renders "
+                "too: those renders are not held out")
+
+
 def _judged_rows(c: Candidate) -> list[dict]:
     return c.renders
 
@@ -446,8 +469,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     source = Path(source)
     work_dir = Path(work_dir) if work_dir else None
     seeds, sizes, settings, timeout = _plan(policy)
-    reference_on = (bool(policy.get("reference", {}).get("enabled", True)) if compare_reference is None
-                    else compare_reference)
+    reference_on = policy.get("reference", {}).get("enabled", True) if compare_reference is None else compare_reference
     check_render_inputs(source, candidates)
     cands = []
     for c in candidates:
@@ -459,29 +481,19 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     src_sha = sha256_file(source)
     for c in cands:
         _prepare(c, cands, session, source, policy, verify_fn, work_dir, log)
-    for c in cands:
-        c.calibration_overlap = calibration_seed_overlap(c.path, seeds)
-        if c.calibration_overlap:
-            log(f"warning: {c.label} was calibrated on sampler seeds {c.calibration_overlap}, which the gate renders "
-                "too: those renders are not held out")
+    _calibration_overlaps(cands, seeds, log)
     timings["prepare_s"] = round(time.monotonic() - t0, 3)
     # every file must be visible to the server before anything renders (fails fast on a URL server)
     src_name = session.model(source)
     cand_names = {c.label: session.model(c.render_path) for c in cands}
     if "vae" in workflow.holes:
         settings["vae"] = session.vae()
-    refs = _references(cands, session, source, policy, work_dir, log) if reference_on else []
-    for r in refs:
-        cand_names[r.label] = session.model(r.render_path)
-    if emulate:
-        emulation.attach(cands, session)
-        for r in refs:
-            r.activations = reference.policy_for(r.users[0].activations)
+    emulation.attach(cands, session) if emulate else None
+    refs = _reference_candidates(cands, session, source, policy, work_dir, log, cand_names) if reference_on else []
 
     n_base = len(seeds) * len(sizes)
-    n_ref = len({(r.render_path, json.dumps(r.activations, sort_keys=True)) for r in refs})
-    render = _Renderer(session, workflow, settings, timeout, log,
-                       n_base + 2 + n_base * (len(cands) + n_ref) + emulation.extra_renders(cands + refs, n_base))
+    render = _Renderer(session, workflow, settings, timeout, log, n_base + 2 + n_base * (len(cands) + _distinct(refs))
+                       + emulation.extra_renders(cands + refs, n_base))
     images: dict = {"baseline": {}, "control": None, "candidates": {}}
     renders: list = []
     baseline_renders, src_warn, example_wf = _baseline(render, src_name, seeds, sizes, source, images)
@@ -492,8 +504,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     for c in cands:
         _render_candidate(render, c, cand_names[c.label], seeds, sizes, images, renders, log)
         _decide(c, session.version, policy.get("load", {}), control, repeat, src_warn)
-        if reference_on:
-            _decide_relative(c, policy.get("reference", {}))
+        _decide_relative(c, policy.get("reference", {}))          # no-op without a reference
 
     stats = session.stats
     render_times = render.times

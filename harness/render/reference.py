@@ -61,12 +61,17 @@ def layer_plan(candidate, source) -> tuple[str, dict[str, str]]:
     fmt = twin.candidate_format(candidate)
     if fmt == "unquantized" or fmt not in formats.TARGETS:
         raise NoReference(f"no reference conversion for a {fmt} candidate")
+    target = formats.get(fmt)
     names = _source_names(source)
     st = twin.structure(candidate)
     plan: dict[str, str] = {}
     try:
         for la in st.declared:
-            if la.spec is None or la.spec.kernel not in ("fp8", "nvfp4") or "weight" not in la.keys:
+            if la.spec is None or "weight" not in la.keys:
+                continue
+            try:
+                target.for_action(la.spec.kernel)       # a layer kind a conversion to this format writes
+            except ValueError:
                 continue
             w = _match_source(la.name, names)
             if w is None:

@@ -100,6 +100,43 @@ def _references_section(record: dict) -> list[str]:
     return o
 
 
+def _render_cells(record: dict, imgs: dict, c: dict) -> list[str]:
+    """One cell per render of candidate ``c``: source | its reference | weight-only | candidate | difference."""
+    lab = c["label"]
+    o: list[str] = []
+    o.append("<div class='grid'>")
+    cimgs = imgs["candidates"].get(lab, {})
+    wimgs = (imgs.get("weight_only") or {}).get(lab, {})
+    ref = c.get("reference") or {}
+    rimgs = imgs["candidates"].get(ref.get("label"), {}) if ref.get("available") else {}
+    rrows = {(x["seed"], x["width"], x["height"]): x for x in record["renders"]
+             if ref.get("available") and x.get("candidate") == ref.get("label")}
+    for r in [r for r in record["renders"] if r.get("candidate") == lab]:
+        key = (r["seed"], r["width"], r["height"])
+        b, cc = imgs["baseline"].get(key), cimgs.get(key)
+        if b is None or cc is None:
+            continue
+        wo, wtxt = wimgs.get(key), ""
+        if wo is not None and r.get("weight_only"):
+            wtxt = (f"<div>{_img(wo, 'weight-only')}<div class='lbl'>weight-only "
+                    f"{r['weight_only']['ssim']:.4f}</div></div>")
+        ri, rtxt = rimgs.get(key), ""
+        if ri is not None and key in rrows:
+            rtxt = (f"<div>{_img(ri, 'reference')}<div class='lbl'>reference {rrows[key]['ssim']:.4f}</div></div>")
+        o.append("<div class='cell'><div class='trip'>"
+                 f"<div>{_img(b, 'baseline')}<div class='lbl'>source</div></div>{rtxt}{wtxt}"
+                 f"<div>{_img(cc, 'candidate')}<div class='lbl'>{_e(lab)}"
+                 f"{' (activations emulated)' if wo is not None else ''}</div></div>"
+                 f"<div>{_img(score.heatmap(b, cc), 'difference')}<div class='lbl'>|difference|</div></div></div>"
+                 f"<div class='cap'>seed {r['seed']} · {r['width']}×{r['height']} · SSIM "
+                 f"<b class='{'pass' if r['pass'] else 'fail'}'>{r['ssim']:.4f}</b> (floor {r['threshold']:g})"
+                 + (f" · 1−SSIM {1 - r['ssim']:.4f} vs the reference's {1 - rrows[key]['ssim']:.4f}"
+                    if key in rrows else "")
+                 + f" · max diff {r['max_abs_diff']} · {r['seconds']:.2f} s</div></div>")
+    o.append("</div>")
+    return o
+
+
 def render_html(record: dict, title: str = "quantgate render gate", extra_sections=()) -> str:
     """``extra_sections``: HTML fragments placed before the workflow (e.g. harness.gguf.ladder.html_section)."""
     imgs = record.get("_images") or {"baseline": {}, "candidates": {}, "control": None}
@@ -204,36 +241,7 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
             o.append(f"<p class='muted'>verify: {_e(v.get('summary') or 'not available')}</p>")
         if c["reasons"]:        # a render can clear the floor while the candidate fails: say why here too
             o.append("<ul class='fail'>" + "".join(f"<li>{_e(x)}</li>" for x in c["reasons"]) + "</ul>")
-        o.append("<div class='grid'>")
-        cimgs = imgs["candidates"].get(lab, {})
-        wimgs = (imgs.get("weight_only") or {}).get(lab, {})
-        ref = c.get("reference") or {}
-        rimgs = imgs["candidates"].get(ref.get("label"), {}) if ref.get("available") else {}
-        rrows = {(x["seed"], x["width"], x["height"]): x for x in record["renders"]
-                 if ref.get("available") and x.get("candidate") == ref.get("label")}
-        for r in [r for r in record["renders"] if r.get("candidate") == lab]:
-            key = (r["seed"], r["width"], r["height"])
-            b, cc = imgs["baseline"].get(key), cimgs.get(key)
-            if b is None or cc is None:
-                continue
-            wo, wtxt = wimgs.get(key), ""
-            if wo is not None and r.get("weight_only"):
-                wtxt = (f"<div>{_img(wo, 'weight-only')}<div class='lbl'>weight-only "
-                        f"{r['weight_only']['ssim']:.4f}</div></div>")
-            ri, rtxt = rimgs.get(key), ""
-            if ri is not None and key in rrows:
-                rtxt = (f"<div>{_img(ri, 'reference')}<div class='lbl'>reference {rrows[key]['ssim']:.4f}</div></div>")
-            o.append("<div class='cell'><div class='trip'>"
-                     f"<div>{_img(b, 'baseline')}<div class='lbl'>source</div></div>{rtxt}{wtxt}"
-                     f"<div>{_img(cc, 'candidate')}<div class='lbl'>{_e(lab)}"
-                     f"{' (activations emulated)' if wo is not None else ''}</div></div>"
-                     f"<div>{_img(score.heatmap(b, cc), 'difference')}<div class='lbl'>|difference|</div></div></div>"
-                     f"<div class='cap'>seed {r['seed']} · {r['width']}×{r['height']} · SSIM "
-                     f"<b class='{'pass' if r['pass'] else 'fail'}'>{r['ssim']:.4f}</b> (floor {r['threshold']:g})"
-                     + (f" · 1−SSIM {1 - r['ssim']:.4f} vs the reference's {1 - rrows[key]['ssim']:.4f}"
-                        if key in rrows else "")
-                     + f" · max diff {r['max_abs_diff']} · {r['seconds']:.2f} s</div></div>")
-        o.append("</div>")
+        o += _render_cells(record, imgs, c)
     if imgs.get("control") is not None:
         s0, cs, w, h, ci = imgs["control"]
         b = imgs["baseline"].get((s0, w, h))
