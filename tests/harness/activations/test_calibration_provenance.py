@@ -13,10 +13,10 @@ from tests._inproc import one_error_line, run_main
 
 def _calibration(src, path, sha):
     with open_source(src) as s:
-        layers = [d.layer for d in make_plan(s, None, "fp8").quantized()]
+        layers = [(d.layer, int(d.shape[1])) for d in make_plan(s, None, "fp8").quantized()]
     obj = {"schema": calibration.SCHEMA, "percentiles": [99.9],
            "provenance": {"model": {"name": src.name, "sha256": sha}, "seeds": [101, 102]},
-           "layers": {L: {"amax": 4.0 + i / 10, "p99.9": 3.0} for i, L in enumerate(layers)}}
+           "layers": {L: {"amax": 4.0 + i / 10, "p99.9": 3.0, "in_features": k} for i, (L, k) in enumerate(layers)}}
     path.write_text(json.dumps(obj))
     return path
 

@@ -171,7 +171,8 @@ def test_references_share_one_conversion_per_layer_plan(record, files):
     assert not fpmm["emulated"]
     d, f = files
     target, plan = reference.layer_plan(f["nvfp4 Q8_0 preset"], record["source"]["path"])
-    assert target == "nvfp4" and set(plan.values()) == {"fp8"}
+    # every Linear fp8: the file declares fp8 layers only, so its reference is an fp8 conversion of those layers
+    assert target == "fp8" and set(plan.values()) == {"fp8"}
 
 
 def test_gate_json_and_report_show_the_reference(record, tmp_path):
