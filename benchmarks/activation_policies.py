@@ -2,7 +2,7 @@
 embedded ComfyUI with activation emulation on (``gate --no-verify``).
 
 calibrate (seeds 1-4 x the policy's sizes, held-out seeds 1001-1002) -> convert fp8 / nvfp4 (mixed) with
-``--calibration`` -> the same weights with other activation policies (``harness.activations.variants``:
+``--calibration`` -> the same weights with other activation policies (``harness.fixtures.activation_variants``:
 weight-derived, none, fpmm) -> one gate run over the seven files -> a JSON summary: per file min / mean SSIM
 emulated and weight-only and the verdict, the per-layer SQNR medians of ``calibrate --report``, and the
 magnitudes of the held-out activations against fp8 e4m3 at unit scale (what the fp8 file with no activation
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
                                                   f"cpu-activation-policies-{datetime.date.today()}.json"))
     ap.add_argument("--work", help="working directory (default: a temporary one)")
     a = ap.parse_args(argv)
-    from harness.activations import variants
+    from harness.fixtures import activation_variants as variants
     from harness.render import models
     work = Path(a.work or tempfile.mkdtemp(prefix="qg-actpol-"))
     work.mkdir(parents=True, exist_ok=True)

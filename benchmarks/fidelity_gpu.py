@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import learned_gpu as G  # noqa: E402
-from harness.activations.synthetic import activations  # noqa: E402
+from harness.fixtures.synthetic_activations import activations  # noqa: E402
 from quant.kernels import fp8 as _fp8  # noqa: E402
 from quant.kernels import nvfp4 as _nv  # noqa: E402
 from quant.rounding import gptq, scale_search  # noqa: E402

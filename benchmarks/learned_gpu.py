@@ -5,7 +5,7 @@
 What it measures (one process, one run):
   * four real-size WAN 2.x 14B Linear shapes (2 x 5120x5120, 13824x5120, 5120x13824) with the weights
     the repo's synthetic models use (randn/sqrt(K), outlier input columns x8..x24; bf16), and per layer
-    activations from harness.activations.synthetic (low-rank correlated + log-normal channel gains with
+    activations from harness.fixtures.synthetic_activations (low-rank correlated + log-normal channel gains with
     outlier channels): 4096 calibration rows, 4096 independent HELD-OUT rows;
   * output SQNR on the held-out rows, 10*log10(|X W^T|^2 / |X (W_q - W)^T|^2), for RTN, quantgate's
     learned rounding (calibrated, and with the data-free weight proxy), and convert_to_quant's learned mode
@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.activations.synthetic import activations  # noqa: E402
+from harness.fixtures.synthetic_activations import activations  # noqa: E402
 from quant.kernels import fp8 as _fp8  # noqa: E402
 from quant.kernels import nvfp4 as _nv  # noqa: E402
 from quant.rounding import engine  # noqa: E402

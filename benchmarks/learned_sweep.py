@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import learned_gpu as G  # noqa: E402
-from harness.activations.synthetic import activations  # noqa: E402
+from harness.fixtures.synthetic_activations import activations  # noqa: E402
 from quant.rounding import learned as L  # noqa: E402
 
 # (label, LearnedConfig overrides, calibration rows)

@@ -6,7 +6,7 @@ A14B expert) come from benchmarks/fidelity_gpu.py, one run on the GPU box."""
 import pytest
 import torch
 
-from harness.activations.synthetic import activations
+from harness.fixtures.synthetic_activations import activations
 from quant.kernels import fp8 as _fp8
 from quant.kernels import nvfp4 as _nv
 from quant.rounding import gptq, scale_search

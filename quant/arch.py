@@ -158,6 +158,9 @@ THIN: dict[str, Arch] = {
     # thin Qwen-Image block structure (converter tests only: ComfyUI needs the real 3072 width)
     "qwen-image-thin": ARCHS["qwen-image"].thin(num_layers=2, inner=256, joint=512),
     "flux2-klein-4b-thin": ARCHS["flux2-klein-4b"].thin(hidden=256, double=1, single=1, ctx=512),
+    # the nightly's largest layouts that fit the GPU box's 64 GB disk (real width, fewer blocks)
+    "qwen-image-nightly": ARCHS["qwen-image"].thin(num_layers=16),
+    "wan22-t2v-a14b-nightly": ARCHS["wan22-t2v-a14b"].thin(num_layers=10),
 }
 
 ALL = {**ARCHS, **THIN}

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .device import Device
 from .errors import InputError
 from .safetensors_io import TORCH_DTYPES
 
@@ -190,7 +191,7 @@ class _Run:
     def __init__(self, src, items: list[_Item], fmt, writer, device: str, amax: dict, progress):
         self.src, self.items, self.fmt, self.writer = src, items, fmt, writer
         self.device, self.amax, self.progress = device, amax, progress
-        self.cuda = device.startswith("cuda")
+        self.cuda = Device.of(device).is_cuda
         self.abort = threading.Event()
         self.errors: list[BaseException] = []
         largest = max(max(it.nbytes for it in items), min(BATCH, sum(it.nbytes for it in items)))

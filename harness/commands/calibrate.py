@@ -96,9 +96,7 @@ def run(args) -> int:
     from harness.render.workflow import Workflow
     from harness.verify.record import sha256_file
     from quant.errors import InputError
-    from quant.safetensors_io import save_file
-
-    from quant.outputs import check_output, write_text
+    from quant.outputs import write_text
     out, src, inputs = _checked_paths(args)
     samples_out = out.with_name(out.name.removesuffix(".json") + ".samples.safetensors")
     if args.model_node and not args.workflow:
@@ -152,30 +150,42 @@ def run(args) -> int:
             cal = {"schema": cal.pop("schema"),
                    "provenance": collect.provenance(session, src, sha256_file(src), wf, settings, seeds, sizes, holdout),
                    **cal}
-    samples_path = None
-    if held is not None:
-        tensors, index = collect.samples_tensors(held)
-        samples_path = samples_out
-        check_output(samples_path, inputs + [out], overwrite=args.force, what="held-out samples output")
-        save_file(tensors, samples_path, {"quantgate_samples": json.dumps(index)})
-        cal["provenance"]["holdout_samples"] = {"file": samples_path.name, "sha256": sha256_file(samples_path)}
+    samples_path = _write_samples(held, samples_out, cal, inputs + [out], args.force) if held is not None else None
     if args.report:
         res = sqnr.table(src, cal, collect.load_samples(samples_path),
                          percentiles=[p for p in pcts if p in (99.9, 99.99)] or pcts[:2])
         cal["sqnr"] = res
     write_text(out, json.dumps(cal, indent=1) + "\n", inputs, overwrite=args.force, what="calibration output")
+    _print_result(args, cal, out, samples_path)
+    return 0
+
+
+def _write_samples(held, path: Path, cal: dict, inputs: list, force: bool) -> Path:
+    """The held-out rows beside the JSON (its provenance names the file and its sha256)."""
+    from harness.activations import collect
+    from harness.verify.record import sha256_file
+    from quant.outputs import check_output
+    from quant.safetensors_io import save_file
+    tensors, index = collect.samples_tensors(held)
+    check_output(path, inputs, overwrite=force, what="held-out samples output")
+    save_file(tensors, path, {"quantgate_samples": json.dumps(index)})
+    cal["provenance"]["holdout_samples"] = {"file": path.name, "sha256": sha256_file(path)}
+    return path
+
+
+def _print_result(args, cal: dict, out: Path, samples_path: Path | None) -> None:
+    from harness.activations import sqnr
     if args.json:
         print(json.dumps(cal, indent=1))
-    else:
-        n = len(cal["layers"])
-        top = sorted(cal["layers"].items(), key=lambda kv: -kv[1]["amax"])[:5]
-        print(f"calibrated {n} Linear layers over {cal['runs']} runs ({cal['model_calls']} model calls): {out}")
-        for k, v in top:
-            pk = [x for x in v if x.startswith("p")]
-            print(f"  {k:<32} amax {v['amax']:<10g} " + " ".join(f"{x} {v[x]:g}" for x in pk[:3]))
-        if samples_path:
-            print(f"held-out rows: {samples_path}")
-        if args.report:
-            for line in sqnr.format_table(cal["sqnr"]):
-                print(line)
-    return 0
+        return
+    n = len(cal["layers"])
+    top = sorted(cal["layers"].items(), key=lambda kv: -kv[1]["amax"])[:5]
+    print(f"calibrated {n} Linear layers over {cal['runs']} runs ({cal['model_calls']} model calls): {out}")
+    for k, v in top:
+        pk = [x for x in v if x.startswith("p")]
+        print(f"  {k:<32} amax {v['amax']:<10g} " + " ".join(f"{x} {v[x]:g}" for x in pk[:3]))
+    if samples_path:
+        print(f"held-out rows: {samples_path}")
+    if args.report:
+        for line in sqnr.format_table(cal["sqnr"]):
+            print(line)

@@ -23,7 +23,9 @@ def add_server_args(p) -> None:
     g.add_argument("--comfy-python", metavar="PATH", action="append",
                    help="with --comfy-root PATH: the Python (of that checkout's environment) that runs it "
                         "(default: quantgate's own); one per checkout, in the same order")
-    g.add_argument("--workflow", metavar="FILE", help="your API-format workflow (default: the built-in WAN 2.1 smoke render)")
+    g.add_argument("--workflow", metavar="FILE", help="your API-format workflow, or a built-in one by name (default: "
+                   "the built-in smoke render of the source's family: wan21_t2v_smoke, qwen_image_t2i_smoke, "
+                   "wan22_a14b_t2v_smoke with --source-low; qwen_image_edit_smoke by name)")
     g.add_argument("--model-node", metavar="ID", help="id of the node in --workflow that loads the checkpoint")
     g.add_argument("--policy", metavar="TOML", help="thresholds and render plan (default: harness/policy.toml)")
 
@@ -36,6 +38,11 @@ def register(sub):
     p.add_argument("checkpoint", nargs="+", help="candidate checkpoint(s) (.safetensors, or .gguf: rendered as its "
                    "dequantized twin, decoded by gguf-py)")
     p.add_argument("--source", required=True, help="the source checkpoint the candidate was made from")
+    p.add_argument("--source-low", metavar="SRC", help="WAN 2.2 A14B: the low-noise expert's source (--source is the "
+                   "high-noise expert's); the A14B workflow renders the pair, the CHECKPOINTs go into the high-noise "
+                   "slot and --low files into the low-noise slot, each judged against its own expert")
+    p.add_argument("--low", metavar="CKPT", action="append", default=[],
+                   help="with --source-low: a low-noise expert candidate (repeatable)")
     p.add_argument("--out", default="gate-report", metavar="DIR", help="where report.html and gate.json go (default: gate-report/)")
     p.add_argument("--no-verify", action="store_true", help="skip the format gate (quantgate verify)")
     p.add_argument("--ladder", action="store_true",
@@ -92,6 +99,22 @@ def _vs_reference(ref: dict | None) -> str:
             f"(<= {ref['limit']:.4f})")
 
 
+def family_workflow(source, source_low=None) -> str | None:
+    """The built-in workflow for the source's model family (None: the default WAN 2.1 template)."""
+    if source_low:
+        return "wan22_a14b_t2v_smoke"
+    from quant import arch
+    from quant.safetensors_io import read_header
+    if source is None or twin_is_gguf(source):
+        return None
+    return {"qwen_image": "qwen_image_t2i_smoke"}.get(arch.detect(list(read_header(source).tensors)) or "")
+
+
+def twin_is_gguf(p) -> bool:
+    from harness.render.twin import is_gguf
+    return is_gguf(p)
+
+
 def _version_of(t) -> str:
     from harness.comfy.server import check_comfy_root, comfy_version, prepare_embedded
     return comfy_version(prepare_embedded(log=_log) if t.root is None else check_comfy_root(t.root))
@@ -108,9 +131,14 @@ def run(args) -> int:
         raise UsageError("--model-node needs --workflow")
     from harness.render.gate import check_render_inputs
     from quant.outputs import check_output
-    check_render_inputs(args.source, args.checkpoint)          # before any server starts
+    if args.low and not args.source_low:
+        raise UsageError("--low needs --source-low (the low-noise expert's source)")
+    check_render_inputs([args.source, *([args.source_low] if args.source_low else [])],
+                        [*args.checkpoint, *args.low])          # before any server starts
     policy = load_policy(args.policy)
-    wf = Workflow.from_arg(args.workflow, args.model_node)
+    wf = Workflow.from_arg(args.workflow or family_workflow(args.source, args.source_low), args.model_node)
+    companions = {"model_low": args.source_low} if args.source_low else None
+    cands = [*args.checkpoint, *((f"low-noise {Path(p).stem}", p, "model_low") for p in args.low)]
     out = Path(args.out)
     for name in ("gate.json", "report.html"):
         check_output(out / name, [args.source, *args.checkpoint], overwrite=True,
@@ -150,9 +178,9 @@ def run(args) -> int:
                               keep_log=sub / "comfyui.log", comfy_python=None if t is None else t.python) as session:
                 if args.workflow:
                     session.check_nodes(wf.wf)
-                record = run_gate(session, args.source, args.checkpoint, policy=policy, workflow=wf,
+                record = run_gate(session, args.source, cands, policy=policy, workflow=wf,
                                   work_dir=Path(tmp), verify_fn=verify_fn, log=_log,
-                                  emulate=not args.no_emulation,
+                                  emulate=not args.no_emulation, companions=companions,
                                   compare_reference=False if args.no_reference else None)
         rp, gj = write_report(record, sub, extra_sections=sections(sub) if sections else ())
         runs.append({"target": "url" if t is None else t.label, "version": record["comfyui"]["version"],

@@ -140,15 +140,72 @@ def _converter_dequant(r, n: str, w):
     return r.job.fmt.dequantize(raw, tuple(w.shape), torch.float32).reshape(w.shape)
 
 
+def _gguf_column(g, shapes: dict, gsrcs: list):
+    """The column of one GGUF file (opened into ``gsrcs``, which the caller closes)."""
+    from quant.gguf import model as gguf_model
+    from quant.sources import open_source
+    model = gguf_model.read(g)
+    m = gguf_model.match(model, shapes)
+    if m.shape_mismatch or not m.pairs:
+        raise InputError("the GGUF does not describe this source: " + "; ".join(m.lines()[1:]), g)
+    gs = open_source(g)
+    gsrcs.append(gs)
+    names = {v: t.name for v, t in model.tensors.items()}
+    c = Column(_gguf_label(model), "gguf", Path(g).name, sha256=gguf_model.sha256_file(g))
+    return c, ("gguf", gs, {s: names[k] for s, k in m.pairs.items()}, model)
+
+
+def _plan_columns(src, shapes: dict, formats, preset_names, derived) -> list:
+    """One column per format x preset (hand presets, and GGUF-derived ones for four-bit formats)."""
+    from quant import formats as F
+    from quant import presets
+    from quant.convert import make_plan
+    from quant.gguf import model as gguf_model
+    plans = []
+    for fmt in formats:
+        for pn in preset_names:
+            plans.append((fmt, make_plan(src, pn, fmt)))
+        if F.get(fmt).four_bit:
+            for g, mapping in derived:
+                pr = gguf_model.derive_preset(gguf_model.read(g), mapping, source_shapes=shapes)
+                plans.append((fmt, presets.plan(pr, fmt, [(n, src.info(n).dtype, shapes[n]) for n in shapes],
+                                                source=str(src.path))))
+    cols = []
+    for fmt, pl in plans:
+        prov = pl.preset.provenance or {}
+        label = f"{fmt} {pl.preset.name}"
+        if prov.get("sha256"):          # GGUF-derived: name it by the GGUF type it came from
+            label = f"{fmt} via {str(prov.get('file_type') or prov.get('gguf_file')).replace('MOSTLY_', '')}"
+        c = Column(label, fmt, pl.preset.name, sha256=prov.get("sha256"))
+        cols.append((c, ("plan", {d.name: d.action for d in pl.decisions}, F.get(fmt))))
+    return cols
+
+
+def _quantized_layers(shapes: dict, cols: list) -> list[str]:
+    """The 2-D weights any candidate stores quantized."""
+    from quant.gguf import model as gguf_model
+    layers = []
+    for n, s in shapes.items():
+        if len(s) != 2 or not n.endswith(".weight"):
+            continue
+        q = False
+        for c, spec in cols:
+            if spec[0] == "gguf":
+                gname = spec[2].get(n)
+                q |= gname is not None and spec[1].info(gname).stored not in gguf_model.FLOAT_TYPES
+            else:
+                q |= spec[1].get(n, "keep") != "keep"
+        if q:
+            layers.append(n)
+    return layers
+
+
 def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derived=(), *, progress=False) -> Ladder:
     """``preset_names``: hand presets (None = detected from the keys); ``derived``: [(gguf path, Mapping)]
     for NVFP4-mixed under GGUF-derived presets."""
     import torch
 
-    from quant import formats as F
-    from quant.gguf import model as gguf_model
-    from quant import presets
-    from quant.convert import make_plan
+    from quant import formats as F  # noqa: F401 - the gate's FP8 columns (issue 21) name it here
     from quant.sources import open_source
     _check_formats(formats)
     if not ggufs and not formats:
@@ -161,45 +218,9 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
         gsrcs = []
         try:
             for g in ggufs:
-                model = gguf_model.read(g)
-                m = gguf_model.match(model, shapes)
-                if m.shape_mismatch or not m.pairs:
-                    raise InputError("the GGUF does not describe this source: " + "; ".join(m.lines()[1:]), g)
-                gs = open_source(g)
-                gsrcs.append(gs)
-                names = {v: t.name for v, t in model.tensors.items()}
-                c = Column(_gguf_label(model), "gguf", Path(g).name, sha256=gguf_model.sha256_file(g))
-                cols.append((c, ("gguf", gs, {s: names[k] for s, k in m.pairs.items()}, model)))
-            plans = []
-            for fmt in formats:
-                for pn in preset_names:
-                    plans.append((fmt, make_plan(src, pn, fmt)))
-                if F.get(fmt).four_bit:
-                    for g, mapping in derived:
-                        pr = gguf_model.derive_preset(gguf_model.read(g), mapping, source_shapes=shapes)
-                        plans.append((fmt, presets.plan(pr, fmt, [(n, src.info(n).dtype, shapes[n]) for n in shapes],
-                                                        source=str(src.path))))
-            for fmt, pl in plans:
-                prov = pl.preset.provenance or {}
-                label = f"{fmt} {pl.preset.name}"
-                if prov.get("sha256"):          # GGUF-derived: name it by the GGUF type it came from
-                    label = f"{fmt} via {str(prov.get('file_type') or prov.get('gguf_file')).replace('MOSTLY_', '')}"
-                c = Column(label, fmt, pl.preset.name, sha256=prov.get("sha256"))
-                cols.append((c, ("plan", {d.name: d.action for d in pl.decisions}, F.get(fmt))))
-            # layers: 2-D weights any candidate stores quantized
-            layers = []
-            for n, s in shapes.items():
-                if len(s) != 2 or not n.endswith(".weight"):
-                    continue
-                q = False
-                for c, spec in cols:
-                    if spec[0] == "gguf":
-                        gname = spec[2].get(n)
-                        q |= gname is not None and spec[1].info(gname).stored not in gguf_model.FLOAT_TYPES
-                    else:
-                        q |= spec[1].get(n, "keep") != "keep"
-                if q:
-                    layers.append(n)
+                cols.append(_gguf_column(g, shapes, gsrcs))
+            cols += _plan_columns(src, shapes, formats, preset_names, derived)
+            layers = _quantized_layers(shapes, cols)
             if not layers:
                 raise UsageError("no candidate quantizes any 2-D weight of this source; nothing to compare", source)
             target_fmt = _converter_columns(cols, layers, src, shapes)

@@ -41,6 +41,34 @@ def policy() -> dict:
     }
 
 
+# The nightly's layouts, one per model family (QUANTGATE_NIGHTLY_ARCH picks one; default WAN 2.2 TI2V 5B).
+# Real size where the box's 64 GB disk holds the source, its conversions and the NVFP4 twin; otherwise the
+# largest depth that fits, at the real width (the record's extra_info carries the note).
+#   qwen-image: 60 blocks = 40 GB bf16 (+ fp8 20 + nvfp4 ~12 + bf16 twin 40) do not fit: 16 blocks (11 GB bf16)
+#   wan22-t2v-a14b: two 14B experts = 57 GB bf16 do not fit: 2 x 10 of 40 blocks (2 x 7.3 GB bf16)
+NIGHTLY_LAYOUTS = {
+    "wan22-ti2v-5b": {"arch": "wan22-ti2v-5b", "workflow": "wan22_ti2v_5b_smoke", "latent": 48, "experts": 1,
+                      "note": "real size"},
+    "wan22-ti2v-5b-thin": {"arch": "wan22-ti2v-5b-thin", "workflow": "wan22_ti2v_5b_smoke", "latent": 48,
+                           "experts": 1, "note": "thin (CPU dry run)"},
+    "qwen-image": {"arch": "qwen-image-nightly", "workflow": "qwen_image_t2i_smoke", "latent": 16,
+                   "experts": 1, "note": "real width, 16 of 60 blocks: the full 40 GB bf16 source with its "
+                                         "conversions and twin does not fit the box's 64 GB disk"},
+    "wan22-t2v-a14b": {"arch": "wan22-t2v-a14b-nightly", "workflow": "wan22_a14b_t2v_smoke", "latent": 16,
+                       "experts": 2, "note": "real width, both experts with 10 of 40 blocks: two 28 GB bf16 "
+                                             "experts do not fit the box's 64 GB disk"},
+    "wan22-t2v-a14b-thin": {"arch": "wan22-t2v-a14b-thin", "workflow": "wan22_a14b_t2v_smoke", "latent": 16,
+                            "experts": 2, "note": "thin (CPU dry run)"},
+}
+
+
+def nightly_layout(name: str) -> dict:
+    """The NIGHTLY_LAYOUTS entry of ``name`` (its ``arch`` is a quant.arch name)."""
+    if name not in NIGHTLY_LAYOUTS:
+        raise KeyError(f"unknown nightly layout {name!r}; known: {', '.join(NIGHTLY_LAYOUTS)}")
+    return dict(NIGHTLY_LAYOUTS[name], name=name)
+
+
 def gpu_for_worker() -> str | None:
     """``CUDA_VISIBLE_DEVICES`` for this pytest-xdist worker (gw0, gw1, ...), None outside xdist."""
     w = os.environ.get("PYTEST_XDIST_WORKER", "")

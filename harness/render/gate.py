@@ -8,7 +8,9 @@ Repeat = the first baseline rendered again; it must be pixel-identical.
 """
 from __future__ import annotations
 
+import functools
 import json
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +58,11 @@ class Candidate:
     reference: dict | None = None      # the reference conversion it is held to, and the relative verdict
     calibration_overlap: list = field(default_factory=list)   # calibration seeds (file metadata) the gate renders
     role: str = "candidate"            # or "reference" (made by the gate; never decides the verdict)
+    slot: str = "model"                # the workflow placeholder it fills (A14B: "model" high, "model_low" low)
 
     def as_dict(self) -> dict:
         return {"label": self.label, "path": str(self.path), "sha256": self.sha256, "format": self.format,
+                "slot": self.slot,
                 "rendered_as": self.rendered_as, "twin_sha256": self.twin_sha256, "threshold": self.threshold,
                 "min_ssim": min((r["ssim"] for r in self.renders), default=None),
                 "verify": self.verify, "load_warnings": self.load_warnings,
@@ -120,14 +124,15 @@ def check_render_inputs(source, candidates) -> None:
     .ckpt/.pt/.bin files, so those (and anything else) are refused before a server starts. GGUF
     candidates are rendered as their dequantized twin (never handed over) and pre-scanned."""
     from quant.safetensors_io import read_header
-    for i, p in enumerate([source] + [c if not isinstance(c, tuple) else c[1] for c in candidates]):
+    srcs = list(source) if isinstance(source, (list, tuple)) else [source]
+    for i, p in enumerate(srcs + [c if not isinstance(c, tuple) else c[1] for c in candidates]):
         p = Path(p)
         if p.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"):
             raise InputError("pickle-based checkpoints are never given to ComfyUI (it would unpickle them); "
                              "the render gate takes .safetensors files", p)
         if p.is_dir() or not p.is_file():
             raise InputError("not a file; the render gate takes single .safetensors files", p)
-        if i > 0 and twin.is_gguf(p):   # a candidate rendered as its gguf-py dequantized twin
+        if i >= len(srcs) and twin.is_gguf(p):   # a candidate rendered as its gguf-py dequantized twin
             from quant.gguf.safety import prescan
             prescan(p)
             continue
@@ -189,17 +194,24 @@ def _prepare(c: Candidate, cands: list, session, source: Path, policy: dict, ver
 class _Renderer:
     """One workflow, one settings dict, a progress counter and the render times."""
 
-    def __init__(self, session, workflow: Workflow, settings: dict, timeout: float, log, total: int):
+    def __init__(self, session, workflow: Workflow, settings: dict, timeout: float, log, total: int,
+                 source_name: str | None = None):
         self.session, self.workflow, self.settings, self.timeout, self.log = session, workflow, settings, timeout, log
         self.prog = Progress(log, total)
         self.times: list[float] = []
+        self.source_name = source_name
         self.cache: dict = {}           # reference renders: same file, seed, size and policy -> same pixels
 
-    def __call__(self, model_name, seed, w, h, what, activations=None, cache=False):
-        ck = (model_name, seed, w, h, json.dumps(activations, sort_keys=True)) if cache else None
+    def __call__(self, model_name, seed, w, h, what, activations=None, slot: str = "model", cache=False):
+        """``slot``: the placeholder ``model_name`` fills (the caller's, never looked up by name: one file
+        can be a candidate in two slots, as in the A14B expert-swap check)."""
+        ck = (model_name, slot, seed, w, h, json.dumps(activations, sort_keys=True)) if cache else None
         if ck is not None and ck in self.cache:
             return self.cache[ck]
-        wf = self.workflow.build(model_name, seed, w, h, self.settings, prefix="qg")
+        if slot == "model":
+            wf = self.workflow.build(model_name, seed, w, h, self.settings, prefix="qg")
+        else:       # a companion slot (A14B low-noise expert): the source fills {{model}}
+            wf = self.workflow.build(self.source_name, seed, w, h, {**self.settings, slot: model_name}, prefix="qg")
         if activations:
             wf = emulation.wrap(wf, model_name, activations, self.workflow.model_node)
         msg = self.prog.step(what)
@@ -357,6 +369,9 @@ def _references(cands, session, source, policy, work_dir, log) -> list[Candidate
     refs: dict[tuple, Candidate] = {}
     for c in cands:
         c._ref = None
+        if c.slot != "model":
+            c.reference = {"available": False, "why": f"no reference conversion for the {c.slot} slot's candidate"}
+            continue
         if c.format == "gguf":
             c.reference = {"available": False, "why": "no reference conversion for GGUF candidates"}
             continue
@@ -455,13 +470,33 @@ def _tool_versions() -> dict:
     return out
 
 
+def _slots(source: Path, candidates, companions: dict | None, workflow: Workflow):
+    """(companions, slot -> source file, Candidates): each candidate ``(label, path, slot)`` fills one of
+    the workflow's model placeholders and is compared with that slot's source."""
+    companions = {k: Path(v) for k, v in (companions or {}).items()}
+    missing = sorted(set(companions) - workflow.holes)
+    if missing:
+        raise UsageError(f"the workflow has no {{{{{missing[0]}}}}} placeholder for a companion model")
+    check_render_inputs([source, *companions.values()], candidates)
+    slot_source = {"model": source, **companions}
+    cands = []
+    for c in candidates:
+        label, path, slot = (tuple(c) + ("model",))[:3] if isinstance(c, tuple) else (None, c, "model")
+        if slot not in slot_source:
+            raise UsageError(f"candidate {label or path}: no source for the workflow slot {slot!r}")
+        cands.append(Candidate(Path(path), label, slot=slot))
+    return companions, slot_source, cands
+
+
 def run_gate(session, source, candidates, *, policy: dict | None = None, workflow: Workflow | None = None,
-             work_dir=None, verify_fn=None, log=None, emulate: bool = True, compare_reference: bool | None = None
-             ) -> dict:
+             work_dir=None, verify_fn=None, log=None, emulate: bool = True, companions: dict | None = None,
+             compare_reference: bool | None = None) -> dict:
     """Render and score. ``candidates``: paths or (label, path). Returns the gate record; images
     are under ``record["_images"]`` (for the report; not serialised). ``emulate``: candidates that
     declare an activation path are rendered again with their activations quantized as the native
-    kernel would (harness.render.emulation) and judged on that render."""
+    kernel would (harness.render.emulation) and judged on that render. ``companions``: source files of
+    the workflow's other model placeholders (A14B: ``{"model_low": low-noise expert}``); a candidate
+    ``(label, path, slot)`` replaces that slot's source and is compared against that source."""
     t_start = time.monotonic()
     log = log or (lambda *_: None)
     policy = policy or load_policy()
@@ -470,30 +505,26 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     work_dir = Path(work_dir) if work_dir else None
     seeds, sizes, settings, timeout = _plan(policy)
     reference_on = policy.get("reference", {}).get("enabled", True) if compare_reference is None else compare_reference
-    check_render_inputs(source, candidates)
-    cands = []
-    for c in candidates:
-        label, path = (c if isinstance(c, tuple) else (None, c))
-        cands.append(Candidate(Path(path), label))
+    companions, slot_source, cands = _slots(source, candidates, companions, workflow)
     timings = {"server_start_s": round(session.server.start_seconds, 3) if session.server else None}
-
     t0 = time.monotonic()
     src_sha = sha256_file(source)
     for c in cands:
-        _prepare(c, cands, session, source, policy, verify_fn, work_dir, log)
+        _prepare(c, cands, session, slot_source[c.slot], policy, verify_fn, work_dir, log)
     _calibration_overlaps(cands, seeds, log)
     timings["prepare_s"] = round(time.monotonic() - t0, 3)
     # every file must be visible to the server before anything renders (fails fast on a URL server)
     src_name = session.model(source)
+    for slot, p in companions.items():
+        settings[slot] = session.model(p)
     cand_names = {c.label: session.model(c.render_path) for c in cands}
     if "vae" in workflow.holes:
         settings["vae"] = session.vae()
     emulation.attach(cands, session) if emulate else None
     refs = _reference_candidates(cands, session, source, policy, work_dir, log, cand_names) if reference_on else []
-
     n_base = len(seeds) * len(sizes)
     render = _Renderer(session, workflow, settings, timeout, log, n_base + 2 + n_base * (len(cands) + _distinct(refs))
-                       + emulation.extra_renders(cands + refs, n_base))
+                       + emulation.extra_renders(cands + refs, n_base), source_name=src_name)
     images: dict = {"baseline": {}, "control": None, "candidates": {}}
     renders: list = []
     baseline_renders, src_warn, example_wf = _baseline(render, src_name, seeds, sizes, source, images)
@@ -502,7 +533,8 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     for r in refs:
         _render_candidate(render, r, cand_names[r.label], seeds, sizes, images, renders, log)
     for c in cands:
-        _render_candidate(render, c, cand_names[c.label], seeds, sizes, images, renders, log)
+        _render_candidate(functools.partial(render, slot=c.slot), c, cand_names[c.label], seeds, sizes, images,
+                          renders, log)
         _decide(c, session.version, policy.get("load", {}), control, repeat, src_warn)
         _decide_relative(c, policy.get("reference", {}))          # no-op without a reference
 
@@ -520,7 +552,8 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
                     "system": {k: stats.get("system", {}).get(k) for k in
                                ("os", "python_version", "pytorch_version", "ram_total", "ram_free", "argv")},
                     "devices": stats.get("devices", [])},
-        "source": {"path": str(source), "sha256": src_sha, "load_warnings": src_warn},
+        "source": {"path": str(source), "sha256": src_sha, "load_warnings": src_warn,
+                   "companions": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in companions.items()}},
         "candidates": [c.as_dict() for c in cands],
         "references": [_reference_dict(r) for r in refs],
         "workflow": {"name": workflow.source, "model_node": workflow.model_node, "settings": settings,

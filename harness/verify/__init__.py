@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from quant.checkpoint import build, reference_shapes
+from quant.device import Device
 from quant.sources import open_source
 
 from . import layout_rules, log_scales, non_transformer, value_rules
@@ -95,7 +96,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
     ``calibration``: a calibration JSON path (or loaded ActivationStatistics): activation scales far from it are errors.
     ``allow_unchecked``: a declared format quantgate cannot decode is a warning instead of an error (the summary
     then says how many layers were not checked)."""
-    if device.startswith("cuda") and not __import__("torch").cuda.is_available():
+    if Device.of(device).is_cuda and not __import__("torch").cuda.is_available():
         from quant.errors import UsageError
         raise UsageError("--device cuda requested but no CUDA device is available")
     if calibration is not None and not hasattr(calibration, "layer"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device import Device
 from . import learned as L
 
 STATE_BYTES = 48          # float32 tensors alive per weight during optimise() (measured budget, see README)
@@ -52,7 +53,7 @@ class Stats:
 
 
 def default_device_bytes(device: str) -> int:
-    if device.startswith("cuda"):
+    if Device.of(device).is_cuda:
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(min(24 << 30, free * 0.6))
     return 1 << 30
@@ -78,7 +79,7 @@ def plan(jobs: list[Job], *, device: str = "cpu", window_bytes: int | None = Non
     (one bmm per step: on CUDA the batch size picks the kernel), so the multi-device path hands whole
     batches of this plan to its workers: N devices write the same bytes as one."""
     dev_bytes = device_bytes or default_device_bytes(device)
-    win = window_bytes or (4 << 30 if device.startswith("cuda") else 512 << 20)
+    win = window_bytes or (4 << 30 if Device.of(device).is_cuda else 512 << 20)
     return [_batches(w, dev_bytes) for w in windows(jobs, win)]
 
 
@@ -181,7 +182,7 @@ class _fast_matmul:
     """TF32 matmuls on CUDA for the optimiser (the loss only steers; results are exact grid values)."""
 
     def __init__(self, device):
-        self.on = str(device).startswith("cuda")
+        self.on = Device.of(device).is_cuda
 
     def __enter__(self):
         if self.on:
@@ -199,7 +200,7 @@ class _threads:
     2-core box they cost 10x or more)."""
 
     def __init__(self, device, numel):
-        self.on = not str(device).startswith("cuda") and numel < (1 << 40)
+        self.on = not Device.of(device).is_cuda and numel < (1 << 40)
 
     def __enter__(self):
         if self.on:

@@ -18,6 +18,7 @@ import shutil
 import traceback
 from pathlib import Path
 
+from ..device import Device
 from ..errors import InputError, QuantgateError
 from ..safetensors_io import AtomicWriter, SafetensorsFile
 from ..kernels.nvfp4 import packed_shape as nvfp4_packed_shape
@@ -58,7 +59,7 @@ def _worker(rank: int, source: str, batches, device: str, cfg, calib_path, shard
     from . import engine
     from quant.activations.samples import ActivationSamples
     try:
-        if device.startswith("cuda"):
+        if Device.of(device).is_cuda:
             torch.cuda.set_device(torch.device(device))
         jobs = [j for b in batches for j in b]
         entries = [e for j in jobs for e in _entries(j)]
@@ -87,7 +88,7 @@ def run(jobs, source, out: Path, *, world: int, device: str, cfg, calibration=No
 
     from . import engine
     parts = assign([b for w in engine.plan(jobs, device=device) for b in w], world)
-    devices = [f"cuda:{r}" if device.startswith("cuda") else "cpu" for r in range(world)]
+    devices = [f"cuda:{r}" if Device.of(device).is_cuda else "cpu" for r in range(world)]
     from ..outputs import remove_stale_partials, temp_dir
     remove_stale_partials(out)             # shard directories of SIGKILLed runs
     tmp = temp_dir(out)                    # carries our pid: the next write removes it if we are killed

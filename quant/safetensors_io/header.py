@@ -5,7 +5,7 @@
 JSON types, dtypes, shapes, offsets (in range, no overlap, no gap, size == dtype x shape) and the file
 length, and never allocates what a header claims.
 
-Every rule below mirrors one of safetensors' (checked by tests/quant/test_safetensors_parity.py, a
+Every rule below mirrors one of safetensors' (checked by tests/quant/safetensors_io/test_safetensors_parity.py, a
 property test that feeds the same bytes to both): serde_json's grammar (no NaN/Infinity, no lone
 UTF-16 surrogates, numbers in f64 range, nesting depth <= 127; :mod:`.json_bounded`), serde's typing
 (``__metadata__`` absent/null or a map of strings, exactly one of each tensor field, usize

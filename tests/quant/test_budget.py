@@ -3,7 +3,7 @@ byte is largest, and explains each choice."""
 import pytest
 import torch
 
-from harness.activations.synthetic import activations
+from harness.fixtures.synthetic_activations import activations
 from quant import budget
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from harness.activations.synthetic import activations
+from harness.fixtures.synthetic_activations import activations
 from quant.activations.samples import save_samples
 from quant.convert import convert, make_plan
 from quant.kernels import fp8 as _fp8

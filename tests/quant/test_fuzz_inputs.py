@@ -1,5 +1,5 @@
 """Structure-aware fuzzers for GGUF files and index.json (issue 8; the safetensors header fuzzer is
-tests/quant/test_safetensors_parity.py).
+tests/quant/safetensors_io/test_safetensors_parity.py).
 
 Property, whatever the bytes: opening the source either works -- and then every promise holds
 (shapes fit the data, every tensor dequantizes, every shard lies inside the index's directory) --

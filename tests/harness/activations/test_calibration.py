@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from harness.activations import collect, variants
+from harness.activations import collect
+from harness.fixtures import activation_variants as variants
 from harness.render import emulation, gate
 from harness.render.workflow import Workflow
 from quant.activations import statistics as calibration

@@ -17,7 +17,10 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(DEVICE == "cpu" and not os.environ.get("QUANTGATE_NIGHTLY_CPU"),
                                                   reason="needs a CUDA GPU")]
 
-ARCH = os.environ.get("QUANTGATE_NIGHTLY_ARCH", "wan22-ti2v-5b")
+# the layout (harness.nightly.gpu.NIGHTLY_LAYOUTS, one per family): wan22-ti2v-5b (default), qwen-image,
+# wan22-t2v-a14b (two experts, the A14B workflow); the record's extra_info says what was rendered and why
+LAYOUT = os.environ.get("QUANTGATE_NIGHTLY_ARCH", "wan22-ti2v-5b")
+ARCH = LAYOUT
 # QUANTGATE_NIGHTLY_CASES=bf16,fp8 narrows a run (e.g. a short device lease); the default is every format
 CASES = os.environ.get("QUANTGATE_NIGHTLY_CASES", "bf16,fp8-legacy,fp8,nvfp4").split(",")
 
@@ -31,35 +34,45 @@ def nightly(tmp_path_factory):
     from quant.convert import convert
     work = Path(os.environ.get("QUANTGATE_NIGHTLY_DIR") or tmp_path_factory.mktemp("nightly"))
     work.mkdir(parents=True, exist_ok=True)
+    lay = N.nightly_layout(LAYOUT)
     t0 = time.monotonic()
     src = work / f"{ARCH}_bf16.safetensors"
+    src_low = work / f"{ARCH}_low_bf16.safetensors"       # A14B: the low-noise expert (another seed)
     if not src.is_file():            # a nightly box keeps its generated source between runs (same seed, same bytes)
-        synth.make_model(ARCH, src, seed=0, dtype=torch.bfloat16)
+        synth.make_model(lay["arch"], src, seed=0, dtype=torch.bfloat16)
+    if lay["experts"] == 2 and not src_low.is_file():
+        synth.make_model(lay["arch"], src_low, seed=1, dtype=torch.bfloat16)
     gen_s = time.monotonic() - t0
     files = {"bf16": (src, None)}
+    lows = []
     for fmt in CASES[1:]:
         t0 = time.monotonic()
         out = work / f"{ARCH}_{fmt}.safetensors"
         convert(src, out, fmt, device=DEVICE, force=True)      # converted afresh every night: that is under test
         files[fmt] = (out, time.monotonic() - t0)
+        if lay["experts"] == 2:
+            low = work / f"{ARCH}_low_{fmt}.safetensors"
+            convert(src_low, low, fmt, device=DEVICE, force=True)
+            lows.append((f"{fmt} low", low, "model_low"))
     srv, session = N.start_server(work, log=lambda m: print(m, flush=True))
     try:
-        latent = 48 if ARCH.startswith("wan22-ti2v-5b") else 16
-        session.vae_latent_channels = latent
-        wf = Workflow(load("wan22_ti2v_5b_smoke" if latent == 48 else "wan21_t2v_smoke"),
-                      source="wan22_ti2v_5b_smoke" if latent == 48 else "wan21_t2v_smoke")
-        record = gate.run_gate(session, src, [(f, p) for f, (p, _) in files.items() if f != "bf16"],
+        session.vae_latent_channels = lay["latent"]
+        wf = Workflow(load(lay["workflow"]), source=lay["workflow"])
+        companions = {"model_low": src_low} if lay["experts"] == 2 else None
+        record = gate.run_gate(session, src, [(f, p) for f, (p, _) in files.items() if f != "bf16"] + lows,
                                policy=N.policy(), workflow=wf, work_dir=work, verify_fn=None,
-                               log=lambda m: print(m, flush=True))
+                               log=lambda m: print(m, flush=True), companions=companions)
         settings = {k: N.policy()["plan"][k] for k in ("cfg", "sampler", "scheduler")}
         settings["vae"] = session.vae()
+        if companions:
+            settings["model_low"] = session.model(src_low)
         yield {"N": N, "session": session, "workflow": wf, "files": files, "record": record, "gen_s": gen_s,
                "settings": settings}
     finally:
         srv.stop()
         # the conversions and twins are made afresh each night; only the seeded source is kept
         for f in work.glob(f"{ARCH}_*.safetensors"):
-            if f != src:
+            if f not in (src, src_low):
                 f.unlink(missing_ok=True)
 
 
@@ -88,7 +101,8 @@ def test_nightly_render(nightly, fmt, benchmark):
     name = session.model(render_path)
     benchmark.extra_info.update(res.extra_info())
     benchmark.extra_info.update(gpu=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
-                                comfyui=session.version, arch=ARCH,
+                                comfyui=session.version, arch=ARCH, layout=N.nightly_layout(LAYOUT)["arch"],
+                                layout_note=N.nightly_layout(LAYOUT)["note"],
                                 source_generate_s=round(nightly["gen_s"], 2))
     # the benchmark's own timing: one full render of the policy's steps (load + sample + decode)
     benchmark.pedantic(N.timed_render, args=(session, wf, name, N.policy()["plan"]["steps"], nightly["settings"]),

@@ -6,7 +6,9 @@ file (or URL) -- never another exception, a traceback, a hang, or more than one 
 (tried / accepted / refused per kind) to a JSON file."""
 from __future__ import annotations
 
+import atexit
 import math
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -19,6 +21,7 @@ from tests.quant.inputs.hostile import FUZZ, check, dump_tally, mutated, to_json
 
 pytestmark = pytest.mark.fuzz
 _TMP = Path(tempfile.mkdtemp(prefix="qg-fuzz-loaders-"))
+atexit.register(shutil.rmtree, _TMP, True)       # the cases of one run, removed at exit
 _trunc = st.one_of(st.none(), st.none(), st.none(), st.integers(0, 1 << 20))
 
 

@@ -97,3 +97,25 @@ def test_interpreted_int8_rows_flag_non_finite(tq):
     x = torch.randn(4, 64)
     x[2, 3] = float("inf")
     assert not torch.isfinite(tq.quantize_int8_rows_async(x, hw=False)[2])
+
+
+def test_every_formats_async_path_writes_its_planned_tensors(tq):
+    """The pipelined CUDA stage writes what each format's quantize_async returns into the header planned from
+    the format's entries: same keys, dtypes and shapes (a GPU run once found int8 layers given fp8 codes)."""
+    from quant import formats
+    from quant.safetensors_io import DTYPE_NAMES
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(3))
+    asked = 0
+    for f in formats.FORMATS.values():
+        if not f.target:
+            continue
+        fast = f.quantize_async(tq, x)
+        if fast is None:
+            continue
+        asked += 1
+        raw, amax = fast
+        planned = {key.split(".", 1)[1]: (dt, tuple(shape)) for key, dt, shape in f.entries("L", 64, 256)}
+        got = {s: (DTYPE_NAMES[t.dtype], tuple(f.companion(s).fit(t).shape)) for s, t in raw.items()}
+        assert got == {s: planned[s] for s in got} and set(got) >= {s for s in planned if s != f.input_scale_key}, f.name
+        assert torch.isfinite(amax)
+    assert asked >= 4

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from harness.activations.synthetic import activations
+from harness.fixtures.synthetic_activations import activations
 from quant.kernels import fp8 as _fp8
 from quant.kernels import nvfp4 as _nv
 from quant.convert import convert, make_plan

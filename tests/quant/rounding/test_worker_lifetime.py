@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.activations.synthetic import activations
+from harness.fixtures.synthetic_activations import activations
 from quant.activations.samples import save_samples
 from quant.convert import make_plan
 from quant.sources import open_source

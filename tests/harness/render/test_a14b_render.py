@@ -1,0 +1,107 @@
+"""WAN 2.2 A14B's two experts through the real embedded ComfyUI with the shipped A14B workflow (two
+UNETLoaders, two KSamplerAdvanced switching at the boundary): the pair draws its classes, the experts
+are not interchangeable, and the render gate passes good conversions of each expert in its slot and
+fails the planted defect (experts swapped). (The high-noise expert with the low-noise expert's
+input_scale does not show in this pair's render: see harness.fixtures.planted.family_defects.)"""
+from __future__ import annotations
+
+import pytest
+
+from harness.render import score
+from harness.render.workflow import Workflow
+from harness.train import a14b_tiny, registry
+
+SETTINGS = dict(steps=6, cfg=1.0, sampler="euler", scheduler="simple", neg_seed=2)
+SIZE = (96, 64)
+
+
+def _policy():
+    from harness.render.gate import load_policy
+    pol = load_policy()
+    pol["plan"].update(seeds=[1], sizes=[[64, 64]])
+    return pol
+
+
+@pytest.fixture(scope="module")
+def pair(comfy_session, tmp_path_factory):
+    s = comfy_session
+    srcs = registry.sources(a14b_tiny.NAME)
+    names = {k: s.model(p) for k, p in srcs.items()}
+    wf = Workflow.from_arg("wan22_a14b_t2v_smoke", None)
+    vae = s.vae()
+    out = {}
+    for cond in (1, 2, 3):
+        vals = dict(SETTINGS, vae=vae, cond_seed=cond, model_low=names["model_low"])
+        out[cond] = s.client.run(wf.build(names["model"], 1, *SIZE, vals, "a14b"), timeout=300)
+    swapped = dict(SETTINGS, vae=vae, cond_seed=1, model_low=names["model"])
+    out["swapped"] = s.client.run(wf.build(names["model_low"], 1, *SIZE, swapped, "a14b-sw"), timeout=300)
+    return srcs, out
+
+
+def test_the_pair_draws_its_classes_without_load_warnings(pair):
+    """ComfyUI loads both experts without a missing/unexpected key; conditionings 1 (disc) and 2 (stripes)
+    render likeliest under their own class's colour histogram (training images), and of the three renders
+    the one conditioned on 3 (boxes on grey) is the likeliest under class 3's histogram. (Class 3 itself is
+    weakly learned: measured in the server 2026-12-07, its render was likelier under class 2's histogram
+    than under class 3's; in process, coarse decode, class 3 won by 0.2-0.3 nats.)"""
+    from harness.train.colour import class_models, likeliest_class, log_likelihood
+    models = class_models()
+    _, r = pair
+    img = {c: r[c].images[0][1] for c in (1, 2, 3)}
+    for c in (1, 2, 3):
+        assert not r[c].load_warnings
+    for c in (1, 2):
+        assert likeliest_class(img[c], models) == c
+    ll3 = {c: log_likelihood(img[c], models[3]) for c in (1, 2, 3)}
+    assert max(ll3, key=ll3.get) == 3, ll3
+
+
+def test_swapped_experts_draw_something_else(pair):
+    """The low-noise expert before the switch and the high-noise one after: far from the right render
+    (SSIM below the control bound of the shipped policy, 0.9) and less likely under the class's colours."""
+    from harness.train.colour import class_models, log_likelihood
+    m1 = class_models()[1]
+    _, r = pair
+    good, bad = r[1].images[0][1], r["swapped"].images[0][1]
+    assert score.ssim(good, bad) < 0.9
+    assert log_likelihood(bad, m1) < log_likelihood(good, m1)
+
+
+@pytest.fixture(scope="module")
+def gate_record(comfy_session, pair, tmp_path_factory):
+    from harness.fixtures.planted import family_defects as fd
+    from harness.render.gate import run_gate
+    from harness.verify.record import run_verify
+    from quant.convert import convert
+    s = comfy_session
+    srcs, _ = pair
+    work = tmp_path_factory.mktemp("a14b-gate")
+    amax = a14b_tiny.activation_amax(a14b_tiny.load_model(srcs["model"]), a14b_tiny.load_model(srcs["model_low"]),
+                                     seeds=(1,), sizes=((8, 8),))
+    from harness.commands.demo import _only_quantized
+    fp8 = {}
+    for slot, e in (("model", "high"), ("model_low", "low")):
+        fp8[slot] = work / f"{e}_fp8.safetensors"
+        convert(srcs[slot], fp8[slot], "fp8", force=True, comfy_version=s.version,
+                input_scales=_only_quantized(srcs[slot], amax[e]))
+    cands = [("fp8 high", fp8["model"], "model"), ("fp8 low", fp8["model_low"], "model_low"),
+             *fd.a14b_swapped(fp8["model"], fp8["model_low"])]
+    return run_gate(s, srcs["model"], cands, policy=_policy(), workflow=Workflow.from_arg("wan22_a14b_t2v_smoke", None),
+                    companions={"model_low": srcs["model_low"]}, work_dir=work, verify_fn=run_verify)
+
+
+def test_gate_passes_each_good_expert_in_its_slot(gate_record):
+    by = {c["label"]: c for c in gate_record["candidates"]}
+    for lab in ("fp8 high", "fp8 low"):
+        assert by[lab]["verdict"] == "pass", by[lab]["reasons"]
+        assert by[lab]["activations"]["emulated"]            # judged with activations emulated
+    assert by["fp8 low"]["slot"] == "model_low"
+    assert gate_record["control"]["pass"] and gate_record["repeat"]["identical"]
+
+
+def test_gate_fails_swapped_experts_by_their_renders(gate_record):
+    by = {c["label"]: c for c in gate_record["candidates"]}
+    for lab in ("PLANTED experts swapped (low in high slot)", "PLANTED experts swapped (high in low slot)"):
+        c = by[lab]
+        assert c["verdict"] == "fail"
+        assert c["min_ssim"] < c["threshold"], c["reasons"]          # the render, not only verify
