@@ -62,6 +62,9 @@ def layer_plan(candidate, source) -> tuple[str, dict[str, str]]:
     if fmt == "unquantized" or fmt not in formats.TARGETS:
         raise NoReference(f"no reference conversion for a {fmt} candidate")
     target = formats.get(fmt)
+    if not target.static_input_scale:       # int8 / ConvRot / MXFP8 / W4A*: their render noise is not measured
+        raise NoReference(f"no reference conversion for a {fmt} candidate (the margins were measured on fp8 and "
+                          "NVFP4 files only)")
     names = _source_names(source)
     st = twin.structure(candidate)
     plan: dict[str, str] = {}
@@ -125,8 +128,7 @@ def policy_for(candidate_policy: dict | None) -> dict | None:
     dynamic scales (per call amax / full scale)."""
     if not candidate_policy:
         return None
-    return {"layers": {n: {"format": p["format"], "input_scale": None, "dynamic": True}
-                       for n, p in candidate_policy["layers"].items()}}
+    return {"layers": {n: {**p, "input_scale": None, "dynamic": True} for n, p in candidate_policy["layers"].items()}}
 
 
 # ---- the relative verdict -------------------------------------------------------------------------
