@@ -269,6 +269,10 @@ class ComfyClient:
         q = f"?{urlencode(params)}" if params else ""
         return self._json("GET", path + q, answers.AnyObject, wrap="value", **kw)
 
+    def extensions(self) -> list[str]:
+        """The web extensions (front-end scripts) the server serves, e.g. a node pack's ``/extensions/<pack>/x.js``."""
+        return self._json("GET", "/extensions", answers.Extensions, wrap="value")
+
     def post(self, path: str, body: dict, *, deadline: float | None = None, read_timeout: float | None = None) -> int:
         status, _, _ = self._http("POST", path, body=body, deadline=deadline, read_timeout=read_timeout,
                                   max_bytes=1 << 20)

@@ -106,3 +106,8 @@ class Queue(Open):
 
 class AnyObject(Open):
     value: dict
+
+
+class Extensions(Open):
+    """``GET /extensions``: the front-end scripts ComfyUI serves (a list of URL paths)."""
+    value: list[str] = Field(max_length=100_000)

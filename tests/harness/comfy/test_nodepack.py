@@ -96,7 +96,7 @@ def test_pack_loads_and_checks_good_and_bad_files(pack_server, model_files):
     assert "Unable to parse pyproject.toml" not in log, log[-3000:]
     assert any(ln.strip().endswith("custom_nodes/quantgate") and "seconds:" in ln for ln in pack_lines), log[-3000:]
     assert not [ln for ln in pack_lines if "IMPORT FAILED" in ln or "Cannot import" in ln], pack_lines
-    ext = c._json("GET", "/extensions")
+    ext = c.extensions()
     assert "/extensions/quantgate/quantgate_verdict.js" in ext, ext
 
     src = f"diffusion_models/{model_files['src'].name}"

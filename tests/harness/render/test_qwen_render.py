@@ -17,6 +17,9 @@ from harness.render import score
 from harness.render.workflow import Workflow
 from harness.train import registry
 
+# real renders of the 3072-wide model / the expert pair in ComfyUI: minutes on a shared 2-core CPU
+pytestmark = pytest.mark.slow
+
 
 def _policy():
     from harness.render.gate import load_policy
