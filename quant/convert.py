@@ -172,6 +172,7 @@ class ActivationChoice:
     margin: float = 1.0
     input_scales: object = None
     keep_fpmm: bool = False
+    allow_foreign: bool = False     # statistics recorded on another model (refused by default: issue 21)
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ _OPTIONS = {
     "act_stats": ("activations", "statistics"), "percentile": ("activations", "percentile"),
     "margin": ("activations", "margin"), "input_scales": ("activations", "input_scales"),
     "keep_fpmm": ("activations", "keep_fpmm"),
+    "allow_foreign_calibration": ("activations", "allow_foreign"),
     "force": ("output", "force"), "progress": ("output", "progress"),
 }
 
@@ -283,6 +285,7 @@ def run(req: ConvertRequest) -> Summary:
     file, rename it when complete."""
     req.check()
     stats = _statistics(req.activations.statistics)
+    foreign = _foreign(req, stats)
     out = req.out
     t0 = time.perf_counter()
     with open_source(req.source) as src:
@@ -293,7 +296,7 @@ def run(req: ConvertRequest) -> Summary:
                      overwrite=req.output.force)
         the_plan = _plan(req, src)
         amax = _input_amax(req, stats, the_plan)
-        entries, meta, marker = _header(req, src, the_plan, amax, stats)
+        entries, meta, marker = _header(req, src, the_plan, amax, stats, foreign)
         summary = Summary(str(req.source), str(out), req.format.name, the_plan.preset.name, the_plan.by_action(),
                           tensors_in=len(src), tensors_out=len(entries), bytes_in=src.total_bytes)
         strategy = _write(req, src, the_plan, amax, out, entries, meta, marker)
@@ -324,6 +327,16 @@ def _statistics(stats):
         return stats
     from quant.activations import statistics as _stats
     return _stats.load(stats)
+
+
+def _foreign(req: ConvertRequest, stats) -> tuple[str, str] | None:
+    """Activation statistics recorded on another model than the source (its provenance sha256 is not the
+    source file's) are refused (InputError naming both) unless ``activations.allow_foreign``; then the pair
+    (calibration's, source's sha256) is returned and recorded in the file's metadata."""
+    if stats is None:
+        return None
+    from quant.activations import statistics as _stats
+    return _stats.check_model(stats, req.source, allow_foreign=req.activations.allow_foreign)
 
 
 def _weight_only(req: ConvertRequest, lf) -> bool | None:
@@ -371,7 +384,7 @@ def _input_amax(req: ConvertRequest, stats, the_plan) -> dict[str, float]:
     return amax
 
 
-def _header(req: ConvertRequest, src, the_plan, amax, stats):
+def _header(req: ConvertRequest, src, the_plan, amax, stats, foreign=None):
     """(tensor entries in file order, header metadata, marker entry or None): all from the plan, before
     any data is read."""
     fmt = req.format
@@ -390,11 +403,11 @@ def _header(req: ConvertRequest, src, the_plan, amax, stats):
     marker = layout.marker_entry(fmt.name)
     if marker is not None:
         entries.append(marker)
-    meta = layout.header_metadata(fmt.name, configs, src.metadata, _provenance(req, src, the_plan, stats))
+    meta = layout.header_metadata(fmt.name, configs, src.metadata, _provenance(req, src, the_plan, stats, foreign))
     return entries, meta, marker
 
 
-def _provenance(req: ConvertRequest, src, the_plan, stats) -> dict[str, str]:
+def _provenance(req: ConvertRequest, src, the_plan, stats, foreign=None) -> dict[str, str]:
     """quantgate's own header metadata: version, format, preset (and the GGUF it came from), model type,
     target ComfyUI, activation statistics used."""
     extra = {"quantgate.version": __version__, "quantgate.format": req.format.name,
@@ -413,7 +426,8 @@ def _provenance(req: ConvertRequest, src, the_plan, stats) -> dict[str, str]:
         prov = stats.data.get("provenance", {})
         extra["quantgate.calibration"] = json.dumps({
             "statistic": "amax" if a.percentile is None else f"p{a.percentile:g}", "margin": a.margin,
-            "model_sha256": (prov.get("model") or {}).get("sha256"), "seeds": prov.get("seeds")})
+            "model_sha256": (prov.get("model") or {}).get("sha256"), "seeds": prov.get("seeds"),
+            **({"foreign_to_source_sha256": foreign[1]} if foreign else {})})
     return extra
 
 

@@ -23,6 +23,11 @@ give the same JSON.
 activation policies: weight-only, none, calibrated (amax, percentiles), weight-derived, 1.0."""
 
 
+# Default calibration seeds start here: the render gate renders seeds 1-3 (policy.toml) and its control
+# seed + 1000; calibrating on the seeds the gate then renders would hide overfitting (issue 21).
+FIRST_SEED = 101
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -35,7 +40,9 @@ def register(sub):
                               "exit codes: 0 written, 2 bad input/usage/server (no output file is left), 130 interrupted")
     p.add_argument("source", help="the unquantized diffusion model (.safetensors) to calibrate")
     p.add_argument("-o", "--output", required=True, metavar="JSON", help="calibration JSON to write")
-    p.add_argument("--seeds", nargs="+", type=int, metavar="N", help="sampler seeds (default: 1..--runs)")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="N",
+                   help=f"sampler seeds (default: {FIRST_SEED}..{FIRST_SEED - 1}+--runs: disjoint from the render gate's "
+                        "seeds, so the gate renders on seeds the calibration never saw)")
     p.add_argument("--runs", type=int, default=4, metavar="N", help="number of seeds when --seeds is not given (default 4)")
     p.add_argument("--size", action="append", metavar="WxH",
                    help="render size (repeatable; default: the policy's plan sizes)")
@@ -103,7 +110,11 @@ def run(args) -> int:
         raise UsageError("--percentiles must lie strictly between 0 and 100")
     policy = load_policy(args.policy)
     sizes = _sizes(args, policy)
-    seeds = args.seeds or list(range(1, args.runs + 1))
+    seeds = args.seeds or list(range(FIRST_SEED, FIRST_SEED + args.runs))
+    gate_seeds = sorted(set(seeds) & {int(x) for x in policy["plan"].get("seeds", [])})
+    if gate_seeds:
+        _log(f"warning: calibration seeds {gate_seeds} are also the render gate's seeds (policy plan): the gate "
+             "would judge on renders the calibration saw; the default seeds avoid them")
     holdout = args.holdout_seeds if args.holdout_seeds is not None else ([1001, 1002] if args.report else [])
     if set(holdout) & set(seeds):
         raise UsageError("--holdout-seeds must differ from the calibration seeds (held-out means unseen)")

@@ -10,6 +10,10 @@ from quant import formats, presets
 from quant.errors import UsageError
 
 
+FOREIGN_HELP = ("with --act-stats: use activation statistics recorded on another model (their model sha256 is "
+                "not the source's; refused by default)")
+
+
 def register(sub):
     p = sub.add_parser(
         "convert", help="quantize a checkpoint to fp8-legacy, fp8 or nvfp4",
@@ -77,6 +81,7 @@ def register(sub):
                    help="with --act-stats: use this recorded percentile of |x| (e.g. 99.99) instead of amax")
     p.add_argument("--margin", type=float, default=1.0, metavar="M",
                    help="with --act-stats: multiply the statistic by M (default 1.0)")
+    p.add_argument("--allow-foreign-calibration", action="store_true", help=FOREIGN_HELP)
     p.add_argument("--keep-full-precision-mm", action="store_true",
                    help="with --act-stats: fp8 layers keep full_precision_matrix_mult (input_scale stored, unused)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
@@ -134,7 +139,7 @@ def run(args) -> int:
         rounding=RoundingChoice(args.rounding, samples, args.seed, args.iters, args.gpus, args.sample_rows,
                                 args.scale_search, args.damp),
         activations=ActivationChoice(stats, args.percentile, args.margin, args.input_scales,
-                                     args.keep_full_precision_mm),
+                                     args.keep_full_precision_mm, args.allow_foreign_calibration),
         output=OutputChoice(args.output, args.force, not args.quiet and sys.stderr.isatty()))
     s = convert(req)
     if args.json:

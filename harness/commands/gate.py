@@ -55,12 +55,17 @@ def register(sub):
                    help="render weight-only only (by default a candidate that declares an activation path is also "
                         "rendered with its activations quantized as the format's native kernel would (fp8/NVFP4 input scales, int8 per-row after ConvRot, W4A4 int4, MXFP8 blocks), and judged "
                         "on that render)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="judge on the absolute SSIM floor only (by default the gate also converts the source itself "
+                        "-- round-to-nearest, the candidate's format and per-layer decisions, its activation path "
+                        "with dynamic scales -- renders that reference, and fails a candidate clearly below it)")
     add_server_args(p)
     p.set_defaults(func=run)
 
 
 def print_summary(record: dict, file=sys.stdout) -> None:
-    rows = [("candidate", "format", "rendered as", "min SSIM", "weight-only", "threshold", "verify", "verdict")]
+    rows = [("candidate", "format", "rendered as", "min SSIM", "weight-only", "threshold", "1-SSIM vs reference",
+             "verify", "verdict")]
     for c in record["candidates"]:
         v = c.get("verify") or {}
         vt = "n/a" if not v.get("available") else ("pass" if v.get("passed") else "fail")
@@ -68,12 +73,12 @@ def print_summary(record: dict, file=sys.stdout) -> None:
         wo = act.get("min_ssim_weight_only")
         rows.append((c["label"], c["format"], c["rendered_as"] + (" +act.emulated" if act.get("emulated") else ""),
                      "-" if c["min_ssim"] is None else f"{c['min_ssim']:.4f}", "-" if wo is None else f"{wo:.4f}",
-                     f"{c['threshold']}", vt, c["verdict"].upper()))
+                     f"{c['threshold']}", _vs_reference(c.get("reference")), vt, c["verdict"].upper()))
     ctl, rep = record["control"], record["repeat"]
-    rows.append(("control", "-", f"seed {ctl['seed']}", f"{ctl['ssim']:.4f}", "-", f"<= {ctl['max_ssim']}", "-",
+    rows.append(("control", "-", f"seed {ctl['seed']}", f"{ctl['ssim']:.4f}", "-", f"<= {ctl['max_ssim']}", "-", "-",
                  "PASS" if ctl["pass"] else "FAIL"))
     rows.append(("repeat", "-", f"seed {rep['seed']} twice", f"{rep['ssim']:.4f}", "-", f">= {rep['min_ssim']}", "-",
-                 "PASS" if rep["pass"] else "FAIL"))
+                 "-", "PASS" if rep["pass"] else "FAIL"))
     w = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for i, r in enumerate(rows):
         print("  ".join(str(x).ljust(w[j]) for j, x in enumerate(r)).rstrip(), file=file)
@@ -82,6 +87,16 @@ def print_summary(record: dict, file=sys.stdout) -> None:
     for c in record["candidates"]:
         for reason in c["reasons"]:
             print(f"  {c['label']}: {reason}", file=file)
+        for note in c.get("notes") or []:
+            if note.startswith("warning:"):
+                print(f"  {c['label']}: {note}", file=file)
+
+
+def _vs_reference(ref: dict | None) -> str:
+    if not ref or not ref.get("available"):
+        return "-"
+    return (f"{ref['mean_dissimilarity']:.4f} vs {ref['reference_mean_dissimilarity']:.4f} "
+            f"(<= {ref['limit']:.4f})")
 
 
 def family_workflow(source, source_low=None) -> str | None:
@@ -165,7 +180,8 @@ def run(args) -> int:
                     session.check_nodes(wf.wf)
                 record = run_gate(session, args.source, cands, policy=policy, workflow=wf,
                                   work_dir=Path(tmp), verify_fn=verify_fn, log=_log,
-                                  emulate=not args.no_emulation, companions=companions)
+                                  emulate=not args.no_emulation, companions=companions,
+                                  compare_reference=False if args.no_reference else None)
         rp, gj = write_report(record, sub, extra_sections=sections(sub) if sections else ())
         runs.append({"target": "url" if t is None else t.label, "version": record["comfyui"]["version"],
                      "record": record, "report": str(rp)})

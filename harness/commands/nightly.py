@@ -7,8 +7,10 @@ from pathlib import Path
 
 from quant.errors import UsageError
 
-RULES = ("regressions: a benchmark slower by > 10 % (median), SSIM lower by > 0.01, VRAM higher by > 5 %, "
-         "throughput lower by > 10 %, seconds (per step, load, ...) higher by > 10 %")
+RULES = ("regressions, decided from the runs' own spread: a time (median, seconds per step, load, ...) or a "
+         "throughput worse by > 10 %% (best of N) AND, with >= 3 repeats each, a one-sided rank test p < 0.05, with "
+         "fewer, worse by more than the runs' spread; one repeat on each side is not judged; SSIM lower by > 0.01, "
+         "VRAM higher by > 5 %%").replace("%%", "%")
 
 
 def register(sub):
@@ -49,13 +51,19 @@ def run_compare(args) -> int:
     if shown:
         w = max(len(f"{c.benchmark} {c.figure}") for c in shown)
         for c in shown:
-            flag = "REGRESSION" if c.regression else "ok"
-            print(f"  {(c.benchmark + ' ' + c.figure):<{w}}  {c.old:>12.5g} -> {c.new:<12.5g} {c.delta:>9}  {flag}"
-                  f"{'  (' + c.rule + ')' if c.regression else ''}")
+            flag = ("REGRESSION" if c.regression else
+                    "not judged" if c.decided.startswith("not judged") else "ok")
+            sp = (f"  [{nightly.spread_text(c.old_spread)} -> {nightly.spread_text(c.new_spread)}]"
+                  if c.rule.startswith(("slower", "throughput")) else "")
+            print(f"  {(c.benchmark + ' ' + c.figure):<{w}}  {c.old:>12.5g} -> {c.new:<12.5g} {c.delta:>9}{sp}  {flag}"
+                  f"{'  (' + c.rule + '; ' + c.decided + ')' if c.regression or flag == 'not judged' else ''}")
     for n in gone:
         print(f"  only in old: {n}")
     for n in added:
         print(f"  only in new: {n}")
+    nj = [c for c in changes if c.decided.startswith("not judged")]
+    if nj and not args.all:
+        print(f"  {len(nj)} figure(s) not judged (one repeat on each side: no spread); --all lists them")
     print(f"{len(bad)} regression(s) in {len(changes)} compared figures of "
           f"{len({c.benchmark for c in changes})} benchmarks")
     return 1 if bad else 0

@@ -13,7 +13,8 @@
 * ``QGActivationEmulation`` (MODEL -> MODEL): fake-quantizes each listed Linear's INPUT the way the
   native low-precision kernel would, through comfy-kitchen's eager reference functions: fp8 static
   per-tensor scale (``input_scale``, or 1.0), NVFP4 per-16-block e4m3 scales under a static
-  (``input_scale``) or dynamic (amax/(448*6)) global scale. On a CPU ComfyUI never quantizes
+  (``input_scale``) or dynamic (amax/(448*6)) global scale; ``"dynamic": true`` on a layer: fp8 per call
+  amax/448 too (the render gate's reference conversion). On a CPU ComfyUI never quantizes
   activations itself, so this shows what an fp8/Blackwell GPU would draw.
 
 Bins: t = model_sampling.timestep(sigma) / model_sampling.timestep(sigma_max), in [0, 1]; bin 0 is
@@ -237,6 +238,12 @@ class QGCalibrationSave:
 
 def _fake_fp8(x: torch.Tensor, scale, p=None) -> torch.Tensor:
     import comfy_kitchen as ck
+    if scale == "dynamic":                 # per call amax / 448 (the render gate's reference conversion)
+        from comfy_kitchen.float_utils import F8_E4M3_MAX
+        a = float(x.detach().abs().amax())
+        if not a > 0:
+            return x
+        scale = a / F8_E4M3_MAX
     s = torch.tensor(1.0 if scale is None else float(scale), dtype=torch.float32, device=x.device)
     with ck.use_backend("eager"):
         q = ck.quantize_per_tensor_fp8(x.float(), s)
@@ -249,7 +256,7 @@ def _fake_nvfp4(x: torch.Tensor, scale, p=None) -> torch.Tensor:
     k = int(x.shape[-1])
     x2 = x.reshape(-1, k).float()
     m = x2.shape[0]
-    if scale is None:                      # dynamic global scale, as the kernel does without input_scale
+    if scale is None or scale == "dynamic":   # dynamic global scale, as the kernel does without input_scale
         g = (x2.abs().amax() / (F8_E4M3_MAX * F4_E2M1_MAX)).reshape(())
         if not float(g) > 0:
             return x
@@ -302,6 +309,12 @@ def _fake_mxfp8(x: torch.Tensor, scale, p=None) -> torch.Tensor:
     return y.reshape(x.shape).to(x.dtype)
 
 
+def fn_dynamic(p: dict) -> bool:
+    """Whether the layer's emulation takes a per-call ("dynamic") scale: fp8 and NVFP4 (their FAKE functions);
+    the other formats quantize per row / block at run time anyway."""
+    return FAKE.get(p.get("format")) in (_fake_fp8, _fake_nvfp4)
+
+
 FAKE = {"fp8": _fake_fp8, "nvfp4": _fake_nvfp4, "int8": _fake_int8, "int8_convrot": _fake_int8,
         "w4a8": _fake_int8, "w4a4": _fake_int4, "mxfp8": _fake_mxfp8}
 
@@ -314,7 +327,7 @@ class QGActivationEmulation:
             "policy": ("STRING", {"multiline": True, "default": "{\"layers\": {}}",
                                   "tooltip": 'JSON {"layers": {"<linear>": {"format": "fp8"|"nvfp4"|"int8"|'
                                              '"int8_convrot"|"w4a4"|"w4a8"|"mxfp8", "input_scale": number|null, '
-                                             '"group": ConvRot group or null}}}'}),
+                                             '"group": ConvRot group or null, "dynamic": bool (fp8/nvfp4)}}}'}),
         }}
 
     RETURN_TYPES = ("MODEL",)
@@ -342,7 +355,8 @@ class QGActivationEmulation:
                 p = layers.get(name)
                 if p is None:
                     continue
-                fn, scale = FAKE[p["format"]], p.get("input_scale")
+                dyn = p.get("dynamic") and fn_dynamic(p)          # the gate's reference conversion
+                fn, scale = FAKE[p["format"]], ("dynamic" if dyn else p.get("input_scale"))
 
                 def pre(_m, inputs, _fn=fn, _scale=scale, _p=p):
                     if not inputs or not torch.is_tensor(inputs[0]) or inputs[0].dim() < 2:

@@ -116,6 +116,30 @@ def _check_formats(names) -> None:
             raise UsageError(f"--formats takes {', '.join(comfy_targets)}, not {f!r}")
 
 
+def _converter_columns(cols, layers, src, shapes) -> dict:
+    """FP8 / NVFP4 columns through the converter's own quantization path (quant.quantize.quantize_layers, RTN,
+    the source tensor as convert reads it), so each column scores exactly the bytes `convert` writes:
+    {column label: iterator of LayerResult, in ``layers`` order}."""
+    from quant.quantize import LayerJob, quantize_layers
+    out = {}
+    for c, spec in cols:
+        if spec[0] != "gguf":
+            jobs = [LayerJob(n[: -len(".weight")], n, spec[2].for_action(spec[1][n]),
+                             (lambda n=n: src.get(n)), None, tuple(shapes[n]))
+                    for n in layers if spec[1].get(n, "keep") != "keep"]
+            out[c.label] = iter(quantize_layers(jobs))
+    return out
+
+
+def _converter_dequant(r, n: str, w):
+    """The weight ``convert`` writes for layer tensor ``n`` (a LayerResult of :func:`_converter_columns`), decoded."""
+    import torch
+    assert r.job.name == n, (r.job.name, n)
+    pre = r.job.layer + "."
+    raw = {k[len(pre):]: v for k, v in r.tensors.items() if k.startswith(pre)}
+    return r.job.fmt.dequantize(raw, tuple(w.shape), torch.float32).reshape(w.shape)
+
+
 def _gguf_column(g, shapes: dict, gsrcs: list):
     """The column of one GGUF file (opened into ``gsrcs``, which the caller closes)."""
     from quant.gguf import model as gguf_model
@@ -199,6 +223,7 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
             layers = _quantized_layers(shapes, cols)
             if not layers:
                 raise UsageError("no candidate quantizes any 2-D weight of this source; nothing to compare", source)
+            target_fmt = _converter_columns(cols, layers, src, shapes)
             ref2: dict[str, float] = {}
             bar = None
             if progress:
@@ -220,8 +245,7 @@ def run(source, ggufs=(), formats=("fp8", "nvfp4"), preset_names=(None,), derive
                         if act == "keep":
                             wq = w
                         else:
-                            fm = spec[2].for_action(act)
-                            wq = fm.dequantize(fm.quantize(w), tuple(w.shape), torch.float32)
+                            wq = _converter_dequant(next(target_fmt[c.label]), n, w)
                     c.err2[n] = float((w.double() - wq.double()).pow(2).sum())
                 if bar is not None:
                     bar.update(1)

@@ -5,9 +5,18 @@ machine and commit come from pytest-benchmark itself (plus the GPU, driver, torc
 ``pytest_benchmark_update_machine_info`` hook adds), each benchmark's median time from its stats, and the
 figures that are not times (SSIM, peak VRAM, GB/s, seconds per step) from its ``extra_info``.
 
-Regression rules (``compare``): a benchmark slower by more than 10 % (median), an ``ssim*`` figure lower by
-more than 0.01, a ``*vram*`` figure higher by more than 5 %, a throughput figure (``*_mb_s``, ``*_gb_s``,
-``*per_s*``) lower by more than 10 %, a ``*seconds*``/``*_s`` / ``*s_per_step*`` figure higher by more than 10 %.
+Regression rules (``compare``), decided from the runs' OWN spread (issue 21: two one-repeat records of
+unchanged code on one machine type read +41 % median and +84 % seconds per step):
+
+* times (median, ``*seconds*`` / ``*_s`` / ``*s_per_step*``) and throughputs (``*_mb_s``, ``*_gb_s``, ``*per_s*``)
+  with raw samples on both sides (a benchmark's ``stats.data`` rounds; ``<figure>_runs`` lists in
+  ``extra_info``): with >= 3 samples each, a regression needs BOTH a one-sided Mann-Whitney rank test
+  p < 0.05 and the best of N (min time / max throughput) worse by > 10 %; with fewer, the best of N must be
+  worse by more than 10 % and more than the larger relative spread of the two runs;
+* a throughput figure without samples of its own inherits its benchmark's timing spread (it is bytes / time);
+* a figure with no spread on either side (one repeat each, no samples) is shown but not judged ("one repeat:
+  no spread to judge by") -- the nightly records repeats so it can be;
+* deterministic figures keep fixed rules: ``ssim*`` lower by > 0.01, ``*vram*`` higher by > 5 %.
 """
 from __future__ import annotations
 
@@ -19,6 +28,8 @@ from pathlib import Path
 from quant.errors import InputError
 
 SLOWER = 0.10
+RANK_P = 0.05          # one-sided Mann-Whitney U, exact
+RANK_MIN_N = 3         # samples per side for the rank test
 SSIM_DROP = 0.01
 VRAM_RISE = 0.05
 SCHEMA_KEYS = ("machine_info", "commit_info", "benchmarks", "datetime")
@@ -32,6 +43,10 @@ class Change:
     new: float
     rule: str
     regression: bool
+    old_spread: dict | None = None      # {"n", "min", "max", "rel"}: the run's own spread (None: one value)
+    new_spread: dict | None = None
+    decided: str = ""                   # how it was decided: "rank test p=..", "beyond spread ..", "fixed rule",
+                                        # or "not judged: ..."
 
     @property
     def delta(self) -> str:
@@ -41,7 +56,8 @@ class Change:
 
     def as_dict(self) -> dict:
         return {"benchmark": self.benchmark, "figure": self.figure, "old": self.old, "new": self.new,
-                "delta": self.delta, "rule": self.rule, "regression": self.regression}
+                "delta": self.delta, "rule": self.rule, "regression": self.regression,
+                "old_spread": self.old_spread, "new_spread": self.new_spread, "decided": self.decided}
 
 
 def load(path) -> dict:
@@ -95,6 +111,68 @@ def rule_for(figure: str):
     return None
 
 
+def samples(bench: dict, figure: str) -> list[float] | None:
+    """The raw repeats behind a figure: ``stats.data`` for the median time, ``extra_info[<figure>_runs]``
+    for the others (None when the record has no repeats of it)."""
+    if figure == "median_s":
+        raw = bench["stats"].get("data")
+    else:
+        head, _, last = figure.rpartition(".")
+        ei = bench.get("extra_info") or {}
+        raw = (ei.get(head) or {}).get(f"{last}_runs") if head else ei.get(f"{figure}_runs")
+    if not isinstance(raw, list):
+        return None
+    vals = [_num(x) for x in raw]
+    return [v for v in vals if v is not None] or None
+
+
+def spread(vals: list[float] | None) -> dict | None:
+    """n, min, max and the relative spread of a run's repeats: IQR / median from 4 repeats, (max - min) / min
+    below; None for fewer than 2."""
+    if not vals or len(vals) < 2:
+        return None
+    v = sorted(vals)
+    if len(v) >= 4:
+        import statistics
+        q = statistics.quantiles(v, n=4, method="inclusive")
+        med = statistics.median(v)
+        rel = (q[2] - q[0]) / med if med else None
+    else:
+        rel = (v[-1] - v[0]) / v[0] if v[0] else None
+    return {"n": len(v), "min": v[0], "max": v[-1], "rel": None if rel is None else round(rel, 4)}
+
+
+def _rank_p(new: list[float], old: list[float], worse: str) -> float:
+    """One-sided exact Mann-Whitney U: P(new is not worse than old), ``worse`` "greater" (times) or "less"."""
+    from scipy.stats import mannwhitneyu
+    return float(mannwhitneyu(new, old, alternative=worse, method="exact").pvalue)
+
+
+def _judge_noisy(kind: str, ob: dict, nb: dict, fig: str, fo: float, fn: float):
+    """(regression, decided, old spread, new spread) for a time or throughput figure, from the runs' spread."""
+    so, sn = samples(ob, fig), samples(nb, fig)
+    throughput = kind.startswith("throughput")
+    if throughput and so is None and sn is None:          # bytes / time: its benchmark's timing spread
+        to, tn = samples(ob, "median_s"), samples(nb, "median_s")
+        spo, spn = spread(to), spread(tn)
+    else:
+        spo, spn = spread(so), spread(sn)
+    best = (max if throughput else min)
+    vo = best(so) if so else fo
+    vn = best(sn) if sn else fn
+    worse_by = (vo / vn - 1) if throughput else (vn / vo - 1) if vo else 0.0
+    if so and sn and len(so) >= RANK_MIN_N and len(sn) >= RANK_MIN_N:
+        p = _rank_p(sn, so, "less" if throughput else "greater")
+        reg = p < RANK_P and worse_by > SLOWER
+        return reg, f"rank test p={p:.3g} (< {RANK_P} needed), best of N {worse_by * 100:+.1f} %", spo, spn
+    rels = [x["rel"] for x in (spo, spn) if x and x["rel"] is not None]
+    if not rels:
+        return False, "not judged: one repeat on each side, no spread to judge by", spo, spn
+    limit = max(SLOWER, max(rels))
+    return (worse_by > limit, f"best of N worse by {worse_by * 100:+.1f} % vs limit {limit * 100:.0f} % "
+                              f"(max(10 %, the runs' spread))", spo, spn)
+
+
 def compare(old: dict, new: dict) -> tuple[list[Change], list[str], list[str]]:
     """Changes per figure of every benchmark both records hold; plus names only in old / only in new."""
     ob = {b["name"]: b for b in old["benchmarks"]}
@@ -107,8 +185,20 @@ def compare(old: dict, new: dict) -> tuple[list[Change], list[str], list[str]]:
             if r is None:
                 continue
             kind, test = r
-            changes.append(Change(name, fig, fo[fig], fn[fig], kind, bool(test(fo[fig], fn[fig]))))
+            if kind.startswith(("slower", "throughput")):
+                reg, how, spo, spn = _judge_noisy(kind, ob[name], nb[name], fig, fo[fig], fn[fig])
+                changes.append(Change(name, fig, fo[fig], fn[fig], kind, bool(reg), spo, spn, how))
+            else:
+                changes.append(Change(name, fig, fo[fig], fn[fig], kind, bool(test(fo[fig], fn[fig])),
+                                      decided="fixed rule (a deterministic figure)"))
     return changes, sorted(set(ob) - set(nb)), sorted(set(nb) - set(ob))
+
+
+def spread_text(sp: dict | None) -> str:
+    if not sp:
+        return "n=1"
+    rel = f", ±{sp['rel'] * 50:.0f} %" if sp.get("rel") is not None else ""
+    return f"n={sp['n']} {sp['min']:.4g}..{sp['max']:.4g}{rel}"
 
 
 def describe(rec: dict) -> str:

@@ -114,7 +114,8 @@ def render_emulated(render, c, name, seed, w, h, base, img, r: dict, images: dic
     from ..comfy.errors import ExecutionError
     from . import score
     try:
-        res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h} activations emulated", c.activations)
+        res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h} activations emulated", c.activations,
+                        cache=getattr(c, "role", "candidate") == "reference")
     except ExecutionError as e:
         c.execution_error = {"node_id": e.node_id, "node_type": e.node_type,
                              "exception_type": e.exception_type, "message": e.message[:2000]}

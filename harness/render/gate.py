@@ -9,6 +9,7 @@ Repeat = the first baseline rendered again; it must be pixel-identical.
 from __future__ import annotations
 
 import functools
+import json
 
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from quant.errors import InputError, UsageError
 from ..comfy.errors import ComfyError, ExecutionError
 from ..console import step_printer, tty
 from ..verify.record import sha256_file
-from . import emulation, score, twin
+from . import emulation, reference, score, twin
 from .workflow import Workflow
 
 POLICY_PATH = Path(__file__).resolve().parent.parent / "policy.toml"
@@ -54,6 +55,9 @@ class Candidate:
     notes: list = field(default_factory=list)
     seconds: float = 0.0
     activations: dict | None = None    # activation policy from the file (emulated renders), or None
+    reference: dict | None = None      # the reference conversion it is held to, and the relative verdict
+    calibration_overlap: list = field(default_factory=list)   # calibration seeds (file metadata) the gate renders
+    role: str = "candidate"            # or "reference" (made by the gate; never decides the verdict)
     slot: str = "model"                # the workflow placeholder it fills (A14B: "model" high, "model_low" low)
 
     def as_dict(self) -> dict:
@@ -63,7 +67,8 @@ class Candidate:
                 "min_ssim": min((r["ssim"] for r in self.renders), default=None),
                 "verify": self.verify, "load_warnings": self.load_warnings,
                 "execution_error": self.execution_error, "verdict": self.verdict, "reasons": self.reasons, "notes": self.notes,
-                "seconds": round(self.seconds, 3), "activations": emulation.candidate_dict(self)}
+                "seconds": round(self.seconds, 3), "activations": emulation.candidate_dict(self),
+                "reference": self.reference, "calibration_seeds_rendered": self.calibration_overlap}
 
 
 class Progress:
@@ -94,6 +99,24 @@ def _benign_unexpected(c, warning: dict, comfy_version: str) -> list[str]:
 
 def _ssim_pair(a, b):
     return round(score.ssim(a, b), 6), score.max_abs_diff(a, b)
+
+
+def calibration_seed_overlap(path, seeds) -> list[int]:
+    """Sampler seeds of the candidate's calibration (``quantgate.calibration`` metadata that convert
+    --calibration writes) that are also render seeds of this gate run."""
+    import json as _json
+    if twin.is_gguf(path):
+        return []
+    from quant.safetensors_io import read_header
+    try:
+        meta = read_header(path).metadata or {}
+        cal = _json.loads(meta.get("quantgate.calibration") or "{}")
+    except (InputError, ValueError, TypeError):
+        return []
+    got = cal.get("seeds") if isinstance(cal, dict) else None
+    if not isinstance(got, list):
+        return []
+    return sorted({int(s) for s in got if isinstance(s, int) and not isinstance(s, bool)} & {int(s) for s in seeds})
 
 
 def check_render_inputs(source, candidates) -> None:
@@ -177,10 +200,14 @@ class _Renderer:
         self.prog = Progress(log, total)
         self.times: list[float] = []
         self.source_name = source_name
+        self.cache: dict = {}           # reference renders: same file, seed, size and policy -> same pixels
 
-    def __call__(self, model_name, seed, w, h, what, activations=None, slot: str = "model"):
+    def __call__(self, model_name, seed, w, h, what, activations=None, slot: str = "model", cache=False):
         """``slot``: the placeholder ``model_name`` fills (the caller's, never looked up by name: one file
         can be a candidate in two slots, as in the A14B expert-swap check)."""
+        ck = (model_name, slot, seed, w, h, json.dumps(activations, sort_keys=True)) if cache else None
+        if ck is not None and ck in self.cache:
+            return self.cache[ck]
         if slot == "model":
             wf = self.workflow.build(model_name, seed, w, h, self.settings, prefix="qg")
         else:       # a companion slot (A14B low-noise expert): the source fills {{model}}
@@ -193,6 +220,8 @@ class _Renderer:
             raise ComfyError("the workflow produced no image (it needs an image output node such as SaveImage)")
         self.times.append(res.seconds)
         self.log(f"  {msg} {res.seconds:.2f} s")
+        if ck is not None:
+            self.cache[ck] = (res, wf)
         return res, wf
 
 
@@ -251,7 +280,7 @@ def _render_candidate(render, c: Candidate, name, seeds, sizes, images, renders,
     for seed in seeds:
         for (w, h) in sizes:
             try:
-                res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h}")
+                res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h}", cache=c.role == "reference")
             except ExecutionError as e:
                 c.execution_error = {"node_id": e.node_id, "node_type": e.node_type,
                                      "exception_type": e.exception_type, "message": e.message[:2000]}
@@ -266,7 +295,7 @@ def _render_candidate(render, c: Candidate, name, seeds, sizes, images, renders,
                 raise ComfyError(f"{c.label}: image size {img.shape} differs from the source's {base.shape}")
             s, d = _ssim_pair(base, img)
             images["candidates"][c.label][(seed, w, h)] = img
-            r = {"role": "candidate", "candidate": c.label, "seed": seed, "width": w, "height": h, "ssim": s,
+            r = {"role": c.role, "candidate": c.label, "seed": seed, "width": w, "height": h, "ssim": s,
                  "max_abs_diff": d, "seconds": round(res.seconds, 3), "threshold": c.threshold,
                  "pass": s >= c.threshold, "pixels_sha256": score.pixel_sha256(img),
                  "rendered_as": c.rendered_as}
@@ -307,6 +336,10 @@ def _decide(c: Candidate, comfy_version: str, load_pol: dict, control: dict, rep
             shown = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
             c.reasons.append(f"ComfyUI loaded it with {x['kind']} keys ({len(keys)}): {shown} "
                              "(the model in memory is not the model in the file)")
+    if c.calibration_overlap:
+        c.notes.append(f"warning: calibrated on sampler seeds {c.calibration_overlap}, which the gate also renders: "
+                       "these renders are not held out (calibrate on other seeds; `quantgate calibrate`'s default "
+                       "seeds are disjoint from the gate's)")
     v = c.verify
     need = (v or {}).get("min_comfy")
     if need and need != "any" and c.rendered_as == "file" and version_lt(comfy_version, need):
@@ -325,6 +358,103 @@ def _decide(c: Candidate, comfy_version: str, load_pol: dict, control: dict, rep
         c.reasons.append("the source itself loads with warnings: " + "; ".join(
             f"{x['kind']} {len(x['keys'])}" for x in src_warn))
     c.verdict = "fail" if c.reasons else "pass"
+
+
+def _references(cands, session, source, policy, work_dir, log) -> list[Candidate]:
+    """One reference conversion per distinct (format, per-layer decisions, activation path) among the
+    candidates (harness.render.reference); ``c._ref`` is the candidate's. Candidates without one
+    (GGUF, unquantized, a format quantgate cannot write) get a note."""
+    if work_dir is None:
+        raise UsageError("a work directory is needed to write the reference conversions")
+    refs: dict[tuple, Candidate] = {}
+    for c in cands:
+        c._ref = None
+        if c.slot != "model":
+            c.reference = {"available": False, "why": f"no reference conversion for the {c.slot} slot's candidate"}
+            continue
+        if c.format == "gguf":
+            c.reference = {"available": False, "why": "no reference conversion for GGUF candidates"}
+            continue
+        try:
+            path, k, plan = reference.make(c.path, source, work_dir)
+        except reference.NoReference as e:
+            c.reference = {"available": False, "why": str(e)}
+            continue
+        pol = emulation.activation_policy(c.path)
+        rk = (k, json.dumps(sorted((pol or {}).get("layers", {})), sort_keys=True))
+        if rk not in refs:
+            r = Candidate(path, f"reference {c.format}" + (f"#{len(refs) + 1}" if refs else ""), role="reference")
+            _prepare(r, [r], session, source, policy, None, work_dir, lambda *_: None)
+            r.users, r.plan_key, r.layers = [], k, len(plan)
+            refs[rk] = r
+            log(f"{r.label}: round-to-nearest {c.format} conversion of the source with the candidate's per-layer "
+                f"decisions ({len(plan)} quantized layers)")
+        refs[rk].users.append(c)
+        c._ref = refs[rk]
+    return list(refs.values())
+
+
+def _reference_candidates(cands, session, source, policy, work_dir, log, names: dict) -> list[Candidate]:
+    """The reference conversions of ``cands`` (:func:`_references`), visible to the server (``names``) and,
+    where their candidates' activations are emulated, emulated the same way with dynamic scales."""
+    refs = _references(cands, session, source, policy, work_dir, log)
+    for r in refs:
+        names[r.label] = session.model(r.render_path)
+        r.activations = reference.policy_for(r.users[0].activations)
+    return refs
+
+
+def _distinct(refs) -> int:
+    """Reference files rendered (same file and activation policy: rendered once)."""
+    return len({(r.render_path, json.dumps(r.activations, sort_keys=True)) for r in refs})
+
+
+def _calibration_overlaps(cands, seeds, log) -> None:
+    for c in cands:
+        c.calibration_overlap = calibration_seed_overlap(c.path, seeds)
+        if c.calibration_overlap:
+            log(f"warning: {c.label} was calibrated on sampler seeds {c.calibration_overlap}, which the gate renders "
+                "too: those renders are not held out")
+
+
+def _judged_rows(c: Candidate) -> list[dict]:
+    return c.renders
+
+
+def _decide_relative(c: Candidate, pol: dict) -> None:
+    """The candidate against its own reference conversion (same seeds, sizes, activation path)."""
+    r = getattr(c, "_ref", None)
+    if r is None:
+        if c.reference and not c.reference.get("available", True):
+            c.notes.append(f"not compared with a reference conversion: {c.reference['why']}")
+        return
+    if r.execution_error:
+        c.reference = {"available": False, "label": r.label, "why": "the reference conversion failed to render"}
+        c.notes.append(f"{r.label} failed to render: not compared with it")
+        return
+    j = reference.judge(_judged_rows(c), _judged_rows(r), pol)
+    j.update(label=r.label, path=str(r.path), sha256=r.sha256, emulated=bool(r.activations))
+    c.reference = j
+    if not j.get("available"):
+        c.notes.append(f"not compared with {r.label}: {j['why']}")
+        return
+    if not j["pass"]:
+        w = j["worst"]
+        c.reasons.append(
+            f"clearly below its reference conversion ({r.label}: round-to-nearest, same layers"
+            f"{', activations emulated with dynamic scales' if r.activations else ''}): mean 1-SSIM "
+            f"{j['mean_dissimilarity']:.4f} vs the reference's {j['reference_mean_dissimilarity']:.4f} "
+            f"(limit {j['ratio']:g} x + {j['slack']:g} = {j['limit']:.4f}; worst seed {w['seed']} "
+            f"{w['width']}x{w['height']}: SSIM {w['ssim']:.4f} vs {w['reference_ssim']:.4f})")
+        c.verdict = "fail"
+
+
+def _reference_dict(r: Candidate) -> dict:
+    d = r.as_dict()
+    d.pop("reference", None)
+    d.update(role="reference", used_by=[c.label for c in r.users], quantized_layers=r.layers,
+             rounding="round-to-nearest")
+    return d
 
 
 def _tool_versions() -> dict:
@@ -359,7 +489,8 @@ def _slots(source: Path, candidates, companions: dict | None, workflow: Workflow
 
 
 def run_gate(session, source, candidates, *, policy: dict | None = None, workflow: Workflow | None = None,
-             work_dir=None, verify_fn=None, log=None, emulate: bool = True, companions: dict | None = None) -> dict:
+             work_dir=None, verify_fn=None, log=None, emulate: bool = True, companions: dict | None = None,
+             compare_reference: bool | None = None) -> dict:
     """Render and score. ``candidates``: paths or (label, path). Returns the gate record; images
     are under ``record["_images"]`` (for the report; not serialised). ``emulate``: candidates that
     declare an activation path are rendered again with their activations quantized as the native
@@ -373,13 +504,14 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     source = Path(source)
     work_dir = Path(work_dir) if work_dir else None
     seeds, sizes, settings, timeout = _plan(policy)
+    reference_on = policy.get("reference", {}).get("enabled", True) if compare_reference is None else compare_reference
     companions, slot_source, cands = _slots(source, candidates, companions, workflow)
     timings = {"server_start_s": round(session.server.start_seconds, 3) if session.server else None}
-
     t0 = time.monotonic()
     src_sha = sha256_file(source)
     for c in cands:
         _prepare(c, cands, session, slot_source[c.slot], policy, verify_fn, work_dir, log)
+    _calibration_overlaps(cands, seeds, log)
     timings["prepare_s"] = round(time.monotonic() - t0, 3)
     # every file must be visible to the server before anything renders (fails fast on a URL server)
     src_name = session.model(source)
@@ -388,22 +520,23 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     cand_names = {c.label: session.model(c.render_path) for c in cands}
     if "vae" in workflow.holes:
         settings["vae"] = session.vae()
-    if emulate:
-        emulation.attach(cands, session)
-
+    emulation.attach(cands, session) if emulate else None
+    refs = _reference_candidates(cands, session, source, policy, work_dir, log, cand_names) if reference_on else []
     n_base = len(seeds) * len(sizes)
-    render = _Renderer(session, workflow, settings, timeout, log,
-                       n_base + 2 + n_base * len(cands) + emulation.extra_renders(cands, n_base),
-                       source_name=src_name)
+    render = _Renderer(session, workflow, settings, timeout, log, n_base + 2 + n_base * (len(cands) + _distinct(refs))
+                       + emulation.extra_renders(cands + refs, n_base), source_name=src_name)
     images: dict = {"baseline": {}, "control": None, "candidates": {}}
     renders: list = []
     baseline_renders, src_warn, example_wf = _baseline(render, src_name, seeds, sizes, source, images)
     repeat, control = _repeat_and_control(render, src_name, seeds, sizes, policy["plan"], policy, images, cands,
                                           renders)
+    for r in refs:
+        _render_candidate(render, r, cand_names[r.label], seeds, sizes, images, renders, log)
     for c in cands:
         _render_candidate(functools.partial(render, slot=c.slot), c, cand_names[c.label], seeds, sizes, images,
                           renders, log)
         _decide(c, session.version, policy.get("load", {}), control, repeat, src_warn)
+        _decide_relative(c, policy.get("reference", {}))          # no-op without a reference
 
     stats = session.stats
     render_times = render.times
@@ -422,6 +555,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
         "source": {"path": str(source), "sha256": src_sha, "load_warnings": src_warn,
                    "companions": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in companions.items()}},
         "candidates": [c.as_dict() for c in cands],
+        "references": [_reference_dict(r) for r in refs],
         "workflow": {"name": workflow.source, "model_node": workflow.model_node, "settings": settings,
                      "example_prompt": example_wf},
         "seeds": seeds, "sizes": [list(s) for s in sizes],

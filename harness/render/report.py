@@ -63,6 +63,80 @@ def write_gate_json(record: dict, path, inputs=()) -> Path:
                       what="gate record")
 
 
+def _reference_cell(ref: dict | None) -> str:
+    """The relative verdict: candidate vs its own reference conversion (harness.render.reference)."""
+    if not ref:
+        return "<span class='muted'>—</span>"
+    if not ref.get("available"):
+        return f"<span class='muted'>{_e(ref.get('why', 'not compared'))}</span>"
+    ok = ref["pass"]
+    return (f"<b>{_e(ref['label'])}</b><br>1−SSIM <b class='{'pass' if ok else 'fail'}'>"
+            f"{ref['mean_dissimilarity']:.4f}</b> vs {ref['reference_mean_dissimilarity']:.4f}"
+            f"<br><span class='muted'>limit {ref['ratio']:g}× + {ref['slack']:g} = {ref['limit']:.4f}"
+            f"{' · ' + format(ref['excess'], '.2f') + '× the reference' if ref.get('excess') is not None else ''}"
+            f"</span>")
+
+
+def _references_section(record: dict) -> list[str]:
+    refs = record.get("references") or []
+    if not refs:
+        return []
+    o = ["<h2>Reference conversions</h2><p>Made by the gate from the source for each candidate: round-to-nearest "
+         "(bit-exact with comfy-kitchen), the candidate's format and exactly its per-layer decisions; where the "
+         "candidate declares an activation path the same layers' inputs are quantized under dynamic scales (per "
+         "call amax / full scale). A candidate fails when its mean dissimilarity (1 − SSIM against the same "
+         "source renders) is clearly above its reference's (policy <code>[reference]</code>, set from measured "
+         "render noise).</p><table><tr><th>reference</th><th>format</th><th>rendered as</th><th>quantized layers"
+         "</th><th>min SSIM</th><th>mean 1−SSIM</th><th>for</th><th>sha256</th></tr>"]
+    for r in refs:
+        ss = [x["ssim"] for x in record["renders"] if x.get("candidate") == r["label"]]
+        act = (r.get("activations") or {})
+        rend = _e(r["rendered_as"]) + (" + activations emulated (dynamic)" if act.get("emulated") else "")
+        o.append(f"<tr><td><b>{_e(r['label'])}</b></td><td>{_e(r['format'])}</td><td>{rend}</td>"
+                 f"<td class='num'>{r.get('quantized_layers', '')}</td><td class='num'>{_fmt(r['min_ssim'])}</td>"
+                 f"<td class='num'>{_fmt(sum(1 - x for x in ss) / len(ss) if ss else None)}</td>"
+                 f"<td>{_e(', '.join(r.get('used_by') or []))}</td><td><code>{_e(r['sha256'][:16])}…</code></td></tr>")
+    o.append("</table>")
+    return o
+
+
+def _render_cells(record: dict, imgs: dict, c: dict) -> list[str]:
+    """One cell per render of candidate ``c``: source | its reference | weight-only | candidate | difference."""
+    lab = c["label"]
+    o: list[str] = []
+    o.append("<div class='grid'>")
+    cimgs = imgs["candidates"].get(lab, {})
+    wimgs = (imgs.get("weight_only") or {}).get(lab, {})
+    ref = c.get("reference") or {}
+    rimgs = imgs["candidates"].get(ref.get("label"), {}) if ref.get("available") else {}
+    rrows = {(x["seed"], x["width"], x["height"]): x for x in record["renders"]
+             if ref.get("available") and x.get("candidate") == ref.get("label")}
+    for r in [r for r in record["renders"] if r.get("candidate") == lab]:
+        key = (r["seed"], r["width"], r["height"])
+        b, cc = imgs["baseline"].get(key), cimgs.get(key)
+        if b is None or cc is None:
+            continue
+        wo, wtxt = wimgs.get(key), ""
+        if wo is not None and r.get("weight_only"):
+            wtxt = (f"<div>{_img(wo, 'weight-only')}<div class='lbl'>weight-only "
+                    f"{r['weight_only']['ssim']:.4f}</div></div>")
+        ri, rtxt = rimgs.get(key), ""
+        if ri is not None and key in rrows:
+            rtxt = (f"<div>{_img(ri, 'reference')}<div class='lbl'>reference {rrows[key]['ssim']:.4f}</div></div>")
+        o.append("<div class='cell'><div class='trip'>"
+                 f"<div>{_img(b, 'baseline')}<div class='lbl'>source</div></div>{rtxt}{wtxt}"
+                 f"<div>{_img(cc, 'candidate')}<div class='lbl'>{_e(lab)}"
+                 f"{' (activations emulated)' if wo is not None else ''}</div></div>"
+                 f"<div>{_img(score.heatmap(b, cc), 'difference')}<div class='lbl'>|difference|</div></div></div>"
+                 f"<div class='cap'>seed {r['seed']} · {r['width']}×{r['height']} · SSIM "
+                 f"<b class='{'pass' if r['pass'] else 'fail'}'>{r['ssim']:.4f}</b> (floor {r['threshold']:g})"
+                 + (f" · 1−SSIM {1 - r['ssim']:.4f} vs the reference's {1 - rrows[key]['ssim']:.4f}"
+                    if key in rrows else "")
+                 + f" · max diff {r['max_abs_diff']} · {r['seconds']:.2f} s</div></div>")
+    o.append("</div>")
+    return o
+
+
 def render_html(record: dict, title: str = "quantgate render gate", extra_sections=()) -> str:
     """``extra_sections``: HTML fragments placed before the workflow (e.g. harness.gguf.ladder.html_section)."""
     imgs = record.get("_images") or {"baseline": {}, "candidates": {}, "control": None}
@@ -78,6 +152,7 @@ def render_html(record: dict, title: str = "quantgate render gate", extra_sectio
     for c in record["candidates"]:
         o += _candidate(record, c, imgs)
     o += _control(record, imgs)
+    o.extend(_references_section(record))
     o += _render_table(record)
     o.extend(extra_sections)
     wf = record["workflow"]
@@ -93,7 +168,8 @@ def _summary(record: dict, cf: dict) -> list[str]:
     """The summary table (candidates, control, repeat) and its notes."""
     o: list[str] = []
     o.append("<h2>Summary</h2><table><tr><th>candidate</th><th>format</th><th>rendered as</th><th>min SSIM</th>"
-             "<th>mean SSIM</th><th>threshold</th><th>verify</th><th>verdict</th><th>why</th></tr>")
+             "<th>mean SSIM</th><th>threshold</th><th>vs its reference conversion</th><th>verify</th><th>verdict</th>"
+             "<th>why</th></tr>")
     for c in record["candidates"]:
         ss = [r["ssim"] for r in record["renders"] if r.get("candidate") == c["label"]]
         mean = sum(ss) / len(ss) if ss else None
@@ -112,7 +188,7 @@ def _summary(record: dict, cf: dict) -> list[str]:
                  f"<td>{_e(c['format'])}</td><td>{rend}</td>"
                  f"<td class='num'>{_fmt(c['min_ssim'])}</td>"
                  f"<td class='num'>{_fmt(mean)}</td><td class='num'>{c['threshold']}</td>"
-                 f"<td>{_e(vtxt)}</td><td class='{c['verdict']}'>{_e(c['verdict'])}</td><td>{why}</td></tr>")
+                 f"<td>{_reference_cell(c.get('reference'))}</td><td>{_e(vtxt)}</td><td class='{c['verdict']}'>{_e(c['verdict'])}</td><td>{why}</td></tr>")
     ctl, rep = record["control"], record["repeat"]
     rep_txt = "pixel-identical" if rep["identical"] else f"max pixel diff {rep['max_abs_diff']}"
     o.append(f"<tr><td><b>control</b><br><span class='muted'>source, seed {ctl['seed']} vs {ctl['compared_to_seed']}"
@@ -189,27 +265,9 @@ def _candidate(record: dict, c: dict, imgs: dict) -> list[str]:
             o.append("<ul>" + "".join(f"<li>{_e(f)}</li>" for f in v["findings"][:40]) + "</ul>")
     else:
         o.append(f"<p class='muted'>verify: {_e(v.get('summary') or 'not available')}</p>")
-    o.append("<div class='grid'>")
-    cimgs = imgs["candidates"].get(lab, {})
-    wimgs = (imgs.get("weight_only") or {}).get(lab, {})
-    for r in [r for r in record["renders"] if r.get("candidate") == lab]:
-        key = (r["seed"], r["width"], r["height"])
-        b, cc = imgs["baseline"].get(key), cimgs.get(key)
-        if b is None or cc is None:
-            continue
-        wo, wtxt = wimgs.get(key), ""
-        if wo is not None and r.get("weight_only"):
-            wtxt = (f"<div>{_img(wo, 'weight-only')}<div class='lbl'>weight-only "
-                    f"{r['weight_only']['ssim']:.4f}</div></div>")
-        o.append("<div class='cell'><div class='trip'>"
-                 f"<div>{_img(b, 'baseline')}<div class='lbl'>source</div></div>{wtxt}"
-                 f"<div>{_img(cc, 'candidate')}<div class='lbl'>{_e(lab)}"
-                 f"{' (activations emulated)' if wo is not None else ''}</div></div>"
-                 f"<div>{_img(score.heatmap(b, cc), 'difference')}<div class='lbl'>|difference|</div></div></div>"
-                 f"<div class='cap'>seed {r['seed']} · {r['width']}×{r['height']} · SSIM "
-                 f"<b class='{'pass' if r['pass'] else 'fail'}'>{r['ssim']:.4f}</b> · max diff {r['max_abs_diff']}"
-                 f" · {r['seconds']:.2f} s</div></div>")
-    o.append("</div>")
+    if c["reasons"]:        # a render can clear the floor while the candidate fails: say why here too
+        o.append("<ul class='fail'>" + "".join(f"<li>{_e(x)}</li>" for x in c["reasons"]) + "</ul>")
+    o += _render_cells(record, imgs, c)
     return o
 
 

@@ -120,6 +120,7 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
             if calibration is not None:
                 from . import calibration_rules
                 cal_rows = calibration_rules.run(st, f, calibration, scalars)
+                cal_rows["provenance"] = calibration_rules.provenance(st, f, calibration, source)
             t1 = time.perf_counter()
             mode, nbytes = _data(st, src_obj, f, progress, header_only=header_only, plain=plain, device=device,
                                  coverage=coverage, allow_unchecked=allow_unchecked)

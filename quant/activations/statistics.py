@@ -92,4 +92,44 @@ def load(path) -> ActivationStatistics:
     return ActivationStatistics(str(path), calibration_json(path))
 
 
-__all__ = ["SCHEMA", "ActivationStatistics", "load", "percentile_key", "statistic_key"]
+def model_sha256(cal: ActivationStatistics) -> str | None:
+    """sha256 of the model the statistics were recorded on (their provenance), or None when they have none."""
+    prov = cal.data.get("provenance")
+    model = prov.get("model") if isinstance(prov, dict) else None
+    sha = model.get("sha256") if isinstance(model, dict) else None
+    return sha.lower() if isinstance(sha, str) and len(sha) == 64 else None
+
+
+def file_sha256(path, chunk: int = 8 << 20) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def foreign(cal: ActivationStatistics, source) -> tuple[str, str] | None:
+    """(statistics' model sha256, source's sha256) when they were recorded on ANOTHER model than ``source``
+    (a single checkpoint file; ``calibrate`` records one), else None. Statistics without a recorded model, or
+    a sharded source, cannot be compared: None."""
+    want = model_sha256(cal)
+    p = Path(source)
+    if want is None or not p.is_file() or p.suffix.lower() == ".json":
+        return None
+    got = file_sha256(p)
+    return None if got == want else (want, got)
+
+
+def check_model(cal: ActivationStatistics, source, *, allow_foreign: bool = False) -> tuple[str, str] | None:
+    """Refuse (InputError: one line naming both sha256s) statistics recorded on another model than
+    ``source``; ``allow_foreign`` returns the pair instead (the caller says so)."""
+    f = foreign(cal, source)
+    if f is not None and not allow_foreign:
+        raise InputError(f"calibration recorded on another model: its model sha256 {f[0]} is not the source's "
+                         f"{f[1]} ({Path(source).name}); --allow-foreign-calibration uses it anyway", cal.path)
+    return f
+
+
+__all__ = ["SCHEMA", "ActivationStatistics", "load", "percentile_key", "statistic_key", "model_sha256",
+           "foreign", "check_model"]

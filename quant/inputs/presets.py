@@ -83,12 +83,21 @@ class _Load(Open):
     fail_on_unexpected: bool = True
 
 
+class _Reference(Open):
+    """The render gate's reference-conversion margins (issue 21): fail when mean 1-SSIM > ratio x the
+    reference's + slack."""
+    enabled: bool = True
+    ratio: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=1.0, le=1000.0)] = 2.6
+    slack: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, le=1.0)] = 0.002
+
+
 class Policy(Strict):
     plan: _Plan
     thresholds: dict[Name, Ssim] = Field(min_length=1, max_length=1000)
     control: _Control
     repeat: _Repeat | None = None
     load: _Load | None = None
+    reference: _Reference | None = None
 
 
 def policy_toml(path) -> dict:

@@ -51,11 +51,14 @@ def test_planted_regressions_exit_1_and_are_named(cli, record, tmp_path, plant, 
     new = copy.deepcopy(record)
     b = new["benchmarks"][0]
     name = b["name"]
-    if plant == "slower":
-        b["stats"]["median"] *= 1.2
+    if plant == "slower":               # every repeat twice as slow: beyond the run's own spread
+        b["stats"]["median"] *= 2
+        b["stats"]["data"] = [x * 2 for x in b["stats"]["data"]]
     elif plant == "throughput":
+        b["extra_info"]["x_mb_per_s_runs"] = [100.0, 101.0, 99.0, 100.5, 100.2]
         b["extra_info"]["x_mb_per_s"] = 100.0
         record["benchmarks"][0]["extra_info"]["x_mb_per_s"] = 150.0
+        record["benchmarks"][0]["extra_info"]["x_mb_per_s_runs"] = [150.0, 149.0, 151.0, 150.5, 148.9]
     elif plant == "ssim":
         record["benchmarks"][0]["extra_info"]["ssim_min"] = 0.98
         b["extra_info"]["ssim_min"] = 0.965
@@ -71,6 +74,7 @@ def test_planted_regressions_exit_1_and_are_named(cli, record, tmp_path, plant, 
 def test_within_tolerance_is_not_a_regression(record):
     new = copy.deepcopy(record)
     new["benchmarks"][0]["stats"]["median"] *= 1.05            # 5 % slower: noise
+    new["benchmarks"][0]["stats"]["data"] = [x * 1.05 for x in new["benchmarks"][0]["stats"]["data"]]
     record["benchmarks"][0]["extra_info"]["ssim_min"] = 0.98
     new["benchmarks"][0]["extra_info"]["ssim_min"] = 0.975     # -0.005
     changes, _, _ = nightly.compare(record, new)
@@ -115,3 +119,52 @@ def test_each_figure_is_judged_in_its_own_direction(figure, kind):
     s_per_step read as a throughput once)."""
     r = nightly.rule_for(figure)
     assert (r[0] if r else None) == kind
+
+
+def _h200(run: int):
+    return nightly.load(RESULTS / f"h200-nightly-2026-11-30-run{run}.json")
+
+
+def test_committed_records_of_unchanged_code_compare_clean(cli):
+    """Issue 21: run2 -> run3 (same machine type, one lease apart, 1 and 2 repeats at 256x256 x 1 frame) read
+    fp8-legacy median +41 % and seconds per step +84 %, fp8 median +32 %: the runs' own noise, not the code.
+    Judged by the spread: the medians lie within it, single-repeat figures are not judged."""
+    r = cli("nightly", "compare", RESULTS / "h200-nightly-2026-11-30-run2.json",
+            RESULTS / "h200-nightly-2026-11-30-run3.json", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["regressions"] == []
+    ch = {(c["benchmark"], c["figure"]): c for c in out["changes"]}
+    med = ch[("test_nightly_render[fp8-legacy]", "median_s")]
+    assert med["new"] / med["old"] > 1.3                        # the change that was cried wolf ...
+    assert med["new_spread"]["n"] == 2 and med["new_spread"]["rel"] > 0.3   # ... lies within run3's own spread
+    sps = ch[("test_nightly_render[fp8-legacy]", "s_per_step")]
+    assert sps["decided"].startswith("not judged") and not sps["regression"]
+    text = cli("nightly", "compare", RESULTS / "h200-nightly-2026-11-30-run2.json",
+               RESULTS / "h200-nightly-2026-11-30-run3.json", "--all").stdout
+    assert "n=2 1.601..2.273" in text and "REGRESSION" not in text      # the spread is shown beside the figure
+
+
+def _with_runs(rec, fig: str, runs_by_bench: dict):
+    rec = copy.deepcopy(rec)
+    for b in rec["benchmarks"]:
+        if b["name"] in runs_by_bench:
+            b["extra_info"][fig] = min(runs_by_bench[b["name"]])
+            b["extra_info"][f"{fig}_runs"] = runs_by_bench[b["name"]]
+    return rec
+
+
+def test_repeats_decide_by_rank_test_both_ways():
+    """With repeats on both sides the rank test decides: five repeats of the same distribution compare clean
+    even when one run's best is 15 % off; a shift beyond the spread in every repeat is a regression."""
+    base = _h200(3)
+    name = "test_nightly_render[fp8]"
+    same_a = _with_runs(base, "s_per_step", {name: [0.050, 0.061, 0.055, 0.072, 0.058]})
+    same_b = _with_runs(base, "s_per_step", {name: [0.058, 0.052, 0.069, 0.057, 0.063]})
+    changes, _, _ = nightly.compare(same_a, same_b)
+    c = next(x for x in changes if x.benchmark == name and x.figure == "s_per_step")
+    assert not c.regression and c.decided.startswith("rank test")
+    slow = _with_runs(base, "s_per_step", {name: [0.081, 0.079, 0.085, 0.080, 0.083]})
+    changes, _, _ = nightly.compare(same_a, slow)
+    c = next(x for x in changes if x.benchmark == name and x.figure == "s_per_step")
+    assert c.regression and c.decided.startswith("rank test") and c.new_spread["n"] == 5

@@ -1,0 +1,72 @@
+"""Issue 21: a calibration recorded on ANOTHER model (its provenance model sha256 is not the source's) is
+refused by `convert --calibration` (exit 2, one line naming both sha256s, no output) unless
+--allow-foreign-calibration, and `verify --calibration` reports it as an error."""
+import json
+
+import pytest
+
+from quant.activations import statistics as calibration
+from quant.convert import convert, make_plan
+from quant.sources import open_source
+from tests._inproc import one_error_line, run_main
+
+
+def _calibration(src, path, sha):
+    with open_source(src) as s:
+        layers = [(d.layer, int(d.shape[1])) for d in make_plan(s, None, "fp8").quantized()]
+    obj = {"schema": calibration.SCHEMA, "percentiles": [99.9],
+           "provenance": {"model": {"name": src.name, "sha256": sha}, "seeds": [101, 102]},
+           "layers": {L: {"amax": 4.0 + i / 10, "p99.9": 3.0, "in_features": k} for i, (L, k) in enumerate(layers)}}
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cals(thin_source, tmp_path_factory):
+    d = tmp_path_factory.mktemp("prov")
+    own = calibration.file_sha256(thin_source)
+    other = "ab" * 32
+    return d, own, other, _calibration(thin_source, d / "own.json", own), _calibration(thin_source, d / "other.json", other)
+
+
+def test_convert_refuses_a_foreign_calibration_naming_both_sha256s(thin_source, cals):
+    d, own, other, _, foreign = cals
+    out = d / "refused.safetensors"
+    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--act-stats", foreign, "-o", out)
+    line = one_error_line(rc, err)
+    assert rc == 2 and own in line and other in line and "--allow-foreign-calibration" in line
+    assert not out.exists()
+
+
+def test_allow_foreign_calibration_forces_it_and_records_it(thin_source, cals):
+    d, own, other, _, foreign = cals
+    out = d / "forced.safetensors"
+    rc, _, err = run_main("convert", thin_source, "-f", "fp8", "--act-stats", foreign,
+                          "--allow-foreign-calibration", "-o", out)
+    assert rc == 0, err
+    from quant.safetensors_io import read_header
+    meta = json.loads(read_header(out).metadata["quantgate.calibration"])
+    assert meta["model_sha256"] == other and meta["foreign_to_source_sha256"] == own
+
+
+def test_own_calibration_converts_and_verifies_clean(thin_source, cals):
+    from harness.verify import verify
+    d, own, _, mine, _ = cals
+    out = d / "own.safetensors"
+    convert(thin_source, out, "fp8", act_stats=mine, force=True)
+    rep = verify(out, thin_source, calibration=mine, header_only=True)
+    assert "calibration.foreign" not in {f.rule for f in rep.findings.all()}, rep.lines()
+
+
+def test_verify_calibration_reports_a_foreign_calibration_as_an_error(thin_source, cals):
+    from harness.verify import verify
+    d, own, other, mine, foreign = cals
+    out = d / "for-verify.safetensors"
+    convert(thin_source, out, "fp8", act_stats=mine, force=True)
+
+    def errors(rep):
+        return [f for f in rep.findings.all() if f.rule == "calibration.foreign" and f.severity == "error"]
+    rep = verify(out, thin_source, calibration=foreign, header_only=True)        # against the source file
+    assert not rep.passed and errors(rep) and own in errors(rep)[0].message and other in errors(rep)[0].message
+    rep = verify(out, calibration=foreign, header_only=True)                     # against the file's own metadata
+    assert not rep.passed and errors(rep)
