@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from quant.errors import UsageError
 from quant.formats import TARGETS as FORMATS  # every output format, from the registry
 PLANTED = "planted-defect"      # every planted candidate's label starts with this
 PLANT_FROM = "fp8"              # the family defects are made from this conversion (Qwen, A14B)
@@ -27,6 +28,10 @@ def register(sub):
     p = sub.add_parser("demo", help="build a tiny model, convert, verify, render in ComfyUI, write a report",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out/)")
+    p.add_argument("--formats", default=None, metavar="LIST",
+                   help="comma-separated formats to convert and render, or 'all' for every format quantgate writes "
+                        "(default: the family's demo set; WAN 2.1: fp8-legacy, fp8, nvfp4 -- every format adds 6 "
+                        "renders, each ~1-5 s on a quiet CPU)")
     p.add_argument("--no-planted", action="store_true", help="leave out the planted silent-wrong file(s)")
     p.add_argument("--model", choices=list(MODELS), default=DEFAULT,
                    help="the trained tiny reference model (one per family): " + "; ".join(
@@ -55,7 +60,21 @@ FAMILY_PLAN = {"qwen_image": {"seeds": [1], "sizes": [[64, 64]]},
 # add ~2 renders of 30-70 s each (and the one-block nvfp4 file is all fp8), the int8/mxfp8/w4 formats more.
 # A14B: the three formats every WAN demo has, per expert.
 FAMILY_FORMATS = {"qwen_image": ("fp8",), "qwen_image_edit": ("fp8",),
-                  "wan22_a14b": ("fp8-legacy", "fp8", "nvfp4")}
+                  "wan22_a14b": ("fp8-legacy", "fp8", "nvfp4"), "wan21": ("fp8-legacy", "fp8", "nvfp4")}
+
+
+def _formats(arg: str | None, family: str) -> tuple:
+    """--formats: None -> the family's demo set; 'all' -> every target format; else a checked list."""
+    if arg is None:
+        return tuple(FAMILY_FORMATS.get(family, FORMATS))
+    if arg.strip() == "all":
+        return tuple(FORMATS)
+    got = tuple(f.strip() for f in arg.split(",") if f.strip())
+    bad = [f for f in got if f not in FORMATS]
+    if bad or not got:
+        raise UsageError(f"--formats: unknown format(s) {', '.join(bad) or '(none given)'}; "
+                         f"known: {', '.join(FORMATS)}, or 'all'")
+    return got
 
 
 def _planted(model, srcs: dict, mdir: Path, stem: str, by_fmt: dict) -> list:
@@ -188,15 +207,15 @@ def run(args) -> int:
     from harness.train import registry
     from harness.verify.record import run_verify
     t0 = time.monotonic()
+    model = registry.get(args.model)
+    formats = _formats(args.formats, model.family)      # a bad --formats fails before any work
     out = Path(args.out)
     mdir = out / "models"
     mdir.mkdir(parents=True, exist_ok=True)
     timings = {}
-    model = registry.get(args.model)
     kind, stem, srcs = _sources(args, model, mdir)
 
     target_comfy = comfy_version(embedded_source())
-    formats = FAMILY_FORMATS.get(model.family, FORMATS)
     left = [f for f in FORMATS if f not in formats]
     _log(f"2/5 convert: {', '.join(formats)} (for ComfyUI {target_comfy}, the embedded server)"
          + (f"; not in this family's demo: {', '.join(left)}" if left else ""))

@@ -397,11 +397,24 @@ def _references(cands, session, source, policy, work_dir, log) -> list[Candidate
 def _reference_candidates(cands, session, source, policy, work_dir, log, names: dict) -> list[Candidate]:
     """The reference conversions of ``cands`` (:func:`_references`), visible to the server (``names``) and,
     where their candidates' activations are emulated, emulated the same way with dynamic scales."""
-    refs = _references(cands, session, source, policy, work_dir, log)
+    refs, kept = _references(cands, session, source, policy, work_dir, log), []
     for r in refs:
-        names[r.label] = session.model(r.render_path)
+        try:
+            names[r.label] = session.model(r.render_path)
+        except ComfyError:
+            if session.server is not None:
+                raise
+            # a server we did not start (--comfy-url) cannot see the gate's own temporary conversion: judged by
+            # the absolute floor only, and every report says so (never silently)
+            why = (f"the server at {session.client.url} (--comfy-url) cannot load the gate's own reference "
+                   "conversion; let quantgate start its server to compare with one")
+            log(f"warning: {r.label} not rendered: {why}")
+            for c in r.users:
+                c._ref, c.reference = None, {"available": False, "why": why}
+            continue
         r.activations = reference.policy_for(r.users[0].activations)
-    return refs
+        kept.append(r)
+    return kept
 
 
 def _distinct(refs) -> int:

@@ -75,7 +75,7 @@ def demo(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("QUANTGATE_DEBUG", None)
     r = subprocess.run([sys.executable, "-m", "harness.cli", "demo", "--out", str(out)], capture_output=True,
-                       text=True, timeout=400, cwd=ROOT, env=env)
+                       text=True, timeout=1200, cwd=ROOT, env=env)   # a hang guard, not a speed test
     return r, out
 
 
