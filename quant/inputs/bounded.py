@@ -160,18 +160,22 @@ def _json_depth_prescan(text: str, max_depth: int) -> bool:
     return False
 
 
-def parse_json(raw: bytes | str, where, *, what: str = "JSON file", max_depth: int = MAX_DEPTH,
-               max_bytes: int = MAX_BYTES, error=InputError):
-    """Parse ``raw`` (bytes from a file or a server) with every bound of the module doc."""
+def _text(raw: bytes | str, where, what: str, max_bytes: int, error) -> str:
+    """``raw`` as text: at most ``max_bytes``, UTF-8 (JSON and TOML alike)."""
     if len(raw) > max_bytes:
         raise error(f"{what} is {len(raw):,} bytes; at most {max_bytes:,} are read", where)
     if isinstance(raw, bytes):
         try:
-            text = raw.decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise error(f"{what} is not UTF-8 text", where) from None
-    else:
-        text = raw
+    return raw
+
+
+def parse_json(raw: bytes | str, where, *, what: str = "JSON file", max_depth: int = MAX_DEPTH,
+               max_bytes: int = MAX_BYTES, error=InputError):
+    """Parse ``raw`` (bytes from a file or a server) with every bound of the module doc."""
+    text = _text(raw, where, what, max_bytes, error)
     if text.startswith("\ufeff"):
         text = text[1:]
     if _json_depth_prescan(text, max_depth):
@@ -236,15 +240,7 @@ def _toml_ints(v, where: str = ""):
 
 def parse_toml(raw: bytes | str, where, *, what: str = "TOML file", max_depth: int = MAX_DEPTH,
                max_bytes: int = MAX_BYTES, error=InputError) -> dict:
-    if len(raw) > max_bytes:
-        raise error(f"{what} is {len(raw):,} bytes; at most {max_bytes:,} are read", where)
-    if isinstance(raw, bytes):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise error(f"{what} is not UTF-8 text", where) from None
-    else:
-        text = raw
+    text = _text(raw, where, what, max_bytes, error)
     if _toml_depth_prescan(text, max_depth):
         raise error(f"{what} nests deeper than {max_depth} levels", where)
     try:
