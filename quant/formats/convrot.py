@@ -96,3 +96,18 @@ def group_problems(g, k: int, allowed: tuple[int, ...] | None = None) -> list[st
     if allowed is not None and g not in allowed:
         return [f"convrot_groupsize {g} is not one the format's kernel takes ({', '.join(map(str, allowed))})"]
     return []
+
+
+class RotatedFourBit:
+    """What the two ConvRot 4-bit formats (w4a4-convrot, w4a8-int8) share: their activation emulation is the
+    layer's Hadamard group, and a layer config's group is checked against K the same way."""
+
+    def emulation(self, conf):
+        return {"format": self.kernel, "group": self.verify_group(conf)}
+
+    @staticmethod
+    def rotation_problems(conf, k) -> tuple[dict, list[str]]:
+        """-> (the config's ``params`` object, the problems of its ConvRot group for K)."""
+        from .int8 import convrot_group
+        p = conf.get("params") if isinstance(conf.get("params"), dict) else {}
+        return p, group_problems(convrot_group(conf), k)

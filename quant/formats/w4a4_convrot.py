@@ -45,7 +45,7 @@ def dequantize_w4a4(packed, scale, group: int, dtype=None):
     return convrot.rotate(w, group).to(dtype or torch.float32)
 
 
-class W4a4Convrot(Format):
+class W4a4Convrot(convrot.RotatedFourBit, Format):
     name = "w4a4-convrot"
     order = 6
     kernel = "w4a4"
@@ -86,13 +86,8 @@ class W4a4Convrot(Format):
             return f"K={k} is not a multiple of {QUANT_GROUP} (kitchen's int4 group)"
         return None
 
-    def emulation(self, conf):
-        return {"format": self.kernel, "group": self.verify_group(conf)}
-
     def conf_problems(self, conf, n, k):
-        from .int8 import convrot_group
-        p = conf.get("params") if isinstance(conf.get("params"), dict) else {}
-        out = convrot.group_problems(convrot_group(conf), k)
+        p, out = self.rotation_problems(conf, k)
         ld = conf.get("linear_dtype", p.get("linear_dtype", "int4"))
         if ld not in ("int4", "int8"):
             out.append(f"linear_dtype {ld!r} is not 'int4' or 'int8' (kitchen refuses the layer)")

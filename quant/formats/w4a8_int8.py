@@ -152,7 +152,7 @@ def dequantize_w4a8(packed, s_rel, s_channel, codebook, g: int, dtype=None):
     return convrot.rotate(w, g).to(dtype or torch.float32)
 
 
-class W4a8Int8(Format):
+class W4a8Int8(convrot.RotatedFourBit, Format):
     name = "w4a8-int8"
     order = 7
     kernel = "w4a8"
@@ -198,13 +198,8 @@ class W4a8Int8(Format):
             return f"K={k} is not a multiple of {GROUP}"
         return None
 
-    def emulation(self, conf):
-        return {"format": self.kernel, "group": self.verify_group(conf)}
-
     def conf_problems(self, conf, n, k):
-        from .int8 import convrot_group
-        p = conf.get("params") if isinstance(conf.get("params"), dict) else {}
-        out = convrot.group_problems(convrot_group(conf), k)
+        p, out = self.rotation_problems(conf, k)
         gs = conf.get("group_size", p.get("group_size", GROUP))
         if gs != GROUP:
             out.append(f"group_size {gs!r}: the scales (weight_s_rel) are per {GROUP} elements")
