@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # QUANTGATE_NIGHTLY_SEEDS / _SIZE / _REPEATS shrink a run for a short lease (the record says what was used).
-# `nightly compare` judges a time from the runs' own spread: with >= 3 repeats per side a rank test, so the
+# `nightly compare` judges a time from the runs' own spread: with >= 3 repeats per side (not 3 vs 3) a rank test, so the
 # default is 5 repeats (two records of 1-2 repeats at 256x256 x 1 frame differed by +41 % median and +84 %
 # seconds per step with unchanged code: issue 21); 512x512 makes each step's work larger than the per-call
 # overhead (chosen, not yet measured on the GPU box).
