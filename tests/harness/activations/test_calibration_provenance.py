@@ -70,3 +70,22 @@ def test_verify_calibration_reports_a_foreign_calibration_as_an_error(thin_sourc
     assert not rep.passed and errors(rep) and own in errors(rep)[0].message and other in errors(rep)[0].message
     rep = verify(out, calibration=foreign, header_only=True)                     # against the file's own metadata
     assert not rep.passed and errors(rep)
+
+
+def test_verify_with_source_fails_a_file_calibrated_on_another_model(thin_source, cals):
+    """Without --calibration: the file's own quantgate.calibration record (model_sha256) is checked against
+    the --source file (issue 23: WAN 2.2 A14B's expert converted with the other expert's statistics has
+    the same names and shapes, and its render may not show it). A file calibrated on its source: clean."""
+    from harness.verify import verify
+    d, own, other, mine, foreign = cals
+    bad = d / "forced-for-verify.safetensors"
+    convert(thin_source, bad, "fp8", act_stats=foreign, allow_foreign_calibration=True, force=True)
+    rep = verify(bad, thin_source, header_only=True)
+    errs = [f for f in rep.findings.all() if f.rule == "calibration.foreign" and f.severity == "error"]
+    assert not rep.passed and errs and own in errs[0].message and other in errs[0].message
+    assert rep.calibration["file_provenance"] == {"calibrated_on_sha256": other, "source_sha256": own, "foreign": True}
+    good = d / "own-for-verify.safetensors"
+    convert(thin_source, good, "fp8", act_stats=mine, force=True)
+    rep = verify(good, thin_source, header_only=True)
+    assert "calibration.foreign" not in {f.rule for f in rep.findings.all()}, rep.lines()
+    assert rep.calibration["file_provenance"]["foreign"] is False
