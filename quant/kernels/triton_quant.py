@@ -26,9 +26,11 @@ import torch
 try:  # triton is optional: without it (or without CUDA and the interpreter) the backend is unavailable
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 except Exception:  # pragma: no cover - exercised only where triton is missing
     triton = None
     tl = None
+    libdevice = None
 
 FP8_MAX = 448.0
 FP4_MAX = 6.0
@@ -40,7 +42,7 @@ NV_BM, NV_BK = 32, 256           # dequantize tile
 # of them). QUANTGATE_TRITON_CFG="key=value,..." overrides, for the tuning sweep (benchmarks/gpu_sweep.py).
 CFG = {"amax_programs": 1024, "fp8_block": 4096, "fp8_warps": 8, "fp8_per_sm": 4, "fp8_l2": 0,
        "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "nv_l2": 1,
-       "nv_fastdiv": 1}     # the H200 sweep's winners (benchmarks/results/h200-fastgpu-2026-11-30.json)
+       "nv_fastdiv": 1, "mx_bm": 32, "mx_bk": 128, "mx_warps": 4}     # the H200 sweep's winners (benchmarks/results/h200-fastgpu-2026-11-30.json)
 for _kv in filter(None, os.environ.get("QUANTGATE_TRITON_CFG", "").split(",")):
     _k, _v = _kv.split("=")
     if _k.strip() not in CFG:
@@ -295,6 +297,53 @@ if triton is not None:
             tl.store(q_ptr + base + cols[None, :], t.to(tl.int8), mask=m)
 
     @triton.jit
+    def _mxfp8_kernel(x_ptr, q_ptr, s_ptr, amax_ptr, N, K, NP, KP, C4, ntk,
+                      BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr, INV448: tl.constexpr):
+        """One [BM, BK] tile of the [rup(NP,128), 32 * C4] grid that covers the swizzled scales: per 32-element
+        block amax, E8M0 exponent ceil(log2(amax/448)) + 127 (clamped to [0, 254], 0 for an all-zero block),
+        codes = x / 2**(e-127) clamped to +-448 and cast to e4m3 (comfy-kitchen's eager quantize_mxfp8 on the
+        same device, bit for bit: on CUDA torch divides by the Python scalar 448 as a multiply by fp32(1/448),
+        and its log2 is libdevice's). Padding rows / columns are written as zeros (codes and exponents)."""
+        pid = tl.program_id(0)
+        tm = pid // ntk
+        tk = pid % ntk
+        rows = tm * BM + tl.arange(0, BM)
+        cols = tk * BK + tl.arange(0, BK)
+        xm = (rows[:, None] < N) & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], mask=xm, other=0.0).to(tl.float32)
+        bits = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF            # |x| as ordered integers: NaN > inf > finite
+        tl.atomic_max(amax_ptr, tl.max(tl.max(bits, axis=1), axis=0))
+        xb = tl.reshape(x, (BM, BK // 32, 32))
+        amax_b = tl.max(tl.reshape(bits, (BM, BK // 32, 32)), axis=2).to(tl.float32, bitcast=True)
+        if HW:
+            need = amax_b * INV448
+        else:
+            need = tl.math.div_rn(amax_b, 448.0)
+        nb = need.to(tl.int32, bitcast=True)
+        nb = tl.where(nb < 0x00400000, 0x00400000, nb)                  # clamp(min=2**-127), on the bits
+        if HW:      # libdevice's log2f (torch's on CUDA); Triton links libdevice flush-to-zero, so a subnormal
+            sub = nb < 0x00800000       # need (bits m: m * 2**-149) goes in as m * 2**-125 (exact) and 24 comes off
+            lg = libdevice.log2(tl.where(sub, nb.to(tl.float32) * 2.350988701644575e-38, nb.to(tl.float32, bitcast=True)))
+            lg = tl.where(sub, lg - 24.0, lg)
+        else:
+            lg = tl.log2(nb.to(tl.float32, bitcast=True))
+        e = tl.ceil(lg).to(tl.int32) + 127
+        e = tl.minimum(tl.maximum(e, 0), 254)
+        zero = amax_b == 0.0
+        e = tl.where(zero, 0, e)
+        s = tl.where(zero, 1.0, tl.where(e == 0, 0.0, (e << 23).to(tl.float32, bitcast=True)))
+        t = tl.math.div_rn(xb, s[:, :, None])
+        t = tl.where(zero[:, :, None], 0.0, t)
+        t = tl.minimum(tl.maximum(t, -448.0), 448.0)
+        code, _ = _to_e4m3(tl.reshape(t, (BM, BK)), HW)
+        qm = (rows[:, None] < NP) & (cols[None, :] < KP)
+        tl.store(q_ptr + rows[:, None].to(tl.int64) * KP + cols[None, :], code, mask=qm)
+        r = rows[:, None]
+        c = tk * (BK // 32) + tl.arange(0, BK // 32)[None, :]
+        off = (((r // 128) * (C4 // 4) + c // 4) * 32 + r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
+        tl.store(s_ptr + off.to(tl.int64), e.to(tl.uint8), mask=c < C4)
+
+    @triton.jit
     def _fp8_dequant_kernel(q_ptr, scale_ptr, out_ptr, numel, KIND: tl.constexpr, BLOCK: tl.constexpr,
                             HW: tl.constexpr):
         s = _round_to(tl.load(scale_ptr), KIND, HW)
@@ -448,6 +497,28 @@ def quantize_int8_rows_async(x: torch.Tensor, hw: bool | None = None):
         rows.zero_()
         s.fill_(1e-30)
     return q, s, rows[:n].amax() if n else rows[0]
+
+
+_INV448 = float(torch.tensor(1.0) / torch.tensor(448.0))   # fp32(1/448): torch's divisor-by-a-scalar on CUDA
+
+
+def quantize_mxfp8_async(x: torch.Tensor, hw: bool | None = None):
+    """2-D [N, K] -> (codes float8_e4m3fn [rup(N,32), rup(K,32)], swizzled E8M0 exponents uint8
+    [rup(rup(N,32),128), rup(rup(K,32)/32,4)], amax float32 0-d for the caller's finiteness check); one launch
+    (plus a 4-byte zero-fill), nothing waits for the GPU."""
+    x = _check(x, 2)
+    hw = _hw() if hw is None else hw
+    n, k = x.shape
+    np_, kp = _rup(n, 32), _rup(k, 32)
+    rows_sw, c4 = _rup(np_, 128), _rup(kp // 32, 4)
+    q = torch.empty((np_, kp), dtype=torch.float8_e4m3fn, device=x.device)
+    s = torch.empty((rows_sw, c4), dtype=torch.uint8, device=x.device)
+    amax = torch.zeros(1, dtype=torch.int32, device=x.device)
+    bm, bk = CFG["mx_bm"], CFG["mx_bk"]
+    ntk = triton.cdiv(c4 * 32, bk)
+    _mxfp8_kernel[(triton.cdiv(rows_sw, bm) * ntk,)](x, q.view(torch.uint8), s, amax, n, k, np_, kp, c4, ntk,
+                                                     BM=bm, BK=bk, HW=hw, INV448=_INV448, num_warps=CFG["mx_warps"])
+    return q, s, amax.view(torch.float32).reshape(())
 
 
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32,

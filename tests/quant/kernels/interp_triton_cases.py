@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quant.kernels import fp8, nvfp4
+from tests.quant.kernels.edges import mxfp8_boundary_blocks as _boundary_blocks
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by tests/test_triton_kernels.py under TRITON_INTERPRET=1", allow_module_level=True)
@@ -118,4 +119,28 @@ def test_every_formats_async_path_writes_its_planned_tensors(tq):
         got = {s: (DTYPE_NAMES[t.dtype], tuple(f.companion(s).fit(t).shape)) for s, t in raw.items()}
         assert got == {s: planned[s] for s in got} and set(got) >= {s for s in planned if s != f.input_scale_key}, f.name
         assert torch.isfinite(amax)
-    assert asked >= 4
+    assert asked >= 5
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(x=weights())
+def test_interpreted_mxfp8_bit_exact_with_the_format_math(tq, x):
+    """The MXFP8 kernel writes quant.formats.mxfp8's bytes (= comfy-kitchen's eager quantize_mxfp8's,
+    tests/quant/formats/test_new_format_bytes.py): codes padded to 32, swizzled E8M0 exponents, zero blocks."""
+    from quant.formats import mxfp8
+    x = x.clone()
+    x[0] = 0
+    q, s, amax = tq.quantize_mxfp8_async(x, hw=False)
+    q2, s2 = mxfp8.quantize(x)
+    assert _eq(q, q2) and torch.equal(s, s2)
+    assert float(amax) == float(x.abs().amax().float())
+
+
+def test_interpreted_mxfp8_exponent_edges_and_non_finite(tq):
+    from quant.formats import mxfp8
+    x = _boundary_blocks()
+    q, s, _ = tq.quantize_mxfp8_async(x, hw=False)
+    q2, s2 = mxfp8.quantize(x)
+    assert _eq(q, q2) and torch.equal(s, s2)
+    x[3, 3] = float("nan")
+    assert torch.isnan(tq.quantize_mxfp8_async(x, hw=False)[2])
