@@ -113,10 +113,24 @@ def _nbytes(out: dict, x) -> int:
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("fmt", NEW)
-@pytest.mark.parametrize("impl", ["quantgate", "quantgate-async", "kitchen-eager", "kitchen-cuda"])
+@pytest.mark.parametrize("impl", ["quantgate", "quantgate-async", "quantgate-fused", "kitchen-eager", "kitchen-cuda"])
 def test_bench_new_format(benchmark, weights, fmt, impl, shape):
     """quantgate: the format's quantize() on CUDA (the kernel seam, one host sync for the finiteness check);
-    quantgate-async: its quantize_async (the pipelined converter's no-sync kernels), where it has one."""
+    quantgate-async: its quantize_async (the pipelined converter's no-sync kernels), where it has one;
+    quantgate-fused: the ConvRot formats' async path with the rotation inside the kernel (tl.dot, CFG rot_fused=1,
+    off by default): recorded, its bit-exactness with kitchen's eager reference is the question asked."""
+    from quant.kernels import triton_quant as tq
+    if impl == "quantgate-fused":
+        if fmt not in ("int8-convrot", "w4a4-convrot"):
+            pytest.skip("no rotation to fuse")
+        tq.CFG["rot_fused"] = 1
+    try:
+        _bench_new_format(benchmark, weights, fmt, impl, shape)
+    finally:
+        tq.CFG["rot_fused"] = 0
+
+
+def _bench_new_format(benchmark, weights, fmt, impl, shape):
     if shape not in NEW_FORMAT_SHAPES:
         pytest.skip("the new formats are measured at 14336x5120 (QG_NEW_SHAPES=all for every shape)")
     from quant import formats
@@ -126,7 +140,7 @@ def test_bench_new_format(benchmark, weights, fmt, impl, shape):
     ref = _kitchen(fmt, x, conf, "eager")()
     if impl == "quantgate":
         fn = lambda: f.quantize(x)          # noqa: E731
-    elif impl == "quantgate-async":
+    elif impl in ("quantgate-async", "quantgate-fused"):
         from quant.kernels import get_backend
         be = get_backend("cuda")
         if f.quantize_async(be, x) is None:
@@ -142,7 +156,7 @@ def test_bench_new_format(benchmark, weights, fmt, impl, shape):
     exact = _same(out, ref)
     _record(benchmark, fn, f"{fmt} {impl} {shape[0]}x{shape[1]}", _nbytes(out, x),
             bit_exact_with_kitchen_eager_on_cuda=exact)
-    if impl.startswith("quantgate"):
+    if impl in ("quantgate", "quantgate-async"):
         assert exact, f"{fmt}: quantgate's CUDA bytes differ from kitchen's eager reference on the same device"
 
 
@@ -155,11 +169,12 @@ def test_bench_new_formats_summary(benchmark):
     for fmt in NEW:
         for shape in NEW_FORMAT_SHAPES:
             key = f"{shape[0]}x{shape[1]}"
-            got = {impl: rows.get(f"{fmt} {impl} {key}", {}) for impl in ("quantgate", "quantgate-async", "kitchen-cuda")}
+            got = {impl: rows.get(f"{fmt} {impl} {key}", {})
+                   for impl in ("quantgate", "quantgate-async", "quantgate-fused", "kitchen-cuda")}
             ck = got["kitchen-cuda"].get("gb_per_s")
             r = {"card": RESULTS["device"], "hbm_copy_gb_s": hbm, "kitchen_cuda_gb_s": ck,
                  "kitchen_cuda_bit_exact_with_its_eager": got["kitchen-cuda"].get("bit_exact_with_kitchen_eager_on_cuda")}
-            for impl in ("quantgate", "quantgate-async"):
+            for impl in ("quantgate", "quantgate-async", "quantgate-fused"):
                 g = got[impl].get("gb_per_s")
                 if g:
                     r[f"{impl}_gb_s"] = g
