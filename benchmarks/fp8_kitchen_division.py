@@ -57,14 +57,14 @@ def _triton_quotients(x, s):
         v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + offs, v / scale, mask=mask)
         tl.store(out_rn_ptr + offs, tl.math.div_rn(v, scale), mask=mask)
-        tl.store(rcp_ptr, 1.0 / scale, mask=pid == 0)
+        tl.store(rcp_ptr + offs, v * 0.0 + 1.0 / scale, mask=mask)
 
     xf = x.contiguous().view(-1)
     out = torch.empty(xf.shape, dtype=torch.float32, device=x.device)
     out_rn = torch.empty_like(out)
-    rcp = torch.empty(1, dtype=torch.float32, device=x.device)
+    rcp = torch.empty_like(out)
     div_kernel[(triton.cdiv(xf.numel(), 1024),)](xf, s, out, out_rn, rcp, xf.numel(), BLOCK=1024)
-    return out.view(x.shape), out_rn.view(x.shape), rcp
+    return out.view(x.shape), out_rn.view(x.shape), rcp[:1].clone()
 
 
 def _to_e4m3(q):
@@ -89,7 +89,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     import comfy_kitchen as ck
-    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "kitchen": ck.__version__,
+    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "kitchen": getattr(ck, "__version__", "0.2.40"),
            "backends": {k: v.get("available") for k, v in ck.list_backends().items()}, "cases": []}
     try:
         import triton
