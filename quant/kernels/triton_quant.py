@@ -544,8 +544,8 @@ INT8_BM, INT8_BK = 4, 1024
 def _hadamard_for(x: torch.Tensor, rot: int):
     if not rot:
         return x                                    # an unused pointer
-    from quant.formats import convrot
-    return convrot.hadamard(rot, x.dtype, x.device).contiguous()
+    from .hadamard import hadamard
+    return hadamard(rot, x.dtype, x.device).contiguous()
 
 
 def quantize_int8_rows_async(x: torch.Tensor, hw: bool | None = None, rot: int = 0):
@@ -625,8 +625,8 @@ def quantize_mxfp8_async(x: torch.Tensor, hw: bool | None = None):
 def _rotated(x: torch.Tensor, group: int):
     if CFG["rot_fused"]:
         return x, group
-    from quant.formats import convrot
-    return convrot.rotate(x, group), 0
+    from .hadamard import rotate
+    return rotate(x, group), 0
 
 
 def quantize_int8_convrot_async(x: torch.Tensor, group: int, hw: bool | None = None):
