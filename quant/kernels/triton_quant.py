@@ -389,7 +389,10 @@ if triton is not None:
             lg = tl.where(sub, lg - 24.0, lg)
         else:
             lg = tl.log2(nb.to(tl.float32, bitcast=True))
-        e = tl.ceil(lg).to(tl.int32) + 127
+        if HW:
+            e = libdevice.ceil(lg).to(tl.int32) + 127
+        else:
+            e = tl.ceil(lg).to(tl.int32) + 127
         e = tl.minimum(tl.maximum(e, 0), 254)
         zero = amax_b == 0.0
         e = tl.where(zero, 0, e)
