@@ -288,6 +288,8 @@ def run(req: ConvertRequest) -> Summary:
     foreign = _foreign(req, stats)
     out = req.out
     t0 = time.perf_counter()
+    from . import startup
+    startup.mark("convert_start")
     with open_source(req.source) as src:
         a = req.activations
         check_output(out, [req.source, *src.files, req.plan.from_gguf, req.rounding.samples,
@@ -302,6 +304,8 @@ def run(req: ConvertRequest) -> Summary:
         strategy = _write(req, src, the_plan, amax, out, entries, meta, marker)
     summary.bytes_out = out.stat().st_size
     summary.seconds = time.perf_counter() - t0
+    startup.end()
+    startup.mark("convert_end")
     if req.rounding.learned:
         summary.rounding, summary.learned = "learned", strategy.stats.as_dict()
     elif req.rounding.gptq or req.rounding.scale_search:
