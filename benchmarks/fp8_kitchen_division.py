@@ -7,7 +7,7 @@ Both kitchen GPU kernels compute ``x.float() / scale``, clamp to +-448 and conve
 the Triton kernel with Triton's default fp32 ``/`` (lowered to PTX ``div.full.f32``: an approximate division,
 up to 2 ulp off) and the CUDA kernel with C++ ``/`` compiled under ``--use_fast_math`` (``-prec-div=false``:
 approximate too). quantgate divides with IEEE fp32 division (torch on CPU and CUDA, and comfy-quants, which
-runs torch). This script takes the inputs of tests/test_gpu.py::test_fp8_bytes_equal_comfy_kitchen_gpu_kernels
+runs torch). This script takes the inputs of tests/test_gpu.py::test_fp8_bytes_against_comfy_kitchen_gpu_kernels
 and compares, code by code, kitchen's CUDA and Triton bytes with these reproductions of the same formula:
 
 * ``ieee``: quantgate's CPU bytes (fp32 division, RNE, saturate);

@@ -567,7 +567,8 @@ def _searched_strategy(req: ConvertRequest, the_plan):
 
 
 def _check_samples(req: ConvertRequest, the_plan, rows: int, seed: int) -> None:
-    """2-D weights only; activation samples only for quantized layers."""
+    """2-D weights only; activation samples only for layers of this model (samples of layers the plan keeps are
+    ignored: one recording, e.g. `calibrate --act-samples` of every Linear, serves any preset or budget)."""
     from quant.activations.samples import ActivationSamples
     q = the_plan.quantized()
     for d in q:
@@ -577,11 +578,11 @@ def _check_samples(req: ConvertRequest, the_plan, rows: int, seed: int) -> None:
     if req.rounding.samples:
         c = ActivationSamples(req.rounding.samples, rows, seed)
         try:
-            unknown = c.layers - {d.layer for d in q}
+            unknown = c.layers - {d.layer for d in the_plan.decisions}
         finally:
             c.close()
         if unknown:
-            raise InputError(f"activations given for {len(unknown)} layers that are not quantized "
+            raise InputError(f"activations given for {len(unknown)} layers this model does not have "
                              f"(first: {sorted(unknown)[0]!r})", req.rounding.samples)
 
 
