@@ -79,7 +79,8 @@ def _midpoint_ulps(x, s, idx):
     val = lambda c: c.clamp(0, 0x7E).to(torch.uint8).view(torch.float8_e4m3fn).double()   # noqa: E731
     g = val(m)
     dn = torch.where(m > 0, (q - (g + val(m - 1)) / 2).abs(), torch.full_like(q, float("inf")))
-    d = torch.minimum((q - (g + val(m + 1)) / 2).abs(), dn)
+    up = torch.where(m < 0x7E, (q - (g + val(m + 1)) / 2).abs(), torch.full_like(q, float("inf")))
+    d = torch.minimum(up, dn)
     ulp = torch.nextafter(qf, torch.full_like(qf, float("inf"))).double() - qf.double()
     return d / ulp
 

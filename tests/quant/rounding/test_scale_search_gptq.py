@@ -178,3 +178,24 @@ def test_gptq_column_step_issues_few_tensor_ops():
         with Count():
             gptq.quantize_batch(action, w, h)
         assert Count.n / k <= most, (action, Count.n / k)
+
+
+def test_gptq_cuda_schedule_batches_several_a14b_blocks():
+    """convert --rounding gptq on CUDA: the column loop is paid once per batch, so the schedule puts the
+    same-shape layers of 4+ real-size A14B blocks in one batch (the learned engine's 4 GiB windows: 3) within a
+    24 GiB device budget, and the expert's column loops (sum of K over batches) drop below the learned schedule's."""
+    from quant import arch, presets
+    from quant.rounding import engine, strategy
+    a = arch.get("wan22-t2v-a14b")
+    plan = presets.plan(presets.load("wan22-a14b"), "nvfp4", [(n, "BF16", tuple(s)) for n, s in a.tensors()],
+                        source="test")
+    jobs = [engine.Job(d.name, d.layer, d.action, tuple(d.shape)) for d in plan.quantized() if len(d.shape) == 2]
+    g = engine.plan(jobs, device="cpu", device_bytes=24 << 30, window_bytes=strategy.GPTQ_CUDA_WINDOW,
+                    state_bytes=strategy.GPTQ_STATE_BYTES, gram_bytes=strategy.GPTQ_GRAM_BYTES)
+    ref = engine.plan(jobs, device="cpu", device_bytes=24 << 30, window_bytes=4 << 30)
+    first = max(len(b) for b in g[0] if b[0].shape == (5120, 5120) and b[0].action == "nvfp4")
+    assert first >= 4 * 6                                   # 6 NVFP4 5120^2 layers a block under the preset
+    loops = lambda s: sum(b[0].shape[1] for w in s for b in w)   # noqa: E731
+    assert loops(g) < 0.8 * loops(ref), (loops(g), loops(ref))
+    per = (5120 + 16) ** 2 * (strategy.GPTQ_STATE_BYTES + strategy.GPTQ_GRAM_BYTES)
+    assert all(len(b) * per <= 24 << 30 for w in g for b in w if b[0].shape == (5120, 5120))
