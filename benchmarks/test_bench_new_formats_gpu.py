@@ -164,9 +164,7 @@ ROW_TILINGS = {     # QUANTGATE_TRITON_CFG keys of the per-row kernels (int8, in
     "A": {},
     "B": {"onepass": 8192, "onepass_bm": 1},
     "C": {"onepass": 8192, "onepass_bm": 2, "warps": 8},
-    "D": {"onepass": 8192, "onepass_bm": 4, "warps": 16},
     "E": {"bm": 8, "bk": 2048, "warps": 8},
-    "F": {"bm": 2, "bk": 2048},
 }
 
 
