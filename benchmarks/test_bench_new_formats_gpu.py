@@ -160,6 +160,43 @@ def _bench_new_format(benchmark, weights, fmt, impl, shape):
         assert exact, f"{fmt}: quantgate's CUDA bytes differ from kitchen's eager reference on the same device"
 
 
+ROW_TILINGS = {     # QUANTGATE_TRITON_CFG keys of the per-row kernels (int8, int8-convrot, w4a4-convrot); A = defaults
+    "A": {},
+    "B": {"onepass": 8192, "onepass_bm": 1},
+    "C": {"onepass": 8192, "onepass_bm": 2, "warps": 8},
+    "E": {"bm": 8, "bk": 2048, "warps": 8},
+}
+
+
+@pytest.mark.parametrize("tiling", list(ROW_TILINGS))
+@pytest.mark.parametrize("fmt", ["int8", "int8-convrot", "w4a4-convrot"])
+def test_bench_row_kernel_tiling(benchmark, weights, fmt, tiling):
+    """The per-row kernels' launch shapes (one pass with the whole row in registers, or two passes over BK-column
+    steps): the same bytes for every one (checked against kitchen's eager reference on the device), GB/s per tiling."""
+    from quant import formats
+    from quant.kernels import get_backend
+    from quant.kernels import triton_quant as tq
+    shape = NEW_FORMAT_SHAPES[0]
+    x = weights[shape]
+    f = formats.get(fmt)
+    ref = _kitchen(fmt, x, f.layer_config(False, None, shape), "eager")()
+    key = "i8" if fmt != "w4a4-convrot" else "w4"
+    saved = dict(tq.CFG)
+    try:
+        for k, v in ROW_TILINGS[tiling].items():
+            tq.CFG[f"{key}_{k}"] = v
+        be = get_backend("cuda")
+        fn = lambda: f.quantize_async(be, x)[0]          # noqa: E731
+        out = fn()
+        exact = _same(out, ref)
+        _record(benchmark, fn, f"{fmt} tiling-{tiling} {shape[0]}x{shape[1]}", _nbytes(out, x),
+                tiling={f"{key}_{k}": v for k, v in ROW_TILINGS[tiling].items()}, bit_exact_with_kitchen_eager_on_cuda=exact)
+    finally:
+        tq.CFG.clear()
+        tq.CFG.update(saved)
+    assert exact
+
+
 def test_bench_new_formats_summary(benchmark):
     """Per format and shape measured above: quantgate (sync op and no-sync path) against comfy-kitchen's CUDA
     backend and the HBM copy rate of the same run, on the card named in RESULTS["device"]."""
@@ -181,6 +218,12 @@ def test_bench_new_formats_summary(benchmark):
                     r[f"{impl}_share_of_hbm"] = round(g / hbm, 3) if hbm else None
                     r[f"{impl}_vs_kitchen_cuda"] = round(g / ck, 3) if ck else None
                     r[f"{impl}_bit_exact"] = got[impl].get("bit_exact_with_kitchen_eager_on_cuda")
+            tilings = {k.split()[1]: v.get("gb_per_s") for k, v in rows.items()
+                       if k.startswith(f"{fmt} tiling-") and k.endswith(key) and v.get("bit_exact_with_kitchen_eager_on_cuda")}
+            if tilings:
+                best = max(tilings, key=tilings.get)
+                r.update(best_tiling=best, best_tiling_gb_s=tilings[best],
+                         best_tiling_vs_kitchen_cuda=round(tilings[best] / ck, 3) if ck else None)
             out[f"{fmt} {key}"] = r
     RESULTS["summary"] = out
     benchmark.extra_info.update(out)
@@ -239,10 +282,16 @@ def test_bench_e2e_wan5b_whole_cli_every_format(benchmark, tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e_new")
     files, _largest = _make_fp32_shards(base / "wan2.2_ti2v_5B")
     src = base / "wan2.2_ti2v_5B" / "diffusion_pytorch_model.safetensors.index.json"
-    from harness.fixtures.synth import make_model
-    tiny = make_model("wan22-ti2v-5b-thin", base / "tiny.safetensors", dtype=torch.float32)
-    for fmt in dict.fromkeys(f.split("@")[0] for f in E2E_FORMATS):    # warm-up: Triton's disk cache, once
-        _cli_convert(tiny, base / f"tiny_{fmt}.safetensors", fmt)
+    from quant import startup
+    t0 = __import__("time").perf_counter()
+    for fmt in dict.fromkeys(f.split("@")[0] for f in E2E_FORMATS):
+        # warm-up: Triton's disk cache (once per machine) for this source's shapes, here in one process (the
+        # CLI's own warm-up thread, run synchronously), instead of one tiny CLI conversion per format
+        w = startup.Warmup(src, "cuda", fmt)
+        w._open()
+        w._gpu_main()
+        assert not w.errors, w.errors
+    RESULTS["e2e_kernel_warmup_s"] = round(__import__("time").perf_counter() - t0, 1)
     rows = {}
     src_bytes = sum(f.stat().st_size for f in files)
     _drop_caches()

@@ -5,11 +5,12 @@ cuBLAS and Triton's compiled kernels -- with the disk idle -- before it reads it
 H100, one run: the whole CLI 1.51-1.80x the I/O floor against 1.09-1.33x for the conversion alone). :func:`begin`,
 called by the CLI before it parses its arguments, starts two daemon threads instead:
 
-* ``qg-prefetch`` opens the source with the project's own validated reader (the same checks as the conversion;
-  anything it refuses is left to the conversion to report) and reads its tensors, in the order the pipeline will
-  read them, into the page cache: from the start while the process starts up, then at most ``lead`` bytes ahead
-  of the pipeline's reader (:meth:`Warmup.consumed`), so host memory stays bounded (``lead`` = min(8 GiB, a quarter
-  of the available memory)).
+* ``qg-prefetch`` reads the source's tensors into the page cache, at most ``lead`` bytes ahead of the pipeline's
+  reader (:meth:`Warmup.consumed`), so host memory stays bounded (``lead`` = min(16 GiB, a quarter of the available
+  memory)): first the first file from its first byte (the source itself, or the first ``*.safetensors`` of its
+  directory by name: a regular file, never a symlink) while ``qg-open`` parses the headers with the project's own
+  validated reader (the same checks as the conversion; anything it refuses is left to the conversion to report),
+  then every tensor in the order the pipeline reads them.
 * ``qg-gpu-warm`` imports torch, creates the CUDA context and runs the kernels of the target format (and of the
   formats its plan may give sensitive layers) once on zero tensors of the source's own dtype and 2-D shapes, so
   Triton's JIT (or its disk cache) and cuBLAS are loaded before the first layer; the pipeline waits for it
@@ -31,7 +32,7 @@ _CURRENT: "Warmup | None" = None
 _T: dict[str, float] = {}
 READ_BLOCK = 64 << 20
 MIN_BLOCK = 1 << 20
-MAX_LEAD = 8 << 30
+MAX_LEAD = 16 << 30
 MAX_WARM_SHAPES = 12
 
 
@@ -167,36 +168,78 @@ class Warmup:
         if cur is not None:
             yield tuple(cur)
 
-    def _read_main(self) -> None:
+    def first_file(self) -> str | None:
+        """The file a conversion of this source reads first, guessed without parsing anything: the source itself,
+        else the first ``*.safetensors`` (by name, a regular file, not a symlink) of its directory."""
+        p = self.source
         try:
-            self._open()
-            if not self._spans:
-                return
+            if os.path.isfile(p) and not os.path.islink(p) and p.endswith(".safetensors"):
+                return p
+            d = p if os.path.isdir(p) else os.path.dirname(p) if p.endswith(".json") else None
+            if d is None:
+                return None
+            names = sorted(n for n in os.listdir(d) if n.endswith(".safetensors"))
+            return next((os.path.join(d, n) for n in names if os.path.isfile(os.path.join(d, n))
+                         and not os.path.islink(os.path.join(d, n))), None)
+        except OSError:
+            return None
+
+    def _wait_lead(self, n: int, until: threading.Event | None = None) -> bool:
+        """Wait until ``n`` more bytes stay within the lead over the pipeline's reader (or ``until`` is set);
+        False: stopped."""
+        with self._cond:
+            while not self._stop and self._ahead > self._consumed and self._ahead + n - self._consumed > self.lead \
+                    and not (until is not None and until.is_set()):
+                self._cond.wait(0.05)
+            return not self._stop
+
+    def _read_main(self) -> None:
+        opener = threading.Thread(target=self._open, name="qg-open", daemon=True)
+        opener.start()
+        fds: dict[str, int] = {}
+        mv = memoryview(bytearray(READ_BLOCK))
+        try:
+            # head start: the first file from its first byte while its header is parsed (imports of the reader
+            # included); the span phase then skips what this read
+            head, upto = self.first_file(), 0
+            block = max(MIN_BLOCK, min(READ_BLOCK, self.lead))
             mark("prefetch_start")
-            buf = bytearray(READ_BLOCK)
-            mv = memoryview(buf)
-            fds: dict[str, int] = {}
-            try:
-                for f, b, e in self._runs():
-                    n = e - b
-                    with self._cond:
-                        while not self._stop and self._ahead > self._consumed \
-                                and self._ahead + n - self._consumed > self.lead:
-                            self._cond.wait(0.05)
-                        if self._stop:
-                            return
+            while head is not None and not self._opened.is_set():
+                if not self._wait_lead(block, until=self._opened):
+                    return
+                if self._opened.is_set():
+                    break
+                if head not in fds:
+                    fds[head] = os.open(head, os.O_RDONLY)
+                got = os.preadv(fds[head], [mv[:block]], upto)
+                if got <= 0:
+                    break
+                upto += got
+                self.prefetched += got
+                with self._cond:
+                    self._ahead += got
+            opener.join()
+            mark("prefetch_spans")
+            with self._cond:
+                self._ahead = 0                     # from here on: span bytes, as the pipeline counts them
+            for f, b, e in self._runs():
+                n = e - b
+                if not self._wait_lead(n):
+                    return
+                if f == head and b < upto:          # read in the head start (in the page cache)
+                    b = min(e, upto)
+                if e > b:
                     if f not in fds:
                         fds[f] = os.open(f, os.O_RDONLY)
-                    got = os.preadv(fds[f], [mv[:n]], b)
-                    self.prefetched += got
-                    with self._cond:
-                        self._ahead += n
-            finally:
-                for fd in fds.values():
-                    os.close(fd)
+                    self.prefetched += os.preadv(fds[f], [mv[:e - b]], b)
+                with self._cond:
+                    self._ahead += n
             mark("prefetch_done")
         except Exception as e:        # noqa: BLE001 - only the page cache was at stake
             self.errors.append(f"prefetch: {type(e).__name__}: {e}"[:300])
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     # ---- GPU ------------------------------------------------------------------------------------------
     def _formats(self):

@@ -105,14 +105,26 @@ class Kernels:
         self.name = self.chain[0].name
         self.priority = getattr(self.chain[0], "priority", 0)
         self._ops = [(b, ops_of(b)) for b in self.chain]
+        self._found: dict = {}
 
     def find(self, op: str, x, out_dtype=None):
-        """The implementation of ``op`` that takes ``x``: the first backend's in the chain, or None."""
+        """The implementation of ``op`` that takes ``x``: the first backend's in the chain, or None. (Remembered per
+        op, device type, dtype, dimensions, size and output dtype -- everything a Needs looks at: the per-call
+        cost of the seam is one dict lookup.)"""
+        key = (op, x.device.type, x.dtype, x.dim(), x.numel(), out_dtype)
+        try:
+            return self._found[key]
+        except KeyError:
+            pass
+        fn = None
         for b, ops in self._ops:
             needs = ops.get(op)
             if needs is not None and needs.refuses(x, out_dtype) is None:
-                return getattr(b, op)
-        return None
+                fn = getattr(b, op)
+                break
+        if len(self._found) < 4096:
+            self._found[key] = fn
+        return fn
 
     def why_not(self, op: str, x, out_dtype=None) -> str:
         """Per backend of the chain, why it does not take this call."""

@@ -43,7 +43,8 @@ NV_BM, NV_BK = 32, 256           # dequantize tile
 CFG = {"amax_programs": 1024, "fp8_block": 4096, "fp8_warps": 8, "fp8_per_sm": 4, "fp8_l2": 0,
        "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "nv_l2": 1,
        "nv_fastdiv": 1, "mx_bm": 32, "mx_bk": 128, "mx_warps": 4,
-       "rot_fused": 0}     # the H200 sweep's winners (benchmarks/results/h200-fastgpu-2026-11-30.json)
+       "rot_fused": 0, "i8_bm": 4, "i8_bk": 1024, "i8_warps": 4, "w4_bm": 4, "w4_bk": 1024, "w4_warps": 4,
+       "i8_onepass": 0, "i8_onepass_bm": 1, "w4_onepass": 0, "w4_onepass_bm": 1}     # the H200 sweep's winners (benchmarks/results/h200-fastgpu-2026-11-30.json)
 for _kv in filter(None, os.environ.get("QUANTGATE_TRITON_CFG", "").split(",")):
     _k, _v = _kv.split("=")
     if _k.strip() not in CFG:
@@ -283,45 +284,78 @@ if triton is not None:
             return x.to(tl.float32)
 
     @triton.jit
+    def _row_amax(a, acc, bad):
+        """Running row max of |x| (a >= 0) and count of non-finite values (NaN and inf both count)."""
+        return tl.maximum(acc, tl.max(a, axis=1)), bad + tl.sum(tl.where(a < float("inf"), 0.0, 1.0), axis=1)
+
+    @triton.jit
+    def _int8_codes(x, sx, KIND: tl.constexpr, HW: tl.constexpr):
+        t = _round_to(tl.math.div_rn(x, sx[:, None]), KIND, HW)
+        t = tl.minimum(tl.maximum(t, -128.0), 127.0)
+        t = (t + 12582912.0) - 12582912.0              # round half to even (|t| <= 128 < 2**22)
+        return t.to(tl.int8)
+
+    @triton.jit
+    def _int8_scale(acc, KIND: tl.constexpr, HW: tl.constexpr, INV127: tl.constexpr, TINY: tl.constexpr):
+        """-> (s stored in fp32, the divisor in the weight's dtype)."""
+        if HW:      # torch on CUDA divides by a Python scalar as a multiply by its fp32 reciprocal (kitchen's
+            s = tl.maximum(acc * INV127, 1e-30)      # eager reference on the GPU); on the CPU it divides
+        else:
+            s = tl.maximum(tl.math.div_rn(acc, 127.0), 1e-30)
+        sx = _round_to(s, KIND, HW)
+        return s, tl.where(sx == 0.0, TINY, sx)
+
+    @triton.jit
     def _int8_rows_kernel(x_ptr, q_ptr, s_ptr, amax_ptr, h_ptr, N, K, KIND: tl.constexpr, BM: tl.constexpr,
                           BK: tl.constexpr, TINY: tl.constexpr, HW: tl.constexpr, INV127: tl.constexpr,
-                          ROT: tl.constexpr):
+                          ROT: tl.constexpr, ONEPASS: tl.constexpr):
         """int8 per row (comfy-kitchen's eager quantize_int8_rowwise on the same device, bit for bit):
-        s = max(amax/127, 1e-30) in fp32 (stored; on CUDA amax x fp32(1/127), as torch computes it there), the division by s rounded to the input dtype (torch divides bf16/fp16 in fp32 and rounds),
-        then round-half-even and clamp [-128, 127]. Two passes over each BM-row strip (the second from L2).
-        ROT > 0: the ConvRot rotation is done here, per group of ROT columns, in both passes (int8-convrot fused)."""
+        s = max(amax/127, 1e-30) in fp32 (stored; on CUDA amax x fp32(1/127), as torch computes it there), the
+        division by s rounded to the input dtype (torch divides bf16/fp16 in fp32 and rounds), then round-half-even
+        and clamp [-128, 127]. ONEPASS (BK >= K): each row strip is loaded once; else two passes over it (the second
+        from L2). ROT > 0: the ConvRot rotation is done here, per group of ROT columns (int8-convrot fused)."""
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rm = rows < N
         base = rows.to(tl.int64)[:, None] * K
         acc = tl.zeros((BM,), dtype=tl.float32)
         bad = tl.zeros((BM,), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            cols = k0 + tl.arange(0, BK)
-            m = rm[:, None] & (cols < K)[None, :]
-            a = tl.abs(_rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT))
-            acc = tl.maximum(acc, tl.max(a, axis=1))
-            bad += tl.sum(tl.where(a < float("inf"), 0.0, 1.0), axis=1)      # NaN and inf both count
-        if HW:      # torch on CUDA divides by a Python scalar as a multiply by its fp32 reciprocal (kitchen's
-            s = tl.maximum(acc * INV127, 1e-30)      # eager reference on the GPU); on the CPU it divides
-        else:
-            s = tl.maximum(tl.math.div_rn(acc, 127.0), 1e-30)
-        tl.store(s_ptr + rows, s, mask=rm)
-        tl.store(amax_ptr + rows, tl.where(bad > 0, float("nan"), acc), mask=rm)
-        sx = _round_to(s, KIND, HW)                       # the divisor in the weight's dtype
-        sx = tl.where(sx == 0.0, TINY, sx)
-        for k0 in range(0, K, BK):
-            cols = k0 + tl.arange(0, BK)
+        if ONEPASS:
+            cols = tl.arange(0, BK)
             m = rm[:, None] & (cols < K)[None, :]
             x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
-            t = _round_to(tl.math.div_rn(x, sx[:, None]), KIND, HW)
-            t = tl.minimum(tl.maximum(t, -128.0), 127.0)
-            t = (t + 12582912.0) - 12582912.0              # round half to even (|t| <= 128 < 2**22)
-            tl.store(q_ptr + base + cols[None, :], t.to(tl.int8), mask=m)
+            acc, bad = _row_amax(tl.abs(x), acc, bad)
+            s, sx = _int8_scale(acc, KIND, HW, INV127, TINY)
+            tl.store(q_ptr + base + cols[None, :], _int8_codes(x, sx, KIND, HW), mask=m)
+        else:
+            for k0 in range(0, K, BK):
+                cols = k0 + tl.arange(0, BK)
+                m = rm[:, None] & (cols < K)[None, :]
+                acc, bad = _row_amax(tl.abs(_rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)), acc, bad)
+            s, sx = _int8_scale(acc, KIND, HW, INV127, TINY)
+            for k0 in range(0, K, BK):
+                cols = k0 + tl.arange(0, BK)
+                m = rm[:, None] & (cols < K)[None, :]
+                x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
+                tl.store(q_ptr + base + cols[None, :], _int8_codes(x, sx, KIND, HW), mask=m)
+        tl.store(s_ptr + rows, s, mask=rm)
+        tl.store(amax_ptr + rows, tl.where(bad > 0, float("nan"), acc), mask=rm)
+
+    @triton.jit
+    def _w4a4_store(p_ptr, pbase, rm, x, s, k0, K, BM: tl.constexpr, BK: tl.constexpr, KIND: tl.constexpr,
+                    HW: tl.constexpr):
+        t = _round_to(tl.math.div_rn(x, s[:, None]), KIND, HW)
+        t = (t + 12582912.0) - 12582912.0              # round half to even (|t| small: s ~ amax / 7)
+        t = tl.where(t == t, tl.minimum(tl.maximum(t, -7.0), 7.0), 0.0)    # NaN (0/0 in fp16) -> 0, as torch
+        c = tl.reshape(t.to(tl.int32), (BM, BK // 2, 2))
+        even, odd = tl.split(c)
+        byte = ((even & 15) | ((odd & 15) << 4)).to(tl.int8)
+        pc = k0 // 2 + tl.arange(0, BK // 2)
+        tl.store(p_ptr + pbase + pc[None, :], byte, mask=rm[:, None] & (pc < K // 2)[None, :])
 
     @triton.jit
     def _w4a4_rows_kernel(x_ptr, p_ptr, s_ptr, amax_ptr, h_ptr, N, K, KIND: tl.constexpr, BM: tl.constexpr,
                           BK: tl.constexpr, HW: tl.constexpr, INV7: tl.constexpr, CMIN: tl.constexpr,
-                          ROT: tl.constexpr):
+                          ROT: tl.constexpr, ONEPASS: tl.constexpr):
         """W4A4 ConvRot per row, on the rotated weight (ROT = 0: x is rotated already; ROT > 0: rotated here), as
         comfy-kitchen's eager quantize_convrot_w4a4_weight computes it on the same device: in the weight's dtype
         amax = max(|row|, dtype(1e-10)), s = amax / 7 (on CUDA amax x fp32(1/7)), codes = round-half-even(r / s)
@@ -329,34 +363,33 @@ if triton is not None:
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rm = rows < N
         base = rows.to(tl.int64)[:, None] * K
+        pbase = rows.to(tl.int64)[:, None] * (K // 2)
         acc = tl.zeros((BM,), dtype=tl.float32)
         bad = tl.zeros((BM,), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            cols = k0 + tl.arange(0, BK)
-            m = rm[:, None] & (cols < K)[None, :]
-            a = tl.abs(_rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT))
-            acc = tl.maximum(acc, tl.max(a, axis=1))
-            bad += tl.sum(tl.where(a < float("inf"), 0.0, 1.0), axis=1)
-        tl.store(amax_ptr + rows, tl.where(bad > 0, float("nan"), acc), mask=rm)
-        acc = tl.maximum(acc, CMIN)
-        if HW:
-            s = _round_to(acc * INV7, KIND, HW)
-        else:
-            s = _round_to(tl.math.div_rn(acc, 7.0), KIND, HW)
-        tl.store(s_ptr + rows, s, mask=rm)
-        pbase = rows.to(tl.int64)[:, None] * (K // 2)
-        for k0 in range(0, K, BK):
-            cols = k0 + tl.arange(0, BK)
+        if ONEPASS:
+            cols = tl.arange(0, BK)
             m = rm[:, None] & (cols < K)[None, :]
             x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
-            t = _round_to(tl.math.div_rn(x, s[:, None]), KIND, HW)
-            t = (t + 12582912.0) - 12582912.0              # round half to even (|t| small: s ~ amax / 7)
-            t = tl.where(t == t, tl.minimum(tl.maximum(t, -7.0), 7.0), 0.0)    # NaN (0/0 in fp16) -> 0, as torch
-            c = tl.reshape(t.to(tl.int32), (BM, BK // 2, 2))
-            even, odd = tl.split(c)
-            byte = ((even & 15) | ((odd & 15) << 4)).to(tl.int8)
-            pc = k0 // 2 + tl.arange(0, BK // 2)
-            tl.store(p_ptr + pbase + pc[None, :], byte, mask=rm[:, None] & (pc < K // 2)[None, :])
+            acc, bad = _row_amax(tl.abs(x), acc, bad)
+        else:
+            for k0 in range(0, K, BK):
+                cols = k0 + tl.arange(0, BK)
+                m = rm[:, None] & (cols < K)[None, :]
+                acc, bad = _row_amax(tl.abs(_rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)), acc, bad)
+        tl.store(amax_ptr + rows, tl.where(bad > 0, float("nan"), acc), mask=rm)
+        if HW:
+            s = _round_to(tl.maximum(acc, CMIN) * INV7, KIND, HW)
+        else:
+            s = _round_to(tl.math.div_rn(tl.maximum(acc, CMIN), 7.0), KIND, HW)
+        tl.store(s_ptr + rows, s, mask=rm)
+        if ONEPASS:
+            _w4a4_store(p_ptr, pbase, rm, x, s, 0, K, BM, BK, KIND, HW)
+        else:
+            for k0 in range(0, K, BK):
+                cols = k0 + tl.arange(0, BK)
+                m = rm[:, None] & (cols < K)[None, :]
+                x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
+                _w4a4_store(p_ptr, pbase, rm, x, s, k0, K, BM, BK, KIND, HW)
 
     @triton.jit
     def _mxfp8_kernel(x_ptr, q_ptr, s_ptr, amax_ptr, N, K, NP, KP, C4, ntk,
@@ -541,7 +574,6 @@ def quantize_nvfp4_async(x: torch.Tensor, global_scale: torch.Tensor | None = No
 
 _TINY = {torch.float32: torch.finfo(torch.float32).tiny, torch.bfloat16: torch.finfo(torch.bfloat16).tiny,
          torch.float16: torch.finfo(torch.float16).tiny}
-INT8_BM, INT8_BK = 4, 1024
 
 
 def _hadamard_for(x: torch.Tensor, rot: int):
@@ -562,18 +594,30 @@ def quantize_int8_rows_async(x: torch.Tensor, hw: bool | None = None, rot: int =
     s = torch.empty((n, 1), dtype=torch.float32, device=x.device)
     rows = torch.empty(max(n, 1), dtype=torch.float32, device=x.device)
     if n and k:
-        bm = max(INT8_BM, 16) if rot else INT8_BM
+        bm, bk, one = _row_tiling(k, rot, "i8")
         _int8_rows_kernel[(triton.cdiv(n, bm),)](x, q, s, rows, _hadamard_for(x, rot), n, k, KIND=_KIND[x.dtype],
-                                                 BM=bm, BK=rot or min(INT8_BK, _pow2(k)), TINY=_TINY[x.dtype], HW=hw,
-                                                 INV127=float(torch.tensor(1.0) / torch.tensor(127.0)), ROT=rot,
-                                                 num_warps=4)
+                                                 BM=bm, BK=bk, TINY=_TINY[x.dtype], HW=hw, INV127=_INV127, ROT=rot,
+                                                 ONEPASS=one, num_warps=CFG["i8_warps"])
     else:
         rows.zero_()
         s.fill_(1e-30)
     return q, s, rows[:n].amax() if n else rows[0]
 
 
-W4A4_BM, W4A4_BK = 4, 1024
+def _row_tiling(k: int, rot: int, key: str) -> tuple[int, int, bool]:
+    """(rows a program, columns a step, one pass?) of the per-row kernels: a whole row in one tile where
+    pow2(K) <= CFG[key_onepass] (rows loaded once), else BK-column steps in two passes; the fused rotation steps one
+    ConvRot group at a time (tl.dot needs 16 rows)."""
+    if rot:
+        return max(CFG[f"{key}_bm"], 16), rot, False
+    if _pow2(k) <= CFG[f"{key}_onepass"]:
+        return CFG[f"{key}_onepass_bm"], _pow2(k), True
+    return CFG[f"{key}_bm"], min(CFG[f"{key}_bk"], _pow2(k)), False
+
+
+_INV127 = float(torch.tensor(1.0) / torch.tensor(127.0))     # torch's fp32 reciprocals of the Python divisors
+_INV7 = float(torch.tensor(1.0) / torch.tensor(7.0))
+_CMIN_1E10 = {dt: float(torch.tensor(1e-10, dtype=dt).float()) for dt in _KIND}     # clamp(min=1e-10) in each dtype
 
 
 def quantize_w4a4_rows_async(x: torch.Tensor, hw: bool | None = None, rot: int = 0):
@@ -588,12 +632,10 @@ def quantize_w4a4_rows_async(x: torch.Tensor, hw: bool | None = None, rot: int =
     s = torch.empty((n,), dtype=torch.float32, device=x.device)
     rows = torch.empty(max(n, 1), dtype=torch.float32, device=x.device)
     if n and k:
-        bm = max(W4A4_BM, 16) if rot else W4A4_BM
-        cmin = float(torch.tensor(1e-10, dtype=x.dtype).float())       # clamp(min=1e-10) in the weight's dtype
+        bm, bk, one = _row_tiling(k, rot, "w4")
         _w4a4_rows_kernel[(triton.cdiv(n, bm),)](x, p, s, rows, _hadamard_for(x, rot), n, k, KIND=_KIND[x.dtype],
-                                                 BM=bm, BK=rot or max(2, min(W4A4_BK, _pow2(k))), HW=hw,
-                                                 INV7=float(torch.tensor(1.0) / torch.tensor(7.0)), CMIN=cmin,
-                                                 ROT=rot, num_warps=4)
+                                                 BM=bm, BK=max(2, bk), HW=hw, INV7=_INV7, CMIN=_CMIN_1E10[x.dtype],
+                                                 ROT=rot, ONEPASS=one, num_warps=CFG["w4_warps"])
     else:
         rows.zero_()
     return p, s, rows[:n].amax() if n else rows[0]

@@ -41,11 +41,12 @@ def test_prefetch_reads_in_the_pipelines_order_and_stays_within_its_lead(model):
     assert w._spans == spans                           # source key order = the pipeline's read order
     assert [(d, s) for d, s in w._dtype_shapes][:1] and all(len(s) == 2 for _, s in w._dtype_shapes)
     time.sleep(0.3)
-    assert 0 < w.prefetched <= lead and w._read.is_alive()       # waits for the pipeline: host memory bounded
+    block = max(startup.MIN_BLOCK, min(startup.READ_BLOCK, lead))
+    assert 0 < w.prefetched <= lead + 2 * block and w._read.is_alive()    # waits for the pipeline: memory bounded
     for _f, b, e in spans:                             # the pipeline reads on
         w.consumed(e - b)
     w._read.join(30)
-    assert not w._read.is_alive() and w.prefetched == total and not w.errors
+    assert not w._read.is_alive() and total <= w.prefetched <= total + model.stat().st_size and not w.errors
 
 
 def test_runs_merge_adjacent_spans_and_split_big_ones(monkeypatch):
@@ -64,7 +65,16 @@ def test_a_refused_source_is_left_to_the_conversion(tmp_path):
     w = startup.Warmup(bad, "cuda", "fp8")
     w._read.start()
     w._read.join(30)
-    assert w.prefetched == 0 and w.errors and w.errors[0].startswith("open: ")
+    assert w.prefetched <= bad.stat().st_size and w.errors and w.errors[0].startswith("open: ")
+
+
+def test_the_head_start_reads_only_regular_files_of_the_sources_directory(tmp_path):
+    (tmp_path / "a.safetensors").symlink_to("/etc/hostname")
+    (tmp_path / "b.safetensors").write_bytes(b"x")
+    idx = tmp_path / "model.safetensors.index.json"
+    assert startup.Warmup(idx, "cuda", "fp8").first_file() == str(tmp_path / "b.safetensors")
+    assert startup.Warmup(tmp_path, "cuda", "fp8").first_file() == str(tmp_path / "b.safetensors")
+    assert startup.Warmup(tmp_path / "a.safetensors", "cuda", "fp8").first_file() is None
 
 
 def test_off_switch_and_cpu_devices_start_nothing(monkeypatch, model):
