@@ -104,14 +104,15 @@ def _ssim_pair(a, b):
 def calibration_seed_overlap(path, seeds) -> list[int]:
     """Sampler seeds of the candidate's calibration (``quantgate.calibration`` metadata that convert
     --calibration writes) that are also render seeds of this gate run."""
-    import json as _json
     if twin.is_gguf(path):
         return []
+    from quant.inputs import parse_json
     from quant.safetensors_io import read_header
     try:
         meta = read_header(path).metadata or {}
-        cal = _json.loads(meta.get("quantgate.calibration") or "{}")
-    except (InputError, ValueError, TypeError):
+        cal = parse_json(meta.get("quantgate.calibration") or "{}", path, what="quantgate.calibration metadata",
+                         max_bytes=1 << 20)
+    except (InputError, TypeError):      # unreadable or hostile metadata: no seeds known, nothing to warn about
         return []
     got = cal.get("seeds") if isinstance(cal, dict) else None
     if not isinstance(got, list):

@@ -141,3 +141,23 @@ def test_plan_shows_the_budget_decisions_convert_makes(cli, thin_wan5b, tmp_path
              if t["reason"].startswith("--budget-bits 5.5")}
     s = convert(thin_wan5b, tmp_path / "b.safetensors", "nvfp4", budget_bits=5.5)
     assert shown and {k: v["action"] for k, v in shown.items()} == {k: v["action"] for k, v in s.budget["layers"].items()}
+
+
+def test_act_samples_of_kept_layers_are_ignored_and_of_foreign_layers_refused(thin_wan5b, samples, tmp_path):
+    """One recording of every Linear (`calibrate --act-samples`) serves any preset: rows of a layer the plan keeps
+    are ignored; rows of a layer the model does not have mean the wrong file (one InputError naming it)."""
+    from quant.errors import InputError
+    _, acts, _ = samples
+    with open_source(thin_wan5b) as src:
+        plan = make_plan(src, None, "nvfp4")
+        kept = next(d for d in plan.decisions if d.action == "keep" and len(d.shape) == 2 and d.name.endswith(".weight"))
+    with SafetensorsFile(acts) as f:
+        rows = {k[: -len(".input")]: f.get(k) for k in f.keys()}
+    save_samples({**rows, kept.layer: torch.randn(8, kept.shape[1])}, tmp_path / "all.safetensors")
+    s = convert(thin_wan5b, tmp_path / "ok.safetensors", "nvfp4", rounding="gptq", act_samples=tmp_path / "all.safetensors")
+    assert s.rounding.startswith("gptq")
+    save_samples({**rows, "blocks.999.nope": torch.randn(8, 16)}, tmp_path / "foreign.safetensors")
+    with pytest.raises(InputError, match="blocks.999.nope"):
+        convert(thin_wan5b, tmp_path / "bad.safetensors", "nvfp4", rounding="gptq",
+                act_samples=tmp_path / "foreign.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
