@@ -441,10 +441,12 @@ def calibrated_on(path) -> str | None:
     convert --act-stats writes), or None."""
     if twin.is_gguf(path):
         return None
+    from quant.inputs import parse_json
     from quant.safetensors_io import read_header
     try:
-        cal = json.loads((read_header(path).metadata or {}).get("quantgate.calibration") or "{}")
-    except (InputError, ValueError, TypeError):
+        cal = parse_json((read_header(path).metadata or {}).get("quantgate.calibration") or "{}", path,
+                         what="quantgate.calibration metadata", max_bytes=1 << 20)
+    except (InputError, TypeError):     # unreadable or hostile metadata: no provenance known
         return None
     sha = cal.get("model_sha256") if isinstance(cal, dict) else None
     return sha.lower() if isinstance(sha, str) and len(sha) == 64 else None

@@ -124,13 +124,15 @@ def file_provenance(st: Structure, f: Findings, source) -> dict | None:
     the statistics were recorded on (``quantgate.calibration`` metadata: ``model_sha256``); when that is not
     the source's sha256 the scales belong to another model -- e.g. WAN 2.2 A14B's other expert, whose layers
     have the same names and shapes (an error naming both). Files without that record: None (nothing to check)."""
-    import json
     from pathlib import Path
 
     from quant.activations import statistics as _cal
+    from quant.errors import InputError
+    from quant.inputs import parse_json
     try:
-        meta = json.loads(st.metadata.get("quantgate.calibration") or "{}")
-    except ValueError:
+        meta = parse_json(st.metadata.get("quantgate.calibration") or "{}", source,
+                          what="quantgate.calibration metadata", max_bytes=1 << 20)
+    except (InputError, TypeError):     # unreadable or hostile metadata: nothing to compare
         return None
     got = meta.get("model_sha256") if isinstance(meta, dict) else None
     p = Path(source)

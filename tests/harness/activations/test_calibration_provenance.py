@@ -89,3 +89,23 @@ def test_verify_with_source_fails_a_file_calibrated_on_another_model(thin_source
     rep = verify(good, thin_source, header_only=True)
     assert "calibration.foreign" not in {f.rule for f in rep.findings.all()}, rep.lines()
     assert rep.calibration["file_provenance"]["foreign"] is False
+
+
+def test_hostile_calibration_metadata_is_no_provenance_not_a_traceback(tmp_path, thin_source):
+    """The render gate's and verify's provenance read of the candidate's own metadata (anyone's): nesting past
+    Python's recursion limit, NaN, not JSON -- no provenance, no crash; a well-formed one is read."""
+    import torch
+
+    from harness.render import gate
+    from harness.verify import verify
+    from quant.safetensors_io import save_file
+    t = {"a.weight": torch.zeros(4, 4)}
+    for i, text in enumerate(["[" * 100_000 + "]" * 100_000, '{"model_sha256": NaN}', "not json"]):
+        p = tmp_path / f"h{i}.safetensors"
+        save_file(t, p, {"quantgate.calibration": text})
+        assert gate.calibrated_on(p) is None, text[:20]
+        rep = verify(p, thin_source, header_only=True)
+        assert "calibration.foreign" not in {f.rule for f in rep.findings.all()}
+    p = tmp_path / "ok.safetensors"
+    save_file(t, p, {"quantgate.calibration": '{"model_sha256": "' + "Ab" * 32 + '"}'})
+    assert gate.calibrated_on(p) == "ab" * 32
