@@ -75,6 +75,7 @@ def gptq_block_time(action, device, cfg, scale=1.0, blocks=1):
 
 
 def main(argv=None):
+    global gptq
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda")
@@ -85,11 +86,19 @@ def main(argv=None):
     ap.add_argument("--no-block", action="store_true", help="skip the A14B block timing")
     ap.add_argument("--only-block", action="store_true", help="only the A14B expert timing (GPTQ, the recipe)")
     ap.add_argument("--blocks", type=int, nargs="+", default=[1], help="blocks batched together (each a timing)")
+    ap.add_argument("--gptq-file", help="time this copy of quant/rounding/gptq.py instead (a before/after run)")
+    ap.add_argument("--formats", default="nvfp4,fp8", help="comma-separated: nvfp4, fp8")
     a = ap.parse_args(argv)
+    if a.gptq_file:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("gptq_under_test", a.gptq_file)
+        gptq = sys.modules["gptq_under_test"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(gptq)
     dev = a.device
     layers = [(n, tuple(max(16, int(round(x * a.scale / 16)) * 16) for x in s)) for n, s in G.LAYERS]
     names = [n for n, _ in layers]
     res = {"device": torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu", "torch": torch.__version__,
+           "gptq_file": a.gptq_file or "quant/rounding/gptq.py",
            "calib_rows": G.CALIB_ROWS, "held_out_rows": G.HELD_ROWS,
            "layers": [{"name": n, "shape": list(s)} for n, s in layers], "formats": {}}
     ws, calib, held, hs = {}, {}, {}, {}
@@ -159,6 +168,7 @@ def main(argv=None):
     }
     if a.only_block:
         methods = {k: {} for k in methods}
+    methods = {k: v for k, v in methods.items() if k in a.formats.split(",")}
     for act, ms in methods.items():
         f = res["formats"].setdefault(act, {"methods": {}})
         rtn_db = None

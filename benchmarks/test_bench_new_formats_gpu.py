@@ -42,13 +42,17 @@ def _record(benchmark, fn, key, nbytes, **info):
     return gbs
 
 
+def _write_results():
+    out = Path(os.environ.get("QG_BENCH_OUT", ROOT / "benchmarks" / "results" / "gpu-new-formats.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(RESULTS, indent=1) + "\n")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _dump():
     RESULTS["device"] = torch.cuda.get_device_name()
     yield
-    out = Path(os.environ.get("QG_BENCH_OUT", ROOT / "benchmarks" / "results" / "gpu-new-formats.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(RESULTS, indent=1) + "\n")
+    _write_results()
 
 
 def test_bench_hbm_copy(benchmark):
@@ -109,8 +113,24 @@ def _nbytes(out: dict, x) -> int:
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("fmt", NEW)
-@pytest.mark.parametrize("impl", ["quantgate", "kitchen-eager", "kitchen-cuda"])
+@pytest.mark.parametrize("impl", ["quantgate", "quantgate-async", "quantgate-fused", "kitchen-eager", "kitchen-cuda"])
 def test_bench_new_format(benchmark, weights, fmt, impl, shape):
+    """quantgate: the format's quantize() on CUDA (the kernel seam, one host sync for the finiteness check);
+    quantgate-async: its quantize_async (the pipelined converter's no-sync kernels), where it has one;
+    quantgate-fused: the ConvRot formats' async path with the rotation inside the kernel (tl.dot, CFG rot_fused=1,
+    off by default): recorded, its bit-exactness with kitchen's eager reference is the question asked."""
+    from quant.kernels import triton_quant as tq
+    if impl == "quantgate-fused":
+        if fmt not in ("int8-convrot", "w4a4-convrot"):
+            pytest.skip("no rotation to fuse")
+        tq.CFG["rot_fused"] = 1
+    try:
+        _bench_new_format(benchmark, weights, fmt, impl, shape)
+    finally:
+        tq.CFG["rot_fused"] = 0
+
+
+def _bench_new_format(benchmark, weights, fmt, impl, shape):
     if shape not in NEW_FORMAT_SHAPES:
         pytest.skip("the new formats are measured at 14336x5120 (QG_NEW_SHAPES=all for every shape)")
     from quant import formats
@@ -120,6 +140,12 @@ def test_bench_new_format(benchmark, weights, fmt, impl, shape):
     ref = _kitchen(fmt, x, conf, "eager")()
     if impl == "quantgate":
         fn = lambda: f.quantize(x)          # noqa: E731
+    elif impl in ("quantgate-async", "quantgate-fused"):
+        from quant.kernels import get_backend
+        be = get_backend("cuda")
+        if f.quantize_async(be, x) is None:
+            pytest.skip(f"{fmt} has no async path (quantize() serves the pipeline)")
+        fn = lambda: f.quantize_async(be, x)[0]          # noqa: E731
     else:
         fn = _kitchen(fmt, x, conf, impl.split("-")[1])
     try:
@@ -130,8 +156,78 @@ def test_bench_new_format(benchmark, weights, fmt, impl, shape):
     exact = _same(out, ref)
     _record(benchmark, fn, f"{fmt} {impl} {shape[0]}x{shape[1]}", _nbytes(out, x),
             bit_exact_with_kitchen_eager_on_cuda=exact)
-    if impl == "quantgate":
+    if impl in ("quantgate", "quantgate-async"):
         assert exact, f"{fmt}: quantgate's CUDA bytes differ from kitchen's eager reference on the same device"
+
+
+ROW_TILINGS = {     # QUANTGATE_TRITON_CFG keys of the per-row kernels (int8, int8-convrot, w4a4-convrot); A = defaults
+    "A": {},
+    "B": {"onepass": 8192, "onepass_bm": 1},
+    "C": {"onepass": 8192, "onepass_bm": 2, "warps": 8},
+    "E": {"bm": 8, "bk": 2048, "warps": 8},
+}
+
+
+@pytest.mark.parametrize("tiling", list(ROW_TILINGS))
+@pytest.mark.parametrize("fmt", ["int8", "int8-convrot", "w4a4-convrot"])
+def test_bench_row_kernel_tiling(benchmark, weights, fmt, tiling):
+    """The per-row kernels' launch shapes (one pass with the whole row in registers, or two passes over BK-column
+    steps): the same bytes for every one (checked against kitchen's eager reference on the device), GB/s per tiling."""
+    from quant import formats
+    from quant.kernels import get_backend
+    from quant.kernels import triton_quant as tq
+    shape = NEW_FORMAT_SHAPES[0]
+    x = weights[shape]
+    f = formats.get(fmt)
+    ref = _kitchen(fmt, x, f.layer_config(False, None, shape), "eager")()
+    key = "i8" if fmt != "w4a4-convrot" else "w4"
+    saved = dict(tq.CFG)
+    try:
+        for k, v in ROW_TILINGS[tiling].items():
+            tq.CFG[f"{key}_{k}"] = v
+        be = get_backend("cuda")
+        fn = lambda: f.quantize_async(be, x)[0]          # noqa: E731
+        out = fn()
+        exact = _same(out, ref)
+        _record(benchmark, fn, f"{fmt} tiling-{tiling} {shape[0]}x{shape[1]}", _nbytes(out, x),
+                tiling={f"{key}_{k}": v for k, v in ROW_TILINGS[tiling].items()}, bit_exact_with_kitchen_eager_on_cuda=exact)
+    finally:
+        tq.CFG.clear()
+        tq.CFG.update(saved)
+    assert exact
+
+
+def test_bench_new_formats_summary(benchmark):
+    """Per format and shape measured above: quantgate (sync op and no-sync path) against comfy-kitchen's CUDA
+    backend and the HBM copy rate of the same run, on the card named in RESULTS["device"]."""
+    benchmark.pedantic(lambda: None, rounds=1)
+    rows, hbm = RESULTS["rows"], RESULTS["rows"].get("hbm_copy", {}).get("gb_per_s")
+    out = {}
+    for fmt in NEW:
+        for shape in NEW_FORMAT_SHAPES:
+            key = f"{shape[0]}x{shape[1]}"
+            got = {impl: rows.get(f"{fmt} {impl} {key}", {})
+                   for impl in ("quantgate", "quantgate-async", "quantgate-fused", "kitchen-cuda")}
+            ck = got["kitchen-cuda"].get("gb_per_s")
+            r = {"card": RESULTS["device"], "hbm_copy_gb_s": hbm, "kitchen_cuda_gb_s": ck,
+                 "kitchen_cuda_bit_exact_with_its_eager": got["kitchen-cuda"].get("bit_exact_with_kitchen_eager_on_cuda")}
+            for impl in ("quantgate", "quantgate-async", "quantgate-fused"):
+                g = got[impl].get("gb_per_s")
+                if g:
+                    r[f"{impl}_gb_s"] = g
+                    r[f"{impl}_share_of_hbm"] = round(g / hbm, 3) if hbm else None
+                    r[f"{impl}_vs_kitchen_cuda"] = round(g / ck, 3) if ck else None
+                    r[f"{impl}_bit_exact"] = got[impl].get("bit_exact_with_kitchen_eager_on_cuda")
+            tilings = {k.split()[1]: v.get("gb_per_s") for k, v in rows.items()
+                       if k.startswith(f"{fmt} tiling-") and k.endswith(key) and v.get("bit_exact_with_kitchen_eager_on_cuda")}
+            if tilings:
+                best = max(tilings, key=tilings.get)
+                r.update(best_tiling=best, best_tiling_gb_s=tilings[best],
+                         best_tiling_vs_kitchen_cuda=round(tilings[best] / ck, 3) if ck else None)
+            out[f"{fmt} {key}"] = r
+    RESULTS["summary"] = out
+    benchmark.extra_info.update(out)
+    print("\n" + json.dumps(out, indent=1))
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -154,21 +250,28 @@ def test_bench_fp8_backend_op_overhead(benchmark, weights, shape):
     assert raw > 0
 
 
-def _cli_convert(src, out, fmt):
-    """The whole CLI (`python -m harness.cli convert --device cuda`), a fresh process: (wall s, summary)."""
+def _cli_convert(src, out, fmt, serial_start=False, timeline=None):
+    """The whole CLI (`python -m harness.cli convert --device cuda`), a fresh process: (wall s, summary).
+    ``serial_start``: QUANTGATE_WARMUP=0, the start-up before quant.startup (imports, CUDA and kernels, then the
+    first read); ``timeline``: where the CLI writes its start-up timeline (QUANTGATE_TIMELINE)."""
     import subprocess
     import sys
     import time
     cmd = [sys.executable, "-m", "harness.cli", "convert", str(src), "-o", str(out), "-f", fmt,
            "--device", "cuda", "--force", "-q", "--json"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+               QUANTGATE_WARMUP="0" if serial_start else "1")
+    if timeline is not None:
+        env["QUANTGATE_TIMELINE"] = str(timeline)
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))), capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     assert p.returncode == 0, p.stderr[-3000:]
     return wall, json.loads(p.stdout[p.stdout.index("{"):])
 
 
-E2E_FORMATS = tuple(os.environ.get("QG_E2E_FORMATS", ",".join(("fp8", *NEW))).split(","))
+# "fmt@serial": the same format with the serial start-up (QUANTGATE_WARMUP=0): the before of the same run
+E2E_FORMATS = tuple(os.environ.get("QG_E2E_FORMATS", ",".join(("fp8@serial", "fp8", "nvfp4", *NEW))).split(","))
 
 
 def test_bench_e2e_wan5b_whole_cli_every_format(benchmark, tmp_path_factory):
@@ -179,29 +282,40 @@ def test_bench_e2e_wan5b_whole_cli_every_format(benchmark, tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e_new")
     files, _largest = _make_fp32_shards(base / "wan2.2_ti2v_5B")
     src = base / "wan2.2_ti2v_5B" / "diffusion_pytorch_model.safetensors.index.json"
-    from harness.fixtures.synth import make_model
-    tiny = make_model("wan22-ti2v-5b-thin", base / "tiny.safetensors", dtype=torch.float32)
-    for fmt in E2E_FORMATS:                         # warm-up: Triton's disk cache, once per machine
-        _cli_convert(tiny, base / f"tiny_{fmt}.safetensors", fmt)
+    from quant import startup
+    t0 = __import__("time").perf_counter()
+    for fmt in dict.fromkeys(f.split("@")[0] for f in E2E_FORMATS):
+        # warm-up: Triton's disk cache (once per machine) for this source's shapes, here in one process (the
+        # CLI's own warm-up thread, run synchronously), instead of one tiny CLI conversion per format
+        w = startup.Warmup(src, "cuda", fmt)
+        w._open()
+        w._gpu_main()
+        assert not w.errors, w.errors
+    RESULTS["e2e_kernel_warmup_s"] = round(__import__("time").perf_counter() - t0, 1)
     rows = {}
     src_bytes = sum(f.stat().st_size for f in files)
     _drop_caches()
     read_cold = _read_s(files)                      # the cold-read half of the floor, once
-    for fmt in E2E_FORMATS:
+    for run in E2E_FORMATS:
+        fmt, _, how = run.partition("@")
         out = base / f"out_{fmt}.safetensors"
+        tl = base / f"timeline_{fmt}_{how or 'overlapped'}.json"
         dropped = _drop_caches()
-        wall, summ = _cli_convert(src, out, fmt)
+        wall, summ = _cli_convert(src, out, fmt, serial_start=how == "serial", timeline=tl)
         out_bytes = out.stat().st_size
         out.unlink()
         write_s = _write_s(base / "write_probe.bin", out_bytes)
         floor = read_cold + write_s
-        rows[fmt] = dict(page_cache_dropped=dropped, source_bytes=src_bytes, output_bytes=out_bytes,
+        rows[run] = dict(start_up="serial (QUANTGATE_WARMUP=0)" if how == "serial" else "overlapped (quant.startup)",
+                         timeline=json.loads(tl.read_text()) if tl.exists() else None,
+                         page_cache_dropped=dropped, source_bytes=src_bytes, output_bytes=out_bytes,
                          read_cold_s=round(read_cold, 2), write_fsync_s=round(write_s, 2), floor_cold_s=round(floor, 2),
                          cli_wall_s=round(wall, 2), convert_s=round(summ["seconds"], 2),
                          ratio_cli_wall=round(wall / floor, 3), ratio_convert=round(summ["seconds"] / floor, 3),
                          layers=summ["layers"], target_cli_wall=1.25)
-        print(f"\n{fmt}: " + json.dumps(rows[fmt]))
-    RESULTS["e2e_whole_cli"] = rows
+        print(f"\n{run}: " + json.dumps(rows[run]))
+        RESULTS["e2e_whole_cli"] = rows
+        _write_results()                            # a run cut short keeps the rows measured so far
     benchmark.extra_info.update(rows)
     benchmark.pedantic(lambda: None, rounds=1, warmup_rounds=0)
     assert all(r["output_bytes"] > 0 for r in rows.values())

@@ -108,10 +108,38 @@ def main(argv: list[str] | None = None) -> int:
                 pass
 
 
+class _Quiet(argparse.ArgumentParser):
+    """The early look at a convert command line: never prints, never exits (the real parser does both)."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+def _early_start(argv: list[str] | None) -> None:
+    """``convert ... --device cuda``: start CUDA, the target format's kernels and the first reads in the
+    background (quant.startup) before the other commands' modules are imported and the arguments parsed."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "convert" or "-h" in argv or "--help" in argv or "--device" not in " ".join(argv):
+        return
+    try:
+        p = _Quiet(add_help=False)
+        sub = p.add_subparsers(dest="command", parser_class=_Quiet)
+        importlib.import_module("harness.commands.convert").register(sub)
+        args, _rest = p.parse_known_args(argv)
+    except (ValueError, SystemExit):
+        return                                  # the real parser reports it
+    from quant import startup
+    startup.begin(args.source, args.device, args.target)
+
+
 def _main(argv: list[str] | None) -> int:
     debug = bool(os.environ.get("QUANTGATE_DEBUG"))
+    from quant import startup
+    startup.mark("entry")
+    _early_start(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    startup.mark("parsed")
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -144,6 +172,7 @@ def _main(argv: list[str] | None) -> int:
         print("quantgate: out of memory", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
+        startup.end()
         if token is not None:
             from quant.sources import ALLOW_OUTSIDE
             ALLOW_OUTSIDE.reset(token)
@@ -157,12 +186,23 @@ def entry() -> None:
     died with SIGABRT ("terminate called without an active exception", 1 run in ~10 of an interrupted
     pipelined convert), which would turn the documented exit 130 into a crash."""
     rc = main()
-    if rc == EXIT_INTERRUPTED:
+    from quant import startup
+    startup.mark("exit")
+    try:
+        startup.write_timeline()
+    except Exception as e:    # noqa: BLE001 - a measurement aid: never the command's result
+        print(f"quantgate: timeline not written: {e}", file=sys.stderr)
+    if rc == EXIT_INTERRUPTED or (rc == 0 and startup.current() is not None):
+        # a CUDA convert that has written, fsynced and renamed its output: atexit handlers run, the interpreter's
+        # teardown of torch and the CUDA context is left to the process exit (measured part of the whole CLI's time)
         for f in (sys.stdout, sys.stderr):
             try:
                 f.flush()
             except (OSError, ValueError):
                 pass
+        if rc == 0:
+            import atexit
+            atexit._run_exitfuncs()
         os._exit(rc)
     sys.exit(rc)
 

@@ -160,6 +160,7 @@ THIN: dict[str, Arch] = {
     "flux2-klein-4b-thin": ARCHS["flux2-klein-4b"].thin(hidden=256, double=1, single=1, ctx=512),
     # the nightly's largest layouts that fit the GPU box's 64 GB disk (real width, fewer blocks)
     "qwen-image-nightly": ARCHS["qwen-image"].thin(num_layers=16),
+    "qwen-image-1block": ARCHS["qwen-image"].thin(num_layers=1),       # the Qwen nightly's CPU dry run
     "wan22-t2v-a14b-nightly": ARCHS["wan22-t2v-a14b"].thin(num_layers=10),
 }
 

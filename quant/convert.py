@@ -288,6 +288,8 @@ def run(req: ConvertRequest) -> Summary:
     foreign = _foreign(req, stats)
     out = req.out
     t0 = time.perf_counter()
+    from . import startup
+    startup.mark("convert_start")
     with open_source(req.source) as src:
         a = req.activations
         check_output(out, [req.source, *src.files, req.plan.from_gguf, req.rounding.samples,
@@ -302,6 +304,8 @@ def run(req: ConvertRequest) -> Summary:
         strategy = _write(req, src, the_plan, amax, out, entries, meta, marker)
     summary.bytes_out = out.stat().st_size
     summary.seconds = time.perf_counter() - t0
+    startup.end()
+    startup.mark("convert_end")
     if req.rounding.learned:
         summary.rounding, summary.learned = "learned", strategy.stats.as_dict()
     elif req.rounding.gptq or req.rounding.scale_search:
@@ -563,7 +567,8 @@ def _searched_strategy(req: ConvertRequest, the_plan):
 
 
 def _check_samples(req: ConvertRequest, the_plan, rows: int, seed: int) -> None:
-    """2-D weights only; activation samples only for quantized layers."""
+    """2-D weights only; activation samples only for layers of this model (samples of layers the plan keeps are
+    ignored: one recording, e.g. `calibrate --act-samples` of every Linear, serves any preset or budget)."""
     from quant.activations.samples import ActivationSamples
     q = the_plan.quantized()
     for d in q:
@@ -573,11 +578,11 @@ def _check_samples(req: ConvertRequest, the_plan, rows: int, seed: int) -> None:
     if req.rounding.samples:
         c = ActivationSamples(req.rounding.samples, rows, seed)
         try:
-            unknown = c.layers - {d.layer for d in q}
+            unknown = c.layers - {d.layer for d in the_plan.decisions}
         finally:
             c.close()
         if unknown:
-            raise InputError(f"activations given for {len(unknown)} layers that are not quantized "
+            raise InputError(f"activations given for {len(unknown)} layers this model does not have "
                              f"(first: {sorted(unknown)[0]!r})", req.rounding.samples)
 
 

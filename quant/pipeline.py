@@ -209,13 +209,18 @@ class _Run:
         self.abort.set()
 
     def reader(self):
+        from . import startup
+        warm = startup.current()
         try:
+            startup.mark("first_read")
             for group in _groups(self.items):
                 start, total = group[0].begin, group[-1].begin + group[-1].nbytes - group[0].begin
                 rec = self.rring.alloc(total)
                 raw = self.rring.view(rec, 0, total)
                 if total:
                     self.src.pread_into(group[0].file, start, memoryview(raw.numpy()).cast("B"))
+                if warm is not None:
+                    warm.consumed(sum(it.nbytes for it in group))
                 shared = _Shared(self.rring, rec, len(group))
                 for it in group:
                     t = _as_tensor(raw[it.begin - start: it.begin - start + it.nbytes], it.dtype, it.shape)
@@ -334,7 +339,10 @@ class _Gpu:
     otherwise the format's synchronous ops run on the kernel stream as they are (they may synchronize)."""
 
     def __init__(self, device: str, fmt, be, oring: Ring):
+        from . import startup
         from .kernels import ASYNC_OPS
+        if startup.current() is not None:
+            startup.current().wait_gpu()       # its kernels were loaded in the background (quant.startup)
         dev = torch.device(device)
         self.dev = dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(self.dev)

@@ -174,35 +174,6 @@ class GGUFSource(Source):
         return torch.from_numpy(np.ascontiguousarray(arr).copy()).reshape(info.shape)
 
 
-def load_json(path, what: str = "JSON file"):
-    """A small JSON file read defensively: no NaN/Infinity, numbers bounded, nesting bounded, lone
-    surrogates refused; every failure is one InputError line naming the file."""
-    from .safetensors_io.json_bounded import Reject, depth, has_lone_surrogate, loads, plain
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise InputError("no such file", p) from None
-    except IsADirectoryError:
-        raise InputError(f"is a directory, expected a {what}", p) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", p) from None
-    try:
-        obj = loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{what} is not UTF-8 text", p) from None
-    except RecursionError:
-        raise InputError(f"{what} is not valid JSON (nested too deeply)", p) from None
-    except ValueError as e:         # JSONDecodeError, _Reject, the int-digit limit
-        why = getattr(e, "msg", None) or (str(e) if isinstance(e, Reject) else "a number out of range")
-        raise InputError(f"{what} is not valid JSON ({why})", p) from None
-    if depth(obj) > 64:
-        raise InputError(f"{what} is not valid JSON (nested too deeply)", p)
-    if has_lone_surrogate(obj):
-        raise InputError(f"{what} holds a lone UTF-16 surrogate (\\uD800-\\uDFFF escape)", p)
-    return plain(obj)
-
-
 def _inside(p: Path, root: Path) -> bool:
     try:
         p.resolve().relative_to(root.resolve())
@@ -212,15 +183,10 @@ def _inside(p: Path, root: Path) -> bool:
 
 
 def _from_index(index: Path, allow_outside: bool = False) -> SafetensorsSource:
-    obj = load_json(index, "safetensors index")
-    wm = obj.get("weight_map") if isinstance(obj, dict) else None
-    if not isinstance(wm, dict):
-        raise InputError("not a safetensors index (expected JSON with a 'weight_map' object)", index)
+    from .inputs import safetensors_index
+    wm = safetensors_index(index)["weight_map"]
     if not wm:
         raise InputError("the index's weight_map is empty: no tensors to read", index)
-    bad = next((k for k, v in wm.items() if not isinstance(v, str) or not v), None)
-    if bad is not None:
-        raise InputError(f"weight_map[{short(bad)}] is not a shard file name (a non-empty string)", index)
     root = index.parent
     files = []
     for shard in dict.fromkeys(wm.values()):

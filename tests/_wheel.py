@@ -3,6 +3,7 @@ fresh venv that borrows an existing environment's packages (this one's, or the u
 .pth that runs ``site.addsitedir`` (so that environment's own .pth files apply too). Nothing is downloaded."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,15 @@ IGNORE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycach
                                 ".pytest_cache", "demo-out", "tests", "benchmarks", "*.safetensors", "nodepack")
 
 
+def clean_env() -> dict:
+    """This environment without PYTHONPATH: ``./qg`` puts the checkout on it, and a checkout holding a
+    hand-built ``quantgate.egg-info`` would then make pip believe quantgate is already installed."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "QUANTGATE_DEBUG")}
+
+
 def run(cmd, **kw) -> subprocess.CompletedProcess:
     kw.setdefault("timeout", 600)
+    kw.setdefault("env", clean_env())
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
     assert r.returncode == 0, f"{cmd}: {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     return r

@@ -62,14 +62,50 @@ def test_cuda_matches_comfy_kitchen_cuda_backend(shape):
     assert torch.allclose(d, dk[: shape[0], : shape[1]], rtol=1e-6, atol=0)
 
 
+def _card_reciprocal(s):
+    """1 / s as the card computes it inside comfy-kitchen's FP8 kernels: Triton's default float32 division
+    (PTX div.full.f32, an approximate reciprocal and a multiply; kitchen's CUDA kernel gets the same from
+    --use_fast_math). Not always the correctly rounded reciprocal (one case in nine on an H100)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rcp_kernel(s_ptr, out_ptr):
+        tl.store(out_ptr + tl.arange(0, 16), tl.zeros((16,), tl.float32) + 1.0 / tl.load(s_ptr))
+
+    out = torch.empty(16, dtype=torch.float32, device=s.device)
+    rcp_kernel[(1,)](s.reshape(1), out)
+    return out[:1].clone()
+
+
+def _ulps_from_e4m3_midpoint(q):
+    """float32 ulps (of |q|) between the exact quotients ``q`` (float64) and their nearest e4m3 rounding midpoint."""
+    q = q.abs().clamp(max=fp8.FP8_MAX)
+    qf = q.float()
+    m = qf.to(torch.float8_e4m3fn).view(torch.uint8).to(torch.int16)
+    val = lambda c: c.clamp(0, 0x7E).to(torch.uint8).view(torch.float8_e4m3fn).double()   # noqa: E731
+    g = val(m)
+    dn = torch.where(m > 0, (q - (g + val(m - 1)) / 2).abs(), torch.full_like(q, float("inf")))
+    up = torch.where(m < 0x7E, (q - (g + val(m + 1)) / 2).abs(), torch.full_like(q, float("inf")))
+    d = torch.minimum(up, dn)
+    return d / (torch.nextafter(qf, torch.full_like(qf, float("inf"))).double() - qf.double())
+
+
 @cuda
 @pytest.mark.parametrize("shape", [(3072, 3072), (14336, 3072), (33, 50)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("kitchen", ["cuda", "triton"])
-def test_fp8_bytes_equal_comfy_kitchen_gpu_kernels(shape, dtype, kitchen):
-    """FP8 rounds like comfy-kitchen's GPU kernels (fp32 division by the scale): our CPU bytes, our CUDA bytes
-    and kitchen's CUDA / Triton backend's bytes for the same scale are the same."""
+def test_fp8_bytes_against_comfy_kitchen_gpu_kernels(shape, dtype, kitchen):
+    """Our FP8 bytes divide by the scale with IEEE float32 division (CPU == CUDA, = torch's own division).
+    comfy-kitchen 0.2.40's CUDA and Triton kernels multiply by the card's approximate reciprocal instead
+    (Triton's default '/' is div.full.f32; kitchen's CUDA kernels are built with --use_fast_math): their bytes
+    are reproduced exactly from that reciprocal, and every code where ours differ is one e4m3 step away at a
+    quotient within one float32 ulp of a rounding midpoint (a tie decided the other way, not an error).
+    Measured on an H100 (benchmarks/results/h100-fp8-kitchen-division-2026-12-07.json): 0-34 such codes of
+    1,650-44 M, the same in both backends; x * fp32(1/s) on a CPU matches kitchen in 8 of 9 cases, not in the
+    one where the card's reciprocal is not the correctly rounded one."""
     ck = pytest.importorskip("comfy_kitchen")
+    pytest.importorskip("triton")
     if not ck.list_backends().get(kitchen, {}).get("available"):
         pytest.skip(f"comfy-kitchen {kitchen} backend unavailable: {ck.list_backends().get(kitchen)}")
     gen = torch.Generator(device="cuda").manual_seed(sum(shape))
@@ -78,11 +114,21 @@ def test_fp8_bytes_equal_comfy_kitchen_gpu_kernels(shape, dtype, kitchen):
     x = x.to(dtype)
     q, s = fp8.quantize(x)
     qc, _ = fp8.quantize(x.cpu())
+    assert torch.equal(q.view(torch.uint8).cpu(), qc.view(torch.uint8))            # CPU == CUDA
+    ieee = (x.float() / s).clamp(-fp8.FP8_MAX, fp8.FP8_MAX).to(torch.float8_e4m3fn)
+    assert torch.equal(q.view(torch.uint8), ieee.view(torch.uint8))                  # IEEE division, RNE
     with ck.use_backend(kitchen):
-        qk = ck.quantize_per_tensor_fp8(x, s)
-    assert torch.equal(q.view(torch.uint8).cpu(), qc.view(torch.uint8))
-    diff = int((q.view(torch.uint8) != qk.view(torch.uint8)).sum())
-    assert diff == 0, f"{diff} of {q.numel()} codes differ from kitchen's {kitchen} kernel"
+        qk = ck.quantize_per_tensor_fp8(x, s).view(torch.uint8)
+    theirs = (x.float() * _card_reciprocal(s)).clamp(-fp8.FP8_MAX, fp8.FP8_MAX).to(torch.float8_e4m3fn)
+    assert torch.equal(qk, theirs.view(torch.uint8)), "kitchen's kernel is not x * (the card's 1/s)"
+    diff = (q.view(torch.uint8) != qk).reshape(-1).nonzero().squeeze(1)
+    if diff.numel():
+        a = q.view(torch.uint8).reshape(-1)[diff].to(torch.int16)
+        b = qk.reshape(-1)[diff].to(torch.int16)
+        assert bool(((a - b).abs() == 1).all() & ((a ^ b) < 0x80).all())             # one step, same sign
+        ulps = _ulps_from_e4m3_midpoint(x.reshape(-1)[diff].double() / s.double())
+        assert float(ulps.max()) <= 1.0, float(ulps.max())
+    assert diff.numel() <= max(1, x.numel() // 100_000) or x.numel() < 10_000, diff.numel()
 
 
 @cuda

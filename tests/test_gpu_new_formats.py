@@ -53,3 +53,19 @@ def test_deferred_finiteness_check_raises_at_flush():
         be.flush()
     with pytest.raises(InputError):
         be.quantize_fp8(x, name="bad")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mxfp8_triton_exponent_edges_are_kitchens_eager_bytes_on_the_device(dtype):
+    """Block amax / 448 on, just above and just below powers of two: the E8M0 exponent is ceil(log2(.)), so
+    log2's last bit decides; the kernel must use the device's log2 (libdevice) and torch's x * fp32(1/448)."""
+    from tests.quant.kernels.edges import mxfp8_boundary_blocks as _boundary_blocks
+    from quant.kernels import get_backend
+    f = formats.get("mxfp8")
+    x = _boundary_blocks(dtype).cuda()
+    be = get_backend("cuda")
+    assert be.find("quantize_mxfp8", x) is not None and be.name == "triton"
+    ours = f.quantize(x, backend=be)
+    theirs = _kitchen_eager("mxfp8", x, f.layer_config(False, None, tuple(x.shape)))
+    for k in ours:
+        assert torch.equal(ours[k].view(torch.uint8), theirs[k].view(torch.uint8)), k

@@ -19,6 +19,9 @@ IGNORE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycach
 
 
 def _run(cmd, **kw):
+    # without PYTHONPATH: ./qg puts the checkout on it, and a hand-built quantgate.egg-info there makes pip
+    # skip the install ("already installed"); the commands under test get the same clean environment
+    kw.setdefault("env", {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "QUANTGATE_DEBUG")})
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, **kw)
     assert r.returncode == 0, f"{cmd}: {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     return r

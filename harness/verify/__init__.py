@@ -121,6 +121,11 @@ def verify(checkpoint, source=None, reference=None, *, strict: bool = False, hea
                 from . import calibration_rules
                 cal_rows = calibration_rules.run(st, f, calibration, scalars)
                 cal_rows["provenance"] = calibration_rules.provenance(st, f, calibration, source)
+            if source is not None:
+                from . import calibration_rules
+                file_prov = calibration_rules.file_provenance(st, f, source)
+                if file_prov is not None:
+                    cal_rows = {**(cal_rows or {}), "file_provenance": file_prov}
             t1 = time.perf_counter()
             mode, nbytes = _data(st, src_obj, f, progress, header_only=header_only, plain=plain, device=device,
                                  coverage=coverage, allow_unchecked=allow_unchecked)

@@ -117,3 +117,31 @@ def provenance(st: Structure, f: Findings, cal, source=None) -> dict:
         f.error("calibration.foreign", f"the calibration was recorded on another model ({want}) than the one this "
                                        f"file was calibrated on ({got.lower()}, its quantgate.calibration metadata)")
     return out
+
+
+def file_provenance(st: Structure, f: Findings, source) -> dict | None:
+    """Were the file's own input scales calibrated on ``source``? ``convert --act-stats`` records the model
+    the statistics were recorded on (``quantgate.calibration`` metadata: ``model_sha256``); when that is not
+    the source's sha256 the scales belong to another model -- e.g. WAN 2.2 A14B's other expert, whose layers
+    have the same names and shapes (an error naming both). Files without that record: None (nothing to check)."""
+    from pathlib import Path
+
+    from quant.activations import statistics as _cal
+    from quant.errors import InputError
+    from quant.inputs import parse_json
+    try:
+        meta = parse_json(st.metadata.get("quantgate.calibration") or "{}", source,
+                          what="quantgate.calibration metadata", max_bytes=1 << 20)
+    except (InputError, TypeError):     # unreadable or hostile metadata: nothing to compare
+        return None
+    got = meta.get("model_sha256") if isinstance(meta, dict) else None
+    p = Path(source)
+    if not (isinstance(got, str) and len(got) == 64) or not p.is_file() or p.suffix.lower() == ".json":
+        return None
+    src_sha = _cal.file_sha256(p)
+    out = {"calibrated_on_sha256": got.lower(), "source_sha256": src_sha, "foreign": got.lower() != src_sha}
+    if out["foreign"]:
+        f.error("calibration.foreign", f"the file's input scales were calibrated on another model (sha256 "
+                                       f"{got.lower()}, its quantgate.calibration metadata), not on the source "
+                                       f"{p.name} (sha256 {src_sha})")
+    return out

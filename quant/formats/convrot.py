@@ -22,49 +22,7 @@ def group_for(k: int, sizes: tuple[int, ...] = GROUP_SIZES) -> int | None:
     return next((g for g in sizes if k % g == 0), None)
 
 
-def is_group_size(g) -> bool:
-    """A valid regular-Hadamard size: a power of 4, at least 4."""
-    return isinstance(g, int) and not isinstance(g, bool) and g >= 4 and (g & (g - 1)) == 0 \
-        and (g.bit_length() - 1) % 2 == 0
-
-
-_H_CACHE: dict = {}
-
-
-def hadamard(g: int, dtype=None, device="cpu"):
-    """The normalised regular Hadamard matrix of size ``g`` (entries +-1/sqrt(g), exact in every float dtype)."""
-    import torch
-    if not is_group_size(g):
-        raise ValueError(f"ConvRot group size must be a power of 4 (>= 4), got {g!r}")
-    dtype = dtype or torch.float32
-    key = (g, dtype, str(device))
-    h = _H_CACHE.get(key)
-    if h is None:
-        base = torch.tensor([[1, 1, 1, -1], [1, 1, -1, 1], [1, -1, 1, 1], [-1, 1, 1, 1]], dtype=dtype, device=device)
-        h = base
-        while h.shape[0] < g:
-            h = torch.kron(h, base)
-        h = h / (g ** 0.5)                       # a power of two: exact
-        _H_CACHE[key] = h
-    return h
-
-
-def rotate(w, g: int):
-    """``w`` [n, k] with each group of ``g`` columns multiplied by H.T (in ``w``'s dtype)."""
-    import torch
-    n, k = w.shape
-    if k % g:
-        raise ValueError(f"K={k} is not divisible by the ConvRot group size {g}")
-    h = hadamard(g, w.dtype, w.device)
-    return torch.matmul(w.reshape(n, k // g, g), h.T).reshape(n, k)
-
-
-def rotate_rows(x, g: int):
-    """Online activation rotation: the last dim of ``x`` in groups of ``g`` times H (kitchen's activation path)."""
-    import torch
-    shape = x.shape
-    h = hadamard(g, x.dtype, x.device)
-    return torch.matmul(x.reshape(-1, shape[-1] // g, g), h).reshape(shape)
+from ..kernels.hadamard import hadamard, is_group_size, rotate, rotate_rows  # noqa: E402,F401  (re-exported)
 
 
 # ---- signed int4 in int8 storage: two codes per byte, the EVEN column in the LOW nibble (kitchen) ----------

@@ -96,7 +96,7 @@ class Int8Convrot(Format):
         g = convrot.group_for(x.shape[1])
         if g is None:
             return None                       # quantize() raises the ShapeError
-        q, s, amax = tq.quantize_int8_rows_async(convrot.rotate(x, g))
+        q, s, amax = tq.quantize_int8_convrot_async(x, g)
         return {"weight": q, "weight_scale": s}, amax
 
     def dequantize(self, tensors, shape=None, dtype=None, *, backend=None, group: int | None = None):

@@ -127,8 +127,16 @@ class Mxfp8(Format):
 
     def quantize(self, w, *, backend=None, name=None) -> dict:
         from .int8 import kernel_op
-        q, s = kernel_op(backend, w.device, "quantize_mxfp8", quantize)(w, name=name)
+        op = kernel_op(backend, w.device, "quantize_mxfp8", None)     # a kernel (Triton on CUDA) or None
+        r = op(w, name=name) if op is not None and w.is_floating_point() and w.dim() == 2 else None
+        q, s = r if r is not None else quantize(w, name=name)
         return {"weight": q, "weight_scale": s}
+
+    def quantize_async(self, tq, x):
+        if x.dim() != 2:
+            return None                       # quantize() raises the InputError
+        q, s, amax = tq.quantize_mxfp8_async(x)
+        return {"weight": q, "weight_scale": s}, amax
 
     def dequantize(self, tensors, shape=None, dtype=None, *, backend=None):
         return dequantize(tensors["weight"], tensors["weight_scale"], shape, dtype)

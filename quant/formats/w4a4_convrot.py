@@ -105,9 +105,16 @@ class W4a4Convrot(convrot.RotatedFourBit, Format):
             from ..errors import ShapeError
             raise ShapeError(f"w4a4-convrot: {why}", name)
         g = convrot.group_for(w.shape[1], GROUPS)
-        op = kernel_op(backend, w.device, "quantize_w4a4_convrot", None)
-        q, s = op(w, g, name=name) if op is not None else quantize_w4a4(w, g, name=name)
+        op = kernel_op(backend, w.device, "quantize_w4a4_convrot", None)     # a kernel (Triton on CUDA) or None
+        r = op(w, g, name=name) if op is not None and w.is_floating_point() and w.dim() == 2 else None
+        q, s = r if r is not None else quantize_w4a4(w, g, name=name)
         return {"weight": q, "weight_scale": s}
+
+    def quantize_async(self, tq, x):
+        if x.dim() != 2 or self.refuses(*x.shape):
+            return None                       # quantize() raises the ShapeError
+        p, s, amax = tq.quantize_w4a4_convrot_async(x, convrot.group_for(x.shape[1], GROUPS))
+        return {"weight": p, "weight_scale": s}, amax
 
     def dequantize(self, tensors, shape=None, dtype=None, *, backend=None, group: int | None = None):
         q = tensors["weight"]

@@ -14,6 +14,7 @@ policy TOML            :func:`policy_toml`                        ``presets.Poli
 workflow JSON          :func:`workflow_json`                      ``workflows.UiWorkflow/ApiWorkflow``
 nightly records        :func:`nightly_record`                     ``workflows.NightlyRecord``
 layout manifests       :func:`manifest_json`                      ``manifests.Manifest``
+safetensors index      :func:`safetensors_index`                  ``index.SafetensorsIndex``
 server answers         :func:`server.answer`                      ``server.*``
 =====================  =========================================  ====================================
 
@@ -23,6 +24,7 @@ lone surrogates, no FIFOs); schemas are strict pydantic v2 models (:mod:`quant.i
 from __future__ import annotations
 
 from .bounded import load_json, load_toml, parse_json, parse_toml, read_bytes
+from .index import safetensors_index
 from .manifests import manifest_json
 from .calibration import calibration_json, calibration_run, input_scales_json, samples_index
 from .presets import policy_toml, preset_toml
@@ -36,4 +38,5 @@ def activation_samples(path):
 
 __all__ = ["read_bytes", "parse_json", "parse_toml", "load_json", "load_toml", "calibration_json",
            "input_scales_json", "calibration_run", "samples_index", "preset_toml", "policy_toml",
-           "workflow_json", "parse_workflow", "nightly_record", "activation_samples", "manifest_json"]
+           "workflow_json", "parse_workflow", "nightly_record", "activation_samples", "manifest_json",
+           "safetensors_index"]

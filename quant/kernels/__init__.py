@@ -23,11 +23,15 @@ _BACKENDS: dict[str, object] = {}
 _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("quant_kernel_backend", default=None)
 
 
+_KERNELS: dict[tuple, Kernels] = {}     # get_backend's answers, per (name, device, registered backends)
+
+
 def register(backend) -> object:
     """Add a backend (an object or a class, instantiated once). Returns it, so it works as a decorator."""
     obj = backend() if isinstance(backend, type) else backend
     check_backend(obj)
     _BACKENDS[obj.name] = obj
+    _KERNELS.clear()
     return backend
 
 
@@ -68,6 +72,16 @@ def get_backend(device="cpu", name: str | None = None) -> Kernels:
     _builtin()
     name = name or _FORCED.get()
     dev = str(device)
+    key = (name, dev, tuple(map(id, _BACKENDS.values())))      # the registered set is part of the answer
+    got = _KERNELS.get(key)
+    if got is None:
+        if len(_KERNELS) > 256:
+            _KERNELS.clear()
+        got = _KERNELS[key] = _kernels_for(name, dev)
+    return got
+
+
+def _kernels_for(name: str | None, dev: str) -> Kernels:
     if name is not None:
         b = _BACKENDS.get(name)
         if b is None:

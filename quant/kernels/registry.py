@@ -15,13 +15,18 @@ Ops (the first argument is the tensor the needs are checked on; dequantize ops a
     dequantize_fp8(q, scale, dtype)                            -> tensor
     dequantize_nvfp4(packed, scales, s2, n, k, dtype)          -> tensor
     quantize_int8_rowwise(w, *, name, check_finite)            -> (q i8, scale [N, 1])        optional
+    quantize_mxfp8(w, *, name, check_finite)                   -> (q e4m3 padded, swizzled E8M0 u8) optional
+    quantize_w4a4_convrot(w, group, *, name, check_finite)     -> (packed i8 [N, K/2], scale [N])  optional
     quantize_fp8_async(x, scale=None)                          -> (q, scale, amax)            optional
     quantize_nvfp4_async(x, global_scale=None)                 -> (packed, scales, s2, amax)  optional
     quantize_int8_rows_async(x)                                -> (q, scale, amax)            optional
+    quantize_mxfp8_async(x)                                    -> (q, scales, amax)           optional
+    quantize_int8_convrot_async(x, group)                      -> (q, scale, amax)            optional
+    quantize_w4a4_convrot_async(x, group)                      -> (packed, scale, amax)       optional
 
 The ``*_async`` ops never wait for the device: the amax they return is checked for finiteness later (the
-pipelined converter). An optional op no backend of the chain takes: ``quantize_int8_rowwise`` returns
-None (the format runs its own math), an ``*_async`` op raises :class:`NoKernel` (the caller takes the
+pipelined converter). An optional op no backend of the chain takes: ``quantize_int8_rowwise``,
+``quantize_mxfp8`` and ``quantize_w4a4_convrot`` return None (the format runs its own math), an ``*_async`` op raises :class:`NoKernel` (the caller takes the
 synchronous path).
 """
 from __future__ import annotations
@@ -29,8 +34,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REQUIRED_OPS = ("quantize_fp8", "quantize_nvfp4", "dequantize_fp8", "dequantize_nvfp4")
-OPTIONAL_OPS = ("quantize_int8_rowwise", "quantize_fp8_async", "quantize_nvfp4_async", "quantize_int8_rows_async")
-ASYNC_OPS = ("quantize_fp8_async", "quantize_nvfp4_async", "quantize_int8_rows_async")
+OPTIONAL_OPS = ("quantize_int8_rowwise", "quantize_mxfp8", "quantize_w4a4_convrot", "quantize_fp8_async",
+                "quantize_nvfp4_async", "quantize_int8_rows_async", "quantize_mxfp8_async",
+                "quantize_int8_convrot_async", "quantize_w4a4_convrot_async")
+ASYNC_OPS = ("quantize_fp8_async", "quantize_nvfp4_async", "quantize_int8_rows_async", "quantize_mxfp8_async",
+             "quantize_int8_convrot_async", "quantize_w4a4_convrot_async")
 OPS = REQUIRED_OPS + OPTIONAL_OPS
 
 
@@ -97,14 +105,26 @@ class Kernels:
         self.name = self.chain[0].name
         self.priority = getattr(self.chain[0], "priority", 0)
         self._ops = [(b, ops_of(b)) for b in self.chain]
+        self._found: dict = {}
 
     def find(self, op: str, x, out_dtype=None):
-        """The implementation of ``op`` that takes ``x``: the first backend's in the chain, or None."""
+        """The implementation of ``op`` that takes ``x``: the first backend's in the chain, or None. (Remembered per
+        op, device type, dtype, dimensions, size and output dtype -- everything a Needs looks at: the per-call
+        cost of the seam is one dict lookup.)"""
+        key = (op, x.device.type, x.dtype, x.dim(), x.numel(), out_dtype)
+        try:
+            return self._found[key]
+        except KeyError:
+            pass
+        fn = None
         for b, ops in self._ops:
             needs = ops.get(op)
             if needs is not None and needs.refuses(x, out_dtype) is None:
-                return getattr(b, op)
-        return None
+                fn = getattr(b, op)
+                break
+        if len(self._found) < 4096:
+            self._found[key] = fn
+        return fn
 
     def why_not(self, op: str, x, out_dtype=None) -> str:
         """Per backend of the chain, why it does not take this call."""
@@ -147,6 +167,16 @@ class Kernels:
         fn = self.find("quantize_int8_rowwise", w)
         return None if fn is None else fn(w, name=name, check_finite=check_finite)
 
+    def quantize_mxfp8(self, w, *, name: str | None = None, check_finite: str = "sync"):
+        """(codes, swizzled exponents) from a backend that takes ``w``, else None (the format's own math serves)."""
+        fn = self.find("quantize_mxfp8", w)
+        return None if fn is None else fn(w, name=name, check_finite=check_finite)
+
+    def quantize_w4a4_convrot(self, w, group: int, *, name: str | None = None, check_finite: str = "sync"):
+        """(packed, scale) from a backend that takes ``w``, else None (the format's own math serves)."""
+        fn = self.find("quantize_w4a4_convrot", w)
+        return None if fn is None else fn(w, group, name=name, check_finite=check_finite)
+
     def quantize_fp8_async(self, x, scale=None):
         return self._call("quantize_fp8_async", x, scale)
 
@@ -155,6 +185,15 @@ class Kernels:
 
     def quantize_int8_rows_async(self, x):
         return self._call("quantize_int8_rows_async", x)
+
+    def quantize_mxfp8_async(self, x):
+        return self._call("quantize_mxfp8_async", x)
+
+    def quantize_int8_convrot_async(self, x, group: int):
+        return self._call("quantize_int8_convrot_async", x, group)
+
+    def quantize_w4a4_convrot_async(self, x, group: int):
+        return self._call("quantize_w4a4_convrot_async", x, group)
 
     def flush(self) -> None:
         """Raise the first deferred finiteness error of any backend of the chain."""

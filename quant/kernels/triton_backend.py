@@ -9,6 +9,8 @@ call; the pipelined converter uses the ``*_async`` ops and checks the amax later
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import InputError
@@ -22,7 +24,7 @@ def _tq():
 
 
 def _finite_or_raise(x: torch.Tensor, amax: torch.Tensor, name: str | None = None) -> None:
-    if not bool(torch.isfinite(amax)):
+    if not math.isfinite(amax.item()):            # one 4-byte copy back (no isfinite launch)
         bad = int((~torch.isfinite(x)).sum())
         raise InputError(f"tensor has {bad} non-finite values (inf/NaN); refusing to quantize", name)
 
@@ -38,7 +40,9 @@ class TritonBackend:
     priority = 10            # wins over eager wherever it is available (CUDA, sm_89+, triton installed)
     ops = {"quantize_fp8": _TAKES, "quantize_nvfp4": _TAKES_2D, "dequantize_fp8": _DECODES,
            "dequantize_nvfp4": _DECODES, "quantize_int8_rowwise": _TAKES_2D, "quantize_fp8_async": _TAKES,
-           "quantize_nvfp4_async": _TAKES, "quantize_int8_rows_async": _TAKES}
+           "quantize_nvfp4_async": _TAKES, "quantize_int8_rows_async": _TAKES, "quantize_mxfp8": _TAKES_2D,
+           "quantize_mxfp8_async": _TAKES, "quantize_w4a4_convrot": _TAKES_2D, "quantize_int8_convrot_async": _TAKES,
+           "quantize_w4a4_convrot_async": _TAKES}
 
     def available(self, device="cuda") -> bool:
         if torch.device(device).type != "cuda":
@@ -84,6 +88,19 @@ class TritonBackend:
         self._checked(w, amax, name, check_finite)
         return q, s
 
+    def quantize_mxfp8(self, w: torch.Tensor, *, name: str | None = None, check_finite: str = "sync"):
+        """MXFP8 (quant.formats.mxfp8's math, the same bytes) -> (codes, swizzled E8M0 exponents)."""
+        q, s, amax = _tq().quantize_mxfp8_async(w)
+        self._checked(w, amax, name, check_finite)
+        return q, s
+
+    def quantize_w4a4_convrot(self, w: torch.Tensor, group: int, *, name: str | None = None,
+                              check_finite: str = "sync"):
+        """W4A4 ConvRot (quant.formats.w4a4_convrot's math, the same bytes) -> (packed codes, scale [N])."""
+        p, s, amax = self.quantize_w4a4_convrot_async(w, group)
+        self._checked(w, amax, name, check_finite)
+        return p, s
+
     def quantize_nvfp4(self, w: torch.Tensor, global_scale: torch.Tensor | None = None, *, name: str | None = None):
         packed, scales, s2, amax = _tq().quantize_nvfp4_async(w, global_scale)
         _finite_or_raise(w, amax, name)
@@ -107,6 +124,15 @@ class TritonBackend:
 
     def quantize_int8_rows_async(self, x: torch.Tensor):
         return _tq().quantize_int8_rows_async(x)
+
+    def quantize_mxfp8_async(self, x: torch.Tensor):
+        return _tq().quantize_mxfp8_async(x)
+
+    def quantize_int8_convrot_async(self, x: torch.Tensor, group: int):
+        return _tq().quantize_int8_convrot_async(x, group)
+
+    def quantize_w4a4_convrot_async(self, x: torch.Tensor, group: int):
+        return _tq().quantize_w4a4_convrot_async(x, group)
 
     def __repr__(self):
         return "<kernel backend triton>"

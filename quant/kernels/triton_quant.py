@@ -26,9 +26,11 @@ import torch
 try:  # triton is optional: without it (or without CUDA and the interpreter) the backend is unavailable
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 except Exception:  # pragma: no cover - exercised only where triton is missing
     triton = None
     tl = None
+    libdevice = None
 
 FP8_MAX = 448.0
 FP4_MAX = 6.0
@@ -40,7 +42,9 @@ NV_BM, NV_BK = 32, 256           # dequantize tile
 # of them). QUANTGATE_TRITON_CFG="key=value,..." overrides, for the tuning sweep (benchmarks/gpu_sweep.py).
 CFG = {"amax_programs": 1024, "fp8_block": 4096, "fp8_warps": 8, "fp8_per_sm": 4, "fp8_l2": 0,
        "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "nv_l2": 1,
-       "nv_fastdiv": 1}     # the H200 sweep's winners (benchmarks/results/h200-fastgpu-2026-11-30.json)
+       "nv_fastdiv": 1, "mx_bm": 32, "mx_bk": 128, "mx_warps": 4,
+       "rot_fused": 0, "i8_bm": 4, "i8_bk": 1024, "i8_warps": 4, "w4_bm": 4, "w4_bk": 1024, "w4_warps": 4,
+       "i8_onepass": 0, "i8_onepass_bm": 1, "w4_onepass": 0, "w4_onepass_bm": 1}     # the H200 sweep's winners (benchmarks/results/h200-fastgpu-2026-11-30.json)
 for _kv in filter(None, os.environ.get("QUANTGATE_TRITON_CFG", "").split(",")):
     _k, _v = _kv.split("=")
     if _k.strip() not in CFG:
@@ -261,38 +265,181 @@ if triton is not None:
         tl.store(s_ptr + off.to(tl.int64), bcode, mask=sm)
 
     @triton.jit
-    def _int8_rows_kernel(x_ptr, q_ptr, s_ptr, amax_ptr, N, K, KIND: tl.constexpr, BM: tl.constexpr,
-                          BK: tl.constexpr, TINY: tl.constexpr, HW: tl.constexpr, INV127: tl.constexpr):
+    def _rows_tile(x_ptr, h_ptr, base, cols, m, KIND: tl.constexpr, HW: tl.constexpr, ROT: tl.constexpr):
+        """The [BM, BK] tile of x as fp32; ROT > 0 (BK == ROT): rotated by the ConvRot Hadamard (h_ptr, [ROT, ROT]
+        in x's dtype, fp32 accumulation) and rounded to x's dtype, as torch.matmul(x.view(.., ROT), H) writes it."""
+        x = tl.load(x_ptr + base + cols[None, :], mask=m, other=0.0)
+        if ROT > 0:
+            hr = tl.arange(0, ROT)
+            h = tl.load(h_ptr + hr[:, None] * ROT + hr[None, :])
+            if not HW:          # the interpreter's dot mishandles bf16 (exact products in fp32 instead)
+                x = x.to(tl.float32)
+                h = h.to(tl.float32)
+            if KIND == 0 or not HW:
+                r = tl.dot(x, h, input_precision="ieee", out_dtype=tl.float32)
+            else:
+                r = tl.dot(x, h, out_dtype=tl.float32)
+            return _round_to(r, KIND, HW)
+        else:
+            return x.to(tl.float32)
+
+    @triton.jit
+    def _row_amax(a, acc, bad):
+        """Running row max of |x| (a >= 0) and count of non-finite values (NaN and inf both count)."""
+        return tl.maximum(acc, tl.max(a, axis=1)), bad + tl.sum(tl.where(a < float("inf"), 0.0, 1.0), axis=1)
+
+    @triton.jit
+    def _int8_codes(x, sx, KIND: tl.constexpr, HW: tl.constexpr):
+        t = _round_to(tl.math.div_rn(x, sx[:, None]), KIND, HW)
+        t = tl.minimum(tl.maximum(t, -128.0), 127.0)
+        t = (t + 12582912.0) - 12582912.0              # round half to even (|t| <= 128 < 2**22)
+        return t.to(tl.int8)
+
+    @triton.jit
+    def _int8_scale(acc, KIND: tl.constexpr, HW: tl.constexpr, INV127: tl.constexpr, TINY: tl.constexpr):
+        """-> (s stored in fp32, the divisor in the weight's dtype)."""
+        if HW:      # torch on CUDA divides by a Python scalar as a multiply by its fp32 reciprocal (kitchen's
+            s = tl.maximum(acc * INV127, 1e-30)      # eager reference on the GPU); on the CPU it divides
+        else:
+            s = tl.maximum(tl.math.div_rn(acc, 127.0), 1e-30)
+        sx = _round_to(s, KIND, HW)
+        return s, tl.where(sx == 0.0, TINY, sx)
+
+    @triton.jit
+    def _int8_rows_kernel(x_ptr, q_ptr, s_ptr, amax_ptr, h_ptr, N, K, KIND: tl.constexpr, BM: tl.constexpr,
+                          BK: tl.constexpr, TINY: tl.constexpr, HW: tl.constexpr, INV127: tl.constexpr,
+                          ROT: tl.constexpr, ONEPASS: tl.constexpr):
         """int8 per row (comfy-kitchen's eager quantize_int8_rowwise on the same device, bit for bit):
-        s = max(amax/127, 1e-30) in fp32 (stored; on CUDA amax x fp32(1/127), as torch computes it there), the division by s rounded to the input dtype (torch divides bf16/fp16 in fp32 and rounds),
-        then round-half-even and clamp [-128, 127]. Two passes over each BM-row strip (the second from L2)."""
+        s = max(amax/127, 1e-30) in fp32 (stored; on CUDA amax x fp32(1/127), as torch computes it there), the
+        division by s rounded to the input dtype (torch divides bf16/fp16 in fp32 and rounds), then round-half-even
+        and clamp [-128, 127]. ONEPASS (BK >= K): each row strip is loaded once; else two passes over it (the second
+        from L2). ROT > 0: the ConvRot rotation is done here, per group of ROT columns (int8-convrot fused)."""
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rm = rows < N
         base = rows.to(tl.int64)[:, None] * K
         acc = tl.zeros((BM,), dtype=tl.float32)
         bad = tl.zeros((BM,), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            cols = k0 + tl.arange(0, BK)
+        if ONEPASS:
+            cols = tl.arange(0, BK)
             m = rm[:, None] & (cols < K)[None, :]
-            a = tl.abs(tl.load(x_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float32))
-            acc = tl.maximum(acc, tl.max(a, axis=1))
-            bad += tl.sum(tl.where(a < float("inf"), 0.0, 1.0), axis=1)      # NaN and inf both count
-        if HW:      # torch on CUDA divides by a Python scalar as a multiply by its fp32 reciprocal (kitchen's
-            s = tl.maximum(acc * INV127, 1e-30)      # eager reference on the GPU); on the CPU it divides
+            x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
+            acc, bad = _row_amax(tl.abs(x), acc, bad)
+            s, sx = _int8_scale(acc, KIND, HW, INV127, TINY)
+            tl.store(q_ptr + base + cols[None, :], _int8_codes(x, sx, KIND, HW), mask=m)
         else:
-            s = tl.maximum(tl.math.div_rn(acc, 127.0), 1e-30)
+            for k0 in range(0, K, BK):
+                cols = k0 + tl.arange(0, BK)
+                m = rm[:, None] & (cols < K)[None, :]
+                acc, bad = _row_amax(tl.abs(_rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)), acc, bad)
+            s, sx = _int8_scale(acc, KIND, HW, INV127, TINY)
+            for k0 in range(0, K, BK):
+                cols = k0 + tl.arange(0, BK)
+                m = rm[:, None] & (cols < K)[None, :]
+                x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
+                tl.store(q_ptr + base + cols[None, :], _int8_codes(x, sx, KIND, HW), mask=m)
         tl.store(s_ptr + rows, s, mask=rm)
         tl.store(amax_ptr + rows, tl.where(bad > 0, float("nan"), acc), mask=rm)
-        sx = _round_to(s, KIND, HW)                       # the divisor in the weight's dtype
-        sx = tl.where(sx == 0.0, TINY, sx)
-        for k0 in range(0, K, BK):
-            cols = k0 + tl.arange(0, BK)
+
+    @triton.jit
+    def _w4a4_store(p_ptr, pbase, rm, x, s, k0, K, BM: tl.constexpr, BK: tl.constexpr, KIND: tl.constexpr,
+                    HW: tl.constexpr):
+        t = _round_to(tl.math.div_rn(x, s[:, None]), KIND, HW)
+        t = (t + 12582912.0) - 12582912.0              # round half to even (|t| small: s ~ amax / 7)
+        t = tl.where(t == t, tl.minimum(tl.maximum(t, -7.0), 7.0), 0.0)    # NaN (0/0 in fp16) -> 0, as torch
+        c = tl.reshape(t.to(tl.int32), (BM, BK // 2, 2))
+        even, odd = tl.split(c)
+        byte = ((even & 15) | ((odd & 15) << 4)).to(tl.int8)
+        pc = k0 // 2 + tl.arange(0, BK // 2)
+        tl.store(p_ptr + pbase + pc[None, :], byte, mask=rm[:, None] & (pc < K // 2)[None, :])
+
+    @triton.jit
+    def _w4a4_rows_kernel(x_ptr, p_ptr, s_ptr, amax_ptr, h_ptr, N, K, KIND: tl.constexpr, BM: tl.constexpr,
+                          BK: tl.constexpr, HW: tl.constexpr, INV7: tl.constexpr, CMIN: tl.constexpr,
+                          ROT: tl.constexpr, ONEPASS: tl.constexpr):
+        """W4A4 ConvRot per row, on the rotated weight (ROT = 0: x is rotated already; ROT > 0: rotated here), as
+        comfy-kitchen's eager quantize_convrot_w4a4_weight computes it on the same device: in the weight's dtype
+        amax = max(|row|, dtype(1e-10)), s = amax / 7 (on CUDA amax x fp32(1/7)), codes = round-half-even(r / s)
+        clamped to [-7, 7], packed two per byte with the EVEN column in the low nibble; s stored as fp32."""
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        rm = rows < N
+        base = rows.to(tl.int64)[:, None] * K
+        pbase = rows.to(tl.int64)[:, None] * (K // 2)
+        acc = tl.zeros((BM,), dtype=tl.float32)
+        bad = tl.zeros((BM,), dtype=tl.float32)
+        if ONEPASS:
+            cols = tl.arange(0, BK)
             m = rm[:, None] & (cols < K)[None, :]
-            x = tl.load(x_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float32)
-            t = _round_to(tl.math.div_rn(x, sx[:, None]), KIND, HW)
-            t = tl.minimum(tl.maximum(t, -128.0), 127.0)
-            t = (t + 12582912.0) - 12582912.0              # round half to even (|t| <= 128 < 2**22)
-            tl.store(q_ptr + base + cols[None, :], t.to(tl.int8), mask=m)
+            x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
+            acc, bad = _row_amax(tl.abs(x), acc, bad)
+        else:
+            for k0 in range(0, K, BK):
+                cols = k0 + tl.arange(0, BK)
+                m = rm[:, None] & (cols < K)[None, :]
+                acc, bad = _row_amax(tl.abs(_rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)), acc, bad)
+        tl.store(amax_ptr + rows, tl.where(bad > 0, float("nan"), acc), mask=rm)
+        if HW:
+            s = _round_to(tl.maximum(acc, CMIN) * INV7, KIND, HW)
+        else:
+            s = _round_to(tl.math.div_rn(tl.maximum(acc, CMIN), 7.0), KIND, HW)
+        tl.store(s_ptr + rows, s, mask=rm)
+        if ONEPASS:
+            _w4a4_store(p_ptr, pbase, rm, x, s, 0, K, BM, BK, KIND, HW)
+        else:
+            for k0 in range(0, K, BK):
+                cols = k0 + tl.arange(0, BK)
+                m = rm[:, None] & (cols < K)[None, :]
+                x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
+                _w4a4_store(p_ptr, pbase, rm, x, s, k0, K, BM, BK, KIND, HW)
+
+    @triton.jit
+    def _mxfp8_kernel(x_ptr, q_ptr, s_ptr, amax_ptr, N, K, NP, KP, C4, ntk,
+                      BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr, INV448: tl.constexpr):
+        """One [BM, BK] tile of the [rup(NP,128), 32 * C4] grid that covers the swizzled scales: per 32-element
+        block amax, E8M0 exponent ceil(log2(amax/448)) + 127 (clamped to [0, 254], 0 for an all-zero block),
+        codes = x / 2**(e-127) clamped to +-448 and cast to e4m3 (comfy-kitchen's eager quantize_mxfp8 on the
+        same device, bit for bit: on CUDA torch divides by the Python scalar 448 as a multiply by fp32(1/448),
+        and its log2 is libdevice's). Padding rows / columns are written as zeros (codes and exponents)."""
+        pid = tl.program_id(0)
+        tm = pid // ntk
+        tk = pid % ntk
+        rows = tm * BM + tl.arange(0, BM)
+        cols = tk * BK + tl.arange(0, BK)
+        xm = (rows[:, None] < N) & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], mask=xm, other=0.0).to(tl.float32)
+        bits = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF            # |x| as ordered integers: NaN > inf > finite
+        tl.atomic_max(amax_ptr, tl.max(tl.max(bits, axis=1), axis=0))
+        xb = tl.reshape(x, (BM, BK // 32, 32))
+        amax_b = tl.max(tl.reshape(bits, (BM, BK // 32, 32)), axis=2).to(tl.float32, bitcast=True)
+        if HW:
+            need = amax_b * INV448
+        else:
+            need = tl.math.div_rn(amax_b, 448.0)
+        nb = need.to(tl.int32, bitcast=True)
+        nb = tl.where(nb < 0x00400000, 0x00400000, nb)                  # clamp(min=2**-127), on the bits
+        if HW:      # libdevice's log2f (torch's on CUDA); Triton links libdevice flush-to-zero, so a subnormal
+            sub = nb < 0x00800000       # need (bits m: m * 2**-149) goes in as m * 2**-125 (exact) and 24 comes off
+            lg = libdevice.log2(tl.where(sub, nb.to(tl.float32) * 2.350988701644575e-38, nb.to(tl.float32, bitcast=True)))
+            lg = tl.where(sub, lg - 24.0, lg)
+        else:
+            lg = tl.log2(nb.to(tl.float32, bitcast=True))
+        if HW:
+            e = libdevice.ceil(lg).to(tl.int32) + 127
+        else:
+            e = tl.ceil(lg).to(tl.int32) + 127
+        e = tl.minimum(tl.maximum(e, 0), 254)
+        zero = amax_b == 0.0
+        e = tl.where(zero, 0, e)
+        s = tl.where(zero, 1.0, tl.where(e == 0, 0.0, (e << 23).to(tl.float32, bitcast=True)))
+        t = tl.math.div_rn(xb, s[:, :, None])
+        t = tl.where(zero[:, :, None], 0.0, t)
+        t = tl.minimum(tl.maximum(t, -448.0), 448.0)
+        code, _ = _to_e4m3(tl.reshape(t, (BM, BK)), HW)
+        qm = (rows[:, None] < NP) & (cols[None, :] < KP)
+        tl.store(q_ptr + rows[:, None].to(tl.int64) * KP + cols[None, :], code, mask=qm)
+        r = rows[:, None]
+        c = tk * (BK // 32) + tl.arange(0, BK // 32)[None, :]
+        off = (((r // 128) * (C4 // 4) + c // 4) * 32 + r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
+        tl.store(s_ptr + off.to(tl.int64), e.to(tl.uint8), mask=c < C4)
 
     @triton.jit
     def _fp8_dequant_kernel(q_ptr, scale_ptr, out_ptr, numel, KIND: tl.constexpr, BLOCK: tl.constexpr,
@@ -427,12 +574,19 @@ def quantize_nvfp4_async(x: torch.Tensor, global_scale: torch.Tensor | None = No
 
 _TINY = {torch.float32: torch.finfo(torch.float32).tiny, torch.bfloat16: torch.finfo(torch.bfloat16).tiny,
          torch.float16: torch.finfo(torch.float16).tiny}
-INT8_BM, INT8_BK = 4, 1024
 
 
-def quantize_int8_rows_async(x: torch.Tensor, hw: bool | None = None):
+def _hadamard_for(x: torch.Tensor, rot: int):
+    if not rot:
+        return x                                    # an unused pointer
+    from .hadamard import hadamard
+    return hadamard(rot, x.dtype, x.device).contiguous()
+
+
+def quantize_int8_rows_async(x: torch.Tensor, hw: bool | None = None, rot: int = 0):
     """2-D [N, K] -> (q int8 [N, K], scale float32 [N, 1], amax float32 0-d: the largest row amax, for the
-    caller's finiteness check); nothing waits for the GPU."""
+    caller's finiteness check); nothing waits for the GPU. ``rot``: rotate by the ConvRot Hadamard of that group
+    size inside the kernel (int8-convrot fused) instead of taking an already rotated x."""
     x = _check(x, 2)
     hw = _hw() if hw is None else hw
     n, k = x.shape
@@ -440,15 +594,96 @@ def quantize_int8_rows_async(x: torch.Tensor, hw: bool | None = None):
     s = torch.empty((n, 1), dtype=torch.float32, device=x.device)
     rows = torch.empty(max(n, 1), dtype=torch.float32, device=x.device)
     if n and k:
-        _int8_rows_kernel[(triton.cdiv(n, INT8_BM),)](x, q, s, rows, n, k, KIND=_KIND[x.dtype], BM=INT8_BM,
-                                                      BK=min(INT8_BK, _pow2(k)), TINY=_TINY[x.dtype], HW=hw,
-                                                      INV127=float(torch.tensor(1.0) / torch.tensor(127.0)),
-                                                      num_warps=4)
+        bm, bk, one = _row_tiling(k, rot, "i8")
+        _int8_rows_kernel[(triton.cdiv(n, bm),)](x, q, s, rows, _hadamard_for(x, rot), n, k, KIND=_KIND[x.dtype],
+                                                 BM=bm, BK=bk, TINY=_TINY[x.dtype], HW=hw, INV127=_INV127, ROT=rot,
+                                                 ONEPASS=one, num_warps=CFG["i8_warps"])
     else:
         rows.zero_()
         s.fill_(1e-30)
     return q, s, rows[:n].amax() if n else rows[0]
 
+
+def _row_tiling(k: int, rot: int, key: str) -> tuple[int, int, bool]:
+    """(rows a program, columns a step, one pass?) of the per-row kernels: a whole row in one tile where
+    pow2(K) <= CFG[key_onepass] (rows loaded once), else BK-column steps in two passes; the fused rotation steps one
+    ConvRot group at a time (tl.dot needs 16 rows)."""
+    if rot:
+        return max(CFG[f"{key}_bm"], 16), rot, False
+    if _pow2(k) <= CFG[f"{key}_onepass"]:
+        return CFG[f"{key}_onepass_bm"], _pow2(k), True
+    return CFG[f"{key}_bm"], min(CFG[f"{key}_bk"], _pow2(k)), False
+
+
+_INV127 = float(torch.tensor(1.0) / torch.tensor(127.0))     # torch's fp32 reciprocals of the Python divisors
+_INV7 = float(torch.tensor(1.0) / torch.tensor(7.0))
+_CMIN_1E10 = {dt: float(torch.tensor(1e-10, dtype=dt).float()) for dt in _KIND}     # clamp(min=1e-10) in each dtype
+
+
+def quantize_w4a4_rows_async(x: torch.Tensor, hw: bool | None = None, rot: int = 0):
+    """2-D [N, K] (K even) -> (packed int8 [N, K/2], scale float32 [N], amax float32 0-d); nothing waits for the
+    GPU. ``x`` is the ConvRot-rotated weight (rot=0) or the weight itself, rotated in the kernel (rot=group)."""
+    x = _check(x, 2)
+    hw = _hw() if hw is None else hw
+    n, k = x.shape
+    if k % 2:
+        raise ValueError(f"w4a4 packs two codes a byte: K={k} is odd")
+    p = torch.empty((n, k // 2), dtype=torch.int8, device=x.device)
+    s = torch.empty((n,), dtype=torch.float32, device=x.device)
+    rows = torch.empty(max(n, 1), dtype=torch.float32, device=x.device)
+    if n and k:
+        bm, bk, one = _row_tiling(k, rot, "w4")
+        _w4a4_rows_kernel[(triton.cdiv(n, bm),)](x, p, s, rows, _hadamard_for(x, rot), n, k, KIND=_KIND[x.dtype],
+                                                 BM=bm, BK=max(2, bk), HW=hw, INV7=_INV7, CMIN=_CMIN_1E10[x.dtype],
+                                                 ROT=rot, ONEPASS=one, num_warps=CFG["w4_warps"])
+    else:
+        rows.zero_()
+    return p, s, rows[:n].amax() if n else rows[0]
+
+
+_INV448 = float(torch.tensor(1.0) / torch.tensor(448.0))   # fp32(1/448): torch's divisor-by-a-scalar on CUDA
+
+
+def quantize_mxfp8_async(x: torch.Tensor, hw: bool | None = None):
+    """2-D [N, K] -> (codes float8_e4m3fn [rup(N,32), rup(K,32)], swizzled E8M0 exponents uint8
+    [rup(rup(N,32),128), rup(rup(K,32)/32,4)], amax float32 0-d for the caller's finiteness check); one launch
+    (plus a 4-byte zero-fill), nothing waits for the GPU."""
+    x = _check(x, 2)
+    hw = _hw() if hw is None else hw
+    n, k = x.shape
+    np_, kp = _rup(n, 32), _rup(k, 32)
+    rows_sw, c4 = _rup(np_, 128), _rup(kp // 32, 4)
+    q = torch.empty((np_, kp), dtype=torch.float8_e4m3fn, device=x.device)
+    s = torch.empty((rows_sw, c4), dtype=torch.uint8, device=x.device)
+    amax = torch.zeros(1, dtype=torch.int32, device=x.device)
+    bm, bk = CFG["mx_bm"], CFG["mx_bk"]
+    ntk = triton.cdiv(c4 * 32, bk)
+    _mxfp8_kernel[(triton.cdiv(rows_sw, bm) * ntk,)](x, q.view(torch.uint8), s, amax, n, k, np_, kp, c4, ntk,
+                                                     BM=bm, BK=bk, HW=hw, INV448=_INV448, num_warps=CFG["mx_warps"])
+    return q, s, amax.view(torch.float32).reshape(())
+
+
+
+# ConvRot: by default the rotation is torch's (cuBLAS: the matmul of kitchen's eager reference, so the same bits)
+# and the per-row kernel runs after it; CFG rot_fused=1 rotates inside the kernel (tl.dot: the same bits only
+# where the card's MMA sums like cuBLAS -- a GPU question, off by default)
+def _rotated(x: torch.Tensor, group: int):
+    if CFG["rot_fused"]:
+        return x, group
+    from .hadamard import rotate
+    return rotate(x, group), 0
+
+
+def quantize_int8_convrot_async(x: torch.Tensor, group: int, hw: bool | None = None):
+    """int8 ConvRot: (q int8 [N, K] of the rotated weight, scale float32 [N, 1], amax); no host sync."""
+    r, rot = _rotated(_check(x, 2), group)
+    return quantize_int8_rows_async(r, hw=hw, rot=rot)
+
+
+def quantize_w4a4_convrot_async(x: torch.Tensor, group: int, hw: bool | None = None):
+    """W4A4 ConvRot: (packed int8 [N, K/2], scale float32 [N], amax); no host sync."""
+    r, rot = _rotated(_check(x, 2), group)
+    return quantize_w4a4_rows_async(r, hw=hw, rot=rot)
 
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32,
                    hw: bool | None = None) -> torch.Tensor:

@@ -73,14 +73,17 @@ def windows(jobs: list[Job], window_bytes: int) -> list[list[Job]]:
 
 
 def plan(jobs: list[Job], *, device: str = "cpu", window_bytes: int | None = None,
-         device_bytes: int | None = None) -> list[list[list[Job]]]:
+         device_bytes: int | None = None, state_bytes: int = STATE_BYTES,
+         gram_bytes: int = 4) -> list[list[list[Job]]]:
     """What :func:`run` computes, in order: windows (host-memory bound, file order), each a list of batches
     (same format and shape, device-memory bound). A layer's result depends on the batch it is optimised in
     (one bmm per step: on CUDA the batch size picks the kernel), so the multi-device path hands whole
-    batches of this plan to its workers: N devices write the same bytes as one."""
+    batches of this plan to its workers: N devices write the same bytes as one. ``state_bytes`` per weight and
+    ``gram_bytes`` per K x K entry: the device memory a layer holds while its batch runs (learned rounding's by
+    default; GPTQ passes its own)."""
     dev_bytes = device_bytes or default_device_bytes(device)
     win = window_bytes or (4 << 30 if Device.of(device).is_cuda else 512 << 20)
-    return [_batches(w, dev_bytes) for w in windows(jobs, win)]
+    return [_batches(w, dev_bytes, state_bytes, gram_bytes) for w in windows(jobs, win)]
 
 
 def run(jobs: list[Job], load, *, device: str = "cpu", cfg: L.LearnedConfig = L.LearnedConfig(),
@@ -113,7 +116,8 @@ def run(jobs: list[Job], load, *, device: str = "cpu", cfg: L.LearnedConfig = L.
             bar.close()
 
 
-def _batches(window: list[Job], dev_bytes: int) -> list[list[Job]]:
+def _batches(window: list[Job], dev_bytes: int, state_bytes: int = STATE_BYTES,
+             gram_bytes: int = 4) -> list[list[Job]]:
     groups: dict[tuple, list[Job]] = {}
     for job in window:
         n, k = job.shape
@@ -121,7 +125,7 @@ def _batches(window: list[Job], dev_bytes: int) -> list[list[Job]]:
         groups.setdefault(key, []).append(job)
     out = []
     for (action, n, k), js in groups.items():
-        per = (n + 16) * (k + 16) * STATE_BYTES + (k + 16) ** 2 * 4
+        per = (n + 16) * (k + 16) * state_bytes + (k + 16) ** 2 * gram_bytes
         cap = max(1, dev_bytes // per)
         for s in range(0, len(js), cap):
             out.append(js[s:s + cap])

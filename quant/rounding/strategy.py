@@ -70,10 +70,16 @@ class _Samples:
             self.cal.close()
 
 
+GPTQ_STATE_BYTES = 24
+GPTQ_GRAM_BYTES = 16
+GPTQ_CUDA_WINDOW = 6 << 30
+
+
 class Gptq:
     """``--rounding gptq``: Hessian-aware rounding (quant.rounding.gptq) from recorded activations; same-shape
     layers run as one batch inside host-memory windows (engine.plan's schedule), results in job order.
-    NVFP4 block scales by ``cfg.scale_search``. Every layer needs recorded rows (convert checks)."""
+    NVFP4 block scales by ``cfg.scale_search``. Every NVFP4 / FP8 layer needs recorded rows (convert checks);
+    layers of other formats (int8 in a --budget-bits mix) are rounded to nearest by their format."""
     name = "gptq"
 
     def __init__(self, cfg=None, calibration=None, *, progress: bool = False):
@@ -85,6 +91,7 @@ class Gptq:
 
         import torch
 
+        from ..device import Device
         from . import engine, gptq
         cfg = self.cfg or gptq.GptqConfig()
         jobs = list(jobs)
@@ -92,8 +99,13 @@ class Gptq:
         order = {j.name: i for i, j in enumerate(jobs)}
         ejobs = [engine.Job(j.name, j.layer, j.fmt.kernel, tuple(j.shape)) for j in jobs]
         dev = str(device)
-        # state per weight: W, its copy, the result, codes (~16 B) + the K x K Gram and its factor (8 B each)
-        sched = engine.plan(ejobs, device=dev)
+        # device state per weight: the stacked source, W, its source copy, the result (float32) and the block
+        # temporaries (~24 B); per K x K entry: H, its damped copy, the Cholesky factors and U (~16 B).
+        # On CUDA the windows hold 6 GiB of float32 weights (4.6 real-size A14B blocks, vs 2.9 at the learned
+        # engine's 4 GiB): the column loop is paid once per batch, and the same-shape layers of 4 blocks run as
+        # one batch (H100: 4 A14B blocks 9.9 s vs one block 7.2 s, benchmarks/results/h100-gptq-a14b-speed-*.json)
+        sched = engine.plan(ejobs, device=dev, window_bytes=GPTQ_CUDA_WINDOW if Device.of(dev).is_cuda else None,
+                            state_bytes=GPTQ_STATE_BYTES, gram_bytes=GPTQ_GRAM_BYTES)
         samples = _Samples(self.calibration, cfg.samples, cfg.seed)
         bar = None
         if self.progress:
@@ -104,6 +116,14 @@ class Gptq:
             for window in sched:
                 results = {}
                 for batch in window:
+                    if batch[0].action not in gptq.GRIDS:     # e.g. int8 layers of a --budget-bits mix: RTN
+                        for j in batch:
+                            job = by_name[j.name]
+                            results[j.name] = job.fmt.quantize(job.load().to(dev), backend=backend, name=j.name)
+                        self.stats["layers"] += len(batch)
+                        if bar is not None:
+                            bar.update(len(batch))
+                        continue
                     ws = [by_name[j.name].load().to(dev) for j in batch]
                     hs = [samples.gram(j.layer, j.shape[1], dev) for j in batch]
                     missing = [j.layer for j, h in zip(batch, hs) if h is None]
@@ -120,7 +140,7 @@ class Gptq:
                     del ws, hs, out
                 for ej in sorted((j for b in window for j in b), key=lambda j: order[j.name]):
                     job, t = by_name[ej.name], results.pop(ej.name)
-                    yield job, _raw(job, ej.action, t)
+                    yield job, (t if isinstance(t, dict) else _raw(job, ej.action, t))
         finally:
             self.stats["seconds"] = round(time.perf_counter() - t0, 2)
             samples.close()

@@ -3,8 +3,8 @@
 * :mod:`.header` -- :func:`read_header` / :func:`parse_header_bytes` accept exactly what the safetensors
   library accepts, trusting nothing in the file (bounded header length, typed fields, offsets in range,
   no overlap, no gap, size == dtype x shape); never allocates what a header claims.
-* :mod:`.json_bounded` -- the JSON grammar of serde_json (the library's parser), also used by
-  :func:`quant.sources.load_json`.
+* :mod:`.json_bounded` -- the JSON grammar of serde_json (the library's parser), for the header only
+  (every other JSON input goes through :mod:`quant.inputs`, whose rules are stricter: no duplicate keys).
 * :mod:`.reader` -- :class:`SafetensorsFile` reads one tensor at a time (``pread``), so peak memory is
   one tensor.
 * :mod:`.writer` -- :class:`AtomicWriter` streams a planned tensor list into a temp file beside the

@@ -3,8 +3,9 @@
 :func:`loads` keeps every object as an :class:`Obj` (its list of (key, value) pairs: duplicates kept,
 the caller decides), refuses NaN/Infinity and numbers out of f64 range, and turns "-0" and integers
 outside i64/u64 into floats as serde_json does. :func:`depth` and :func:`has_lone_surrogate` measure
-the parsed value without recursion. Used by the safetensors header parser and by
-:func:`quant.sources.load_json`.
+the parsed value without recursion. Used by the safetensors header parser only: the header must be
+read as the library reads it (duplicates kept for the caller to judge); every other JSON input is parsed by
+:mod:`quant.inputs.bounded`.
 """
 from __future__ import annotations
 

@@ -141,3 +141,53 @@ def test_plan_shows_the_budget_decisions_convert_makes(cli, thin_wan5b, tmp_path
              if t["reason"].startswith("--budget-bits 5.5")}
     s = convert(thin_wan5b, tmp_path / "b.safetensors", "nvfp4", budget_bits=5.5)
     assert shown and {k: v["action"] for k, v in shown.items()} == {k: v["action"] for k, v in s.budget["layers"].items()}
+
+
+def test_act_samples_of_kept_layers_are_ignored_and_of_foreign_layers_refused(thin_wan5b, samples, tmp_path):
+    """One recording of every Linear (`calibrate --act-samples`) serves any preset: rows of a layer the plan keeps
+    are ignored; rows of a layer the model does not have mean the wrong file (one InputError naming it)."""
+    from quant.errors import InputError
+    _, acts, _ = samples
+    with open_source(thin_wan5b) as src:
+        plan = make_plan(src, None, "nvfp4")
+        kept = next(d for d in plan.decisions if d.action == "keep" and len(d.shape) == 2 and d.name.endswith(".weight"))
+    with SafetensorsFile(acts) as f:
+        rows = {k[: -len(".input")]: f.get(k) for k in f.keys()}
+    save_samples({**rows, kept.layer: torch.randn(8, kept.shape[1])}, tmp_path / "all.safetensors")
+    s = convert(thin_wan5b, tmp_path / "ok.safetensors", "nvfp4", rounding="gptq", act_samples=tmp_path / "all.safetensors")
+    assert s.rounding.startswith("gptq")
+    save_samples({**rows, "blocks.999.nope": torch.randn(8, 16)}, tmp_path / "foreign.safetensors")
+    with pytest.raises(InputError, match="blocks.999.nope"):
+        convert(thin_wan5b, tmp_path / "bad.safetensors", "nvfp4", rounding="gptq",
+                act_samples=tmp_path / "foreign.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_budget_bits_offers_int8_for_a_comfyui_that_loads_it(cli, thin_wan5b, samples):
+    """--budget-bits with --comfy-version >= int8_tensorwise's first version may give layers INT8 (per-row scales)
+    instead of FP8 -- measured by the same output error -- and GPTQ rounds the NVFP4/FP8 ones while the INT8
+    ones are rounded to nearest; the mixed file verifies against its source. Without --comfy-version, or for an
+    older ComfyUI, or with learned rounding, the choices stay NVFP4 / FP8 / source precision."""
+    from types import SimpleNamespace
+    from quant import budget
+    d, acts, held = samples
+    out = d / "b6_int8.safetensors"
+    s = convert(thin_wan5b, out, "nvfp4", budget_bits=6.0, rounding="gptq", act_samples=acts, comfy_version="0.33.0")
+    b = s.budget
+    assert b["bits_per_weight"] <= 6.0 and b["metric"] == "output"
+    assert "int8" in b["counts"], b["counts"]
+    assert all("int8" in v["reason"] for v in b["layers"].values())           # each reason lists its int8 dB
+    with SafetensorsFile(out) as f:
+        meta = json.loads(f.metadata["_quantization_metadata"])["layers"]
+        for layer, v in b["layers"].items():
+            if v["action"] == "int8":
+                assert meta[layer]["format"] == "int8_tensorwise" and f.get(f"{layer}.weight").dtype == torch.int8
+    r = cli("verify", out, "--source", thin_wan5b)
+    assert r.returncode == 0, r.stderr
+    old = convert(thin_wan5b, d / "b6_old.safetensors", "nvfp4", budget_bits=6.0, comfy_version="0.26.0")
+    assert "int8" not in old.budget["counts"]
+    req = lambda v, learned=False: SimpleNamespace(plan=SimpleNamespace(comfy_version=v),  # noqa: E731
+                                                   rounding=SimpleNamespace(learned=learned))
+    assert budget.offered_actions(req(None)) == budget.offered_actions(req("0.26.0")) == ("nvfp4", "fp8", "keep")
+    assert "int8" in budget.offered_actions(req("0.27.0"))
+    assert "int8" not in budget.offered_actions(req("0.33.0", learned=True))

@@ -30,7 +30,7 @@ def calib(comfy_session, thin_source, tmp_path_factory):
     out = d / "calib.json"
     rc, stdout, err = run_main("calibrate", thin_source, "--comfy-url", comfy_session.client.url, "--seeds", "1",
                                "--size", "64x64", "--bins", "3", "--holdout-seeds", "7", "--sample-rows", "4",
-                               "--report", "-o", out)
+                               "--act-samples", d / "acts.safetensors", "--act-rows", "48", "--report", "-o", out)
     assert rc == 0, err
     return d, out, json.loads(out.read_text()), stdout
 
@@ -79,6 +79,35 @@ def test_sqnr_report_orders_the_policies(calib):
         assert med["weight-only"] >= med["calibrated-amax"]
         assert med["calibrated-amax"] > med["weight-derived"] + 3
     assert "per-layer output SQNR" in stdout and "weight-derived" in stdout
+
+
+def test_calibrate_records_activation_samples_that_gptq_rounds_with(calib, thin_source, tmp_path):
+    """`calibrate --act-samples` (the recorder for any model ComfyUI runs): the calibration runs' input rows of
+    every Linear, at most --act-rows each, in the format convert --act-samples reads; GPTQ rounds with them and
+    the file verifies against its source."""
+    from harness.verify.record import sha256_file
+    from quant.activations.samples import ActivationSamples
+    from quant.convert import convert
+    d, _, cal, stdout = calib
+    acts = d / "acts.safetensors"
+    pv = cal["provenance"]["act_samples"]
+    assert pv["file"] == acts.name and pv["sha256"] == sha256_file(acts) and pv["layers"] == len(cal["layers"])
+    assert 1 <= pv["rows_min"] <= pv["rows_max"] <= 48 and "activation samples" in stdout
+    s = ActivationSamples(acts, 4096, 0)
+    try:
+        assert s.layers == set(cal["layers"])
+        for name, la in cal["layers"].items():
+            x = s.rows(name, la["in_features"])
+            assert 1 <= x.shape[0] <= 48, name
+            # rows of the same runs the statistics came from (bf16: amax within its rounding)
+            assert 0 < float(x.abs().max()) <= la["amax"] * (1 + 2 ** -8), name
+    finally:
+        s.close()
+    out = tmp_path / "gptq.safetensors"
+    summ = convert(thin_source, out, "nvfp4", rounding="gptq", act_samples=acts)
+    assert summ.rounding.startswith("gptq"), summ.rounding       # gptq refuses a layer without recorded rows
+    rc, _, err = run_main("verify", out, "--source", thin_source)
+    assert rc == 0, err
 
 
 @pytest.fixture(scope="module")

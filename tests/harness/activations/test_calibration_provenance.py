@@ -70,3 +70,42 @@ def test_verify_calibration_reports_a_foreign_calibration_as_an_error(thin_sourc
     assert not rep.passed and errors(rep) and own in errors(rep)[0].message and other in errors(rep)[0].message
     rep = verify(out, calibration=foreign, header_only=True)                     # against the file's own metadata
     assert not rep.passed and errors(rep)
+
+
+def test_verify_with_source_fails_a_file_calibrated_on_another_model(thin_source, cals):
+    """Without --calibration: the file's own quantgate.calibration record (model_sha256) is checked against
+    the --source file (issue 23: WAN 2.2 A14B's expert converted with the other expert's statistics has
+    the same names and shapes, and its render may not show it). A file calibrated on its source: clean."""
+    from harness.verify import verify
+    d, own, other, mine, foreign = cals
+    bad = d / "forced-for-verify.safetensors"
+    convert(thin_source, bad, "fp8", act_stats=foreign, allow_foreign_calibration=True, force=True)
+    rep = verify(bad, thin_source, header_only=True)
+    errs = [f for f in rep.findings.all() if f.rule == "calibration.foreign" and f.severity == "error"]
+    assert not rep.passed and errs and own in errs[0].message and other in errs[0].message
+    assert rep.calibration["file_provenance"] == {"calibrated_on_sha256": other, "source_sha256": own, "foreign": True}
+    good = d / "own-for-verify.safetensors"
+    convert(thin_source, good, "fp8", act_stats=mine, force=True)
+    rep = verify(good, thin_source, header_only=True)
+    assert "calibration.foreign" not in {f.rule for f in rep.findings.all()}, rep.lines()
+    assert rep.calibration["file_provenance"]["foreign"] is False
+
+
+def test_hostile_calibration_metadata_is_no_provenance_not_a_traceback(tmp_path, thin_source):
+    """The render gate's and verify's provenance read of the candidate's own metadata (anyone's): nesting past
+    Python's recursion limit, NaN, not JSON -- no provenance, no crash; a well-formed one is read."""
+    import torch
+
+    from harness.render import gate
+    from harness.verify import verify
+    from quant.safetensors_io import save_file
+    t = {"a.weight": torch.zeros(4, 4)}
+    for i, text in enumerate(["[" * 100_000 + "]" * 100_000, '{"model_sha256": NaN}', "not json"]):
+        p = tmp_path / f"h{i}.safetensors"
+        save_file(t, p, {"quantgate.calibration": text})
+        assert gate.calibrated_on(p) is None, text[:20]
+        rep = verify(p, thin_source, header_only=True)
+        assert "calibration.foreign" not in {f.rule for f in rep.findings.all()}
+    p = tmp_path / "ok.safetensors"
+    save_file(t, p, {"quantgate.calibration": '{"model_sha256": "' + "Ab" * 32 + '"}'})
+    assert gate.calibrated_on(p) == "ab" * 32

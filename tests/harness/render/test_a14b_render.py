@@ -1,8 +1,10 @@
 """WAN 2.2 A14B's two experts through the real embedded ComfyUI with the shipped A14B workflow (two
 UNETLoaders, two KSamplerAdvanced switching at the boundary): the pair draws its classes, the experts
 are not interchangeable, and the render gate passes good conversions of each expert in its slot and
-fails the planted defect (experts swapped). (The high-noise expert with the low-noise expert's
-input_scale does not show in this pair's render: see harness.fixtures.planted.family_defects.)"""
+fails the planted defects: experts swapped (by the render) and one expert converted with the other's
+activation statistics (by the calibration provenance the file records: its render does not show it on this
+pair, see harness.fixtures.planted.family_defects.a14b_foreign_input_scales). Each slot is held to its own
+reference conversion. The same files on the upstream ComfyUI 0.33.0: the version matrix."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -72,6 +74,9 @@ def test_swapped_experts_draw_something_else(pair):
     assert log_likelihood(bad, m1) < log_likelihood(good, m1)
 
 
+FOREIGN = {"high": "PLANTED high with the low expert's input_scale", "low": "PLANTED low with the high expert's input_scale"}
+
+
 @pytest.fixture(scope="module")
 def gate_record(comfy_session, pair, tmp_path_factory):
     from harness.fixtures.planted import family_defects as fd
@@ -83,14 +88,17 @@ def gate_record(comfy_session, pair, tmp_path_factory):
     work = tmp_path_factory.mktemp("a14b-gate")
     amax = a14b_tiny.activation_amax(a14b_tiny.load_model(srcs["model"]), a14b_tiny.load_model(srcs["model_low"]),
                                      seeds=(1,), sizes=((8, 8),))
-    from harness.commands.demo import _only_quantized
+    slot = {"high": "model", "low": "model_low"}
+    stats = {e: fd.a14b_statistics(srcs[slot[e]], amax[e], work / f"stats-{e}.json", seeds=(1,)) for e in slot}
     fp8 = {}
-    for slot, e in (("model", "high"), ("model_low", "low")):
-        fp8[slot] = work / f"{e}_fp8.safetensors"
-        convert(srcs[slot], fp8[slot], "fp8", force=True, comfy_version=s.version,
-                input_scales=_only_quantized(srcs[slot], amax[e]))
+    for e in ("high", "low"):
+        fp8[slot[e]] = work / f"{e}_fp8.safetensors"
+        convert(srcs[slot[e]], fp8[slot[e]], "fp8", force=True, comfy_version=s.version, act_stats=str(stats[e]))
+    foreign = [(FOREIGN[e], fd.a14b_foreign_input_scales(srcs[slot[e]], work / f"{e}_fp8_PLANTED_{o}_stats.safetensors",
+                                                        stats[o], comfy_version=s.version), slot[e])
+               for e, o in (("high", "low"), ("low", "high"))]
     cands = [("fp8 high", fp8["model"], "model"), ("fp8 low", fp8["model_low"], "model_low"),
-             *fd.a14b_swapped(fp8["model"], fp8["model_low"])]
+             *fd.a14b_swapped(fp8["model"], fp8["model_low"]), *foreign]
     return run_gate(s, srcs["model"], cands, policy=_policy(), workflow=Workflow.from_arg("wan22_a14b_t2v_smoke", None),
                     companions={"model_low": srcs["model_low"]}, work_dir=work, verify_fn=run_verify)
 
@@ -110,6 +118,51 @@ def test_gate_fails_swapped_experts_by_their_renders(gate_record):
         c = by[lab]
         assert c["verdict"] == "fail"
         assert c["min_ssim"] < c["threshold"], c["reasons"]          # the render, not only verify
+
+
+def test_gate_holds_the_low_slot_to_its_own_reference(gate_record):
+    """The low-noise slot's candidates are compared with a reference conversion of the LOW expert's source,
+    rendered in the low slot (not the high slot's reference, not none)."""
+    by = {c["label"]: c for c in gate_record["candidates"]}
+    refs = {r["label"]: r for r in gate_record["references"]}
+    low_ref = by["fp8 low"]["reference"]
+    assert low_ref["available"] and low_ref["pass"], low_ref
+    assert refs[low_ref["label"]]["slot"] == "model_low"
+    assert by["fp8 high"]["reference"]["label"] != low_ref["label"]
+    assert refs[by["fp8 high"]["reference"]["label"]]["slot"] == "model"
+
+
+def test_gate_fails_an_expert_calibrated_on_the_other_by_its_provenance(gate_record):
+    """Each expert converted with the other expert's activation statistics (convert --act-stats OTHER
+    --allow-foreign-calibration) fails: the file records whose statistics they were, and that is the other
+    slot's source. (Its render does not show it on this pair: benchmarks/results/cpu-a14b-foreign-*.json.)
+    The right files, converted with their own statistics, carry no such reason."""
+    by = {c["label"]: c for c in gate_record["candidates"]}
+    for e, other in (("high", "model_low"), ("low", "model")):
+        c = by[FOREIGN[e]]
+        assert c["verdict"] == "fail"
+        assert any(f"calibrated on the {other} slot's source" in r for r in c["reasons"]), c["reasons"]
+        assert any("calibration.foreign" in x for x in c["verify"]["findings"]), c["verify"]
+    for lab in ("fp8 high", "fp8 low"):
+        assert not any("calibrated on" in r for r in by[lab]["reasons"])
+
+
+def test_version_matrix_a14b(gate_record, version_matrix, tmp_path_factory):
+    """The A14B files on ComfyUI 0.3.75 (embedded) and 0.33.0 (upstream), same plan, workflow and options:
+    the good experts pass and both swaps fail by their renders on each version."""
+    srcs = registry.sources(a14b_tiny.NAME)
+    m = version_matrix(gate_record, policy=_policy(), workflow=Workflow.from_arg("wan22_a14b_t2v_smoke", None),
+                       companions={"model_low": srcs["model_low"]}, work_dir=tmp_path_factory.mktemp("a14b-up"))
+    assert [v["comfyui_version"] for v in m["versions"]] == ["0.3.75", "0.33.0"]
+    for rec in m["_records"]:
+        assert rec["source"]["load_warnings"] == [] and rec["control"]["pass"] and rec["repeat"]["identical"]
+    for v in m["versions"]:
+        by = {c["label"]: c for c in v["candidates"]}
+        for lab in ("fp8 high", "fp8 low"):
+            assert by[lab]["verdict"] == "pass", (v["comfyui_version"], lab, by[lab]["reasons"])
+        for lab in ("PLANTED experts swapped (low in high slot)", "PLANTED experts swapped (high in low slot)"):
+            assert by[lab]["verdict"] == "fail" and by[lab]["min_ssim"] < by[lab]["threshold"], v["comfyui_version"]
+    assert m["oldest_passing"]["fp8 high"] == m["oldest_passing"]["fp8 low"] == "0.3.75"
 
 
 def test_gate_cli_source_low_judges_each_slot(cli, comfy_session, pair, tmp_path_factory):

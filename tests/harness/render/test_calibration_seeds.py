@@ -27,3 +27,14 @@ def test_gate_names_calibration_seeds_it_renders(tmp_path):
     q = tmp_path / "plain.safetensors"
     save_file(t, q, None)
     assert gate.calibration_seed_overlap(q, [1, 2, 3]) == []
+
+
+def test_hostile_calibration_metadata_is_no_seeds_not_a_traceback(tmp_path):
+    """The metadata is the candidate's, so anyone's: nesting past Python's recursion limit (RecursionError is
+    not a ValueError), NaN, a number of 5,000 digits, a list of strings -- no seeds, no crash."""
+    t = {"a.weight": torch.zeros(4, 4)}
+    for i, text in enumerate(["[" * 100_000 + "]" * 100_000, '{"seeds": [NaN, 1]}', '{"seeds": [' + "9" * 5000 + "]}",
+                              '{"seeds": ["1", true]}', "not json"]):
+        p = tmp_path / f"h{i}.safetensors"
+        save_file(t, p, {"quantgate.calibration": text})
+        assert gate.calibration_seed_overlap(p, [1, 2, 3]) == [], text[:20]

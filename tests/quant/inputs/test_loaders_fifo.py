@@ -20,8 +20,11 @@ LOADERS = {
     "workflow": "from quant.inputs import workflow_json; workflow_json(P)",
     "nightly record": "from harness.nightly.records import load; load(P)",
     "manifest": "from quant.inputs import manifest_json; manifest_json(P)",
+    "safetensors index": "from quant.sources import open_source; open_source(P)",
+    "gate record": "from harness.card.record import _load; from pathlib import Path; _load(Path(P))",
 }
-SUFFIX = {"activation samples": ".safetensors", "preset": ".toml", "policy": ".toml"}
+SUFFIX = {"activation samples": ".safetensors", "preset": ".toml", "policy": ".toml",
+          "safetensors index": ".safetensors.index.json"}
 
 
 @pytest.mark.parametrize("kind", sorted(LOADERS))

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quant.kernels import fp8, nvfp4
+from tests.quant.kernels.edges import mxfp8_boundary_blocks as _boundary_blocks
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by tests/test_triton_kernels.py under TRITON_INTERPRET=1", allow_module_level=True)
@@ -118,4 +119,70 @@ def test_every_formats_async_path_writes_its_planned_tensors(tq):
         got = {s: (DTYPE_NAMES[t.dtype], tuple(f.companion(s).fit(t).shape)) for s, t in raw.items()}
         assert got == {s: planned[s] for s in got} and set(got) >= {s for s in planned if s != f.input_scale_key}, f.name
         assert torch.isfinite(amax)
-    assert asked >= 4
+    assert asked >= 6
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(x=weights())
+def test_interpreted_mxfp8_bit_exact_with_the_format_math(tq, x):
+    """The MXFP8 kernel writes quant.formats.mxfp8's bytes (= comfy-kitchen's eager quantize_mxfp8's,
+    tests/quant/formats/test_new_format_bytes.py): codes padded to 32, swizzled E8M0 exponents, zero blocks."""
+    from quant.formats import mxfp8
+    x = x.clone()
+    x[0] = 0
+    q, s, amax = tq.quantize_mxfp8_async(x, hw=False)
+    q2, s2 = mxfp8.quantize(x)
+    assert _eq(q, q2) and torch.equal(s, s2)
+    assert float(amax) == float(x.abs().amax().float())
+
+
+def test_interpreted_mxfp8_exponent_edges_and_non_finite(tq):
+    from quant.formats import mxfp8
+    x = _boundary_blocks()
+    q, s, _ = tq.quantize_mxfp8_async(x, hw=False)
+    q2, s2 = mxfp8.quantize(x)
+    assert _eq(q, q2) and torch.equal(s, s2)
+    x[3, 3] = float("nan")
+    assert torch.isnan(tq.quantize_mxfp8_async(x, hw=False)[2])
+
+
+@st.composite
+def w4a4_weights(draw):
+    x = draw(weights())
+    k = 64 * draw(st.integers(1, 5))
+    n = x.shape[0]
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    y = torch.randn(n, k, generator=g) * float(x.float().abs().amax().clamp(min=1e-6))
+    return y.to(x.dtype)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(x=w4a4_weights())
+def test_interpreted_w4a4_rows_bit_exact_with_the_format_math(tq, x):
+    """The W4A4 kernel on the torch-rotated weight (the default CUDA path) writes quant.formats.w4a4_convrot's
+    bytes (= comfy-kitchen's eager quantize_convrot_w4a4_weight's): row scale in the weight's dtype, int4 codes,
+    even column in the low nibble; an all-zero row takes the clamp(min=1e-10) branch."""
+    from quant.formats import convrot, w4a4_convrot
+    x = x.clone()
+    x[0] = 0
+    g = convrot.group_for(x.shape[1], w4a4_convrot.GROUPS)
+    p, s, amax = tq.quantize_w4a4_convrot_async(x, g, hw=False)
+    p2, s2 = w4a4_convrot.quantize_w4a4(x, g)
+    assert torch.equal(p, p2) and torch.equal(s, s2)
+    assert float(amax) == float(convrot.rotate(x, g).abs().amax().float())
+
+
+def test_interpreted_fused_rotation_matches_the_torch_rotation_path(tq, monkeypatch):
+    """rot_fused=1 (the rotation inside the kernel, tl.dot) against the default path: the interpreter's dot sums
+    in another order than torch's matmul, so codes may differ by one step here; whether the card's MMA writes
+    cuBLAS's bits is checked on the GPU (benchmarks/test_bench_new_formats_gpu.py)."""
+    from quant.formats import convrot
+    x = torch.randn(40, 512, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    ref_i8 = tq.quantize_int8_convrot_async(x, 256, hw=False)
+    ref_w4 = tq.quantize_w4a4_convrot_async(x, 256, hw=False)
+    monkeypatch.setitem(tq.CFG, "rot_fused", 1)
+    i8 = tq.quantize_int8_convrot_async(x, 256, hw=False)
+    w4 = tq.quantize_w4a4_convrot_async(x, 256, hw=False)
+    assert (i8[0].int() - ref_i8[0].int()).abs().max() <= 1 and torch.allclose(i8[1], ref_i8[1], rtol=1e-2)
+    d = convrot.unpack_int4(w4[0]).int() - convrot.unpack_int4(ref_w4[0]).int()
+    assert d.abs().max() <= 1 and (d != 0).float().mean() < 0.01 and torch.allclose(w4[1], ref_w4[1], rtol=1e-2)
