@@ -12,7 +12,7 @@ renders say by themselves (min SSIM vs the floor, mean 1-SSIM vs the slot's refe
 
     python benchmarks/a14b_foreign_render.py --work DIR -o benchmarks/results/cpu-a14b-foreign-render-2026-12-07.json
 
-(with the ./qg environment's Python, ~/.cache/quantgate/venv-<hash>/bin/python; one thread.)
+(with the ./qg environment's Python, ~/.cache/quantgate/venv-<hash>/bin/python.)
 """
 from __future__ import annotations
 
