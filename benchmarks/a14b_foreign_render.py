@@ -10,7 +10,9 @@ Per candidate: the gate's verdict (with verify: the format gate's ``calibration.
 gate's own check of the file's calibration provenance against its slot) and ``render_alone``: what the
 renders say by themselves (min SSIM vs the floor, mean 1-SSIM vs the slot's reference conversion).
 
-    ./qg python benchmarks/a14b_foreign_render.py --work DIR -o benchmarks/results/cpu-a14b-foreign-render-2026-12-07.json
+    python benchmarks/a14b_foreign_render.py --work DIR -o benchmarks/results/cpu-a14b-foreign-render-2026-12-07.json
+
+(with the ./qg environment's Python, ~/.cache/quantgate/venv-<hash>/bin/python.)
 """
 from __future__ import annotations
 

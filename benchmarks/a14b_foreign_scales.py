@@ -15,7 +15,9 @@ Measured in process (one thread) on the trained tiny pair ``wan22-a14b-tiny``, n
    conversion emulates), and ``weight-only``, each scored with skimage SSIM against the bf16 pair's render,
    for each class (cond_seed 1-3; the gate's plan renders class 1 only); ``mean_d`` = mean 1 - SSIM.
 
-    ./qg python benchmarks/a14b_foreign_scales.py -o benchmarks/results/cpu-a14b-foreign-scales-2026-12-07.json
+    python benchmarks/a14b_foreign_scales.py -o benchmarks/results/cpu-a14b-foreign-scales-2026-12-07.json
+
+(with the ./qg environment's Python, ~/.cache/quantgate/venv-<hash>/bin/python; one thread.)
 """
 from __future__ import annotations
 

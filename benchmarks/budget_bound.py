@@ -58,7 +58,7 @@ def _meta_len(layer: str, conf: dict | None) -> int:
     return len(json.dumps(s)) - 2
 
 
-def measure(layers: dict) -> dict:
+def measure(layers: dict, searches=("nvfp4+mse", "nvfp4+wide")) -> dict:
     """layer -> choice -> {"err", "data", "bytes"} (data = weight + scales, bytes = data + header + metadata)."""
     import torch
 
@@ -70,7 +70,7 @@ def measure(layers: dict) -> dict:
         wf = w.float()
         row = {"keep": {"err": 0.0, "data": w.numel() * w.element_size(),
                         "bytes": w.numel() * w.element_size() + _entry_len(f"{layer}.weight", w)}}
-        for name in FORMATS + ("nvfp4+mse", "nvfp4+wide"):
+        for name in FORMATS + tuple(searches):
             fmt = formats.get(name.split("+")[0])
             if fmt.refuses(n, k):
                 continue

@@ -1,5 +1,5 @@
 """Budgeted mixes (``convert --budget-bits B``): each layer the preset quantizes gets NVFP4, FP8 or its source
-precision by measured sensitivity, so that the stored bits per weight of those layers stay <= B.
+precision (and INT8 per row when ``--comfy-version`` targets a ComfyUI that loads it) by measured sensitivity, so that the stored bits per weight of those layers stay <= B.
 
 Cost of a choice = the bytes it stores for the layer's weight: NVFP4 packed codes + e4m3 block scales (with
 the swizzle padding) + the F32 global scale (4.5 bits a weight on aligned shapes), FP8 one byte a weight + the
@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-ACTIONS = ("nvfp4", "fp8", "keep")
+ACTIONS = ("nvfp4", "fp8", "int8", "keep")     # in order of bytes (int8: + F32 row scales)
+BASE_ACTIONS = ("nvfp4", "fp8", "keep")          # offered unless the target ComfyUI loads int8 (see apply)
 
 
 def _nvfp4_bytes(n: int, k: int, itemsize: int) -> int:
@@ -32,6 +33,7 @@ def _nvfp4_bytes(n: int, k: int, itemsize: int) -> int:
 
 _BYTES = {"nvfp4": _nvfp4_bytes,
           "fp8": lambda n, k, itemsize: n * k + 4,
+          "int8": lambda n, k, itemsize: n * k + 4 * n,
           "keep": lambda n, k, itemsize: n * k * itemsize}
 CHEAPEST = ACTIONS[0]
 
@@ -101,8 +103,7 @@ def allocate(choices: list[Choice], budget_bits: float, metric: str = "output") 
     while True:
         best = None
         for c in choices:
-            cur = ACTIONS.index(c.action)
-            for a in ACTIONS[cur + 1:]:
+            for a in c.err:
                 db = c.bytes[a] - c.bytes[c.action]
                 de = c.err[c.action] - c.err[a]
                 if db <= 0 or used + db > budget + 1e-9 or de <= 0:
@@ -119,15 +120,14 @@ def allocate(choices: list[Choice], budget_bits: float, metric: str = "output") 
     # the error-per-byte every upgrade had to beat: the best upgrade left out (for the reasons)
     left = []
     for c in choices:
-        cur = ACTIONS.index(c.action)
-        for a in ACTIONS[cur + 1:]:
+        for a in c.err:
             db = c.bytes[a] - c.bytes[c.action]
             de = c.err[c.action] - c.err[a]
             if db > 0 and de > 0:
                 left.append(de / db)
     bar = max(left) if left else 0.0
     for c in choices:
-        opts = ", ".join(f"{a} {_fmt_db(c.db(a))}" for a in ACTIONS[:2])
+        opts = ", ".join(f"{a} {_fmt_db(c.db(a))}" for a in c.err if a != "keep")
         if c.action == CHEAPEST:
             why = "upgrade did not fit the budget" if bar else "nothing dearer helps"
         else:
@@ -137,8 +137,15 @@ def allocate(choices: list[Choice], budget_bits: float, metric: str = "output") 
     return Allocation(budget_bits, metric, choices)
 
 
+def _int8_rows(x):
+    """Dynamic int8 per row as ComfyUI's int8 path runs activations (amax/127 a row, rounded), dequantized."""
+    import torch
+    s = (x.abs().amax(-1, keepdim=True) / 127.0).clamp(min=1e-30)
+    return torch.round(x / s).clamp(-128, 127) * s
+
+
 def measure(layers, load, *, rows=None, metric: str = "output", nvfp4=None, src_itemsize: int = 2,
-            device: str = "cpu", progress: bool = False) -> list[Choice]:
+            device: str = "cpu", progress: bool = False, actions=BASE_ACTIONS) -> list[Choice]:
     """Sensitivities of ``layers`` = [(name, layer, shape)]: ``load(name)`` reads a weight; ``rows(layer)``
     gives its recorded activations [M, K] (``metric="output"``; None -> weight metric for that layer);
     ``nvfp4(w) -> (packed, block scales, s2)`` is the NVFP4 quantizer the conversion will use (default RTN)."""
@@ -159,9 +166,15 @@ def measure(layers, load, *, rows=None, metric: str = "output", nvfp4=None, src_
         d_nv = _nv.dequantize(p, bs, s2, tuple(wf.shape))
         q8, s8 = _fp8.quantize(w)
         d_f8 = _fp8.dequantize(q8, s8)
+        d_i8 = None
+        if "int8" in actions:
+            from .formats import int8 as _i8
+            d_i8 = _i8.dequantize_rowwise(*_i8.quantize_rowwise(w), torch.float32)
         x = rows(layer) if (rows is not None and metric == "output") else None
         if x is None:
             err = {"nvfp4": float((d_nv - wf).double().pow(2).sum()), "fp8": float((d_f8 - wf).double().pow(2).sum())}
+            if d_i8 is not None:
+                err["int8"] = float((d_i8 - wf).double().pow(2).sum())
             ref = float(wf.double().pow(2).sum())
         else:
             x = x.to(device=device, dtype=torch.float32)
@@ -173,11 +186,26 @@ def measure(layers, load, *, rows=None, metric: str = "output", nvfp4=None, src_
             m = max(1, x.shape[0])
             err = {"nvfp4": float((xn @ d_nv.T - y).double().pow(2).sum()) / m,
                    "fp8": float((x8 @ d_f8.T - y).double().pow(2).sum()) / m}
+            if d_i8 is not None:
+                err["int8"] = float((_int8_rows(x) @ d_i8.T - y).double().pow(2).sum()) / m
             ref = float(y.double().pow(2).sum()) / m
         err["keep"] = 0.0
-        b = {a: stored_bytes(a, shape, src_itemsize) for a in ACTIONS}
+        b = {a: stored_bytes(a, shape, src_itemsize) for a in err}
         out.append(Choice(layer, int(shape[0]) * int(shape[1]), b, err, ref))
     return out
+
+
+def offered_actions(req) -> tuple:
+    """NVFP4 / FP8 / source precision; plus INT8 (per-row scales: ~43 dB weight SQNR at 8 bits vs FP8's ~31.5)
+    when the conversion targets a ComfyUI that loads int8_tensorwise (``--comfy-version`` >= its first version)
+    and the rounding is not ``learned`` (learned rounding knows the NVFP4 / FP8 grids only). Without
+    ``--comfy-version`` the file keeps NVFP4's own ComfyUI minimum."""
+    from .comfy.versions import version_lt
+    from .formats import get
+    v = getattr(req.plan, "comfy_version", None)
+    if not v or req.rounding.learned or version_lt(v, get("int8").min_comfy) is not False:
+        return BASE_ACTIONS
+    return ACTIONS
 
 
 def apply(the_plan, src, req) -> Allocation:
@@ -201,13 +229,14 @@ def apply(the_plan, src, req) -> Allocation:
         from .rounding import scale_search
         nvq = scale_search.quantize              # the weight-error search (the output one needs each layer's H)
     from .dtypes import DTYPE_BYTES
+    actions = offered_actions(req)
     k_of = {d.layer: int(d.shape[1]) for d in q}
     try:
         rows = (lambda layer: samples.rows(layer, k_of[layer]) if layer in samples else None) if samples else None
         choices = measure([(d.name, d.layer, tuple(d.shape)) for d in q], src.get, rows=rows,
                           metric="output" if samples else "weight", nvfp4=nvq,
                           src_itemsize=max((DTYPE_BYTES.get(d.dtype, 2) for d in q), default=2),
-                          device=str(req.device), progress=req.output.progress)
+                          device=str(req.device), progress=req.output.progress, actions=actions)
     finally:
         if samples is not None:
             samples.close()

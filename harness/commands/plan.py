@@ -82,7 +82,7 @@ def _budget(args, src, plan) -> None:
     from quant import budget
     from quant.convert import ConvertRequest, PlanChoice, RoundingChoice
     req = ConvertRequest(Path(args.source), formats.get(args.target),
-                         plan=PlanChoice(budget_bits=args.budget_bits),
+                         plan=PlanChoice(budget_bits=args.budget_bits, comfy_version=args.comfy_version),
                          rounding=RoundingChoice(samples=args.act_samples, scale_search=args.scale_search))
     req.check()
     budget.apply(plan, src, req)

@@ -78,7 +78,8 @@ GPTQ_CUDA_WINDOW = 6 << 30
 class Gptq:
     """``--rounding gptq``: Hessian-aware rounding (quant.rounding.gptq) from recorded activations; same-shape
     layers run as one batch inside host-memory windows (engine.plan's schedule), results in job order.
-    NVFP4 block scales by ``cfg.scale_search``. Every layer needs recorded rows (convert checks)."""
+    NVFP4 block scales by ``cfg.scale_search``. Every NVFP4 / FP8 layer needs recorded rows (convert checks);
+    layers of other formats (int8 in a --budget-bits mix) are rounded to nearest by their format."""
     name = "gptq"
 
     def __init__(self, cfg=None, calibration=None, *, progress: bool = False):
@@ -115,6 +116,14 @@ class Gptq:
             for window in sched:
                 results = {}
                 for batch in window:
+                    if batch[0].action not in gptq.GRIDS:     # e.g. int8 layers of a --budget-bits mix: RTN
+                        for j in batch:
+                            job = by_name[j.name]
+                            results[j.name] = job.fmt.quantize(job.load().to(dev), backend=backend, name=j.name)
+                        self.stats["layers"] += len(batch)
+                        if bar is not None:
+                            bar.update(len(batch))
+                        continue
                     ws = [by_name[j.name].load().to(dev) for j in batch]
                     hs = [samples.gram(j.layer, j.shape[1], dev) for j in batch]
                     missing = [j.layer for j, h in zip(batch, hs) if h is None]
@@ -131,7 +140,7 @@ class Gptq:
                     del ws, hs, out
                 for ej in sorted((j for b in window for j in b), key=lambda j: order[j.name]):
                     job, t = by_name[ej.name], results.pop(ej.name)
-                    yield job, _raw(job, ej.action, t)
+                    yield job, (t if isinstance(t, dict) else _raw(job, ej.action, t))
         finally:
             self.stats["seconds"] = round(time.perf_counter() - t0, 2)
             samples.close()

@@ -161,3 +161,33 @@ def test_act_samples_of_kept_layers_are_ignored_and_of_foreign_layers_refused(th
         convert(thin_wan5b, tmp_path / "bad.safetensors", "nvfp4", rounding="gptq",
                 act_samples=tmp_path / "foreign.safetensors")
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_budget_bits_offers_int8_for_a_comfyui_that_loads_it(cli, thin_wan5b, samples):
+    """--budget-bits with --comfy-version >= int8_tensorwise's first version may give layers INT8 (per-row scales)
+    instead of FP8 -- measured by the same output error -- and GPTQ rounds the NVFP4/FP8 ones while the INT8
+    ones are rounded to nearest; the mixed file verifies against its source. Without --comfy-version, or for an
+    older ComfyUI, or with learned rounding, the choices stay NVFP4 / FP8 / source precision."""
+    from types import SimpleNamespace
+    from quant import budget
+    d, acts, held = samples
+    out = d / "b6_int8.safetensors"
+    s = convert(thin_wan5b, out, "nvfp4", budget_bits=6.0, rounding="gptq", act_samples=acts, comfy_version="0.33.0")
+    b = s.budget
+    assert b["bits_per_weight"] <= 6.0 and b["metric"] == "output"
+    assert "int8" in b["counts"], b["counts"]
+    assert all("int8" in v["reason"] for v in b["layers"].values())           # each reason lists its int8 dB
+    with SafetensorsFile(out) as f:
+        meta = json.loads(f.metadata["_quantization_metadata"])["layers"]
+        for layer, v in b["layers"].items():
+            if v["action"] == "int8":
+                assert meta[layer]["format"] == "int8_tensorwise" and f.get(f"{layer}.weight").dtype == torch.int8
+    r = cli("verify", out, "--source", thin_wan5b)
+    assert r.returncode == 0, r.stderr
+    old = convert(thin_wan5b, d / "b6_old.safetensors", "nvfp4", budget_bits=6.0, comfy_version="0.26.0")
+    assert "int8" not in old.budget["counts"]
+    req = lambda v, learned=False: SimpleNamespace(plan=SimpleNamespace(comfy_version=v),  # noqa: E731
+                                                   rounding=SimpleNamespace(learned=learned))
+    assert budget.offered_actions(req(None)) == budget.offered_actions(req("0.26.0")) == ("nvfp4", "fp8", "keep")
+    assert "int8" in budget.offered_actions(req("0.27.0"))
+    assert "int8" not in budget.offered_actions(req("0.33.0", learned=True))

@@ -128,3 +128,37 @@ def test_edit_gate_fails_misquantized_img_in(edit_record):
     bad = {c["label"]: c for c in edit_record["candidates"]}["planted"]
     assert bad["verdict"] == "fail" and bad["load_warnings"] == []
     assert bad["min_ssim"] < bad["threshold"], bad["reasons"]
+
+
+def _same_on_both_versions(m: dict, good: list[str], planted: list[str]) -> None:
+    """The matrix of ComfyUI 0.3.75 (embedded) and 0.33.0 (upstream): the source loads cleanly on each, every
+    good file passes and every planted one fails by its render on each; the good files pass from 0.3.75."""
+    assert [v["comfyui_version"] for v in m["versions"]] == ["0.3.75", "0.33.0"]
+    for rec in m["_records"]:
+        assert rec["source"]["load_warnings"] == [] and rec["control"]["pass"] and rec["repeat"]["identical"]
+    for v in m["versions"]:
+        by = {c["label"]: c for c in v["candidates"]}
+        for lab in good:
+            assert by[lab]["verdict"] == "pass", (v["comfyui_version"], by[lab]["reasons"])
+        for lab in planted:
+            assert by[lab]["verdict"] == "fail" and by[lab]["min_ssim"] < by[lab]["threshold"], (
+                v["comfyui_version"], by[lab])
+    assert m["oldest_passing"] == {**{g: "0.3.75" for g in good}, **{p: None for p in planted}}
+
+
+def test_version_matrix_qwen_image(qwen_record, version_matrix, tmp_path_factory):
+    """Qwen-Image's fp8 file and the swapped-MLP defect on ComfyUI 0.3.75 and 0.33.0: one seed at 64x64 (the
+    embedded run is qwen_record's; upstream renders the same files, plan and workflow without the reference
+    conversion, which would add a 3072-wide fp8 render)."""
+    m = version_matrix(qwen_record, policy=_policy(), workflow=Workflow.from_arg("qwen_image_t2i_smoke", None),
+                       work_dir=tmp_path_factory.mktemp("qwen-upstream"), emulate=False, compare_reference=False)
+    assert all(v["candidates"][0]["min_ssim"] > 0.99 for v in m["versions"])     # the fp8 file, both versions
+    _same_on_both_versions(m, ["fp8"], ["planted"])
+
+
+def test_version_matrix_qwen_image_edit(edit_record, version_matrix, tmp_path_factory):
+    """Qwen-Image-Edit (ReferenceLatent, the reference image's path) on ComfyUI 0.3.75 and 0.33.0: the source
+    renders the edit cleanly on both and the misquantized img_in fails on both."""
+    m = version_matrix(edit_record, policy=_policy(), workflow=Workflow.from_arg("qwen_image_edit_smoke", None),
+                       work_dir=tmp_path_factory.mktemp("edit-upstream"), emulate=False, compare_reference=False)
+    _same_on_both_versions(m, [], ["planted"])
