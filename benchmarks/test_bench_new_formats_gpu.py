@@ -143,7 +143,12 @@ def _bench_new_format(benchmark, weights, fmt, impl, shape):
     elif impl in ("quantgate-async", "quantgate-fused"):
         from quant.kernels import get_backend
         be = get_backend("cuda")
-        if f.quantize_async(be, x) is None:
+        try:
+            none = f.quantize_async(be, x) is None
+        except Exception as e:               # the fused kernel does not launch on every card: recorded
+            RESULTS["rows"][f"{fmt} {impl} {shape[0]}x{shape[1]}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            pytest.skip(f"{impl} cannot run {fmt}: {e}")
+        if none:
             pytest.skip(f"{fmt} has no async path (quantize() serves the pipeline)")
         fn = lambda: f.quantize_async(be, x)[0]          # noqa: E731
     else:
