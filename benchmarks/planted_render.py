@@ -34,10 +34,13 @@ sys.path.insert(0, str(ROOT))
 # fp8 scale x2^14 (+10 % relative weight error, 14 % of the weights to zero; x2^10 adds only 0.2 %)
 PLANTED = {
     "activation scales too small": [("nvfp4 input x1/2", "scale_inputs", "nvfp4_cal", 1 / 2),
+                                    ("nvfp4 input x1/4", "scale_inputs", "nvfp4_cal", 1 / 4),
                                     ("nvfp4 input x1/16", "scale_inputs", "nvfp4_cal", 1 / 16),
                                     ("fp8 input x1/2", "scale_inputs", "fp8_cal", 1 / 2),
+                                    ("fp8 input x1/4", "scale_inputs", "fp8_cal", 1 / 4),
                                     ("fp8 input x1/16", "scale_inputs", "fp8_cal", 1 / 16)],
-    "nvfp4 block scales shifted down": [("nvfp4 block -4 codes", "shift_block_scales", "demo_nvfp4", 4)],
+    "nvfp4 block scales shifted down": [("nvfp4 block -2 codes", "shift_block_scales", "demo_nvfp4", 2),
+                                        ("nvfp4 block -4 codes", "shift_block_scales", "demo_nvfp4", 4)],
     "nvfp4 global scale up, block scales underflow": [("nvfp4 global up 10pct underflow", "global_scale_up",
                                                        "demo_nvfp4", ("underflow", 0.10))],
     "fp8 per-tensor scale far too large": [("fp8 scale x2^14", "coarse_fp8", "demo_fp8", 2 ** 14)],
@@ -45,7 +48,10 @@ PLANTED = {
 # every good file of benchmarks/render_noise.py is rendered in the same gate run: their renders set the
 # margins (render_noise.summarize reads only these), the planted files are judged with them afterwards
 GOOD_LABELS = ["demo_fp8-legacy", "demo_fp8", "demo_nvfp4", "fp8_cal", "fp8_cal_fpmm", "nvfp4_cal", "nvfp4_cal_m1.2",
-               "fp8-legacy_learned", "nvfp4_learned_cal", "nvfp4_q8_0_preset", "nvfp4_cal_global_x2"]
+               "fp8-legacy_learned", "nvfp4_learned_cal", "nvfp4_q8_0_preset", "nvfp4_cal_global_x2",
+               # session 3: the other good files of the fresh noise run (calibrated on seeds 21-24, fp8 margin 1.2,
+               # percentile 99.99)
+               "nvfp4_cal_b", "fp8_cal_b", "fp8_cal_m1.2", "nvfp4_cal_p99.99"]
 GOOD = [(k, k) for k in GOOD_LABELS]
 
 

@@ -201,6 +201,11 @@ def entry() -> None:
             except (OSError, ValueError):
                 pass
         if rc == 0:
+            if startup.preload_enabled():
+                try:
+                    startup.record_libs()               # what the next CUDA convert reads first
+                except Exception as e:    # noqa: BLE001 - a measurement aid: never the command's result
+                    print(f"quantgate: library record not written: {e}", file=sys.stderr)
             import atexit
             atexit._run_exitfuncs()
         os._exit(rc)

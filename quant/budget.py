@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 ACTIONS = ("nvfp4", "fp8", "int8", "keep")     # in order of bytes (int8: + F32 row scales)
 BASE_ACTIONS = ("nvfp4", "fp8", "keep")          # offered unless the target ComfyUI loads int8 (see apply)
+EXTRA_ACTIONS = tuple(a for a in ACTIONS if a not in BASE_ACTIONS)   # measured only when offered
 
 
 def _nvfp4_bytes(n: int, k: int, itemsize: int) -> int:
@@ -167,7 +168,7 @@ def measure(layers, load, *, rows=None, metric: str = "output", nvfp4=None, src_
         q8, s8 = _fp8.quantize(w)
         d_f8 = _fp8.dequantize(q8, s8)
         d_i8 = None
-        if "int8" in actions:
+        if any(a in actions for a in EXTRA_ACTIONS):      # int8, the one extra today
             from .formats import int8 as _i8
             d_i8 = _i8.dequantize_rowwise(*_i8.quantize_rowwise(w), torch.float32)
         x = rows(layer) if (rows is not None and metric == "output") else None

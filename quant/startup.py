@@ -16,6 +16,11 @@ called by the CLI before it parses its arguments, starts two daemon threads inst
   Triton's JIT (or its disk cache) and cuBLAS are loaded before the first layer; the pipeline waits for it
   (:meth:`Warmup.wait_gpu`) before its own first launch.
 
+``QUANTGATE_PRELOAD_LIBS=1`` (opt-in, not measured yet): the prefetcher first reads, in file order, the byte ranges of
+the shared libraries that the previous CUDA conversion had in the page cache (recorded at its end with mincore into
+``~/.cache/quantgate/startup-libs.json``), so torch's cold import reads them sequentially instead of page fault by
+page fault while the shards stream in.
+
 Neither thread writes anything or decides anything: errors there are dropped (the conversion meets and reports
 them itself), and nothing but the page cache and the CUDA context is shared. ``QUANTGATE_WARMUP=0`` turns it off
 (the serial start-up, for measurements); ``QUANTGATE_TIMELINE=FILE`` writes the start-up timeline as JSON
@@ -82,6 +87,108 @@ def enabled() -> bool:
     return os.environ.get("QUANTGATE_WARMUP", "1") != "0"
 
 
+# ---- shared libraries: record what a CUDA conversion had resident, read it first next time (opt-in) ------------
+PRELOAD_ENV = "QUANTGATE_PRELOAD_LIBS"
+
+
+def preload_enabled() -> bool:
+    return os.environ.get(PRELOAD_ENV, "0") == "1"
+
+
+def libs_record_path() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "quantgate",
+                        "startup-libs.json")
+
+
+def _is_lib(path: str) -> bool:
+    base = os.path.basename(path)
+    return (base.endswith(".so") or ".so." in base) and os.path.isfile(path) and not os.path.islink(path)
+
+
+def resident_ranges(path: str, gap: int = 1 << 20) -> list[list[int]]:
+    """Byte ranges of ``path`` in the page cache now (mincore over a fresh read-only mapping), ranges closer
+    than ``gap`` merged."""
+    import ctypes
+    import mmap
+    import re
+    size = os.path.getsize(path)
+    if size == 0:
+        return []
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    page = mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            return []
+        try:
+            vec = ctypes.create_string_buffer((size + page - 1) // page)
+            if libc.mincore(addr, size, vec) != 0:
+                return []
+            bits = vec.raw.translate(bytes(i & 1 for i in range(256)))
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    out: list[list[int]] = []
+    for m in re.finditer(b"\x01+", bits):
+        b, e = m.start() * page, min(size, m.end() * page)
+        if out and b - out[-1][1] < gap:
+            out[-1][1] = e
+        else:
+            out.append([b, e])
+    return out
+
+
+def record_libs() -> int:
+    """Write the resident ranges of every shared library this process maps (the CUDA conversion's torch, CUDA
+    and Triton libraries) to :func:`libs_record_path`; returns the bytes recorded."""
+    seen: dict[str, None] = {}
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith("/") and _is_lib(parts[5].strip()):
+                seen.setdefault(parts[5].strip(), None)
+    libs = []
+    for path in seen:
+        st = os.stat(path)
+        ranges = resident_ranges(path)
+        if ranges:
+            libs.append({"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ranges": ranges})
+    from .outputs import write_text
+    target = libs_record_path()
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    write_text(target, json.dumps({"libs": libs}) + "\n", what="startup library record")
+    return sum(e - b for lib in libs for b, e in lib["ranges"])
+
+
+def recorded_lib_ranges() -> list[tuple[str, int, int]]:
+    """The recorded ranges of libraries unchanged since (same size and mtime), in file order; [] when none."""
+    path = libs_record_path()
+    if not os.path.isfile(path):
+        return []
+    from .inputs import load_json
+    try:
+        data = load_json(path, what="startup library record")
+    except Exception:         # noqa: BLE001 - a bad record only costs the preload
+        return []
+    out = []
+    for lib in data.get("libs", []) if isinstance(data, dict) else []:
+        try:
+            p, size, mtime, ranges = lib["path"], lib["size"], lib["mtime_ns"], lib["ranges"]
+            st = os.stat(p)
+            if not (isinstance(p, str) and _is_lib(p) and st.st_size == size and st.st_mtime_ns == mtime):
+                continue
+            out += [(p, int(b), min(int(e), size)) for b, e in ranges if 0 <= int(b) < int(e)]
+        except (KeyError, TypeError, ValueError, OSError):
+            continue
+    return out
+
+
 class Warmup:
     """The two start-up threads of one conversion (see the module's docstring)."""
 
@@ -96,6 +203,7 @@ class Warmup:
         self._ahead = 0
         self._stop = False
         self.prefetched = 0
+        self.preloaded = 0
         self.warmed: list[str] = []
         self.errors: list[str] = []
         self._gpu = threading.Thread(target=self._gpu_main, name="qg-gpu-warm", daemon=True)
@@ -125,7 +233,8 @@ class Warmup:
             self._cond.notify_all()
 
     def report(self) -> dict:
-        return {"prefetched_bytes": self.prefetched, "lead_bytes": self.lead, "warmed": self.warmed,
+        return {"prefetched_bytes": self.prefetched, "preloaded_lib_bytes": self.preloaded, "lead_bytes": self.lead,
+                "warmed": self.warmed,
                 "errors": self.errors[:5]}
 
     # ---- prefetch -------------------------------------------------------------------------------------
@@ -199,6 +308,19 @@ class Warmup:
         fds: dict[str, int] = {}
         mv = memoryview(bytearray(READ_BLOCK))
         try:
+            if preload_enabled():
+                for f, b, e in recorded_lib_ranges():       # the libraries' pages, sequentially, before any shard
+                    if self._stop:
+                        return
+                    if f not in fds:
+                        fds[f] = os.open(f, os.O_RDONLY)
+                    while b < e:
+                        got = os.preadv(fds[f], [mv[:min(READ_BLOCK, e - b)]], b)
+                        if got <= 0:
+                            break
+                        b += got
+                        self.preloaded += got
+                mark("libs_preloaded")
             # head start: the first file from its first byte while its header is parsed (imports of the reader
             # included); the span phase then skips what this read
             head, upto = self.first_file(), 0

@@ -10,7 +10,8 @@ unchanged code on one machine type read +41 % median and +84 % seconds per step)
 
 * times (median, ``*seconds*`` / ``*_s`` / ``*s_per_step*``) and throughputs (``*_mb_s``, ``*_gb_s``, ``*per_s*``)
   with raw samples on both sides (a benchmark's ``stats.data`` rounds; ``<figure>_runs`` lists in
-  ``extra_info``): with >= 3 samples each, a regression needs BOTH a one-sided Mann-Whitney rank test
+  ``extra_info``): with >= 3 samples each and enough of them that the exact test can reach p < 0.05 at all
+  (not 3 vs 3: its smallest p is 0.05), a regression needs BOTH a one-sided Mann-Whitney rank test
   p < 0.05 and the best of N (min time / max throughput) worse by > 10 %; with fewer, the best of N must be
   worse by more than 10 % and more than the larger relative spread of the two runs;
 * a throughput figure without samples of its own inherits its benchmark's timing spread (it is bytes / time);
@@ -29,7 +30,8 @@ from quant.errors import InputError
 
 SLOWER = 0.10
 RANK_P = 0.05          # one-sided Mann-Whitney U, exact
-RANK_MIN_N = 3         # samples per side for the rank test
+RANK_MIN_N = 3         # samples per side for the rank test, and it must be able to reach p < RANK_P at all:
+                       # 3 vs 3 cannot (the smallest exact one-sided p is 1/C(6,3) = 0.05), 3 vs 4 can (1/35)
 SSIM_DROP = 0.01
 VRAM_RISE = 0.05
 SCHEMA_KEYS = ("machine_info", "commit_info", "benchmarks", "datetime")
@@ -148,6 +150,13 @@ def _rank_p(new: list[float], old: list[float], worse: str) -> float:
     return float(mannwhitneyu(new, old, alternative=worse, method="exact").pvalue)
 
 
+def _rank_can_decide(n_old: int, n_new: int) -> bool:
+    """Whether the exact one-sided rank test of these sample counts can reach p < RANK_P (its smallest p is
+    1 / C(n_old + n_new, n_old)); otherwise the spread rule decides (a test that can never fire would pass
+    every regression)."""
+    return 1 / math.comb(n_old + n_new, n_old) < RANK_P
+
+
 def _judge_noisy(kind: str, ob: dict, nb: dict, fig: str, fo: float, fn: float):
     """(regression, decided, old spread, new spread) for a time or throughput figure, from the runs' spread."""
     so, sn = samples(ob, fig), samples(nb, fig)
@@ -161,7 +170,7 @@ def _judge_noisy(kind: str, ob: dict, nb: dict, fig: str, fo: float, fn: float):
     vo = best(so) if so else fo
     vn = best(sn) if sn else fn
     worse_by = (vo / vn - 1) if throughput else (vn / vo - 1) if vo else 0.0
-    if so and sn and len(so) >= RANK_MIN_N and len(sn) >= RANK_MIN_N:
+    if so and sn and len(so) >= RANK_MIN_N and len(sn) >= RANK_MIN_N and _rank_can_decide(len(so), len(sn)):
         p = _rank_p(sn, so, "less" if throughput else "greater")
         reg = p < RANK_P and worse_by > SLOWER
         return reg, f"rank test p={p:.3g} (< {RANK_P} needed), best of N {worse_by * 100:+.1f} %", spo, spn

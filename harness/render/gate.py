@@ -278,10 +278,13 @@ def _render_candidate(render, c: Candidate, name, seeds, sizes, images, renders,
     """Every seed and size of one candidate, scored against the baseline (stops at an execution error)."""
     tc = time.monotonic()
     images["candidates"][c.label] = {}
+    # a reference conversion is judged on its emulated render only: no weight-only render of it
+    direct = c.activations if c.role == "reference" else None
     for seed in seeds:
         for (w, h) in sizes:
             try:
-                res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h}", cache=c.role == "reference")
+                res, _ = render(name, seed, w, h, f"{c.label:<9} seed {seed} {w}x{h}"
+                                + (" activations emulated" if direct else ""), direct, cache=c.role == "reference")
             except ExecutionError as e:
                 c.execution_error = {"node_id": e.node_id, "node_type": e.node_type,
                                      "exception_type": e.exception_type, "message": e.message[:2000]}
@@ -300,7 +303,9 @@ def _render_candidate(render, c: Candidate, name, seeds, sizes, images, renders,
                  "max_abs_diff": d, "seconds": round(res.seconds, 3), "threshold": c.threshold,
                  "pass": s >= c.threshold, "pixels_sha256": score.pixel_sha256(img),
                  "rendered_as": c.rendered_as}
-            if c.activations and not emulation.render_emulated(render, c, name, seed, w, h, base, img, r, images,
+            if direct:
+                r["activations"] = "emulated"
+            elif c.activations and not emulation.render_emulated(render, c, name, seed, w, h, base, img, r, images,
                                                                _ssim_pair, log):
                 break
             c.renders.append(r)
@@ -496,7 +501,9 @@ def _decide_relative(c: Candidate, pol: dict) -> None:
             f"clearly below its reference conversion ({r.label}: round-to-nearest, same layers"
             f"{', activations emulated with dynamic scales' if r.activations else ''}): mean 1-SSIM "
             f"{j['mean_dissimilarity']:.4f} vs the reference's {j['reference_mean_dissimilarity']:.4f} "
-            f"(limit {j['ratio']:g} x + {j['slack']:g} = {j['limit']:.4f}; worst seed {w['seed']} "
+            f"(limit {j['ratio']:g} x + {j['slack']:g} = {j['limit']:.4f} over {j['renders']} renders"
+            f"{', margins of the ' + str(j['margins_for_renders']) + '-render entry' if j['margins_for_renders'] else ''}"
+            f"; worst seed {w['seed']} "
             f"{w['width']}x{w['height']}: SSIM {w['ssim']:.4f} vs {w['reference_ssim']:.4f})")
         c.verdict = "fail"
 
@@ -576,7 +583,7 @@ def run_gate(session, source, candidates, *, policy: dict | None = None, workflo
     refs = _reference_candidates(cands, session, slot_source, policy, work_dir, log, cand_names) if reference_on else []
     n_base = len(seeds) * len(sizes)
     render = _Renderer(session, workflow, settings, timeout, log, n_base + 2 + n_base * (len(cands) + _distinct(refs))
-                       + emulation.extra_renders(cands + refs, n_base), source_name=src_name)
+                       + emulation.extra_renders(cands, n_base), source_name=src_name)
     images: dict = {"baseline": {}, "control": None, "candidates": {}}
     renders: list = []
     baseline_renders, src_warn, example_wf = _baseline(render, src_name, seeds, sizes, source, images)

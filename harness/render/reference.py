@@ -133,11 +133,24 @@ def policy_for(candidate_policy: dict | None) -> dict | None:
 
 # ---- the relative verdict -------------------------------------------------------------------------
 
+def margins(pol: dict, n: int) -> tuple[float, float, int | None]:
+    """(ratio, slack, n of the entry used) for a mean over ``n`` renders: policy ``[[reference.margins]]``
+    holds them by the number of renders averaged (the paired noise shrinks with n); the entry of the largest
+    tabulated n <= ``n`` (fewer renders than any entry: the smallest entry's). Without a table: the
+    policy's single ``ratio`` / ``slack``."""
+    table = sorted(pol.get("margins") or [], key=lambda e: e["renders"])
+    if table:
+        e = ([x for x in table if x["renders"] <= n] or table[:1])[-1]
+        return float(e["ratio"]), float(e["slack"]), int(e["renders"])
+    return float(pol.get("ratio", 2.0)), float(pol.get("slack", 0.005)), None
+
+
 def judge(cand_rows: list[dict], ref_rows: list[dict], pol: dict) -> dict:
     """Candidate vs reference over the renders both have (same seed and size; SSIM vs the same source
     render; emulated rows when the candidate is emulated). ``pol``: ``ratio``, ``slack``.
 
-    dissimilarity d = 1 - SSIM; fail when mean d(candidate) > ratio x mean d(reference) + slack."""
+    dissimilarity d = 1 - SSIM; fail when mean d(candidate) > ratio x mean d(reference) + slack, the margins
+    for the number of renders averaged (:func:`margins`)."""
     ref = {(r["seed"], r["width"], r["height"]): r for r in ref_rows}
     pairs = [(r, ref[(r["seed"], r["width"], r["height"])]) for r in cand_rows
              if (r["seed"], r["width"], r["height"]) in ref]
@@ -145,12 +158,12 @@ def judge(cand_rows: list[dict], ref_rows: list[dict], pol: dict) -> dict:
         return {"available": False, "why": "no render of the reference to compare with"}
     dc = sum(1 - c["ssim"] for c, _ in pairs) / len(pairs)
     dr = sum(1 - r["ssim"] for _, r in pairs) / len(pairs)
-    ratio, slack = float(pol.get("ratio", 2.0)), float(pol.get("slack", 0.005))
+    ratio, slack, measured_n = margins(pol, len(pairs))
     limit = ratio * dr + slack
     worst = max(pairs, key=lambda p: p[1]["ssim"] - p[0]["ssim"])
     return {"available": True, "renders": len(pairs), "mean_dissimilarity": round(dc, 6),
             "reference_mean_dissimilarity": round(dr, 6), "limit": round(limit, 6), "ratio": ratio,
-            "slack": slack, "excess": round(dc / dr, 3) if dr > 0 else None,
+            "slack": slack, "margins_for_renders": measured_n, "excess": round(dc / dr, 3) if dr > 0 else None,
             "worst": {"seed": worst[0]["seed"], "width": worst[0]["width"], "height": worst[0]["height"],
                       "ssim": worst[0]["ssim"], "reference_ssim": worst[1]["ssim"]},
             "pass": dc <= limit}

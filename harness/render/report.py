@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 from . import score
@@ -73,6 +74,7 @@ def _reference_cell(ref: dict | None) -> str:
     return (f"<b>{_e(ref['label'])}</b><br>1−SSIM <b class='{'pass' if ok else 'fail'}'>"
             f"{ref['mean_dissimilarity']:.4f}</b> vs {ref['reference_mean_dissimilarity']:.4f}"
             f"<br><span class='muted'>limit {ref['ratio']:g}× + {ref['slack']:g} = {ref['limit']:.4f}"
+            f" over {ref.get('renders', '?')} renders"
             f"{' · ' + format(ref['excess'], '.2f') + '× the reference' if ref.get('excess') is not None else ''}"
             f"</span>")
 
@@ -184,7 +186,7 @@ def _summary(record: dict, cf: dict) -> list[str]:
         why = "<br>".join(_e(r) for r in c["reasons"]) or "<span class='muted'>—</span>"
         if c.get("notes"):
             why += "<br><span class='muted'>" + "<br>".join(_e(n) for n in c["notes"]) + "</span>"
-        o.append(f"<tr><td><b>{_e(c['label'])}</b><br><span class='muted'>{_e(Path(c['path']).name)}</span></td>"
+        o.append(f"<tr><td><b><a href='#{_anchor(c['label'])}'>{_e(c['label'])}</a></b><br><span class='muted'>{_e(Path(c['path']).name)}</span></td>"
                  f"<td>{_e(c['format'])}</td><td>{rend}</td>"
                  f"<td class='num'>{_fmt(c['min_ssim'])}</td>"
                  f"<td class='num'>{_fmt(mean)}</td><td class='num'>{c['threshold']}</td>"
@@ -241,11 +243,16 @@ def _environment(record: dict, cf: dict) -> list[str]:
     return o
 
 
+def _anchor(label: str) -> str:
+    """The id of a candidate's section (the summary links to it; a URL #fragment opens it)."""
+    return "c-" + re.sub(r"[^A-Za-z0-9_-]+", "-", label).strip("-")
+
+
 def _candidate(record: dict, c: dict, imgs: dict) -> list[str]:
     """One candidate: its errors, warnings, verify and renders."""
     o: list[str] = []
     lab = c["label"]
-    o.append(f"<h2>{_e(lab)} {_verdict(c['verdict'])}"
+    o.append(f"<h2 id='{_anchor(lab)}'>{_e(lab)} {_verdict(c['verdict'])}"
              f"{' <span class=twin>dequantized twin</span>' if c['rendered_as'] != 'file' else ''}</h2>")
     o.append(f"<div class='muted'><code>{_e(c['path'])}</code><br>sha256 <code>{_e(c['sha256'])}</code>"
              + (f"<br>twin sha256 <code>{_e(c['twin_sha256'])}</code>" if c.get("twin_sha256") else "") + "</div>")

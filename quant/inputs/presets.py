@@ -83,12 +83,24 @@ class _Load(Open):
     fail_on_unexpected: bool = True
 
 
+Ratio = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=1.0, le=1000.0)]
+Slack = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, le=1.0)]
+
+
+class _Margin(Strict):
+    """Margins for a mean over ``renders`` renders (the gate uses the largest ``renders`` <= its own)."""
+    renders: Annotated[int, Field(strict=True, ge=1, le=100_000)]
+    ratio: Ratio
+    slack: Slack
+
+
 class _Reference(Open):
     """The render gate's reference-conversion margins (issue 21): fail when mean 1-SSIM > ratio x the
-    reference's + slack."""
+    reference's + slack; by the number of renders averaged (``margins``), else one ``ratio`` / ``slack``."""
     enabled: bool = True
-    ratio: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=1.0, le=1000.0)] = 2.6
-    slack: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, le=1.0)] = 0.002
+    ratio: Ratio = 2.6
+    slack: Slack = 0.002
+    margins: list[_Margin] | None = Field(default=None, max_length=1000)
 
 
 class Policy(Strict):

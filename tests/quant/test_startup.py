@@ -101,3 +101,27 @@ def test_cli_convert_cuda_without_a_gpu_starts_the_warmup_and_still_refuses_in_o
     startup.write_timeline()
     pts = json.loads(tl.read_text())["points_s"]
     assert {"entry", "warmup_started", "parsed"} <= set(pts) and pts["warmup_started"] <= pts["parsed"]
+
+
+def test_library_record_and_preload(monkeypatch, tmp_path, model):
+    """QUANTGATE_PRELOAD_LIBS=1: the resident ranges of this process's shared libraries (torch's among them) are
+    recorded and read back first by the next prefetcher; a library changed since (size or mtime) is skipped."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("QUANTGATE_PRELOAD_LIBS", "1")
+    assert startup.record_libs() > 0
+    rec = json.loads((tmp_path / "cache" / "quantgate" / "startup-libs.json").read_text())["libs"]
+    assert any("torch" in lib["path"] for lib in rec)
+    for lib in rec:
+        assert all(0 <= b < e <= lib["size"] for b, e in lib["ranges"])
+    ranges = startup.recorded_lib_ranges()
+    assert ranges and sum(e - b for _, b, e in ranges) == sum(e - b for lib in rec for b, e in lib["ranges"])
+    total = sum(e - b for _, b, e in ranges)
+    w = startup.Warmup(model, "cuda", "fp8")
+    w._read.start()
+    _wait(lambda: w.preloaded >= total, timeout=120)
+    w.stop()
+    w._read.join(30)
+    assert w.preloaded == total and not w.errors
+    rec[0]["mtime_ns"] += 1
+    (tmp_path / "cache" / "quantgate" / "startup-libs.json").write_text(json.dumps({"libs": rec[:1]}))
+    assert startup.recorded_lib_ranges() == []

@@ -168,3 +168,24 @@ def test_repeats_decide_by_rank_test_both_ways():
     changes, _, _ = nightly.compare(same_a, slow)
     c = next(x for x in changes if x.benchmark == name and x.figure == "s_per_step")
     assert c.regression and c.decided.startswith("rank test") and c.new_spread["n"] == 5
+
+
+def test_three_repeats_each_are_judged_by_the_spread_not_by_a_rank_test_that_cannot_fire():
+    """3 vs 3 repeats: the exact one-sided rank test's smallest p is 1/20 = 0.05, never < 0.05, so it would pass
+    any slowdown; the spread rule decides instead (a 50 % slower run in every repeat is a regression, the same
+    distribution is not)."""
+    base = _h200(3)
+    name = "test_nightly_render[fp8]"
+    a = _with_runs(base, "s_per_step", {name: [0.050, 0.052, 0.051]})
+    slow = _with_runs(base, "s_per_step", {name: [0.076, 0.078, 0.077]})
+    changes, _, _ = nightly.compare(a, slow)
+    c = next(x for x in changes if x.benchmark == name and x.figure == "s_per_step")
+    assert c.regression and not c.decided.startswith("rank test"), c.decided
+    same = _with_runs(base, "s_per_step", {name: [0.051, 0.050, 0.053]})
+    changes, _, _ = nightly.compare(a, same)
+    c = next(x for x in changes if x.benchmark == name and x.figure == "s_per_step")
+    assert not c.regression, c.decided
+    four = _with_runs(base, "s_per_step", {name: [0.076, 0.078, 0.077, 0.079]})
+    changes, _, _ = nightly.compare(a, four)
+    c = next(x for x in changes if x.benchmark == name and x.figure == "s_per_step")
+    assert c.regression and c.decided.startswith("rank test"), c.decided       # 3 vs 4: p can reach 1/35

@@ -102,6 +102,45 @@ def record(comfy_session, thin_source, files):
     return rec
 
 
+# The issue's headline cases at the gate's own plan (policy.toml: 3 seeds x 64x64, 96x64 = 6 renders averaged;
+# the margins for 6 renders come from the fresh noise run): NVFP4 with every input_scale halved and FP8 with its
+# per-tensor weight scale x2^14 (+10 % weight error) must fail, the good files beside them must pass.
+HEADLINE_GOOD = ["nvfp4 calibrated", "nvfp4 margin 1.2", "fp8 calibrated", "demo fp8"]
+HEADLINE_PLANTED = ["nvfp4 input x1/2", "fp8 scale x2^14"]
+
+
+@pytest.fixture(scope="module")
+def headline(comfy_session, thin_source, files):
+    d, f = files
+    f["fp8 scale x2^14"] = qd.coarse_fp8(f["demo fp8"], d / "fp8_scale_x2^14.safetensors", 2 ** 14)
+    pol = gate.load_policy()                              # the policy's own plan
+    return gate.run_gate(comfy_session, thin_source, [(k, f[k]) for k in HEADLINE_GOOD + HEADLINE_PLANTED],
+                         policy=pol, work_dir=d)
+
+
+def test_headline_defects_fail_at_the_gates_plan(headline):
+    n = len(headline["seeds"]) * len(headline["sizes"])
+    for label in HEADLINE_GOOD:
+        c = _c(headline, label)
+        assert c["verdict"] == "pass", (label, c["reasons"], c["reference"])
+        assert c["reference"]["renders"] == n and c["reference"]["margins_for_renders"] <= n
+    for label in HEADLINE_PLANTED:
+        c = _c(headline, label)
+        assert c["verdict"] == "fail" and not c["reference"]["pass"], (label, c["min_ssim"], c["reference"])
+        assert c["min_ssim"] >= c["threshold"], (label, "the absolute floor alone would have caught it")
+
+
+def test_margins_narrow_with_the_renders_averaged():
+    """policy.toml's table: the gate takes the entry of the largest tabulated n <= its renders."""
+    pol = gate.load_policy()["reference"]
+    table = sorted(pol["margins"], key=lambda e: e["renders"])
+    assert table[0]["renders"] == 1
+    assert [e["ratio"] for e in table] == sorted((e["ratio"] for e in table), reverse=True)
+    assert reference.margins(pol, 1)[:2] == (table[0]["ratio"], table[0]["slack"])
+    assert reference.margins(pol, 6)[2] == max(e["renders"] for e in table if e["renders"] <= 6)
+    assert reference.margins(pol, 10**6)[2] == table[-1]["renders"]
+
+
 def _c(rec, label):
     return next(c for c in rec["candidates"] if c["label"] == label)
 
