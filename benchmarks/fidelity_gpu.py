@@ -74,6 +74,47 @@ def gptq_block_time(action, device, cfg, scale=1.0, blocks=1):
                 "batches": {f"{k[0]} {list(k[1])}": len(v) for k, v in groups.items()}}
 
 
+def gptq_convert_schedule_time(device, blocks, scale=1.0):
+    """``blocks`` A14B blocks through the strategy `convert --rounding gptq` runs (quant.rounding.strategy.Gptq:
+    its CUDA windows and batches, results moved to the host, in file order) -- the conversion's own schedule,
+    Gram matrices from synthetic activation rows made beforehand (the clock covers the rounding only)."""
+    from quant import arch, formats, presets
+    from quant.quantize import LayerJob
+    from quant.rounding import strategy
+    a = arch.get("wan22-t2v-a14b")
+    tensors = [(n, "BF16", tuple(max(16, int(x * scale) // 16 * 16) if len(s) == 2 else x for x in s))
+               for n, s in a.tensors() if any(n.startswith(f"blocks.{b}.") for b in range(blocks))]
+    plan = presets.plan(presets.load("wan22-a14b"), "nvfp4", tensors, source="bench")
+    fmt = formats.get("nvfp4")
+    ws, hs, jobs = {}, {}, []
+    for i, d in enumerate(d for d in plan.quantized() if len(d.shape) == 2):
+        ws[d.name] = G.weight(tuple(d.shape), 3000 + i, device)
+        hs[d.layer] = gram(activations(d.shape[1], seed=4000 + i % 10, device=device)(G.CALIB_ROWS))
+        jobs.append(LayerJob(d.layer, d.name, fmt.for_action(d.action), (lambda n=d.name: ws[n]), shape=tuple(d.shape)))
+
+    class _Grams:
+        def __init__(self, *a, **k):
+            pass
+
+        def gram(self, layer, k, dev):
+            return hs[layer]
+
+        def close(self):
+            pass
+
+    orig, strategy._Samples = strategy._Samples, _Grams
+    try:
+        st = strategy.Gptq(gptq.GptqConfig())
+        G.sync(device)
+        t0 = time.perf_counter()
+        n = sum(1 for _ in st.quantize(jobs, backend=None, device=device))
+        G.sync(device)
+        dt = time.perf_counter() - t0
+    finally:
+        strategy._Samples = orig
+    return dt, {"layers": n, "blocks": blocks}
+
+
 def main(argv=None):
     global gptq
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -87,8 +128,20 @@ def main(argv=None):
     ap.add_argument("--only-block", action="store_true", help="only the A14B expert timing (GPTQ, the recipe)")
     ap.add_argument("--blocks", type=int, nargs="+", default=[1], help="blocks batched together (each a timing)")
     ap.add_argument("--gptq-file", help="time this copy of quant/rounding/gptq.py instead (a before/after run)")
+    ap.add_argument("--convert-schedule", type=int, metavar="BLOCKS",
+                    help="only: GPTQ of this many A14B blocks through convert's own strategy/schedule (NVFP4 recipe)")
     ap.add_argument("--formats", default="nvfp4,fp8", help="comma-separated: nvfp4, fp8")
     a = ap.parse_args(argv)
+    if a.convert_schedule:
+        gptq_convert_schedule_time(a.device, 1, a.scale / 8)                    # warm-up, small
+        dt, info = gptq_convert_schedule_time(a.device, a.convert_schedule, a.scale)
+        res = {"device": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu",
+               "torch": torch.__version__, "what": "GPTQ (the recipe, NVFP4 preset wan22-a14b) of A14B blocks through "
+               "quant.rounding.strategy.Gptq (convert's schedule)", "seconds": round(dt, 3), **info,
+               "expert_est_s": round(dt * 40 / a.convert_schedule, 1)}
+        print(json.dumps(res), flush=True)
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        return res
     if a.gptq_file:
         import importlib.util
         spec = importlib.util.spec_from_file_location("gptq_under_test", a.gptq_file)
