@@ -62,9 +62,6 @@ def layer_plan(candidate, source) -> tuple[str, dict[str, str]]:
     if fmt == "unquantized" or fmt not in formats.TARGETS:
         raise NoReference(f"no reference conversion for a {fmt} candidate")
     target = formats.get(fmt)
-    if not target.static_input_scale:       # int8 / ConvRot / MXFP8 / W4A*: their render noise is not measured
-        raise NoReference(f"no reference conversion for a {fmt} candidate (the margins were measured on fp8 and "
-                          "NVFP4 files only)")
     names = _source_names(source)
     st = twin.structure(candidate)
     plan: dict[str, str] = {}
@@ -91,15 +88,18 @@ def preset_for(target: str, plan: dict[str, str]):
     """A preset that decides exactly ``plan``'s layers (and keeps everything else)."""
     from quant import formats
     from quant.presets import Preset, Rule
-    kernel = formats.get(target).kernel
+    fmt = formats.get(target)
+    # the preset's sensitive-layer value that makes a layer ``action`` in this format's files (w4a4: "fp8" ->
+    # int8 ConvRot); the format's own mapping, no format names here
+    value = {a: v for v, a in fmt.sensitive_actions.items()}
     rules = []
     for name, action in sorted(plan.items()):
         pat = "".join("[" + ch + "]" if ch in "*?[]" else ch for ch in name)       # literal fnmatch pattern
         assert fnmatch.fnmatchcase(name, pat)
-        if action == kernel:
+        if action == fmt.kernel:
             rules.append(Rule((pat,), "quant", reason="as the candidate"))
         else:
-            rules.append(Rule((pat,), "quant", nvfp4=action, reason=f"{action} as in the candidate"))
+            rules.append(Rule((pat,), "quant", nvfp4=value.get(action, action), reason=f"{action} as in the candidate"))
     rules.append(Rule(("*",), "keep", reason="kept, as in the candidate"))
     return Preset("reference", "the candidate's own per-layer decisions", None, (), tuple(rules))
 
