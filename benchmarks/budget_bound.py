@@ -195,6 +195,14 @@ def check_bytes(rows: dict, fixed: int) -> dict:
     return out
 
 
+def block_linears(src=None) -> dict:
+    """The block Linears' weights of the trained model, by layer name (what the pooled SQNR is over)."""
+    from quant.sources import open_source
+    with open_source(src or SRC) as s:
+        return {n[: -len(".weight")]: s.get(n) for n in s.keys()
+                if n.startswith("blocks.") and n.endswith(".weight") and len(s.info(n).shape) == 2}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks" / "results" /
@@ -202,11 +210,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
-    from quant.sources import open_source
     t0 = time.perf_counter()
-    with open_source(SRC) as s:
-        layers = {n[: -len(".weight")]: s.get(n) for n in s.keys()
-                  if n.startswith("blocks.") and n.endswith(".weight") and len(s.info(n).shape) == 2}
+    layers = block_linears()
     rows = measure(layers)
     ref = sum(r["_ref"] for r in rows.values())
     numel = sum(w.numel() for w in layers.values())

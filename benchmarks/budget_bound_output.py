@@ -43,11 +43,8 @@ def main(argv=None) -> int:
     from quant import formats
     from quant.activations.samples import ActivationSamples
     from quant.rounding import gptq, scale_search
-    from quant.sources import open_source
     t0 = time.perf_counter()
-    with open_source(B.SRC) as s:
-        layers = {n[: -len(".weight")]: s.get(n) for n in s.keys()
-                  if n.startswith("blocks.") and n.endswith(".weight") and len(s.info(n).shape) == 2}
+    layers = B.block_linears()
     tmp = Path(tempfile.mkdtemp(prefix="qg-bound-"))
     record_file(B.SRC, list(layers), tmp / "calib.safetensors", seeds=(11, 12, 13))
     record_file(B.SRC, list(layers), tmp / "held.safetensors", seeds=(21, 22, 23))
