@@ -104,20 +104,8 @@ def _ssim_pair(a, b):
 def calibration_seed_overlap(path, seeds) -> list[int]:
     """Sampler seeds of the candidate's calibration (``quantgate.calibration`` metadata that convert
     --calibration writes) that are also render seeds of this gate run."""
-    if twin.is_gguf(path):
-        return []
-    from quant.inputs import parse_json
-    from quant.safetensors_io import read_header
-    try:
-        meta = read_header(path).metadata or {}
-        cal = parse_json(meta.get("quantgate.calibration") or "{}", path, what="quantgate.calibration metadata",
-                         max_bytes=1 << 20)
-    except (InputError, TypeError):      # unreadable or hostile metadata: no seeds known, nothing to warn about
-        return []
-    got = cal.get("seeds") if isinstance(cal, dict) else None
-    if not isinstance(got, list):
-        return []
-    return sorted({int(s) for s in got if isinstance(s, int) and not isinstance(s, bool)} & {int(s) for s in seeds})
+    got = (_calibration_record(path) or {}).get("seeds") or []
+    return sorted(set(got) & {int(s) for s in seeds})
 
 
 def check_render_inputs(source, candidates) -> None:
@@ -444,17 +432,18 @@ def _calibration_overlaps(cands, seeds, log) -> None:
 def calibrated_on(path) -> str | None:
     """sha256 of the model the file's input scales were calibrated on (``quantgate.calibration`` metadata that
     convert --act-stats writes), or None."""
+    return (_calibration_record(path) or {}).get("model_sha256")
+
+
+def _calibration_record(path) -> dict | None:
     if twin.is_gguf(path):
         return None
-    from quant.inputs import parse_json
+    from quant.inputs import file_calibration_record
     from quant.safetensors_io import read_header
     try:
-        cal = parse_json((read_header(path).metadata or {}).get("quantgate.calibration") or "{}", path,
-                         what="quantgate.calibration metadata", max_bytes=1 << 20)
-    except (InputError, TypeError):     # unreadable or hostile metadata: no provenance known
+        return file_calibration_record(read_header(path).metadata, path)
+    except InputError:                  # an unreadable header: the gate's own checks say so; no record known
         return None
-    sha = cal.get("model_sha256") if isinstance(cal, dict) else None
-    return sha.lower() if isinstance(sha, str) and len(sha) == 64 else None
 
 
 def _calibration_provenance(cands, slot_source: dict) -> dict:

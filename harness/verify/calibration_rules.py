@@ -91,9 +91,8 @@ def provenance(st: Structure, f: Findings, cal, source=None) -> dict:
     """Was the calibration recorded on this model? With ``source``: its provenance model sha256 must be the
     source file's (an error otherwise, naming both); without: it must match the model the file itself was
     calibrated on (``quantgate.calibration`` metadata that convert writes), when the file says."""
-    import json
-
     from quant.activations import statistics as _cal
+    from quant.inputs import file_calibration_record
     want = _cal.model_sha256(cal)
     out = {"model_sha256": want}
     if want is None:
@@ -107,15 +106,11 @@ def provenance(st: Structure, f: Findings, cal, source=None) -> dict:
             f.error("calibration.foreign", f"the calibration was recorded on another model: its model sha256 {fr[0]} "
                                            f"is not the source's {fr[1]}")
         return out
-    try:
-        meta = json.loads(st.metadata.get("quantgate.calibration") or "{}")
-    except ValueError:
-        meta = {}
-    got = meta.get("model_sha256") if isinstance(meta, dict) else None
-    if isinstance(got, str) and got.lower() != want:
+    got = (file_calibration_record(st.metadata, "the file") or {}).get("model_sha256")
+    if got is not None and got != want:
         out["foreign"] = True
         f.error("calibration.foreign", f"the calibration was recorded on another model ({want}) than the one this "
-                                       f"file was calibrated on ({got.lower()}, its quantgate.calibration metadata)")
+                                       f"file was calibrated on ({got}, its quantgate.calibration metadata)")
     return out
 
 
@@ -127,21 +122,15 @@ def file_provenance(st: Structure, f: Findings, source) -> dict | None:
     from pathlib import Path
 
     from quant.activations import statistics as _cal
-    from quant.errors import InputError
-    from quant.inputs import parse_json
-    try:
-        meta = parse_json(st.metadata.get("quantgate.calibration") or "{}", source,
-                          what="quantgate.calibration metadata", max_bytes=1 << 20)
-    except (InputError, TypeError):     # unreadable or hostile metadata: nothing to compare
-        return None
-    got = meta.get("model_sha256") if isinstance(meta, dict) else None
+    from quant.inputs import file_calibration_record
+    got = (file_calibration_record(st.metadata, source) or {}).get("model_sha256")
     p = Path(source)
-    if not (isinstance(got, str) and len(got) == 64) or not p.is_file() or p.suffix.lower() == ".json":
+    if got is None or not p.is_file() or p.suffix.lower() == ".json":
         return None
     src_sha = _cal.file_sha256(p)
-    out = {"calibrated_on_sha256": got.lower(), "source_sha256": src_sha, "foreign": got.lower() != src_sha}
+    out = {"calibrated_on_sha256": got, "source_sha256": src_sha, "foreign": got != src_sha}
     if out["foreign"]:
         f.error("calibration.foreign", f"the file's input scales were calibrated on another model (sha256 "
-                                       f"{got.lower()}, its quantgate.calibration metadata), not on the source "
+                                       f"{got}, its quantgate.calibration metadata), not on the source "
                                        f"{p.name} (sha256 {src_sha})")
     return out

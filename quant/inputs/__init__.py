@@ -15,6 +15,8 @@ workflow JSON          :func:`workflow_json`                      ``workflows.Ui
 nightly records        :func:`nightly_record`                     ``workflows.NightlyRecord``
 layout manifests       :func:`manifest_json`                      ``manifests.Manifest``
 safetensors index      :func:`safetensors_index`                  ``index.SafetensorsIndex``
+calibration record     :func:`file_calibration_record` (a file's  ``calibration.FileCalibrationRecord``
+                       ``quantgate.calibration`` metadata)
 server answers         :func:`server.answer`                      ``server.*``
 =====================  =========================================  ====================================
 
@@ -26,7 +28,8 @@ from __future__ import annotations
 from .bounded import load_json, load_toml, parse_json, parse_toml, read_bytes
 from .index import safetensors_index
 from .manifests import manifest_json
-from .calibration import calibration_json, calibration_run, input_scales_json, samples_index
+from .calibration import calibration_json, calibration_run, file_calibration_record, input_scales_json, \
+    samples_index
 from .presets import policy_toml, preset_toml
 from .workflows import nightly_record, parse_workflow, workflow_json
 
@@ -39,4 +42,5 @@ def activation_samples(path):
 __all__ = ["read_bytes", "parse_json", "parse_toml", "load_json", "load_toml", "calibration_json",
            "input_scales_json", "calibration_run", "samples_index", "preset_toml", "policy_toml",
            "workflow_json", "parse_workflow", "nightly_record", "activation_samples", "manifest_json",
-           "safetensors_index"]
+           "safetensors_index",
+           "file_calibration_record"]

@@ -179,3 +179,35 @@ def samples_index(text: str, where) -> dict:
     obj = bounded.parse_json(text, where, what="samples index")
     validate(SamplesIndex, obj, where, what="samples index")
     return obj
+
+
+# -- the calibration record convert writes into a file's metadata (``quantgate.calibration``) ------------------
+Sha256Any = Annotated[str, Field(strict=True, pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class FileCalibrationRecord(Open):
+    """What ``convert --act-stats`` records of the statistics it used (quant.convert): read by verify's and the
+    render gate's provenance checks and the gate's seed-overlap warning."""
+    statistic: ShortText | None = None
+    margin: Float | None = None
+    model_sha256: Sha256Any | None = None
+    seeds: list[Annotated[int, Field(strict=True, ge=0, le=2**64 - 1)]] | None = Field(default=None, max_length=100_000)
+    foreign_to_source_sha256: Sha256Any | None = None
+
+
+def file_calibration_record(metadata: dict | None, where) -> dict | None:
+    """A file's ``quantgate.calibration`` record, validated (sha256s lower-cased), or None when the file has
+    none -- or one that is not a valid record (hostile or foreign metadata: nothing is known from it; the
+    candidate's metadata is anyone's, so it never ends a run)."""
+    text = (metadata or {}).get("quantgate.calibration")
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        obj = bounded.parse_json(text, where, what="quantgate.calibration metadata", max_bytes=1 << 20)
+        validate(FileCalibrationRecord, obj, where, what="quantgate.calibration metadata")
+    except InputError:
+        return None
+    for k in ("model_sha256", "foreign_to_source_sha256"):
+        if isinstance(obj.get(k), str):
+            obj[k] = obj[k].lower()
+    return obj

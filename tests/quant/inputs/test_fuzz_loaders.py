@@ -364,3 +364,35 @@ def test_manifest_named_null_is_one_line(tmp_path):
     p.write_text(json.dumps({"name": None, "tensors": {"w": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}}}))
     with pytest.raises(InputError, match="name"):
         manifests.load(str(p))
+
+
+# -- the quantgate.calibration record in a candidate file's metadata ------------------------------------------
+_record = st.fixed_dictionaries({"statistic": st.just("amax"), "margin": st.floats(0.5, 2.0),
+                                 "model_sha256": st.just("AB" * 32), "seeds": st.lists(st.integers(0, 99), max_size=4)})
+
+
+@FUZZ
+@given(case=mutated(_record, extra_keys=("x", "seeds", "model_sha256")), trunc=_trunc)
+def test_fuzz_file_calibration_record(case, trunc):
+    """The candidate's metadata is anyone's: the record is either valid (typed seeds, a lower-case sha256) or
+    None -- never an exception, whatever the text (truncated, hostile values, extra keys)."""
+    from quant.inputs import file_calibration_record
+    doc, _ = case
+    text = to_json(doc)
+    if trunc is not None:
+        text = text[:trunc]
+    rec = file_calibration_record({"quantgate.calibration": text}, "the file")
+    if rec is not None:
+        sha = rec.get("model_sha256")
+        assert sha is None or (len(sha) == 64 and sha == sha.lower())
+        seeds = rec.get("seeds")
+        assert seeds is None or all(type(s) is int and s >= 0 for s in seeds)
+
+
+def test_file_calibration_record_reads_what_convert_writes():
+    from quant.inputs import file_calibration_record
+    text = '{"statistic": "p99.9", "margin": 1.0, "model_sha256": "' + "AB" * 32 + '", "seeds": [11, 12]}'
+    rec = file_calibration_record({"quantgate.calibration": text}, "f")
+    assert rec["model_sha256"] == "ab" * 32 and rec["seeds"] == [11, 12]
+    assert file_calibration_record({}, "f") is None
+    assert file_calibration_record({"quantgate.calibration": '{"seeds": [true]}'}, "f") is None
