@@ -20,7 +20,7 @@ from . import convrot
 from .base import CARRIER_COMFY_QUANT, Companion, Format, shape_rule
 from quant.comfy.versions import QUANT_ALGOS_SINCE
 from .int8_convrot import MIN_COMFY as INT8_CONVROT_MIN
-from .int8 import DYNAMIC_INT8, kernel_op
+from .int8 import DYNAMIC_INT8
 
 GROUP = 16
 LEVELS = 16
@@ -122,10 +122,15 @@ def _quantize_rotated(r, codebook):
     return convrot.pack_int4(codes), s_rel, s_channel.float().contiguous()
 
 
-def quantize_w4a8(w, g: int, *, name=None):
-    """-> (packed int8 [n, k/2], s_rel e4m3 [n, k/16], s_channel f32 [n], codebook f32 [16])."""
+def quantize_w4a8(w, g: int, *, name=None, backend=None):
+    """-> (packed int8 [n, k/2], s_rel e4m3 [n, k/16], s_channel f32 [n], codebook f32 [16]).
+
+    The codebook decision and the ConvRot rotation are torch's (kitchen's calls: the rotation in the same row
+    chunks); the per-group part goes to the kernel seam's ``quantize_w4a8_rotated`` where a backend takes it
+    (Triton on CUDA: one launch over the whole rotated weight, the same bytes), else to :func:`_quantize_rotated`."""
     import torch
     from ..errors import InputError
+    from ..kernels import get_backend
     from ..kernels.common import ensure_finite
     if not w.is_floating_point():
         raise InputError(f"cannot quantize a {w.dtype} tensor to w4a8", name)
@@ -133,7 +138,15 @@ def quantize_w4a8(w, g: int, *, name=None):
     n, k = w.shape
     cb = _tensor_codebook(w, g)
     block = max(1, ROW_BUDGET // max(k, 1))
-    parts = [_quantize_rotated(convrot.rotate(w[r0:r0 + block].contiguous(), g), cb) for r0 in range(0, n, block)]
+    rot = [convrot.rotate(w[r0:r0 + block].contiguous(), g) for r0 in range(0, n, block)]
+    be = backend or get_backend(w.device)
+    op = getattr(be, "quantize_w4a8_rotated", None)
+    if op is not None and n and k:
+        r = rot[0] if len(rot) == 1 else torch.cat(rot)
+        got = op(r, cb, name=name)
+        if got is not None:
+            return (*got, cb)
+    parts = [_quantize_rotated(x, cb) for x in rot]
     if len(parts) == 1:
         return (*parts[0], cb)
     return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]), cb)
@@ -220,7 +233,7 @@ class W4a8Int8(convrot.RotatedFourBit, Format):
             from ..errors import ShapeError
             raise ShapeError(f"w4a8-int8: {why}", name)
         g = convrot.group_for(w.shape[1])
-        q, sr, sc, cb = kernel_op(backend, w.device, "quantize_w4a8_int8", quantize_w4a8)(w, g, name=name)
+        q, sr, sc, cb = quantize_w4a8(w, g, name=name, backend=backend)
         return {"weight": q, "weight_s_rel": sr, "weight_s_channel": sc, "weight_codebook": cb}
 
     def dequantize(self, tensors, shape=None, dtype=None, *, backend=None, group: int | None = None):

@@ -42,7 +42,7 @@ class TritonBackend:
            "dequantize_nvfp4": _DECODES, "quantize_int8_rowwise": _TAKES_2D, "quantize_fp8_async": _TAKES,
            "quantize_nvfp4_async": _TAKES, "quantize_int8_rows_async": _TAKES, "quantize_mxfp8": _TAKES_2D,
            "quantize_mxfp8_async": _TAKES, "quantize_w4a4_convrot": _TAKES_2D, "quantize_int8_convrot_async": _TAKES,
-           "quantize_w4a4_convrot_async": _TAKES}
+           "quantize_w4a4_convrot_async": _TAKES, "quantize_w4a8_rotated": _TAKES_2D}
 
     def available(self, device="cuda") -> bool:
         if torch.device(device).type != "cuda":
@@ -100,6 +100,19 @@ class TritonBackend:
         p, s, amax = self.quantize_w4a4_convrot_async(w, group)
         self._checked(w, amax, name, check_finite)
         return p, s
+
+    def quantize_w4a8_rotated(self, r: torch.Tensor, codebook: torch.Tensor, *, name: str | None = None,
+                              check_finite: str = "sync"):
+        """W4A8's per-group part on the rotated weight (quant.formats.w4a8_int8's math, the same bytes) ->
+        (packed, s_rel, s_channel); None where the device's torch sums 16 values in an order the kernel does not
+        know (quant.kernels.triton_w4a8.sum_order), casts to e4m3 unlike it (e4m3_overflow) or the codebook is not sorted (then the format's torch ops run)."""
+        from . import triton_w4a8
+        got = triton_w4a8.quantize_w4a8_rotated(r, codebook)
+        if got is None:
+            return None
+        p, sr, sc, amax = got
+        self._checked(r, amax, name, check_finite)
+        return p, sr, sc
 
     def quantize_nvfp4(self, w: torch.Tensor, global_scale: torch.Tensor | None = None, *, name: str | None = None):
         packed, scales, s2, amax = _tq().quantize_nvfp4_async(w, global_scale)
