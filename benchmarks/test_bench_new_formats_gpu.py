@@ -202,6 +202,48 @@ def test_bench_row_kernel_tiling(benchmark, weights, fmt, tiling):
     assert exact
 
 
+W4A8_TILINGS = {"A": {}, "B": {"bm": 8, "bk": 128}, "D": {"bm": 4, "bk": 256, "warps": 8}}
+
+
+@pytest.mark.parametrize("tiling", list(W4A8_TILINGS))
+def test_bench_w4a8_tiling(benchmark, weights, tiling):
+    """W4A8's Triton kernel (quant.kernels.triton_w4a8) per launch shape, the whole quantize() and the kernel alone
+    on the already rotated weight (the rest is torch's rotation, the codebook decision and the finiteness check):
+    the same bytes for every tiling (checked against kitchen's eager reference on the device)."""
+    from quant import formats
+    from quant.formats import convrot
+    from quant.formats.w4a8_int8 import FIXED_CODEBOOK
+    from quant.kernels import triton_w4a8 as tw
+    RESULTS["w4a8_probes"] = {"sum_order": tw.sum_order("cuda"), "e4m3_overflow": tw.e4m3_overflow("cuda")}
+    shape = NEW_FORMAT_SHAPES[0]
+    x = weights[shape]
+    f = formats.get("w4a8-int8")
+    ref = _kitchen("w4a8-int8", x, f.layer_config(False, None, shape), "eager")()
+    saved = dict(tw.CFG)
+    try:
+        tw.CFG.update(W4A8_TILINGS[tiling])
+        fn = lambda: f.quantize(x)          # noqa: E731
+        out = fn()
+        exact = _same(out, ref)
+        nb = _nbytes(out, x)
+        _record(benchmark, fn, f"w4a8-int8 tiling-{tiling} {shape[0]}x{shape[1]}", nb, tiling=W4A8_TILINGS[tiling],
+                bit_exact_with_kitchen_eager_on_cuda=exact)
+        r = convrot.rotate(x, convrot.group_for(shape[1]))
+        cb = torch.tensor(FIXED_CODEBOOK, device="cuda")
+        kern = lambda: tw.quantize_w4a8_rotated_async(r, cb, tw.sum_order("cuda"), tw.e4m3_overflow("cuda"),  # noqa: E731
+                                                      sorted_levels=True)
+        ms = _bench_ms(kern)
+        RESULTS["rows"][f"w4a8-int8 kernel-only tiling-{tiling} {shape[0]}x{shape[1]}"] = {
+            "device_median_ms": round(ms, 4), "bytes_moved": nb, "gb_per_s": round(nb / 1e9 / (ms / 1e3), 1),
+            "what": "the Triton kernel on the rotated weight (bytes counted as for the whole quantize)"}
+        rot_ms = _bench_ms(lambda: convrot.rotate(x, convrot.group_for(shape[1])))
+        RESULTS["rows"][f"w4a8-int8 rotation-only {shape[0]}x{shape[1]}"] = {"device_median_ms": round(rot_ms, 4)}
+    finally:
+        tw.CFG.clear()
+        tw.CFG.update(saved)
+    assert exact
+
+
 def test_bench_new_formats_summary(benchmark):
     """Per format and shape measured above: quantgate (sync op and no-sync path) against comfy-kitchen's CUDA
     backend and the HBM copy rate of the same run, on the card named in RESULTS["device"]."""
@@ -225,6 +267,8 @@ def test_bench_new_formats_summary(benchmark):
                     r[f"{impl}_bit_exact"] = got[impl].get("bit_exact_with_kitchen_eager_on_cuda")
             tilings = {k.split()[1]: v.get("gb_per_s") for k, v in rows.items()
                        if k.startswith(f"{fmt} tiling-") and k.endswith(key) and v.get("bit_exact_with_kitchen_eager_on_cuda")}
+            if fmt == "w4a8-int8":
+                r["probes"] = RESULTS.get("w4a8_probes")
             if tilings:
                 best = max(tilings, key=tilings.get)
                 r.update(best_tiling=best, best_tiling_gb_s=tilings[best],

@@ -69,3 +69,57 @@ def test_mxfp8_triton_exponent_edges_are_kitchens_eager_bytes_on_the_device(dtyp
     theirs = _kitchen_eager("mxfp8", x, f.layer_config(False, None, tuple(x.shape)))
     for k in ours:
         assert torch.equal(ours[k].view(torch.uint8), theirs[k].view(torch.uint8)), k
+
+
+def test_w4a8_triton_kernel_serves_cuda_and_knows_torchs_sum_order_there():
+    """The W4A8 kernel is bit-exact only in torch's own order of the ALS sums and with torch's e4m3 overflow byte on
+    the device; both are probed there. None would silently put w4a8 back on the torch ops: fail instead."""
+    from quant.kernels import get_backend, triton_w4a8
+    assert triton_w4a8.sum_order("cuda") in triton_w4a8.ORDERS
+    assert triton_w4a8.e4m3_overflow("cuda") in (0x7E, 0x7F)
+    r = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
+    from quant.formats.w4a8_int8 import FIXED_CODEBOOK
+    cb = torch.tensor(FIXED_CODEBOOK, device="cuda")
+    assert get_backend("cuda").quantize_w4a8_rotated(r, cb) is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cbk", ["fixed", "random", "duplicates", "unsorted", "narrow"])
+def test_w4a8_triton_rotated_part_edges_are_kitchens_eager_bytes_on_the_device(dtype, cbk):
+    """Group edges (zeros, all-equal, one spike, +-large, subnormal, tiny, ties on the int8 grid) with every codebook
+    shape, kernel vs kitchen's eager _quantize_rotated_w4a8_int8_weight on the same CUDA tensors."""
+    ek = pytest.importorskip("comfy_kitchen.backends.eager.w4a8_int8")
+    from quant.kernels import triton_w4a8
+    from tests.quant.kernels.edges import W4A8_GROUP_KINDS, w4a8_codebook, w4a8_rotated
+    g = torch.Generator().manual_seed(17)
+    for n, k, mag in ((1, 16, 1.0), (7, 80, 1e-6), (33, 272, 100.0), (300, 4096, 0.02)):
+        r = w4a8_rotated(n, k, W4A8_GROUP_KINDS, mag, dtype, g).cuda()
+        cb = w4a8_codebook(cbk, g).cuda()
+        theirs = ek._quantize_rotated_w4a8_int8_weight(r, 16, codebook_override=cb)
+        got = triton_w4a8.quantize_w4a8_rotated(r, cb)
+        assert got is not None
+        for a, b, what in zip(got[:3], theirs[:3], ("packed", "s_rel", "s_channel")):
+            ne = int((a.contiguous().view(torch.uint8) != b.contiguous().view(torch.uint8)).sum()) \
+                if a.element_size() == 1 else int((a != b).sum())
+            assert ne == 0, f"{what} {n}x{k} {dtype} {cbk}: {ne} of {a.numel()} differ"
+
+
+@pytest.mark.parametrize("kind", ["heavy", "outliers", "zero_rows"])
+def test_w4a8_whole_quantize_fitted_codebooks_are_kitchens_eager_bytes_on_the_device(kind):
+    """Heavy-tailed weights (the kurtosis gate fits a codebook on the device), outliers, zero rows; more rows than
+    kitchen's 2**22-element chunk."""
+    from tests.quant.formats.test_new_format_bytes import _kitchen
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1100, 4096, generator=g) * 0.02
+    if kind == "heavy":
+        x = x * torch.exp(2 * torch.randn(1100, 4096, generator=g))
+    elif kind == "outliers":
+        x[torch.rand(1100, 4096, generator=g) < 0.001] *= 300
+    else:
+        x[::3] = 0
+    x = x.to(torch.bfloat16).cuda()
+    f = formats.get("w4a8-int8")
+    ours = f.quantize(x)
+    theirs = _kitchen("w4a8-int8", x, f.layer_config(False, None, tuple(x.shape)))
+    for k in ours:
+        assert torch.equal(ours[k].contiguous().view(torch.uint8), theirs[k].contiguous().view(torch.uint8)), k

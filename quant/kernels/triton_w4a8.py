@@ -34,7 +34,12 @@ ORDERS = {0: "pairwise tree over adjacent pairs (CUDA warp shuffles, offsets 1, 
           1: "x[l] + x[l+8] per lane, then lanes 0..7 in sequence (CPU, 8-lane vectors)",
           2: "x[0..15] in sequence",
           3: "pairwise tree over halves (x[l] + x[l+8], then + 4, + 2, + 1)"}
-CFG = {"bm": 4, "bk": 256, "warps": 4}
+CFG = {"bm": 4, "bk": 256, "warps": 4}      # launch shape (any gives the same bytes); QUANTGATE_W4A8_CFG="bm=8,bk=128"
+for _kv in filter(None, __import__("os").environ.get("QUANTGATE_W4A8_CFG", "").split(",")):
+    _k, _v = _kv.split("=")
+    if _k.strip() not in CFG:
+        raise ValueError(f"QUANTGATE_W4A8_CFG: unknown key {_k!r}")
+    CFG[_k.strip()] = int(_v)
 _INV127 = float(torch.tensor(1.0) / torch.tensor(127.0))    # torch's fp32 reciprocal of the Python divisor 127.0
 
 
@@ -302,7 +307,8 @@ def quantize_w4a8_rotated_async(r: torch.Tensor, codebook: torch.Tensor, order: 
     if n and k:
         bm, bk = CFG["bm"], min(CFG["bk"], _pow2(k))
         _w4a8_kernel[(triton.cdiv(n, bm),)](r, cb, p, sr.view(torch.uint8), sc, gs, rows, n, k, g, BM=bm, BK=bk,
-                                            HW=hw, INV127=_INV127, ORDER=order, OVER=over, KIND=_KIND[r.dtype], SORTED=sorted_levels, num_warps=CFG["warps"])
+                                            HW=hw, INV127=_INV127, ORDER=order, OVER=over, KIND=_KIND[r.dtype], SORTED=sorted_levels, num_warps=CFG["warps"],
+                                            enable_fp_fusion=False)     # no mul+add -> fma: torch rounds each product
     else:
         rows.zero_()
     return p, sr, sc, rows[:n].amax() if n else rows[0]

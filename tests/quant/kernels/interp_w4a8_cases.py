@@ -15,6 +15,7 @@ ek = pytest.importorskip("comfy_kitchen.backends.eager.w4a8_int8")
 from comfy_kitchen.tensor import quantize_w4a8_int8_weight  # noqa: E402
 
 from quant.formats import convrot, w4a8_int8  # noqa: E402
+from tests.quant.kernels.edges import W4A8_GROUP_KINDS, w4a8_codebook, w4a8_rotated  # noqa: E402
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -61,31 +62,7 @@ def test_the_cpu_sum_order_is_found_and_is_torchs(tw):
     assert all(not torch.equal(sums[a], sums[b]) for a in sums for b in sums if a < b)
 
 
-def _group_values(kind, g, dtype):
-    """One group of 16 values of a given kind (rotated-domain edge cases)."""
-    big = {torch.float32: 1e35, torch.bfloat16: 1e35, torch.float16: 6e4}[dtype]
-    sub = {torch.float32: 1e-42, torch.bfloat16: 1e-40, torch.float16: 3e-7}[dtype]
-    x = torch.randn(16, generator=g)
-    if kind == "normal":
-        return x
-    if kind == "tiny":
-        return x * 1e-12
-    if kind == "zeros":
-        return torch.zeros(16)
-    if kind == "equal":
-        return torch.full((16,), float(x[0]))
-    if kind == "spike":
-        return torch.zeros(16).index_fill_(0, torch.tensor([int(torch.randint(0, 16, (1,), generator=g))]), 3.0)
-    if kind == "large":
-        return x.sign() * big
-    if kind == "subnormal":
-        return x.sign() * sub * torch.randint(1, 8, (16,), generator=g)
-    if kind == "ties":       # values on halves of the int8 grid once scaled
-        return torch.randint(-20, 20, (16,), generator=g) + 0.5
-    raise AssertionError(kind)
-
-
-KINDS = ("normal", "tiny", "zeros", "equal", "spike", "large", "subnormal", "ties")
+KINDS = W4A8_GROUP_KINDS
 
 
 @st.composite
@@ -96,30 +73,10 @@ def rotated(draw):
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     kinds = draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=4))
     mag = draw(st.sampled_from([1e-6, 1e-2, 1.0, 100.0]))
-    groups = []
-    for _ in range(n * k // 16):
-        kind = kinds[int(torch.randint(0, len(kinds), (1,), generator=g))]
-        v = _group_values(kind, g, dtype)
-        groups.append(v if kind in ("large", "subnormal", "zeros") else v * mag)
-    x = torch.stack(groups).view(n, k)
-    return x.to(dtype)
+    return w4a8_rotated(n, k, kinds, mag, dtype, g)
 
 
-def _codebook(kind, g):
-    if kind == "fixed":
-        return torch.tensor(w4a8_int8.FIXED_CODEBOOK, dtype=torch.float32)
-    if kind == "random":
-        return torch.sort(torch.rand(16, generator=g) * 2 - 1).values
-    if kind == "duplicates":
-        c = torch.sort(torch.rand(16, generator=g) * 2 - 1).values
-        c[5] = c[6]
-        c[10] = c[11] = c[12]
-        return c
-    if kind == "unsorted":        # a Lloyd fit on few samples can leave levels out of order: searchsorted's answer
-        return torch.rand(16, generator=g) * 2 - 1
-    if kind == "narrow":          # small levels: group scales past e4m3's range (kitchen stores NaN, 0x7F)
-        return torch.linspace(-0.1, 0.1, 16)
-    raise AssertionError(kind)
+_codebook = w4a8_codebook
 
 
 @settings(max_examples=30, **SETTINGS)
