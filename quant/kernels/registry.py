@@ -17,6 +17,7 @@ Ops (the first argument is the tensor the needs are checked on; dequantize ops a
     quantize_int8_rowwise(w, *, name, check_finite)            -> (q i8, scale [N, 1])        optional
     quantize_mxfp8(w, *, name, check_finite)                   -> (q e4m3 padded, swizzled E8M0 u8) optional
     quantize_w4a4_convrot(w, group, *, name, check_finite)     -> (packed i8 [N, K/2], scale [N])  optional
+    quantize_int8_convrot(w, group, *, name, check_finite)     -> (q i8 of the rotated w, scale [N, 1]) optional
     quantize_fp8_async(x, scale=None)                          -> (q, scale, amax)            optional
     quantize_nvfp4_async(x, global_scale=None)                 -> (packed, scales, s2, amax)  optional
     quantize_int8_rows_async(x)                                -> (q, scale, amax)            optional
@@ -28,7 +29,7 @@ Ops (the first argument is the tensor the needs are checked on; dequantize ops a
 :meth:`Kernels.flush` (a backend that checks at once, like eager, raises at the call); "sync" raises at the call.
 The ``*_async`` ops never wait for the device: the amax they return is checked for finiteness later (the
 pipelined converter). An optional op no backend of the chain takes: ``quantize_int8_rowwise``,
-``quantize_mxfp8`` and ``quantize_w4a4_convrot`` return None (the format runs its own math), an ``*_async`` op raises :class:`NoKernel` (the caller takes the
+``quantize_mxfp8``, ``quantize_w4a4_convrot`` and ``quantize_int8_convrot`` return None (the format runs its own math), an ``*_async`` op raises :class:`NoKernel` (the caller takes the
 synchronous path).
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REQUIRED_OPS = ("quantize_fp8", "quantize_nvfp4", "dequantize_fp8", "dequantize_nvfp4")
-OPTIONAL_OPS = ("quantize_int8_rowwise", "quantize_mxfp8", "quantize_w4a4_convrot", "quantize_fp8_async",
+OPTIONAL_OPS = ("quantize_int8_rowwise", "quantize_mxfp8", "quantize_w4a4_convrot", "quantize_int8_convrot",
+                "quantize_fp8_async",
                 "quantize_nvfp4_async", "quantize_int8_rows_async", "quantize_mxfp8_async",
                 "quantize_int8_convrot_async", "quantize_w4a4_convrot_async")
 ASYNC_OPS = ("quantize_fp8_async", "quantize_nvfp4_async", "quantize_int8_rows_async", "quantize_mxfp8_async",
@@ -177,6 +179,11 @@ class Kernels:
     def quantize_w4a4_convrot(self, w, group: int, *, name: str | None = None, check_finite: str = "deferred"):
         """(packed, scale) from a backend that takes ``w``, else None (the format's own math serves)."""
         fn = self.find("quantize_w4a4_convrot", w)
+        return None if fn is None else fn(w, group, name=name, check_finite=check_finite)
+
+    def quantize_int8_convrot(self, w, group: int, *, name: str | None = None, check_finite: str = "deferred"):
+        """(q, scale) of the ConvRot-rotated ``w`` from a backend that takes it, else None (the format's own math)."""
+        fn = self.find("quantize_int8_convrot", w)
         return None if fn is None else fn(w, group, name=name, check_finite=check_finite)
 
     def quantize_fp8_async(self, x, scale=None):

@@ -45,7 +45,8 @@ class TritonBackend:
     ops = {"quantize_fp8": _TAKES, "quantize_nvfp4": _TAKES_2D, "dequantize_fp8": _DECODES,
            "dequantize_nvfp4": _DECODES, "quantize_int8_rowwise": _TAKES_2D, "quantize_fp8_async": _TAKES,
            "quantize_nvfp4_async": _TAKES, "quantize_int8_rows_async": _TAKES, "quantize_mxfp8": _TAKES_2D,
-           "quantize_mxfp8_async": _TAKES, "quantize_w4a4_convrot": _TAKES_2D, "quantize_int8_convrot_async": _TAKES,
+           "quantize_mxfp8_async": _TAKES, "quantize_w4a4_convrot": _TAKES_2D, "quantize_int8_convrot": _TAKES_2D,
+           "quantize_int8_convrot_async": _TAKES,
            "quantize_w4a4_convrot_async": _TAKES}
 
     def available(self, device="cuda") -> bool:
@@ -105,6 +106,13 @@ class TritonBackend:
         p, s, amax = self.quantize_w4a4_convrot_async(w, group)
         self._checked(w, amax, name, check_finite)
         return p, s
+
+    def quantize_int8_convrot(self, w: torch.Tensor, group: int, *, name: str | None = None,
+                              check_finite: str = "deferred"):
+        """int8 ConvRot (quant.formats.int8_convrot's math, the same bytes) -> (q, scale [N, 1])."""
+        q, s, amax = _tq().quantize_int8_convrot_async(w, group)
+        self._checked(w, amax, name, check_finite)
+        return q, s
 
     def quantize_nvfp4(self, w: torch.Tensor, global_scale: torch.Tensor | None = None, *, name: str | None = None):
         packed, scales, s2, amax = _tq().quantize_nvfp4_async(w, global_scale)

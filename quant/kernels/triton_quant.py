@@ -43,7 +43,7 @@ NV_BM, NV_BK = 32, 256           # dequantize tile
 CFG = {"amax_programs": 1024, "fp8_block": 4096, "fp8_warps": 8, "fp8_per_sm": 4, "fp8_l2": 0,
        "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "nv_l2": 1,
        "nv_fastdiv": 1, "mx_bm": 32, "mx_bk": 128, "mx_warps": 4,
-       "rot_fused": 0, "i8_bm": 4, "i8_bk": 1024, "i8_warps": 4, "w4_bm": 4, "w4_bk": 1024, "w4_warps": 4,
+       "rot_fused": 0, "rot_chunk_kb": 0, "i8_bm": 4, "i8_bk": 1024, "i8_warps": 4, "w4_bm": 4, "w4_bk": 1024, "w4_warps": 4,
        "i8_onepass": 0, "i8_onepass_bm": 1, "w4_onepass": 0, "w4_onepass_bm": 1}     # the H200 sweep's winners (benchmarks/results/h200-fastgpu-2026-11-30.json)
 for _kv in filter(None, os.environ.get("QUANTGATE_TRITON_CFG", "").split(",")):
     _k, _v = _kv.split("=")
@@ -664,20 +664,82 @@ def quantize_mxfp8_async(x: torch.Tensor, hw: bool | None = None):
 
 
 
-# ConvRot: by default the rotation is torch's (cuBLAS: the matmul of kitchen's eager reference, so the same bits)
-# and the per-row kernel runs after it; CFG rot_fused=1 rotates inside the kernel (tl.dot: the same bits only
-# where the card's MMA sums like cuBLAS -- a GPU question, off by default)
+# ConvRot: the rotation is torch's (cuBLAS: the matmul of kitchen's eager reference -- same operands, dtypes, layouts
+# and transposition -- so the same bits) and the per-row kernel runs after it. CFG rot_chunk_kb > 0 rotates a large
+# weight in row chunks of about that many KB into one scratch buffer, each chunk quantized right after its matmul
+# while the rotated rows are still in L2 (instead of writing the whole rotated weight to HBM and reading it back);
+# the chunks' matmuls differ from the whole one only in M (see _rotation_chunks). CFG rot_fused=1 rotates inside the
+# kernel (tl.dot: the same bits only where the card's MMA sums like cuBLAS -- a GPU question, off by default).
+_HT: dict = {}
+
+
+def _hadamard_t(group: int, x: torch.Tensor) -> torch.Tensor:
+    """kitchen's operand: the normalised Hadamard's transposed VIEW (h.T, not a contiguous copy), cached."""
+    key = (group, x.dtype, x.device)
+    ht = _HT.get(key)
+    if ht is None:
+        from .hadamard import hadamard
+        ht = _HT[key] = hadamard(group, x.dtype, x.device).T
+    return ht
+
+
+def _rotation_chunks(n: int, k: int, itemsize: int) -> list[tuple[int, int]]:
+    """Row ranges of the chunked rotation: one range (the whole weight, kitchen's own matmul) when CFG rot_chunk_kb is
+    0 or the weight is at most that size; else ceil(bytes / chunk) ranges whose sizes differ by less than 32
+    rows, never a short tail: every chunk's matmul has M = rows x K / group in the same
+    large-M range as the whole weight's (the bench records which cuBLAS kernel each M gets)."""
+    kb = CFG["rot_chunk_kb"]
+    total = n * k * itemsize
+    if kb <= 0 or total <= kb << 10 or n < 32:
+        return [(0, n)]
+    parts = min(n // 16, -(-total // (kb << 10)))
+    cuts = [i * n // parts // 16 * 16 for i in range(parts)] + [n]     # starts at multiples of 16 rows: 16-byte
+    return [(a, b) for a, b in zip(cuts, cuts[1:])]                      # aligned pointers, sizes within 32 rows
+
+
+def rotate_chunk(x: torch.Tensor, group: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` [n, k] (contiguous) rotated per group: torch.mm of the [n * k / group, group] view with h.T, the call
+    torch.matmul(x.reshape(n, k / group, group), h.T) of kitchen's eager _rotate_weight folds into; ``out`` (a
+    contiguous [n * k / group, group] buffer) receives it without a new allocation."""
+    n, k = x.shape
+    a = x.view(n * (k // group), group)
+    if out is None:
+        return torch.mm(a, _hadamard_t(group, x)).view(n, k)
+    torch.mm(a, _hadamard_t(group, x), out=out)
+    return out.view(n, k)
+
+
 def _rotated(x: torch.Tensor, group: int):
     if CFG["rot_fused"]:
         return x, group
-    from .hadamard import rotate
-    return rotate(x, group), 0
+    return rotate_chunk(x, group), 0
 
 
 def quantize_int8_convrot_async(x: torch.Tensor, group: int, hw: bool | None = None):
     """int8 ConvRot: (q int8 [N, K] of the rotated weight, scale float32 [N, 1], amax); no host sync."""
-    r, rot = _rotated(_check(x, 2), group)
-    return quantize_int8_rows_async(r, hw=hw, rot=rot)
+    x = _check(x, 2)
+    n, k = x.shape
+    if k % group:
+        raise ValueError(f"K={k} is not divisible by the ConvRot group size {group}")
+    chunks = _rotation_chunks(n, k, x.element_size()) if not CFG["rot_fused"] and n and k else [(0, n)]
+    if len(chunks) == 1:
+        r, rot = _rotated(x, group)
+        return quantize_int8_rows_async(r, hw=hw, rot=rot)
+    hw = _hw() if hw is None else hw
+    q = torch.empty((n, k), dtype=torch.int8, device=x.device)
+    s = torch.empty((n, 1), dtype=torch.float32, device=x.device)
+    rows = torch.empty(n, dtype=torch.float32, device=x.device)
+    step = max(b - a for a, b in chunks)
+    buf = torch.empty((step * (k // group), group), dtype=x.dtype, device=x.device)     # one scratch for all chunks
+    bm, bk, one = _row_tiling(k, 0, "i8")
+    kind, tiny = _KIND[x.dtype], _TINY[x.dtype]
+    for r0, r1 in chunks:
+        m = r1 - r0
+        r = rotate_chunk(x[r0:r1], group, buf[: m * (k // group)])
+        _int8_rows_kernel[(triton.cdiv(m, bm),)](r, q[r0:r1], s[r0:r1], rows[r0:r1], r, m, k, KIND=kind, BM=bm, BK=bk,
+                                                 TINY=tiny, HW=hw, INV127=_INV127, ROT=0, ONEPASS=one,
+                                                 num_warps=CFG["i8_warps"])
+    return q, s, rows.amax()
 
 
 def quantize_w4a4_convrot_async(x: torch.Tensor, group: int, hw: bool | None = None):
