@@ -52,7 +52,35 @@ def test_deferred_finiteness_check_raises_at_flush():
     with pytest.raises(InputError, match="non-finite"):
         be.flush()
     with pytest.raises(InputError):
-        be.quantize_fp8(x, name="bad")
+        be.quantize_fp8(x, name="bad", check_finite="sync")
+
+
+def test_the_default_op_defers_the_check_and_a_sync_call_raises_the_earlier_error_first():
+    """The backend op's default is the deferred check (no host sync per call: the raw kernel's speed); the error
+    still comes, naming the tensor: at flush(), at the next synchronous call (before that call's own check),
+    and at the 64th deferred call. The format's quantize() checks at the call."""
+    from quant import formats
+    from quant.errors import InputError
+    from quant.kernels import get_backend
+    be = get_backend("cuda")
+    be.flush()
+    good = torch.randn(128, 128, device="cuda", dtype=torch.bfloat16)
+    bad = good.clone()
+    bad[5, 7] = float("inf")
+    q, s = be.quantize_fp8(bad, name="first")                      # default: deferred, returns at once
+    assert q.shape == bad.shape
+    with pytest.raises(InputError) as e:
+        be.quantize_fp8(good, name="second", check_finite="sync")
+    assert "first" in str(e.value)
+    be.flush()                                                      # the pending list was consumed by that raise
+    for i in range(63):
+        be.quantize_fp8(good, name=f"g{i}")
+    be.quantize_fp8(bad, name="late")                               # no raise before the 64th deferred call ...
+    with pytest.raises(InputError):
+        be.quantize_fp8(good, name="g64")                           # ... which flushes
+    be.flush()
+    with pytest.raises(InputError, match="non-finite"):
+        formats.get("fp8").quantize(bad, name="w")                  # the format checks at the call
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
