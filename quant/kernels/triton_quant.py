@@ -43,7 +43,7 @@ NV_BM, NV_BK = 32, 256           # dequantize tile
 CFG = {"amax_programs": 1024, "fp8_block": 4096, "fp8_warps": 8, "fp8_per_sm": 4, "fp8_l2": 0,
        "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "nv_l2": 1,
        "nv_fastdiv": 1, "mx_bm": 32, "mx_bk": 128, "mx_warps": 4,
-       "rot_fused": 0, "rot_chunk_kb": 0, "rot_bm": 64, "rot_warps": 8, "rot_stages": 2, "i8_bm": 4, "i8_bk": 1024, "i8_warps": 4, "w4_bm": 4, "w4_bk": 1024, "w4_warps": 4,
+       "rot_fused": 0, "rot_chunk_kb": 0, "rot_chunk_l2_div": 4, "rot_bm": 64, "rot_warps": 8, "rot_stages": 2, "i8_bm": 4, "i8_bk": 1024, "i8_warps": 4, "w4_bm": 4, "w4_bk": 1024, "w4_warps": 4,
        "i8_onepass": 0, "i8_onepass_bm": 1, "w4_onepass": 0, "w4_onepass_bm": 1}     # the H200 sweep's winners (benchmarks/results/h200-fastgpu-2026-11-30.json)
 for _kv in filter(None, os.environ.get("QUANTGATE_TRITON_CFG", "").split(",")):
     _k, _v = _kv.split("=")
@@ -703,12 +703,27 @@ def _hadamard_t(group: int, x: torch.Tensor) -> torch.Tensor:
     return ht
 
 
-def _rotation_chunks(n: int, k: int, itemsize: int) -> list[tuple[int, int]]:
-    """Row ranges of the chunked rotation: one range (the whole weight, kitchen's own matmul) when CFG rot_chunk_kb is
-    0 or the weight is at most that size; else ceil(bytes / chunk) ranges whose sizes differ by less than 32
-    rows, never a short tail: every chunk's matmul has M = rows x K / group in the same
-    large-M range as the whole weight's (the bench records which cuBLAS kernel each M gets)."""
+_L2: dict = {}
+
+
+def _chunk_kb(device) -> int:
+    """CFG rot_chunk_kb, or for -1 the card's L2 size / CFG rot_chunk_l2_div (the interpreter: 0, no chunks)."""
     kb = CFG["rot_chunk_kb"]
+    if kb >= 0:
+        return kb
+    if device is None or torch.device(device).type != "cuda":
+        return 0
+    if device not in _L2:
+        _L2[device] = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) // 1024
+    return _L2[device] // max(1, CFG["rot_chunk_l2_div"])
+
+
+def _rotation_chunks(n: int, k: int, itemsize: int, device=None) -> list[tuple[int, int]]:
+    """Row ranges of the chunked rotation: one range (the whole weight, kitchen's own matmul) when the chunk size
+    (_chunk_kb) is 0 or the weight is at most that size; else ceil(bytes / chunk) ranges whose sizes differ by less
+    than 32 rows, never a short tail: every chunk's matmul has M = rows x K / group in the same
+    large-M range as the whole weight's (the bench records which cuBLAS kernel each M gets)."""
+    kb = _chunk_kb(device)
     total = n * k * itemsize
     if kb <= 0 or total <= kb << 10 or n < 32:
         return [(0, n)]
@@ -742,7 +757,7 @@ def quantize_int8_convrot_async(x: torch.Tensor, group: int, hw: bool | None = N
     if k % group:
         raise ValueError(f"K={k} is not divisible by the ConvRot group size {group}")
     fused = CFG["rot_fused"] and x.dtype != torch.float32
-    chunks = _rotation_chunks(n, k, x.element_size()) if not fused and n and k else [(0, n)]
+    chunks = _rotation_chunks(n, k, x.element_size(), x.device) if not fused and n and k else [(0, n)]
     if len(chunks) == 1:
         r, rot = _rotated(x, group)
         return quantize_int8_rows_async(r, hw=hw, rot=rot)
