@@ -52,7 +52,35 @@ def test_deferred_finiteness_check_raises_at_flush():
     with pytest.raises(InputError, match="non-finite"):
         be.flush()
     with pytest.raises(InputError):
-        be.quantize_fp8(x, name="bad")
+        be.quantize_fp8(x, name="bad", check_finite="sync")
+
+
+def test_the_default_op_defers_the_check_and_a_sync_call_raises_the_earlier_error_first():
+    """The backend op's default is the deferred check (no host sync per call: the raw kernel's speed); the error
+    still comes, naming the tensor: at flush(), at the next synchronous call (before that call's own check),
+    and at the 64th deferred call. The format's quantize() checks at the call."""
+    from quant import formats
+    from quant.errors import InputError
+    from quant.kernels import get_backend
+    be = get_backend("cuda")
+    be.flush()
+    good = torch.randn(128, 128, device="cuda", dtype=torch.bfloat16)
+    bad = good.clone()
+    bad[5, 7] = float("inf")
+    q, s = be.quantize_fp8(bad, name="first")                      # default: deferred, returns at once
+    assert q.shape == bad.shape
+    with pytest.raises(InputError) as e:
+        be.quantize_fp8(good, name="second", check_finite="sync")
+    assert "first" in str(e.value)
+    be.flush()                                                      # the pending list was consumed by that raise
+    for i in range(63):
+        be.quantize_fp8(good, name=f"g{i}")
+    be.quantize_fp8(bad, name="late")                               # no raise before the 64th deferred call ...
+    with pytest.raises(InputError):
+        be.quantize_fp8(good, name="g64")                           # ... which flushes
+    be.flush()
+    with pytest.raises(InputError, match="non-finite"):
+        formats.get("fp8").quantize(bad, name="w")                  # the format checks at the call
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -69,6 +97,33 @@ def test_mxfp8_triton_exponent_edges_are_kitchens_eager_bytes_on_the_device(dtyp
     theirs = _kitchen_eager("mxfp8", x, f.layer_config(False, None, tuple(x.shape)))
     for k in ours:
         assert torch.equal(ours[k].view(torch.uint8), theirs[k].view(torch.uint8)), k
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape,chunk_kb", [((3072, 5120), 2048), ((3001, 4352), 1024), ((4096, 1040), 512)])
+@pytest.mark.parametrize("path", ["async", "sync-op"])
+def test_int8_convrot_row_chunks_write_kitchens_eager_bytes_on_the_device(monkeypatch, shape, chunk_kb, dtype, path):
+    """The row-chunked ConvRot rotation (CFG rot_chunk_kb: one cuBLAS call per chunk of rows into a scratch, the
+    per-row kernel on it) against kitchen's eager quantize_int8_convrot_weight (ONE matmul over the whole weight):
+    equal bytes means cuBLAS summed every chunk's rows as it sums the whole weight's. Magnitudes spread over ~2^-20..
+    2^6 inside each group, so a different summation order shows."""
+    from comfy_kitchen.backends.eager.quantization import quantize_int8_convrot_weight
+    from quant.formats import convrot
+    from quant.kernels import get_backend
+    from quant.kernels import triton_quant as tq
+    g = torch.Generator(device="cuda").manual_seed(7)
+    x = torch.randn(shape, device="cuda", generator=g)
+    x = (x * torch.exp2(torch.randn(shape, device="cuda", generator=g) * 4).clamp(max=64.0)).to(dtype)
+    group = convrot.group_for(shape[1])
+    monkeypatch.setitem(tq.CFG, "rot_chunk_kb", chunk_kb)
+    assert len(tq._rotation_chunks(*shape, x.element_size())) > 1
+    if path == "async":
+        q, s, amax = tq.quantize_int8_convrot_async(x, group)
+        assert torch.isfinite(amax)
+    else:
+        q, s = get_backend("cuda").quantize_int8_convrot(x, group, check_finite="sync")
+    q2, s2 = quantize_int8_convrot_weight(x, group)
+    assert torch.equal(q, q2) and torch.equal(s, s2)
 
 
 def test_w4a8_triton_kernel_serves_cuda_and_knows_torchs_sum_order_there():

@@ -18,7 +18,7 @@ class _Fp8(Format, register=False):
 
     def quantize(self, w, *, backend=None, name=None) -> dict:
         from ..kernels import get_backend
-        q, s = (backend or get_backend(w.device)).quantize_fp8(w, name=name)
+        q, s = (backend or get_backend(w.device)).quantize_fp8(w, name=name, check_finite="sync")
         return {"weight": q, self.decode_scale_key: s}
 
     def quantize_async(self, tq, x):

@@ -93,7 +93,7 @@ class Int8(Format):
 
     def quantize(self, w, *, backend=None, name=None) -> dict:
         op = kernel_op(backend, w.device, "quantize_int8_rowwise", None)     # a kernel (Triton on CUDA) or None
-        r = op(w, name=name) if op is not None and w.is_floating_point() else None
+        r = op(w, name=name, check_finite="sync") if op is not None and w.is_floating_point() else None
         q, s = r if r is not None else quantize_rowwise(w, name=name)
         return {"weight": q, "weight_scale": s}
 

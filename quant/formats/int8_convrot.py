@@ -87,8 +87,8 @@ class Int8Convrot(Format):
         if g is None:
             from ..errors import ShapeError
             raise ShapeError(f"int8-convrot needs K divisible by 16, got {list(w.shape)}", name)
-        op = kernel_op(backend, w.device, "quantize_int8_rowwise", None)     # the per-row kernel after the rotation
-        r = op(convrot.rotate(w, g), name=name) if op is not None and w.is_floating_point() else None
+        op = kernel_op(backend, w.device, "quantize_int8_convrot", None)     # rotation + per-row kernel
+        r = op(w, g, name=name, check_finite="sync") if op is not None and w.is_floating_point() else None
         q, s = r if r is not None else quantize_convrot(w, g, name=name)
         return {"weight": q, "weight_scale": s}
 

@@ -128,7 +128,7 @@ class Mxfp8(Format):
     def quantize(self, w, *, backend=None, name=None) -> dict:
         from .int8 import kernel_op
         op = kernel_op(backend, w.device, "quantize_mxfp8", None)     # a kernel (Triton on CUDA) or None
-        r = op(w, name=name) if op is not None and w.is_floating_point() and w.dim() == 2 else None
+        r = op(w, name=name, check_finite="sync") if op is not None and w.is_floating_point() and w.dim() == 2 else None
         q, s = r if r is not None else quantize(w, name=name)
         return {"weight": q, "weight_scale": s}
 

@@ -106,7 +106,7 @@ class W4a4Convrot(convrot.RotatedFourBit, Format):
             raise ShapeError(f"w4a4-convrot: {why}", name)
         g = convrot.group_for(w.shape[1], GROUPS)
         op = kernel_op(backend, w.device, "quantize_w4a4_convrot", None)     # a kernel (Triton on CUDA) or None
-        r = op(w, g, name=name) if op is not None and w.is_floating_point() and w.dim() == 2 else None
+        r = op(w, g, name=name, check_finite="sync") if op is not None and w.is_floating_point() and w.dim() == 2 else None
         q, s = r if r is not None else quantize_w4a4(w, g, name=name)
         return {"weight": q, "weight_scale": s}
 

@@ -143,7 +143,7 @@ def quantize_w4a8(w, g: int, *, name=None, backend=None):
     op = getattr(be, "quantize_w4a8_rotated", None)
     if op is not None and n and k:
         r = rot[0] if len(rot) == 1 else torch.cat(rot)
-        got = op(r, cb, name=name)
+        got = op(r, cb, name=name, check_finite="sync")
         if got is not None:
             return (*got, cb)
     parts = [_quantize_rotated(x, cb) for x in rot]

@@ -17,6 +17,7 @@ Ops (the first argument is the tensor the needs are checked on; dequantize ops a
     quantize_int8_rowwise(w, *, name, check_finite)            -> (q i8, scale [N, 1])        optional
     quantize_mxfp8(w, *, name, check_finite)                   -> (q e4m3 padded, swizzled E8M0 u8) optional
     quantize_w4a4_convrot(w, group, *, name, check_finite)     -> (packed i8 [N, K/2], scale [N])  optional
+    quantize_int8_convrot(w, group, *, name, check_finite)     -> (q i8 of the rotated w, scale [N, 1]) optional
     quantize_w4a8_rotated(r, codebook, *, name, check_finite)  -> (packed i8 [N, K/2], s_rel e4m3 [N, K/16],
                                                                   s_channel f32 [N])                optional
     quantize_fp8_async(x, scale=None)                          -> (q, scale, amax)            optional
@@ -26,9 +27,11 @@ Ops (the first argument is the tensor the needs are checked on; dequantize ops a
     quantize_int8_convrot_async(x, group)                      -> (q, scale, amax)            optional
     quantize_w4a4_convrot_async(x, group)                      -> (packed, scale, amax)       optional
 
+``check_finite``: "deferred" (the default) never waits for the device -- inf/NaN input raises at the latest at
+:meth:`Kernels.flush` (a backend that checks at once, like eager, raises at the call); "sync" raises at the call.
 The ``*_async`` ops never wait for the device: the amax they return is checked for finiteness later (the
 pipelined converter). An optional op no backend of the chain takes: ``quantize_int8_rowwise``,
-``quantize_mxfp8``, ``quantize_w4a4_convrot`` and ``quantize_w4a8_rotated`` return None (the format runs its own math), an ``*_async`` op raises :class:`NoKernel` (the caller takes the
+``quantize_mxfp8``, ``quantize_w4a4_convrot``, ``quantize_int8_convrot`` and ``quantize_w4a8_rotated`` return None (the format runs its own math), an ``*_async`` op raises :class:`NoKernel` (the caller takes the
 synchronous path).
 """
 from __future__ import annotations
@@ -36,7 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REQUIRED_OPS = ("quantize_fp8", "quantize_nvfp4", "dequantize_fp8", "dequantize_nvfp4")
-OPTIONAL_OPS = ("quantize_int8_rowwise", "quantize_mxfp8", "quantize_w4a4_convrot", "quantize_w4a8_rotated",
+OPTIONAL_OPS = ("quantize_int8_rowwise", "quantize_mxfp8", "quantize_w4a4_convrot", "quantize_int8_convrot",
+                "quantize_w4a8_rotated",
                 "quantize_fp8_async",
                 "quantize_nvfp4_async", "quantize_int8_rows_async", "quantize_mxfp8_async",
                 "quantize_int8_convrot_async", "quantize_w4a4_convrot_async")
@@ -148,7 +152,7 @@ class Kernels:
         return fn(x, *args, **kw)
 
     # ---- required ops (eager takes every call) --------------------------------------------------------
-    def quantize_fp8(self, w, scale=None, *, name: str | None = None, check_finite: str = "sync"):
+    def quantize_fp8(self, w, scale=None, *, name: str | None = None, check_finite: str = "deferred"):
         return self._call("quantize_fp8", w, scale, name=name, check_finite=check_finite)
 
     def quantize_nvfp4(self, w, global_scale=None, *, name: str | None = None):
@@ -165,22 +169,27 @@ class Kernels:
         return self._call("dequantize_nvfp4", packed, scales, s2, n, k, dtype, out_dtype=dtype)
 
     # ---- optional ops --------------------------------------------------------------------------------
-    def quantize_int8_rowwise(self, w, *, name: str | None = None, check_finite: str = "sync"):
+    def quantize_int8_rowwise(self, w, *, name: str | None = None, check_finite: str = "deferred"):
         """(q, scale) from a backend that takes ``w``, else None (the format's own math serves)."""
         fn = self.find("quantize_int8_rowwise", w)
         return None if fn is None else fn(w, name=name, check_finite=check_finite)
 
-    def quantize_mxfp8(self, w, *, name: str | None = None, check_finite: str = "sync"):
+    def quantize_mxfp8(self, w, *, name: str | None = None, check_finite: str = "deferred"):
         """(codes, swizzled exponents) from a backend that takes ``w``, else None (the format's own math serves)."""
         fn = self.find("quantize_mxfp8", w)
         return None if fn is None else fn(w, name=name, check_finite=check_finite)
 
-    def quantize_w4a4_convrot(self, w, group: int, *, name: str | None = None, check_finite: str = "sync"):
+    def quantize_w4a4_convrot(self, w, group: int, *, name: str | None = None, check_finite: str = "deferred"):
         """(packed, scale) from a backend that takes ``w``, else None (the format's own math serves)."""
         fn = self.find("quantize_w4a4_convrot", w)
         return None if fn is None else fn(w, group, name=name, check_finite=check_finite)
 
-    def quantize_w4a8_rotated(self, r, codebook, *, name: str | None = None, check_finite: str = "sync"):
+    def quantize_int8_convrot(self, w, group: int, *, name: str | None = None, check_finite: str = "deferred"):
+        """(q, scale) of the ConvRot-rotated ``w`` from a backend that takes it, else None (the format's own math)."""
+        fn = self.find("quantize_int8_convrot", w)
+        return None if fn is None else fn(w, group, name=name, check_finite=check_finite)
+
+    def quantize_w4a8_rotated(self, r, codebook, *, name: str | None = None, check_finite: str = "deferred"):
         """W4A8's per-group quantizer on the ConvRot-rotated weight ``r`` with the tensor's ``codebook`` ->
         (packed, s_rel, s_channel) from a backend that takes ``r`` and can match the reference bit for bit on its
         device, else None (the format's own math serves)."""

@@ -4,8 +4,12 @@ Registered in quant.kernels with a priority above eager: on a CUDA GPU (sm_89+) 
 the default backend; elsewhere (CPU, or the interpreter) it reports itself unavailable. Its ``ops`` say
 what it takes -- CUDA tensors of fp32/bf16/fp16 below 2**31 elements (and 2-D where the op needs it);
 the registry sends every other call to the next backend (eager). Non-finite input raises the same
-InputError as the eager reference (found from the amax the kernels compute anyway: one host sync per
-call; the pipelined converter uses the ``*_async`` ops and checks the amax later instead).
+InputError as the eager reference, found from the amax the kernels compute anyway. By default the check is
+*deferred* (``check_finite="deferred"``): the op never waits for the device, and the error is raised by
+:meth:`TritonBackend.flush` -- which the 64th deferred call, every ``check_finite="sync"`` call and every
+converter path make -- so a loop of calls runs at the raw kernel's speed (a host sync per call cost 20-39 %
+of it on an H100: benchmarks/test_bench_new_formats_gpu.py). ``check_finite="sync"`` raises at the call
+(one host sync). The pipelined converter uses the ``*_async`` ops and checks the amax itself.
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ class TritonBackend:
     ops = {"quantize_fp8": _TAKES, "quantize_nvfp4": _TAKES_2D, "dequantize_fp8": _DECODES,
            "dequantize_nvfp4": _DECODES, "quantize_int8_rowwise": _TAKES_2D, "quantize_fp8_async": _TAKES,
            "quantize_nvfp4_async": _TAKES, "quantize_int8_rows_async": _TAKES, "quantize_mxfp8": _TAKES_2D,
-           "quantize_mxfp8_async": _TAKES, "quantize_w4a4_convrot": _TAKES_2D, "quantize_int8_convrot_async": _TAKES,
+           "quantize_mxfp8_async": _TAKES, "quantize_w4a4_convrot": _TAKES_2D, "quantize_int8_convrot": _TAKES_2D,
+           "quantize_int8_convrot_async": _TAKES,
            "quantize_w4a4_convrot_async": _TAKES, "quantize_w4a8_rotated": _TAKES_2D}
 
     def available(self, device="cuda") -> bool:
@@ -62,6 +67,7 @@ class TritonBackend:
             if len(self._pending) >= 64:
                 self.flush()
         else:
+            self.flush()                      # an earlier deferred error is raised first, in call order
             _finite_or_raise(w, amax, name)
 
     def flush(self) -> None:
@@ -75,37 +81,45 @@ class TritonBackend:
                 raise InputError("tensor has non-finite values (inf/NaN); refusing to quantize", name)
 
     def quantize_fp8(self, w: torch.Tensor, scale: torch.Tensor | None = None, *, name: str | None = None,
-                     check_finite: str = "sync"):
-        """``check_finite``: "sync" raises here (one host sync per call: the per-call overhead measured on small
-        tensors), "deferred" leaves the check to :meth:`flush` (the raw kernel's speed)."""
+                     check_finite: str = "deferred"):
+        """``check_finite``: "deferred" (default) leaves the check to :meth:`flush` (the raw kernel's speed),
+        "sync" raises here (one host sync per call)."""
         q, s, amax = _tq().quantize_fp8_async(w, scale)
         self._checked(w, amax, name, check_finite)
         return q, s
 
-    def quantize_int8_rowwise(self, w: torch.Tensor, *, name: str | None = None, check_finite: str = "sync"):
+    def quantize_int8_rowwise(self, w: torch.Tensor, *, name: str | None = None, check_finite: str = "deferred"):
         """int8 per row (quant.formats.int8's math, the same bytes) -> (q, scale [N, 1])."""
         q, s, amax = _tq().quantize_int8_rows_async(w)
         self._checked(w, amax, name, check_finite)
         return q, s
 
-    def quantize_mxfp8(self, w: torch.Tensor, *, name: str | None = None, check_finite: str = "sync"):
+    def quantize_mxfp8(self, w: torch.Tensor, *, name: str | None = None, check_finite: str = "deferred"):
         """MXFP8 (quant.formats.mxfp8's math, the same bytes) -> (codes, swizzled E8M0 exponents)."""
         q, s, amax = _tq().quantize_mxfp8_async(w)
         self._checked(w, amax, name, check_finite)
         return q, s
 
     def quantize_w4a4_convrot(self, w: torch.Tensor, group: int, *, name: str | None = None,
-                              check_finite: str = "sync"):
+                              check_finite: str = "deferred"):
         """W4A4 ConvRot (quant.formats.w4a4_convrot's math, the same bytes) -> (packed codes, scale [N])."""
         p, s, amax = self.quantize_w4a4_convrot_async(w, group)
         self._checked(w, amax, name, check_finite)
         return p, s
 
+    def quantize_int8_convrot(self, w: torch.Tensor, group: int, *, name: str | None = None,
+                              check_finite: str = "deferred"):
+        """int8 ConvRot (quant.formats.int8_convrot's math, the same bytes) -> (q, scale [N, 1])."""
+        q, s, amax = _tq().quantize_int8_convrot_async(w, group)
+        self._checked(w, amax, name, check_finite)
+        return q, s
+
     def quantize_w4a8_rotated(self, r: torch.Tensor, codebook: torch.Tensor, *, name: str | None = None,
-                              check_finite: str = "sync"):
+                              check_finite: str = "deferred"):
         """W4A8's per-group part on the rotated weight (quant.formats.w4a8_int8's math, the same bytes) ->
         (packed, s_rel, s_channel); None where the device's torch sums 16 values in an order the kernel does not
-        know (quant.kernels.triton_w4a8.sum_order), casts to e4m3 unlike it (e4m3_overflow) or the codebook is not sorted (then the format's torch ops run)."""
+        know (quant.kernels.triton_w4a8.sum_order) or casts to e4m3 unlike it (e4m3_overflow): then the format's
+        torch ops run."""
         from . import triton_w4a8
         got = triton_w4a8.quantize_w4a8_rotated(r, codebook)
         if got is None:

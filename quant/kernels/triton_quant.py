@@ -43,7 +43,7 @@ NV_BM, NV_BK = 32, 256           # dequantize tile
 CFG = {"amax_programs": 1024, "fp8_block": 4096, "fp8_warps": 8, "fp8_per_sm": 4, "fp8_l2": 0,
        "nv_bm": 16, "nv_bk": 256, "nv_warps": 4, "nv_per_sm": 16, "nv_enc": 1, "nv_l2": 1,
        "nv_fastdiv": 1, "mx_bm": 32, "mx_bk": 128, "mx_warps": 4,
-       "rot_fused": 0, "i8_bm": 4, "i8_bk": 1024, "i8_warps": 4, "w4_bm": 4, "w4_bk": 1024, "w4_warps": 4,
+       "rot_fused": 0, "rot_chunk_kb": 0, "rot_chunk_l2_div": 4, "rot_bm": 64, "rot_warps": 8, "rot_stages": 2, "i8_bm": 4, "i8_bk": 1024, "i8_warps": 4, "w4_bm": 4, "w4_bk": 1024, "w4_warps": 4,
        "i8_onepass": 0, "i8_onepass_bm": 1, "w4_onepass": 0, "w4_onepass_bm": 1}     # the H200 sweep's winners (benchmarks/results/h200-fastgpu-2026-11-30.json)
 for _kv in filter(None, os.environ.get("QUANTGATE_TRITON_CFG", "").split(",")):
     _k, _v = _kv.split("=")
@@ -265,16 +265,26 @@ if triton is not None:
         tl.store(s_ptr + off.to(tl.int64), bcode, mask=sm)
 
     @triton.jit
-    def _rows_tile(x_ptr, h_ptr, base, cols, m, KIND: tl.constexpr, HW: tl.constexpr, ROT: tl.constexpr):
-        """The [BM, BK] tile of x as fp32; ROT > 0 (BK == ROT): rotated by the ConvRot Hadamard (h_ptr, [ROT, ROT]
-        in x's dtype, fp32 accumulation) and rounded to x's dtype, as torch.matmul(x.view(.., ROT), H) writes it."""
-        x = tl.load(x_ptr + base + cols[None, :], mask=m, other=0.0)
+    def _load_h(h_ptr, ROT: tl.constexpr, HW: tl.constexpr):
+        """The [ROT, ROT] ConvRot Hadamard (in x's dtype; fp32 under the interpreter), loaded ONCE per program and
+        kept as the dot's shared-memory operand for every tile; ROT == 0: nothing to load."""
         if ROT > 0:
             hr = tl.arange(0, ROT)
             h = tl.load(h_ptr + hr[:, None] * ROT + hr[None, :])
             if not HW:          # the interpreter's dot mishandles bf16 (exact products in fp32 instead)
-                x = x.to(tl.float32)
                 h = h.to(tl.float32)
+            return h
+        else:
+            return 0.0
+
+    @triton.jit
+    def _rows_tile(x_ptr, h, base, cols, m, KIND: tl.constexpr, HW: tl.constexpr, ROT: tl.constexpr):
+        """The [BM, BK] tile of x as fp32; ROT > 0 (BK == ROT): rotated by the ConvRot Hadamard ``h`` (_load_h;
+        fp32 accumulation) and rounded to x's dtype, as torch.matmul(x.view(.., ROT), H) writes it."""
+        x = tl.load(x_ptr + base + cols[None, :], mask=m, other=0.0)
+        if ROT > 0:
+            if not HW:
+                x = x.to(tl.float32)
             if KIND == 0 or not HW:
                 r = tl.dot(x, h, input_precision="ieee", out_dtype=tl.float32)
             else:
@@ -314,6 +324,7 @@ if triton is not None:
         division by s rounded to the input dtype (torch divides bf16/fp16 in fp32 and rounds), then round-half-even
         and clamp [-128, 127]. ONEPASS (BK >= K): each row strip is loaded once; else two passes over it (the second
         from L2). ROT > 0: the ConvRot rotation is done here, per group of ROT columns (int8-convrot fused)."""
+        h = _load_h(h_ptr, ROT, HW)
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rm = rows < N
         base = rows.to(tl.int64)[:, None] * K
@@ -322,7 +333,7 @@ if triton is not None:
         if ONEPASS:
             cols = tl.arange(0, BK)
             m = rm[:, None] & (cols < K)[None, :]
-            x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
+            x = _rows_tile(x_ptr, h, base, cols, m, KIND, HW, ROT)
             acc, bad = _row_amax(tl.abs(x), acc, bad)
             s, sx = _int8_scale(acc, KIND, HW, INV127, TINY)
             tl.store(q_ptr + base + cols[None, :], _int8_codes(x, sx, KIND, HW), mask=m)
@@ -330,12 +341,12 @@ if triton is not None:
             for k0 in range(0, K, BK):
                 cols = k0 + tl.arange(0, BK)
                 m = rm[:, None] & (cols < K)[None, :]
-                acc, bad = _row_amax(tl.abs(_rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)), acc, bad)
+                acc, bad = _row_amax(tl.abs(_rows_tile(x_ptr, h, base, cols, m, KIND, HW, ROT)), acc, bad)
             s, sx = _int8_scale(acc, KIND, HW, INV127, TINY)
             for k0 in range(0, K, BK):
                 cols = k0 + tl.arange(0, BK)
                 m = rm[:, None] & (cols < K)[None, :]
-                x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
+                x = _rows_tile(x_ptr, h, base, cols, m, KIND, HW, ROT)
                 tl.store(q_ptr + base + cols[None, :], _int8_codes(x, sx, KIND, HW), mask=m)
         tl.store(s_ptr + rows, s, mask=rm)
         tl.store(amax_ptr + rows, tl.where(bad > 0, float("nan"), acc), mask=rm)
@@ -360,6 +371,7 @@ if triton is not None:
         comfy-kitchen's eager quantize_convrot_w4a4_weight computes it on the same device: in the weight's dtype
         amax = max(|row|, dtype(1e-10)), s = amax / 7 (on CUDA amax x fp32(1/7)), codes = round-half-even(r / s)
         clamped to [-7, 7], packed two per byte with the EVEN column in the low nibble; s stored as fp32."""
+        h = _load_h(h_ptr, ROT, HW)
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rm = rows < N
         base = rows.to(tl.int64)[:, None] * K
@@ -369,13 +381,13 @@ if triton is not None:
         if ONEPASS:
             cols = tl.arange(0, BK)
             m = rm[:, None] & (cols < K)[None, :]
-            x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
+            x = _rows_tile(x_ptr, h, base, cols, m, KIND, HW, ROT)
             acc, bad = _row_amax(tl.abs(x), acc, bad)
         else:
             for k0 in range(0, K, BK):
                 cols = k0 + tl.arange(0, BK)
                 m = rm[:, None] & (cols < K)[None, :]
-                acc, bad = _row_amax(tl.abs(_rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)), acc, bad)
+                acc, bad = _row_amax(tl.abs(_rows_tile(x_ptr, h, base, cols, m, KIND, HW, ROT)), acc, bad)
         tl.store(amax_ptr + rows, tl.where(bad > 0, float("nan"), acc), mask=rm)
         if HW:
             s = _round_to(tl.maximum(acc, CMIN) * INV7, KIND, HW)
@@ -388,7 +400,7 @@ if triton is not None:
             for k0 in range(0, K, BK):
                 cols = k0 + tl.arange(0, BK)
                 m = rm[:, None] & (cols < K)[None, :]
-                x = _rows_tile(x_ptr, h_ptr, base, cols, m, KIND, HW, ROT)
+                x = _rows_tile(x_ptr, h, base, cols, m, KIND, HW, ROT)
                 _w4a4_store(p_ptr, pbase, rm, x, s, k0, K, BM, BK, KIND, HW)
 
     @triton.jit
@@ -597,19 +609,27 @@ def quantize_int8_rows_async(x: torch.Tensor, hw: bool | None = None, rot: int =
         bm, bk, one = _row_tiling(k, rot, "i8")
         _int8_rows_kernel[(triton.cdiv(n, bm),)](x, q, s, rows, _hadamard_for(x, rot), n, k, KIND=_KIND[x.dtype],
                                                  BM=bm, BK=bk, TINY=_TINY[x.dtype], HW=hw, INV127=_INV127, ROT=rot,
-                                                 ONEPASS=one, num_warps=CFG["i8_warps"])
+                                                 ONEPASS=one, **_launch(rot, "i8"))
     else:
         rows.zero_()
         s.fill_(1e-30)
     return q, s, rows[:n].amax() if n else rows[0]
 
 
+def _launch(rot: int, key: str) -> dict:
+    """num_warps (and, with the rotation inside, num_stages: H stays in shared memory -- 128 KB in bf16 at group 256
+    -- so only two x tiles are in flight) of the per-row kernels."""
+    if rot:
+        return {"num_warps": CFG["rot_warps"], "num_stages": CFG["rot_stages"]}
+    return {"num_warps": CFG[f"{key}_warps"]}
+
+
 def _row_tiling(k: int, rot: int, key: str) -> tuple[int, int, bool]:
     """(rows a program, columns a step, one pass?) of the per-row kernels: a whole row in one tile where
     pow2(K) <= CFG[key_onepass] (rows loaded once), else BK-column steps in two passes; the fused rotation steps one
-    ConvRot group at a time (tl.dot needs 16 rows)."""
+    ConvRot group at a time (CFG rot_bm rows: tl.dot needs 16, Hopper's wgmma 64)."""
     if rot:
-        return max(CFG[f"{key}_bm"], 16), rot, False
+        return max(CFG["rot_bm"], 16), rot, False
     if _pow2(k) <= CFG[f"{key}_onepass"]:
         return CFG[f"{key}_onepass_bm"], _pow2(k), True
     return CFG[f"{key}_bm"], min(CFG[f"{key}_bk"], _pow2(k)), False
@@ -635,7 +655,7 @@ def quantize_w4a4_rows_async(x: torch.Tensor, hw: bool | None = None, rot: int =
         bm, bk, one = _row_tiling(k, rot, "w4")
         _w4a4_rows_kernel[(triton.cdiv(n, bm),)](x, p, s, rows, _hadamard_for(x, rot), n, k, KIND=_KIND[x.dtype],
                                                  BM=bm, BK=max(2, bk), HW=hw, INV7=_INV7, CMIN=_CMIN_1E10[x.dtype],
-                                                 ROT=rot, ONEPASS=one, num_warps=CFG["w4_warps"])
+                                                 ROT=rot, ONEPASS=one, **_launch(rot, "w4"))
     else:
         rows.zero_()
     return p, s, rows[:n].amax() if n else rows[0]
@@ -664,20 +684,98 @@ def quantize_mxfp8_async(x: torch.Tensor, hw: bool | None = None):
 
 
 
-# ConvRot: by default the rotation is torch's (cuBLAS: the matmul of kitchen's eager reference, so the same bits)
-# and the per-row kernel runs after it; CFG rot_fused=1 rotates inside the kernel (tl.dot: the same bits only
-# where the card's MMA sums like cuBLAS -- a GPU question, off by default)
+# ConvRot: the rotation is torch's (cuBLAS: the matmul of kitchen's eager reference -- same operands, dtypes, layouts
+# and transposition -- so the same bits) and the per-row kernel runs after it. CFG rot_chunk_kb > 0 rotates a large
+# weight in row chunks of about that many KB into one scratch buffer, each chunk quantized right after its matmul
+# while the rotated rows are still in L2 (instead of writing the whole rotated weight to HBM and reading it back);
+# the chunks' matmuls differ from the whole one only in M (see _rotation_chunks). CFG rot_fused=1 rotates inside the
+# kernel (tl.dot: the same bits only where the card's MMA sums like cuBLAS -- a GPU question, off by default).
+_HT: dict = {}
+
+
+def _hadamard_t(group: int, x: torch.Tensor) -> torch.Tensor:
+    """kitchen's operand: the normalised Hadamard's transposed VIEW (h.T, not a contiguous copy), cached."""
+    key = (group, x.dtype, x.device)
+    ht = _HT.get(key)
+    if ht is None:
+        from .hadamard import hadamard
+        ht = _HT[key] = hadamard(group, x.dtype, x.device).T
+    return ht
+
+
+_L2: dict = {}
+
+
+def _chunk_kb(device) -> int:
+    """CFG rot_chunk_kb, or for -1 the card's L2 size / CFG rot_chunk_l2_div (the interpreter: 0, no chunks)."""
+    kb = CFG["rot_chunk_kb"]
+    if kb >= 0:
+        return kb
+    if device is None or torch.device(device).type != "cuda":
+        return 0
+    if device not in _L2:
+        _L2[device] = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) // 1024
+    return _L2[device] // max(1, CFG["rot_chunk_l2_div"])
+
+
+def _rotation_chunks(n: int, k: int, itemsize: int, device=None) -> list[tuple[int, int]]:
+    """Row ranges of the chunked rotation: one range (the whole weight, kitchen's own matmul) when the chunk size
+    (_chunk_kb) is 0 or the weight is at most that size; else ceil(bytes / chunk) ranges whose sizes differ by less
+    than 32 rows, never a short tail: every chunk's matmul has M = rows x K / group in the same
+    large-M range as the whole weight's (the bench records which cuBLAS kernel each M gets)."""
+    kb = _chunk_kb(device)
+    total = n * k * itemsize
+    if kb <= 0 or total <= kb << 10 or n < 32:
+        return [(0, n)]
+    parts = min(n // 16, -(-total // (kb << 10)))
+    cuts = [i * n // parts // 16 * 16 for i in range(parts)] + [n]     # starts at multiples of 16 rows: 16-byte
+    return [(a, b) for a, b in zip(cuts, cuts[1:])]                      # aligned pointers, sizes within 32 rows
+
+
+def rotate_chunk(x: torch.Tensor, group: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` [n, k] (contiguous) rotated per group: torch.mm of the [n * k / group, group] view with h.T, the call
+    torch.matmul(x.reshape(n, k / group, group), h.T) of kitchen's eager _rotate_weight folds into; ``out`` (a
+    contiguous [n * k / group, group] buffer) receives it without a new allocation."""
+    n, k = x.shape
+    a = x.view(n * (k // group), group)
+    if out is None:
+        return torch.mm(a, _hadamard_t(group, x)).view(n, k)
+    torch.mm(a, _hadamard_t(group, x), out=out)
+    return out.view(n, k)
+
+
 def _rotated(x: torch.Tensor, group: int):
-    if CFG["rot_fused"]:
+    if CFG["rot_fused"] and x.dtype != torch.float32:       # fp32: cuBLAS sums with FMAs, not an MMA -- no fusing
         return x, group
-    from .hadamard import rotate
-    return rotate(x, group), 0
+    return rotate_chunk(x, group), 0
 
 
 def quantize_int8_convrot_async(x: torch.Tensor, group: int, hw: bool | None = None):
     """int8 ConvRot: (q int8 [N, K] of the rotated weight, scale float32 [N, 1], amax); no host sync."""
-    r, rot = _rotated(_check(x, 2), group)
-    return quantize_int8_rows_async(r, hw=hw, rot=rot)
+    x = _check(x, 2)
+    n, k = x.shape
+    if k % group:
+        raise ValueError(f"K={k} is not divisible by the ConvRot group size {group}")
+    fused = CFG["rot_fused"] and x.dtype != torch.float32
+    chunks = _rotation_chunks(n, k, x.element_size(), x.device) if not fused and n and k else [(0, n)]
+    if len(chunks) == 1:
+        r, rot = _rotated(x, group)
+        return quantize_int8_rows_async(r, hw=hw, rot=rot)
+    hw = _hw() if hw is None else hw
+    q = torch.empty((n, k), dtype=torch.int8, device=x.device)
+    s = torch.empty((n, 1), dtype=torch.float32, device=x.device)
+    rows = torch.empty(n, dtype=torch.float32, device=x.device)
+    per = k // group                                   # rows of the [n * k / group, group] view per weight row
+    buf = torch.empty((max(b - a for a, b in chunks) * per, group), dtype=x.dtype, device=x.device)   # one scratch
+    xa, ht = x.view(n * per, group), _hadamard_t(group, x)
+    bm, bk, one = _row_tiling(k, 0, "i8")
+    kw = dict(KIND=_KIND[x.dtype], BM=bm, BK=bk, TINY=_TINY[x.dtype], HW=hw, INV127=_INV127, ROT=0, ONEPASS=one,
+              num_warps=CFG["i8_warps"])
+    for r0, r1 in chunks:                              # per chunk: one cuBLAS call, one kernel launch
+        m = r1 - r0
+        r = torch.mm(xa[r0 * per:r1 * per], ht, out=buf[:m * per])
+        _int8_rows_kernel[(triton.cdiv(m, bm),)](r, q[r0:r1], s[r0:r1], rows[r0:r1], r, m, k, **kw)
+    return q, s, rows.amax()
 
 
 def quantize_w4a4_convrot_async(x: torch.Tensor, group: int, hw: bool | None = None):

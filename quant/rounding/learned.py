@@ -124,7 +124,7 @@ def prepare(action: str, weight: torch.Tensor, name: str | None = None, backend=
         backend = get_backend(weight.device)
     n, k = weight.shape
     if per_tensor(action):
-        q, s = backend.quantize_fp8(weight, name=name)
+        q, s = backend.quantize_fp8(weight, name=name, check_finite="sync")
         w = weight.to(torch.float32)
         scale = s.to(torch.float32)
         t = (w / scale).clamp(-_fp8.FP8_MAX, _fp8.FP8_MAX)

@@ -186,3 +186,30 @@ def test_interpreted_fused_rotation_matches_the_torch_rotation_path(tq, monkeypa
     assert (i8[0].int() - ref_i8[0].int()).abs().max() <= 1 and torch.allclose(i8[1], ref_i8[1], rtol=1e-2)
     d = convrot.unpack_int4(w4[0]).int() - convrot.unpack_int4(ref_w4[0]).int()
     assert d.abs().max() <= 1 and (d != 0).float().mean() < 0.01 and torch.allclose(w4[1], ref_w4[1], rtol=1e-2)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(n=st.integers(32, 150), groups=st.integers(1, 3), g=st.sampled_from([16, 64, 256]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), chunk_kb=st.sampled_from([1, 4, 16]),
+       seed=st.integers(0, 2**31 - 1))
+def test_interpreted_int8_convrot_row_chunks_write_the_format_bytes(tq, monkeypatch, n, groups, g, dtype, chunk_kb,
+                                                                    seed):
+    """CFG rot_chunk_kb: the rotation in row chunks (torch.mm of each chunk into one scratch buffer, the per-row kernel
+    on each) writes quant.formats.int8_convrot's bytes (= kitchen's eager quantize_int8_convrot_weight's), the same as
+    the whole-weight path; the sync backend op (quantize_int8_convrot) takes the same route. A NaN still shows in
+    the amax."""
+    from quant.formats.int8_convrot import quantize_convrot
+    gen = torch.Generator().manual_seed(seed)
+    k = g * groups
+    x = (torch.randn(n, k, generator=gen) * torch.exp(torch.randn(n, k, generator=gen) * 3)).clamp(-6e4, 6e4)
+    x[1] = 0
+    x = x.to(dtype)
+    monkeypatch.setitem(tq.CFG, "rot_chunk_kb", chunk_kb)
+    chunks = tq._rotation_chunks(n, k, x.element_size())
+    q, s, amax = tq.quantize_int8_convrot_async(x, g, hw=False)
+    q2, s2 = quantize_convrot(x, g)
+    assert torch.equal(q, q2) and torch.equal(s, s2)
+    assert float(amax) == float(tq.rotate_chunk(x, g).abs().amax().float())
+    if len(chunks) > 1:
+        x[n - 1, 0] = float("nan")
+        assert torch.isnan(tq.quantize_int8_convrot_async(x, g, hw=False)[2])

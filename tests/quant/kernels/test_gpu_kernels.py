@@ -103,7 +103,7 @@ def test_backend_ops_signatures_and_non_finite(tq):
     assert d.shape == (300, 200) and float((d - x.float()).norm() / x.float().norm()) < 0.15
     x[1, 2] = float("nan")
     with pytest.raises(InputError, match="1 non-finite"):
-        BACKEND.quantize_fp8(x, name="w")
+        BACKEND.quantize_fp8(x, name="w", check_finite="sync")
     with pytest.raises(InputError, match="1 non-finite"):
         BACKEND.quantize_nvfp4(x, name="w")
 
