@@ -39,6 +39,7 @@ def _record(benchmark, fn, key, nbytes, **info):
     info.update(device_median_ms=round(ms, 4), bytes_moved=nbytes, gb_per_s=round(gbs, 1))
     benchmark.extra_info.update(info)
     RESULTS["rows"][key] = info
+    _write_results()                        # after every row: a run cut short still leaves what it measured
     print(f"\n{key}: {ms * 1e3:.1f} us, {gbs:,.0f} GB/s")
     return gbs
 
@@ -203,7 +204,9 @@ def test_bench_row_kernel_tiling(benchmark, weights, fmt, tiling):
     assert exact
 
 
-W4A8_TILINGS = {"A": {}, "B": {"bm": 8, "bk": 128}, "D": {"bm": 4, "bk": 256, "warps": 8}}
+W4A8_TILINGS = {"A": {}, "S0": {"search": 0}, "F1": {"fastdiv": 1}, "B": {"bm": 8, "bk": 128},
+                "CAT": {"rotate_into_one": 0}}
+# A = the defaults (triton_w4a8.CFG; rotate_into_one: quant.formats.w4a8_int8.ROTATE_INTO_ONE)
 
 
 @pytest.mark.parametrize("tiling", list(W4A8_TILINGS))
@@ -220,9 +223,12 @@ def test_bench_w4a8_tiling(benchmark, weights, tiling):
     x = weights[shape]
     f = formats.get("w4a8-int8")
     ref = _kitchen("w4a8-int8", x, f.layer_config(False, None, shape), "eager")()
-    saved = dict(tw.CFG)
+    from quant.formats import w4a8_int8
+    saved, saved_into = dict(tw.CFG), w4a8_int8.ROTATE_INTO_ONE
     try:
-        tw.CFG.update(W4A8_TILINGS[tiling])
+        cfg = dict(W4A8_TILINGS[tiling])
+        w4a8_int8.ROTATE_INTO_ONE = bool(cfg.pop("rotate_into_one", saved_into))
+        tw.CFG.update(cfg)
         fn = lambda: f.quantize(x)          # noqa: E731
         out = fn()
         exact = _same(out, ref)
@@ -239,9 +245,13 @@ def test_bench_w4a8_tiling(benchmark, weights, tiling):
             "what": "the Triton kernel on the rotated weight (bytes counted as for the whole quantize)"}
         rot_ms = _bench_ms(lambda: convrot.rotate(x, convrot.group_for(shape[1])))
         RESULTS["rows"][f"w4a8-int8 rotation-only {shape[0]}x{shape[1]}"] = {"device_median_ms": round(rot_ms, 4)}
+        _write_results()
+        print(f"\nw4a8 {tiling}: kernel only {ms * 1e3:.1f} us, rotation only {rot_ms * 1e3:.1f} us, "
+              f"probes {RESULTS['w4a8_probes']}")
     finally:
         tw.CFG.clear()
         tw.CFG.update(saved)
+        w4a8_int8.ROTATE_INTO_ONE = saved_into
     assert exact
 
 

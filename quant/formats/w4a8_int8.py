@@ -36,6 +36,7 @@ FIT_ITERS = 25
 ALS_ITERS = 2
 ROW_BUDGET = 1 << 22            # elements per chunk of rows (kitchen's chunking: the same rotation calls)
 CODEBOOK_SAMPLE = 1 << 22
+ROTATE_INTO_ONE = True          # kernel path: each chunk's matmul writes into one buffer (False: torch.cat of chunks)
 
 shape_rule("w4a8_groups", lambda n, k: (n, k // GROUP), "[N, K/16] (one per group of 16 along K)")
 shape_rule("codebook", lambda n, k: (LEVELS,), "[16]")
@@ -122,6 +123,27 @@ def _quantize_rotated(r, codebook):
     return convrot.pack_int4(codes), s_rel, s_channel.float().contiguous()
 
 
+def _rotated_chunks(w, g: int, block: int):
+    """The rotated weight as kitchen computes it: one matmul per chunk of ``block`` rows (the same call shapes), each
+    written into one [N, K] buffer (ROTATE_INTO_ONE: torch.mm of the chunk's [rows * K/g, g] view with H.T, the mm
+    torch.matmul folds kitchen's call into, with ``out=``), else the chunks concatenated."""
+    import torch
+    n, k = w.shape
+    w = w.contiguous()
+    if n <= block:
+        return convrot.rotate(w, g)
+    if not ROTATE_INTO_ONE:
+        return torch.cat([convrot.rotate(w[r0:r0 + block], g) for r0 in range(0, n, block)])
+    per = k // g
+    out = torch.empty((n * per, g), dtype=w.dtype, device=w.device)
+    ht = convrot.hadamard(g, w.dtype, w.device).T
+    a = w.view(n * per, g)
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        torch.mm(a[r0 * per:r1 * per], ht, out=out[r0 * per:r1 * per])
+    return out.view(n, k)
+
+
 def quantize_w4a8(w, g: int, *, name=None, backend=None):
     """-> (packed int8 [n, k/2], s_rel e4m3 [n, k/16], s_channel f32 [n], codebook f32 [16]).
 
@@ -138,14 +160,16 @@ def quantize_w4a8(w, g: int, *, name=None, backend=None):
     n, k = w.shape
     cb = _tensor_codebook(w, g)
     block = max(1, ROW_BUDGET // max(k, 1))
-    rot = [convrot.rotate(w[r0:r0 + block].contiguous(), g) for r0 in range(0, n, block)]
     be = backend or get_backend(w.device)
     op = getattr(be, "quantize_w4a8_rotated", None)
     if op is not None and n and k:
-        r = rot[0] if len(rot) == 1 else torch.cat(rot)
+        r = _rotated_chunks(w, g, block)
         got = op(r, cb, name=name, check_finite="sync")
         if got is not None:
             return (*got, cb)
+        rot = [r[r0:r0 + block] for r0 in range(0, n, block)]
+    else:
+        rot = [convrot.rotate(w[r0:r0 + block].contiguous(), g) for r0 in range(0, n, block)]
     parts = [_quantize_rotated(x, cb) for x in rot]
     if len(parts) == 1:
         return (*parts[0], cb)

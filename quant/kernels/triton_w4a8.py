@@ -34,7 +34,10 @@ ORDERS = {0: "pairwise tree over adjacent pairs (CUDA warp shuffles, offsets 1, 
           1: "x[l] + x[l+8] per lane, then lanes 0..7 in sequence (CPU, 8-lane vectors)",
           2: "x[0..15] in sequence",
           3: "pairwise tree over halves (x[l] + x[l+8], then + 4, + 2, + 1)"}
-CFG = {"bm": 4, "bk": 256, "warps": 4}      # launch shape (any gives the same bytes); QUANTGATE_W4A8_CFG="bm=8,bk=128"
+CFG = {"bm": 4, "bk": 256, "warps": 4, "search": 1, "fastdiv": 0}      # launch shape (any gives the same bytes); QUANTGATE_W4A8_CFG="bm=8,bk=128"
+# search: 0 = 16 comparisons per searchsorted, 1 = a 5-step bisection (sorted levels; same answer);
+# fastdiv: 1 = x / d from d's correctly rounded reciprocal and one FMA correction (Markstein: exact where nothing
+# under/overflows -- a tile takes it only when all its values are in the range where that holds; GPU only)
 for _kv in filter(None, __import__("os").environ.get("QUANTGATE_W4A8_CFG", "").split(",")):
     _k, _v = _kv.split("=")
     if _k.strip() not in CFG:
@@ -163,29 +166,64 @@ if triton is not None:
             return tl.load(cb_ptr + i)
 
     @triton.jit
-    def _lower_bound(v, cb_ptr, s, GRID: tl.constexpr, SORTED: tl.constexpr):
-        """torch.searchsorted(levels, v) (side left): SORTED, the count of levels below v (NaN levels count: torch's
-        search steps right past them); else torch's binary search itself (its answer on unsorted levels)."""
+    def _below(cb_ptr, i, s, v, GRID: tl.constexpr):
+        """1 where level i is below v in torch.searchsorted's sense (not >= v: a NaN level counts as below), else 0."""
+        return 1 - (_level(cb_ptr, i, s, GRID) >= v).to(tl.int32)
+
+    @triton.jit
+    def _lower_bound(v, cb_ptr, s, GRID: tl.constexpr, SORTED: tl.constexpr, SEARCH: tl.constexpr):
+        """torch.searchsorted(levels, v) (side left). SORTED: the count of levels below v -- 16 comparisons (SEARCH 0)
+        or a branchless bisection (SEARCH 1: steps 8, 4, 2, 1 and the last level; the same count on sorted levels,
+        all-NaN levels included); else torch's binary search itself (its answer on unsorted levels)."""
         if SORTED:
-            pos = tl.zeros(v.shape, dtype=tl.int32)
-            for i in tl.static_range(16):
-                pos += 1 - (_level(cb_ptr, i, s, GRID) >= v).to(tl.int32)
+            if SEARCH == 1:
+                pos = _below(cb_ptr, 7, s, v, GRID) * 8
+                pos += _below(cb_ptr, pos + 3, s, v, GRID) * 4
+                pos += _below(cb_ptr, pos + 1, s, v, GRID) * 2
+                pos += _below(cb_ptr, pos, s, v, GRID)
+                pos += tl.where(pos == 15, _below(cb_ptr, 15, s, v, GRID), 0)
+            else:
+                pos = tl.zeros(v.shape, dtype=tl.int32)
+                for i in tl.static_range(16):
+                    pos += _below(cb_ptr, i, s, v, GRID)
         else:
             pos = tl.zeros(v.shape, dtype=tl.int32)
             end = tl.full(v.shape, 16, tl.int32)
             for _ in tl.static_range(5):
                 mid = pos + ((end - pos) >> 1)
-                right = (_level(cb_ptr, tl.minimum(mid, 15), s, GRID) >= v) == 0
+                right = _below(cb_ptr, tl.minimum(mid, 15), s, v, GRID) == 1
                 live = pos < end
                 pos = tl.where(live & right, mid + 1, pos)
                 end = tl.where(live & (right == 0), mid, end)
         return pos
 
     @triton.jit
-    def _nearest(v, cb_ptr, s, GRID: tl.constexpr, SORTED: tl.constexpr):
+    def _div(x, d, FAST: tl.constexpr):
+        """x [BG, 16] / d [BG] (d > 0), IEEE round-to-nearest. FAST: q = x * RN(1/d), r = x - d q (exact, FMA),
+        q + r RN(1/d) rounded once -- correctly rounded when no value under/overflows (Markstein); the tile takes it
+        only if every divisor is in [2^-60, 2^60] and every x is 0 or within 2^+-60 of its divisor and above 2^-90."""
+        if FAST:
+            ad = d[:, None]
+            ax = tl.abs(x)
+            ok = ((ad >= 8.673617379884035e-19) & (ad <= 1.152921504606847e+18)
+                  & ((x == 0.0) | ((ax >= ad * 8.673617379884035e-19) & (ax <= ad * 1.152921504606847e+18)
+                                   & (ax >= 8.077935669463161e-28))))
+            if tl.min(tl.min(ok.to(tl.int32), axis=1), axis=0) == 1:
+                rd = tl.math.div_rn(1.0, d)[:, None]
+                q = x * rd
+                r = tl.fma(-ad, q, x)
+                res = tl.fma(r, rd, q)
+            else:
+                res = tl.math.div_rn(x, ad)
+        else:
+            res = tl.math.div_rn(x, d[:, None])
+        return res
+
+    @triton.jit
+    def _nearest(v, cb_ptr, s, GRID: tl.constexpr, SORTED: tl.constexpr, SEARCH: tl.constexpr):
         """Index of the nearest level (searchsorted, then the closer of the two neighbours; ties to the lower index),
         as int32: kitchen's _assign_codes (GRID False) and _assign_grid (GRID True)."""
-        pos = _lower_bound(v, cb_ptr, s, GRID, SORTED)
+        pos = _lower_bound(v, cb_ptr, s, GRID, SORTED, SEARCH)
         lo = tl.maximum(pos - 1, 0)
         hi = tl.minimum(pos, 15)
         dlo = tl.abs(v - _level(cb_ptr, lo, s, GRID))
@@ -210,7 +248,8 @@ if triton is not None:
     @triton.jit
     def _w4a8_kernel(x_ptr, cb_ptr, p_ptr, sr_ptr, sc_ptr, gs_ptr, amax_ptr, N, K, G,
                      BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr, INV127: tl.constexpr,
-                     ORDER: tl.constexpr, OVER: tl.constexpr, KIND: tl.constexpr, SORTED: tl.constexpr):
+                     ORDER: tl.constexpr, OVER: tl.constexpr, KIND: tl.constexpr, SORTED: tl.constexpr,
+                     SEARCH: tl.constexpr, FASTDIV: tl.constexpr):
         """BM rows: pass 1 finds every group's ALS scale (kept in gs_ptr, [N, G] fp32) and the row's largest
         |level * scale|; pass 2 writes the e4m3 group scales and the 4-bit codes against the group's int8 grid."""
         BG: tl.constexpr = BM * BK // 16
@@ -230,13 +269,13 @@ if triton is not None:
             xmax = tl.maximum(xmax, tl.max(xa, axis=1))
             bad += tl.sum(tl.where(xa < float("inf"), 0.0, 1.0), axis=1)
             gs = tl.maximum(tl.max(ax, axis=1), 1e-8)
-            q = _nearest(tl.math.div_rn(x, gs[:, None]), cb_ptr, 1.0, False, SORTED)
+            q = _nearest(_div(x, gs, FASTDIV), cb_ptr, 1.0, False, SORTED, SEARCH)
             for _ in tl.static_range(2):
                 lv = tl.load(cb_ptr + q)
                 num = _sum16(x * lv, BG, ORDER)
                 den = tl.maximum(_sum16(lv * lv, BG, ORDER), 1e-8)
                 gs = tl.maximum(tl.math.div_rn(num, den), 1e-8)
-                q = _nearest(tl.math.div_rn(x, gs[:, None]), cb_ptr, 1.0, False, SORTED)
+                q = _nearest(_div(x, gs, FASTDIV), cb_ptr, 1.0, False, SORTED, SEARCH)
             mg = tl.max(tl.abs(tl.load(cb_ptr + q)), axis=1) * gs           # max_j |cb[q_j] * gs| (rounding is monotone)
             gcols = k0 // 16 + tl.arange(0, BK // 16)
             gm = rm[:, None] & (gcols < G)[None, :]
@@ -262,8 +301,8 @@ if triton is not None:
             code = tl.where(code >= 127, OVER, code)                         # torch's overflow byte: 0x7E or 0x7F
             val = tl.where(code == 127, float("nan"), _from_e4m3(code.to(tl.uint8), False))
             tl.store(sr_ptr + gbase + gcols[None, :], tl.reshape(code, (BM, BK // 16)).to(tl.uint8), mask=gm)
-            t = tl.math.div_rn(x, scg[:, None])
-            c = _nearest(t, cb_ptr, val[:, None], True, SORTED)
+            t = _div(x, scg, FASTDIV)
+            c = _nearest(t, cb_ptr, val[:, None], True, SORTED, SEARCH)
             even, odd = tl.split(tl.reshape(c, (BM, BK // 2, 2)))
             byte = ((even & 15) | ((odd & 15) << 4)).to(tl.int8)
             pc = k0 // 2 + tl.arange(0, BK // 2)
@@ -307,7 +346,8 @@ def quantize_w4a8_rotated_async(r: torch.Tensor, codebook: torch.Tensor, order: 
     if n and k:
         bm, bk = CFG["bm"], min(CFG["bk"], _pow2(k))
         _w4a8_kernel[(triton.cdiv(n, bm),)](r, cb, p, sr.view(torch.uint8), sc, gs, rows, n, k, g, BM=bm, BK=bk,
-                                            HW=hw, INV127=_INV127, ORDER=order, OVER=over, KIND=_KIND[r.dtype], SORTED=sorted_levels, num_warps=CFG["warps"],
+                                            HW=hw, INV127=_INV127, ORDER=order, OVER=over, KIND=_KIND[r.dtype], SORTED=sorted_levels, SEARCH=CFG["search"],
+                                            FASTDIV=CFG["fastdiv"] if hw else 0, num_warps=CFG["warps"],
                                             enable_fp_fusion=False)     # no mul+add -> fma: torch rounds each product
     else:
         rows.zero_()
