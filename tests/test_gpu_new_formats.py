@@ -138,13 +138,19 @@ def test_w4a8_triton_kernel_serves_cuda_and_knows_torchs_sum_order_there():
     assert get_backend("cuda").quantize_w4a8_rotated(r, cb) is not None
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("cbk", ["fixed", "random", "duplicates", "unsorted", "narrow"])
-def test_w4a8_triton_rotated_part_edges_are_kitchens_eager_bytes_on_the_device(dtype, cbk):
+W4A8_EDGE_CASES = [(dt, cbk, 0) for dt in (torch.float32, torch.bfloat16, torch.float16)
+                   for cbk in ("fixed", "random", "duplicates", "unsorted", "narrow")] + \
+                  [(dt, cbk, 1) for dt in (torch.float32, torch.bfloat16) for cbk in ("fixed", "duplicates", "narrow")]
+
+
+@pytest.mark.parametrize("dtype,cbk,fastdiv", W4A8_EDGE_CASES)
+def test_w4a8_triton_rotated_part_edges_are_kitchens_eager_bytes_on_the_device(dtype, cbk, fastdiv, monkeypatch):
     """Group edges (zeros, all-equal, one spike, +-large, subnormal, tiny, ties on the int8 grid) with every codebook
-    shape, kernel vs kitchen's eager _quantize_rotated_w4a8_int8_weight on the same CUDA tensors."""
+    shape, kernel vs kitchen's eager _quantize_rotated_w4a8_int8_weight on the same CUDA tensors; fastdiv 1: the
+    opt-in reciprocal + FMA division (its range guard sends the edge tiles to the IEEE division)."""
     ek = pytest.importorskip("comfy_kitchen.backends.eager.w4a8_int8")
     from quant.kernels import triton_w4a8
+    monkeypatch.setitem(triton_w4a8.CFG, "fastdiv", fastdiv)
     from tests.quant.kernels.edges import W4A8_GROUP_KINDS, w4a8_codebook, w4a8_rotated
     g = torch.Generator().manual_seed(17)
     for n, k, mag in ((1, 16, 1.0), (7, 80, 1e-6), (33, 272, 100.0), (300, 4096, 0.02)):
@@ -156,21 +162,23 @@ def test_w4a8_triton_rotated_part_edges_are_kitchens_eager_bytes_on_the_device(d
         for a, b, what in zip(got[:3], theirs[:3], ("packed", "s_rel", "s_channel")):
             ne = int((a.contiguous().view(torch.uint8) != b.contiguous().view(torch.uint8)).sum()) \
                 if a.element_size() == 1 else int((a != b).sum())
-            assert ne == 0, f"{what} {n}x{k} {dtype} {cbk}: {ne} of {a.numel()} differ"
+            assert ne == 0, f"{what} {n}x{k} {dtype} {cbk} fastdiv={fastdiv}: {ne} of {a.numel()} differ"
 
 
-@pytest.mark.parametrize("kind", ["heavy", "outliers", "zero_rows"])
-def test_w4a8_whole_quantize_fitted_codebooks_are_kitchens_eager_bytes_on_the_device(kind):
+@pytest.mark.parametrize("kind,fastdiv", [("heavy", 0), ("outliers", 0), ("zero_rows", 0), ("normal", 1), ("heavy", 1)])
+def test_w4a8_whole_quantize_fitted_codebooks_are_kitchens_eager_bytes_on_the_device(kind, fastdiv, monkeypatch):
     """Heavy-tailed weights (the kurtosis gate fits a codebook on the device), outliers, zero rows; more rows than
     kitchen's 2**22-element chunk."""
+    from quant.kernels import triton_w4a8
     from tests.quant.formats.test_new_format_bytes import _kitchen
+    monkeypatch.setitem(triton_w4a8.CFG, "fastdiv", fastdiv)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1100, 4096, generator=g) * 0.02
     if kind == "heavy":
         x = x * torch.exp(2 * torch.randn(1100, 4096, generator=g))
     elif kind == "outliers":
         x[torch.rand(1100, 4096, generator=g) < 0.001] *= 300
-    else:
+    elif kind == "zero_rows":
         x[::3] = 0
     x = x.to(torch.bfloat16).cuda()
     f = formats.get("w4a8-int8")
