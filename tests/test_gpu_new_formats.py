@@ -186,3 +186,23 @@ def test_w4a8_whole_quantize_fitted_codebooks_are_kitchens_eager_bytes_on_the_de
     theirs = _kitchen("w4a8-int8", x, f.layer_config(False, None, tuple(x.shape)))
     for k in ours:
         assert torch.equal(ours[k].contiguous().view(torch.uint8), theirs[k].contiguous().view(torch.uint8)), k
+
+
+def test_w4a8_non_finite_weight_is_refused_and_an_overflowing_rotation_is_kitchens_bytes():
+    """The CUDA path has no finiteness pass of its own (the kernel's amax finds inf/NaN): a NaN/inf weight raises
+    InputError; a finite weight whose rotation overflows bf16 takes the torch ops and writes kitchen's bytes."""
+    from quant.errors import InputError
+    from tests.quant.formats.test_new_format_bytes import _kitchen
+    f = formats.get("w4a8-int8")
+    x = (torch.randn(64, 512, generator=torch.Generator().manual_seed(2)) * 0.02).to(torch.bfloat16).cuda()
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[7, 100] = bad
+        with pytest.raises(InputError, match="non-finite"):
+            f.quantize(y, name="bad")
+    y = x.clone()
+    y[5, :256] = 3e38
+    ours = f.quantize(y)
+    theirs = _kitchen("w4a8-int8", y, f.layer_config(False, None, tuple(y.shape)))
+    for k in ours:
+        assert torch.equal(ours[k].contiguous().view(torch.uint8), theirs[k].contiguous().view(torch.uint8)), k

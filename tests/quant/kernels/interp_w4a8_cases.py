@@ -189,3 +189,24 @@ def test_chunked_rows_one_launch_bytes_equal_kitchen_eager(tw, monkeypatch):
     kq, ksr, ksc, _corr, kcb = quantize_w4a8_int8_weight(w, 16, 256)
     _same((q, sr, sc), (kq, ksr, ksc))
     assert torch.equal(cb, kcb)
+
+
+def test_non_finite_weight_raises_input_error_through_the_kernel_path(tw):
+    """The kernel path has no finiteness pass of its own: the kernel's amax of the rotated weight finds inf/NaN, then
+    the weight is checked (InputError); a finite weight is never refused."""
+    from quant.errors import InputError
+    from quant.kernels import triton_backend
+
+    class Seam:
+        def quantize_w4a8_rotated(self, r, codebook, *, name=None, check_finite="sync"):
+            p, sr, sc, amax = tw.quantize_w4a8_rotated(r, codebook, hw=False)
+            triton_backend._finite_or_raise(r, amax, name)
+            return p, sr, sc
+
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        w = torch.randn(8, 64)
+        w[3, 17] = bad
+        with pytest.raises(InputError, match="non-finite"):
+            w4a8_int8.quantize_w4a8(w, 16, backend=Seam(), name="layer")
+        p, sr, sc, amax = tw.quantize_w4a8_rotated(convrot.rotate(w, 16), torch.tensor(w4a8_int8.FIXED_CODEBOOK), hw=False)
+        assert not torch.isfinite(amax)
