@@ -34,8 +34,9 @@ ORDERS = {0: "pairwise tree over adjacent pairs (CUDA warp shuffles, offsets 1, 
           1: "x[l] + x[l+8] per lane, then lanes 0..7 in sequence (CPU, 8-lane vectors)",
           2: "x[0..15] in sequence",
           3: "pairwise tree over halves (x[l] + x[l+8], then + 4, + 2, + 1)"}
-CFG = {"bm": 4, "bk": 256, "warps": 4, "search": 1, "fastdiv": 0}      # launch shape (any gives the same bytes); QUANTGATE_W4A8_CFG="bm=8,bk=128"
-# search: 0 = 16 comparisons per searchsorted, 1 = a 5-step bisection (sorted levels; same answer);
+CFG = {"bm": 4, "bk": 256, "warps": 4, "search": 1, "gsearch": 1, "fastdiv": 0}      # launch shape (any gives the same bytes); QUANTGATE_W4A8_CFG="bm=8,bk=128"
+# search / gsearch: searchsorted on the codebook / on a group's int8 grid: 0 = 16 comparisons (the grid's 16 levels
+# computed once a group), 1 = a 5-step bisection (each step gathers a level; sorted levels, the same answer);
 # fastdiv: 1 = x / d from d's correctly rounded reciprocal and one FMA correction (Markstein: exact where nothing
 # under/overflows -- a tile takes it only when all its values are in the range where that holds; GPU only)
 for _kv in filter(None, __import__("os").environ.get("QUANTGATE_W4A8_CFG", "").split(",")):
@@ -249,7 +250,7 @@ if triton is not None:
     def _w4a8_kernel(x_ptr, cb_ptr, p_ptr, sr_ptr, sc_ptr, gs_ptr, amax_ptr, N, K, G,
                      BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr, INV127: tl.constexpr,
                      ORDER: tl.constexpr, OVER: tl.constexpr, KIND: tl.constexpr, SORTED: tl.constexpr,
-                     SEARCH: tl.constexpr, FASTDIV: tl.constexpr):
+                     SEARCH: tl.constexpr, GSEARCH: tl.constexpr, FASTDIV: tl.constexpr):
         """BM rows: pass 1 finds every group's ALS scale (kept in gs_ptr, [N, G] fp32) and the row's largest
         |level * scale|; pass 2 writes the e4m3 group scales and the 4-bit codes against the group's int8 grid."""
         BG: tl.constexpr = BM * BK // 16
@@ -302,7 +303,7 @@ if triton is not None:
             val = tl.where(code == 127, float("nan"), _from_e4m3(code.to(tl.uint8), False))
             tl.store(sr_ptr + gbase + gcols[None, :], tl.reshape(code, (BM, BK // 16)).to(tl.uint8), mask=gm)
             t = _div(x, scg, FASTDIV)
-            c = _nearest(t, cb_ptr, val[:, None], True, SORTED, SEARCH)
+            c = _nearest(t, cb_ptr, val[:, None], True, SORTED, GSEARCH)
             even, odd = tl.split(tl.reshape(c, (BM, BK // 2, 2)))
             byte = ((even & 15) | ((odd & 15) << 4)).to(tl.int8)
             pc = k0 // 2 + tl.arange(0, BK // 2)
@@ -346,7 +347,7 @@ def quantize_w4a8_rotated_async(r: torch.Tensor, codebook: torch.Tensor, order: 
     if n and k:
         bm, bk = CFG["bm"], min(CFG["bk"], _pow2(k))
         _w4a8_kernel[(triton.cdiv(n, bm),)](r, cb, p, sr.view(torch.uint8), sc, gs, rows, n, k, g, BM=bm, BK=bk,
-                                            HW=hw, INV127=_INV127, ORDER=order, OVER=over, KIND=_KIND[r.dtype], SORTED=sorted_levels, SEARCH=CFG["search"],
+                                            HW=hw, INV127=_INV127, ORDER=order, OVER=over, KIND=_KIND[r.dtype], SORTED=sorted_levels, SEARCH=CFG["search"], GSEARCH=CFG["gsearch"],
                                             FASTDIV=CFG["fastdiv"] if hw else 0, num_warps=CFG["warps"],
                                             enable_fp_fusion=False)     # no mul+add -> fma: torch rounds each product
     else:

@@ -79,7 +79,7 @@ def rotated(draw):
 _codebook = w4a8_codebook
 
 
-@settings(max_examples=30, **SETTINGS)
+@settings(max_examples=20, **SETTINGS)
 @given(r=rotated(), cbk=st.sampled_from(["fixed", "fixed", "random", "duplicates", "narrow", "unsorted"]), seed=st.integers(0, 99))
 def test_rotated_part_bytes_equal_kitchen_eager(tw, r, cbk, seed):
     cb = _codebook(cbk, torch.Generator().manual_seed(seed))
@@ -88,8 +88,15 @@ def test_rotated_part_bytes_equal_kitchen_eager(tw, r, cbk, seed):
     srt = bool((cb[1:] >= cb[:-1]).all())
     p, sr, sc, amax = tw.quantize_w4a8_rotated_async(r, cb, order, tw.e4m3_overflow("cpu"), hw=False, sorted_levels=srt)
     _same((p, sr, sc), theirs[:3])
-    if srt:     # the binary search is right on sorted levels too
+    if srt:     # the binary search is right on sorted levels too, and so is each search variant
         _same(tw.quantize_w4a8_rotated_async(r, cb, order, tw.e4m3_overflow("cpu"), hw=False)[:3], theirs[:3])
+        for search, gsearch in ((0, 0), (1, 0), (0, 1)):
+            tw.CFG.update(search=search, gsearch=gsearch)
+            try:
+                got = tw.quantize_w4a8_rotated_async(r, cb, order, tw.e4m3_overflow("cpu"), hw=False, sorted_levels=True)
+            finally:
+                tw.CFG.update(search=1, gsearch=1)
+            _same(got[:3], theirs[:3])
     assert float(amax) == float(r.float().abs().max())
 
 
