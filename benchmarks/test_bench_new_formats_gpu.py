@@ -204,8 +204,9 @@ def test_bench_row_kernel_tiling(benchmark, weights, fmt, tiling):
     assert exact
 
 
-W4A8_TILINGS = {"A": {}, "S0": {"search": 0, "gsearch": 0}, "G0": {"gsearch": 0}, "F1": {"fastdiv": 1},
-                "F1G0": {"fastdiv": 1, "gsearch": 0}, "B": {"bm": 8, "bk": 128}, "CAT": {"rotate_into_one": 0}}
+W4A8_TILINGS = {"A": {}, "L": {"search": 2}, "LF": {"search": 2, "fastdiv": 1}, "F1": {"fastdiv": 1},
+                "G0": {"gsearch": 0}, "S0": {"search": 0, "gsearch": 0}, "B": {"bm": 8, "bk": 128},
+                "CAT": {"rotate_into_one": 0}}
 # A = the defaults (triton_w4a8.CFG; rotate_into_one: quant.formats.w4a8_int8.ROTATE_INTO_ONE)
 
 

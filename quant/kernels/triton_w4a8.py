@@ -36,7 +36,8 @@ ORDERS = {0: "pairwise tree over adjacent pairs (CUDA warp shuffles, offsets 1, 
           3: "pairwise tree over halves (x[l] + x[l+8], then + 4, + 2, + 1)"}
 CFG = {"bm": 4, "bk": 256, "warps": 4, "search": 1, "gsearch": 1, "fastdiv": 0}      # launch shape (any gives the same bytes); QUANTGATE_W4A8_CFG="bm=8,bk=128"
 # search / gsearch: searchsorted on the codebook / on a group's int8 grid: 0 = 16 comparisons (the grid's 16 levels
-# computed once a group), 1 = a 5-step bisection (each step gathers a level; sorted levels, the same answer);
+# computed once a group), 1 = a 5-step bisection (each step gathers a level; sorted levels, the same answer),
+# 2 (codebook only, levels in [-1, 1] >= 1/32 apart: the fixed table) = a bucket table and three comparisons;
 # fastdiv: 1 = x / d from d's correctly rounded reciprocal and one FMA correction (Markstein: exact where nothing
 # under/overflows -- a tile takes it only when all its values are in the range where that holds; GPU only)
 for _kv in filter(None, __import__("os").environ.get("QUANTGATE_W4A8_CFG", "").split(",")):
@@ -172,12 +173,20 @@ if triton is not None:
         return 1 - (_level(cb_ptr, i, s, GRID) >= v).to(tl.int32)
 
     @triton.jit
-    def _lower_bound(v, cb_ptr, s, GRID: tl.constexpr, SORTED: tl.constexpr, SEARCH: tl.constexpr):
+    def _lower_bound(v, cb_ptr, s, GRID: tl.constexpr, SORTED: tl.constexpr, SEARCH: tl.constexpr, lut_ptr):
         """torch.searchsorted(levels, v) (side left). SORTED: the count of levels below v -- 16 comparisons (SEARCH 0)
         or a branchless bisection (SEARCH 1: steps 8, 4, 2, 1 and the last level; the same count on sorted levels,
         all-NaN levels included); else torch's binary search itself (its answer on unsorted levels)."""
         if SORTED:
-            if SEARCH == 1:
+            if SEARCH == 2:     # codebook only: a bucket of 1/32 over [-1, 1) gives t = count(levels < its start);
+                # levels >= 1/32 apart and the bucket within one of v's: the count is t - 1 plus levels t-1, t, t+1
+                jf = tl.minimum(tl.maximum((v + 1.0) * 32.0, 0.0), 63.0)
+                t = tl.load(lut_ptr + jf.to(tl.int32))
+                pos = tl.maximum(t - 1, 0)
+                pos += tl.where(t >= 1, _below(cb_ptr, tl.maximum(t - 1, 0), s, v, GRID), 0)
+                pos += tl.where(t <= 15, _below(cb_ptr, tl.minimum(t, 15), s, v, GRID), 0)
+                pos += tl.where(t <= 14, _below(cb_ptr, tl.minimum(t + 1, 15), s, v, GRID), 0)
+            elif SEARCH == 1:
                 pos = _below(cb_ptr, 7, s, v, GRID) * 8
                 pos += _below(cb_ptr, pos + 3, s, v, GRID) * 4
                 pos += _below(cb_ptr, pos + 1, s, v, GRID) * 2
@@ -221,10 +230,10 @@ if triton is not None:
         return res
 
     @triton.jit
-    def _nearest(v, cb_ptr, s, GRID: tl.constexpr, SORTED: tl.constexpr, SEARCH: tl.constexpr):
+    def _nearest(v, cb_ptr, s, GRID: tl.constexpr, SORTED: tl.constexpr, SEARCH: tl.constexpr, lut_ptr):
         """Index of the nearest level (searchsorted, then the closer of the two neighbours; ties to the lower index),
         as int32: kitchen's _assign_codes (GRID False) and _assign_grid (GRID True)."""
-        pos = _lower_bound(v, cb_ptr, s, GRID, SORTED, SEARCH)
+        pos = _lower_bound(v, cb_ptr, s, GRID, SORTED, SEARCH, lut_ptr)
         lo = tl.maximum(pos - 1, 0)
         hi = tl.minimum(pos, 15)
         dlo = tl.abs(v - _level(cb_ptr, lo, s, GRID))
@@ -247,7 +256,7 @@ if triton is not None:
         return tl.reshape(x, (BG, 16))
 
     @triton.jit
-    def _w4a8_kernel(x_ptr, cb_ptr, p_ptr, sr_ptr, sc_ptr, gs_ptr, amax_ptr, N, K, G,
+    def _w4a8_kernel(x_ptr, cb_ptr, lut_ptr, p_ptr, sr_ptr, sc_ptr, gs_ptr, amax_ptr, N, K, G,
                      BM: tl.constexpr, BK: tl.constexpr, HW: tl.constexpr, INV127: tl.constexpr,
                      ORDER: tl.constexpr, OVER: tl.constexpr, KIND: tl.constexpr, SORTED: tl.constexpr,
                      SEARCH: tl.constexpr, GSEARCH: tl.constexpr, FASTDIV: tl.constexpr):
@@ -270,13 +279,13 @@ if triton is not None:
             xmax = tl.maximum(xmax, tl.max(xa, axis=1))
             bad += tl.sum(tl.where(xa < float("inf"), 0.0, 1.0), axis=1)
             gs = tl.maximum(tl.max(ax, axis=1), 1e-8)
-            q = _nearest(_div(x, gs, FASTDIV), cb_ptr, 1.0, False, SORTED, SEARCH)
+            q = _nearest(_div(x, gs, FASTDIV), cb_ptr, 1.0, False, SORTED, SEARCH, lut_ptr)
             for _ in tl.static_range(2):
                 lv = tl.load(cb_ptr + q)
                 num = _sum16(x * lv, BG, ORDER)
                 den = tl.maximum(_sum16(lv * lv, BG, ORDER), 1e-8)
                 gs = tl.maximum(tl.math.div_rn(num, den), 1e-8)
-                q = _nearest(_div(x, gs, FASTDIV), cb_ptr, 1.0, False, SORTED, SEARCH)
+                q = _nearest(_div(x, gs, FASTDIV), cb_ptr, 1.0, False, SORTED, SEARCH, lut_ptr)
             mg = tl.max(tl.abs(tl.load(cb_ptr + q)), axis=1) * gs           # max_j |cb[q_j] * gs| (rounding is monotone)
             gcols = k0 // 16 + tl.arange(0, BK // 16)
             gm = rm[:, None] & (gcols < G)[None, :]
@@ -303,7 +312,7 @@ if triton is not None:
             val = tl.where(code == 127, float("nan"), _from_e4m3(code.to(tl.uint8), False))
             tl.store(sr_ptr + gbase + gcols[None, :], tl.reshape(code, (BM, BK // 16)).to(tl.uint8), mask=gm)
             t = _div(x, scg, FASTDIV)
-            c = _nearest(t, cb_ptr, val[:, None], True, SORTED, GSEARCH)
+            c = _nearest(t, cb_ptr, val[:, None], True, SORTED, GSEARCH, lut_ptr)
             even, odd = tl.split(tl.reshape(c, (BM, BK // 2, 2)))
             byte = ((even & 15) | ((odd & 15) << 4)).to(tl.int8)
             pc = k0 // 2 + tl.arange(0, BK // 2)
@@ -319,18 +328,45 @@ def quantize_w4a8_rotated(r: torch.Tensor, codebook: torch.Tensor, hw: bool | No
     if order is None or over is None or r.dim() != 2 or r.shape[1] % GROUP or codebook.numel() != LEVELS:
         return None
     cb = codebook.to(device=r.device, dtype=torch.float32).contiguous()
-    srt = bool((cb[1:] >= cb[:-1]).all())
-    return quantize_w4a8_rotated_async(r, cb, order, over, hw=hw, sorted_levels=srt)
+    srt, lut = _levels_facts(cb)
+    return quantize_w4a8_rotated_async(r, cb, order, over, hw=hw, sorted_levels=srt, lut=lut)
+
+
+_LUTS: dict = {}
+
+
+def bucket_table(cb_host: torch.Tensor) -> torch.Tensor | None:
+    """For search 2: int32 [64], entry j = the count of levels below -1 + j/32; None unless the levels lie in [-1, 1]
+    and are at least 1/32 apart (then a value's bucket, even one off, leaves its count among three levels)."""
+    c = cb_host.double()
+    if not bool(((c >= -1) & (c <= 1)).all()) or not bool((c[1:] - c[:-1] >= 1 / 32).all()):
+        return None
+    starts = torch.arange(64, dtype=torch.float64) / 32 - 1
+    return (c[None, :] < starts[:, None]).sum(1).to(torch.int32)
+
+
+def _levels_facts(cb: torch.Tensor):
+    """(sorted?, bucket table on cb's device or None) of a codebook: one host copy of 16 floats, tables cached."""
+    host = cb.detach().float().cpu()
+    key = (tuple(host.tolist()), str(cb.device))
+    if key not in _LUTS:
+        srt = bool((host[1:] >= host[:-1]).all())
+        t = bucket_table(host) if srt else None
+        _LUTS[key] = (srt, None if t is None else t.to(cb.device))
+        if len(_LUTS) > 64:
+            _LUTS.pop(next(iter(_LUTS)))
+    return _LUTS[key]
 
 
 def quantize_w4a8_rotated_async(r: torch.Tensor, codebook: torch.Tensor, order: int, over: int = 0x7E,
-                                hw: bool | None = None, gs: torch.Tensor | None = None, sorted_levels: bool = False):
+                                hw: bool | None = None, gs: torch.Tensor | None = None, sorted_levels: bool = False,
+                                lut: torch.Tensor | None = None):
     """The rotated weight ``r`` [N, K] (K % 16 == 0) and the sorted codebook [16] -> (packed int8 [N, K/2], s_rel
     float8_e4m3fn [N, K/16], s_channel float32 [N], amax float32 0-d: the largest |r|, NaN where r holds inf/NaN);
     one launch, nothing waits for the GPU. ``order``: :func:`sum_order` of the device, ``over``: its
     :func:`e4m3_overflow`; ``gs``: where to keep the ALS group scales (fp32 [N, K/16]; the tests read them);
     ``sorted_levels``: the caller knows the codebook is sorted (then each search is 16 comparisons, else torch's
-    binary search step by step)."""
+    binary search step by step); ``lut``: its :func:`bucket_table` (CFG search 2 uses it where given)."""
     r = _check(r, 2)
     hw = _hw() if hw is None else hw
     n, k = r.shape
@@ -346,8 +382,9 @@ def quantize_w4a8_rotated_async(r: torch.Tensor, codebook: torch.Tensor, order: 
     rows = torch.empty(max(n, 1), dtype=torch.float32, device=r.device)
     if n and k:
         bm, bk = CFG["bm"], min(CFG["bk"], _pow2(k))
-        _w4a8_kernel[(triton.cdiv(n, bm),)](r, cb, p, sr.view(torch.uint8), sc, gs, rows, n, k, g, BM=bm, BK=bk,
-                                            HW=hw, INV127=_INV127, ORDER=order, OVER=over, KIND=_KIND[r.dtype], SORTED=sorted_levels, SEARCH=CFG["search"], GSEARCH=CFG["gsearch"],
+        search = CFG["search"] if CFG["search"] != 2 or (lut is not None and sorted_levels) else 1
+        _w4a8_kernel[(triton.cdiv(n, bm),)](r, cb, cb if lut is None else lut, p, sr.view(torch.uint8), sc, gs, rows, n, k, g, BM=bm, BK=bk,
+                                            HW=hw, INV127=_INV127, ORDER=order, OVER=over, KIND=_KIND[r.dtype], SORTED=sorted_levels, SEARCH=search, GSEARCH=CFG["gsearch"],
                                             FASTDIV=CFG["fastdiv"] if hw else 0, num_warps=CFG["warps"],
                                             enable_fp_fusion=False)     # no mul+add -> fma: torch rounds each product
     else:

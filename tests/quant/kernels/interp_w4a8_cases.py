@@ -90,10 +90,13 @@ def test_rotated_part_bytes_equal_kitchen_eager(tw, r, cbk, seed):
     _same((p, sr, sc), theirs[:3])
     if srt:     # the binary search is right on sorted levels too, and so is each search variant
         _same(tw.quantize_w4a8_rotated_async(r, cb, order, tw.e4m3_overflow("cpu"), hw=False)[:3], theirs[:3])
-        for search, gsearch in ((0, 0), (1, 0), (0, 1)):
+        lut = tw.bucket_table(cb)
+        assert (lut is not None) == (cbk == "fixed")        # the others: levels closer than 1/32 (or duplicates)
+        for search, gsearch in ((0, 0), (1, 0), (0, 1), (2, 1), (2, 0)):
             tw.CFG.update(search=search, gsearch=gsearch)
             try:
-                got = tw.quantize_w4a8_rotated_async(r, cb, order, tw.e4m3_overflow("cpu"), hw=False, sorted_levels=True)
+                got = tw.quantize_w4a8_rotated_async(r, cb, order, tw.e4m3_overflow("cpu"), hw=False, sorted_levels=True,
+                                                     lut=lut)
             finally:
                 tw.CFG.update(search=1, gsearch=1)
             _same(got[:3], theirs[:3])
@@ -217,3 +220,25 @@ def test_non_finite_weight_raises_input_error_through_the_kernel_path(tw):
             w4a8_int8.quantize_w4a8(w, 16, backend=Seam(), name="layer")
         p, sr, sc, amax = tw.quantize_w4a8_rotated(convrot.rotate(w, 16), torch.tensor(w4a8_int8.FIXED_CODEBOOK), hw=False)
         assert not torch.isfinite(amax)
+
+
+def test_bucket_search_on_bucket_edges_and_outside_the_table(tw, monkeypatch):
+    """search 2 (the bucket table): values on and next to every bucket start, on and next to every level, beyond
+    +-1 and far beyond, in every assignment of the ALS -- kitchen's bytes; ineligible codebooks get no table."""
+    cb = _codebook("fixed", None)
+    lut = tw.bucket_table(cb)
+    assert lut is not None and lut.tolist() == [int((cb < (j / 32 - 1)).sum()) for j in range(64)]
+    assert tw.bucket_table(torch.linspace(-1, 1, 16) * 1.01) is None                   # a level beyond +-1
+    assert tw.bucket_table(torch.sort(torch.cat([cb[:15], cb[14:15] + 0.01])).values) is None   # two levels too close
+    edges = torch.cat([torch.arange(-40, 41) / 32, cb, torch.tensor([1.5, -1.5, 7.0, -30.0, 0.0])])
+    edges = torch.cat([edges, torch.nextafter(edges, torch.tensor(2.0)), torch.nextafter(edges, torch.tensor(-2.0))])
+    g = torch.Generator().manual_seed(9)
+    n = 64
+    r = edges[torch.randint(0, edges.numel(), (n, 256), generator=g)]
+    r[:, ::16] = 1.0                                     # every group's amax 1: the first assignment sees the values
+    r = r * torch.exp2(torch.randint(-3, 4, (n, 1), generator=g).float())
+    monkeypatch.setitem(tw.CFG, "search", 2)
+    theirs = ek._quantize_rotated_w4a8_int8_weight(r, 16, codebook_override=cb)
+    got = tw.quantize_w4a8_rotated_async(r, cb, tw.sum_order("cpu"), tw.e4m3_overflow("cpu"), hw=False,
+                                         sorted_levels=True, lut=lut)
+    _same(got[:3], theirs[:3])
