@@ -109,12 +109,18 @@ def test_library_record_and_preload(monkeypatch, tmp_path, model):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("QUANTGATE_PRELOAD_LIBS", "1")
     assert startup.record_libs() > 0
-    rec = json.loads((tmp_path / "cache" / "quantgate" / "startup-libs.json").read_text())["libs"]
+    whole = json.loads((tmp_path / "cache" / "quantgate" / "startup-libs.json").read_text())
+    rec, mods = whole["libs"], whole["modules"]
     assert any("torch" in lib["path"] for lib in rec)
     for lib in rec:
         assert all(0 <= b < e <= lib["size"] for b, e in lib["ranges"])
+    # the Python files of the imported modules (torch's .pyc among them), whole, after the libraries
+    assert any("/torch/" in m["path"] and m["path"].endswith((".pyc", ".py")) for m in mods)
+    assert all(0 < m["size"] <= startup.MODULE_FILE_MAX for m in mods)
     ranges = startup.recorded_lib_ranges()
-    assert ranges and sum(e - b for _, b, e in ranges) == sum(e - b for lib in rec for b, e in lib["ranges"])
+    assert ranges and sum(e - b for _, b, e in ranges) == \
+        sum(e - b for lib in rec for b, e in lib["ranges"]) + sum(m["size"] for m in mods)
+    assert [p for p, _, _ in ranges[-len(mods):]] == [m["path"] for m in mods]
     total = sum(e - b for _, b, e in ranges)
     w = startup.Warmup(model, "cuda", "fp8")
     w._read.start()
@@ -123,5 +129,8 @@ def test_library_record_and_preload(monkeypatch, tmp_path, model):
     w._read.join(30)
     assert w.preloaded == total and not w.errors
     rec[0]["mtime_ns"] += 1
-    (tmp_path / "cache" / "quantgate" / "startup-libs.json").write_text(json.dumps({"libs": rec[:1]}))
+    mods[0]["size"] += 1
+    bad = [{"path": "/etc/hostname", "size": 1, "mtime_ns": 0}, {"path": 7}, "x"]   # not a module file; malformed
+    (tmp_path / "cache" / "quantgate" / "startup-libs.json").write_text(
+        json.dumps({"libs": rec[:1], "modules": mods[:1] + bad}))
     assert startup.recorded_lib_ranges() == []
