@@ -165,10 +165,10 @@ def _module_files() -> list[str]:
 def record_libs() -> int:
     """Write the resident ranges of every shared library this process maps (the CUDA conversion's torch, CUDA
     and Triton libraries), and the Python files of every module it imported, to :func:`libs_record_path`;
-    returns the bytes recorded. (A cold ``import torch`` reads ~2,000 small .pyc files besides the libraries:
-    measured on the 2-core CPU box under a concurrent 6 GB sequential read, reading the libraries first did not
-    bring the import forward, reading the libraries and the module files first did, from 6.92 s to 3.99 s (median of 3; libraries alone: 5.77 s; no concurrent read: 3.40 s) --
-    benchmarks/results/cpu-cold-import-preload-2026-12-07.json.)"""
+    returns the bytes recorded. (A cold ``import torch`` reads ~2,000 small .pyc files besides the libraries.
+    Measured on the 2-core CPU VM under a concurrent 6 GiB sequential read, median of 3: the import finished at
+    6.92 s with no preload, 5.77 s reading the libraries first, 3.99 s reading the libraries and the module files
+    first; 3.40 s with no concurrent read -- benchmarks/results/cpu-cold-import-preload-2026-12-07.json.)"""
     seen: dict[str, None] = {}
     with open("/proc/self/maps") as f:
         for line in f:
