@@ -225,7 +225,8 @@ def test_bench_w4a8_tiling(benchmark, weights, tiling):
     f = formats.get("w4a8-int8")
     ref = _kitchen("w4a8-int8", x, f.layer_config(False, None, shape), "eager")()
     from quant.formats import w4a8_int8
-    saved, saved_into = dict(tw.CFG), w4a8_int8.ROTATE_INTO_ONE
+    saved, saved_into, saved_on = dict(tw.CFG), w4a8_int8.ROTATE_INTO_ONE, w4a8_int8.TRITON
+    w4a8_int8.TRITON = True                 # the opt-in Triton path (the default quantize() is the torch ops)
     try:
         cfg = dict(W4A8_TILINGS[tiling])
         w4a8_int8.ROTATE_INTO_ONE = bool(cfg.pop("rotate_into_one", saved_into))
@@ -253,6 +254,7 @@ def test_bench_w4a8_tiling(benchmark, weights, tiling):
         tw.CFG.clear()
         tw.CFG.update(saved)
         w4a8_int8.ROTATE_INTO_ONE = saved_into
+        w4a8_int8.TRITON = saved_on
     assert exact
 
 

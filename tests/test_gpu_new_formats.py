@@ -169,6 +169,8 @@ def test_w4a8_triton_rotated_part_edges_are_kitchens_eager_bytes_on_the_device(d
 def test_w4a8_whole_quantize_fitted_codebooks_are_kitchens_eager_bytes_on_the_device(kind, fastdiv, monkeypatch):
     """Heavy-tailed weights (the kurtosis gate fits a codebook on the device), outliers, zero rows; more rows than
     kitchen's 2**22-element chunk."""
+    from quant.formats import w4a8_int8
+    monkeypatch.setattr(w4a8_int8, "TRITON", True)          # the opt-in Triton path
     from quant.kernels import triton_w4a8
     from tests.quant.formats.test_new_format_bytes import _kitchen
     monkeypatch.setitem(triton_w4a8.CFG, "fastdiv", fastdiv)
@@ -188,11 +190,14 @@ def test_w4a8_whole_quantize_fitted_codebooks_are_kitchens_eager_bytes_on_the_de
         assert torch.equal(ours[k].contiguous().view(torch.uint8), theirs[k].contiguous().view(torch.uint8)), k
 
 
-def test_w4a8_non_finite_weight_is_refused_and_an_overflowing_rotation_is_kitchens_bytes():
+@pytest.mark.parametrize("triton_path", [False, True])
+def test_w4a8_non_finite_weight_is_refused_and_an_overflowing_rotation_is_kitchens_bytes(triton_path, monkeypatch):
     """The CUDA path has no finiteness pass of its own (the kernel's amax finds inf/NaN): a NaN/inf weight raises
     InputError; a finite weight whose rotation overflows bf16 takes the torch ops and writes kitchen's bytes."""
     from quant.errors import InputError
+    from quant.formats import w4a8_int8
     from tests.quant.formats.test_new_format_bytes import _kitchen
+    monkeypatch.setattr(w4a8_int8, "TRITON", triton_path)
     f = formats.get("w4a8-int8")
     x = (torch.randn(64, 512, generator=torch.Generator().manual_seed(2)) * 0.02).to(torch.bfloat16).cuda()
     for bad in (float("nan"), float("inf")):

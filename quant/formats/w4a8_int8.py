@@ -37,6 +37,15 @@ ALS_ITERS = 2
 ROW_BUDGET = 1 << 22            # elements per chunk of rows (kitchen's chunking: the same rotation calls)
 CODEBOOK_SAMPLE = 1 << 22
 ROTATE_INTO_ONE = True          # kernel path: each chunk's matmul writes into one buffer (False: torch.cat of chunks)
+# The Triton path (quant/kernels/triton_w4a8.py via the seam's quantize_w4a8_rotated) is OPT-IN: it never ran on a GPU
+# (session 4: no machine could be started). Default: the torch ops, the CUDA path tested on an H100 in session 3.
+# QUANTGATE_W4A8_TRITON=1 (read at each call) or TRITON = True turns it on.
+TRITON = False
+
+
+def triton_opted_in() -> bool:
+    import os
+    return TRITON or os.environ.get("QUANTGATE_W4A8_TRITON", "0") not in ("", "0")
 
 shape_rule("w4a8_groups", lambda n, k: (n, k // GROUP), "[N, K/16] (one per group of 16 along K)")
 shape_rule("codebook", lambda n, k: (LEVELS,), "[16]")
@@ -148,8 +157,9 @@ def quantize_w4a8(w, g: int, *, name=None, backend=None):
     """-> (packed int8 [n, k/2], s_rel e4m3 [n, k/16], s_channel f32 [n], codebook f32 [16]).
 
     The codebook decision and the ConvRot rotation are torch's (kitchen's calls: the rotation in the same row
-    chunks); the per-group part goes to the kernel seam's ``quantize_w4a8_rotated`` where a backend takes it
-    (Triton on CUDA: one launch over the whole rotated weight, the same bytes), else to :func:`_quantize_rotated`."""
+    chunks); the per-group part goes to the kernel seam's ``quantize_w4a8_rotated`` where a backend takes it and the
+    Triton path is opted in (:func:`triton_opted_in`; Triton on CUDA: one launch over the whole rotated weight, the
+    same bytes), else to :func:`_quantize_rotated` (the default)."""
     import torch
     from ..errors import InputError
     from ..kernels import get_backend
@@ -160,7 +170,8 @@ def quantize_w4a8(w, g: int, *, name=None, backend=None):
     block = max(1, ROW_BUDGET // max(k, 1))
     be = backend or get_backend(w.device)
     op = getattr(be, "quantize_w4a8_rotated", None)
-    takes = op is not None and n and k and (not hasattr(be, "find") or be.find("quantize_w4a8_rotated", w) is not None)
+    takes = triton_opted_in() and op is not None and n and k and (
+        not hasattr(be, "find") or be.find("quantize_w4a8_rotated", w) is not None)
     if takes:
         # no finiteness pass of its own: the kernel's pass finds inf/NaN in the rotated weight (non-finite wherever a
         # group of the weight is); then the weight itself is checked (a finite weight whose rotation overflowed

@@ -18,6 +18,10 @@ here in an explicit order: the one torch's own ``sum(-1)`` uses on the device, f
 pairs; on an AVX2/AVX512 CPU build a fold of the two 8-lane halves then a sequential sum), checked against torch on
 probe tensors; where no candidate matches, :func:`sum_order` says None and the caller keeps the torch path.
 
+OPT-IN (never run on a GPU yet): quant.formats.w4a8_int8 uses it only with QUANTGATE_W4A8_TRITON=1 (or
+``w4a8_int8.TRITON = True``); its default on CUDA is the torch ops tested on an H100 in session 3. Inside the kernel,
+CFG search=2 and fastdiv=1 are further opt-ins (QUANTGATE_W4A8_CFG).
+
 The rotation itself stays torch's (cuBLAS: the same call shapes as kitchen's chunked reference), as does the
 codebook decision (a seeded sample, a kurtosis gate, a Lloyd fit where the gate trips).
 """

@@ -20,6 +20,11 @@ from tests.quant.kernels.edges import W4A8_GROUP_KINDS, w4a8_codebook, w4a8_rota
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
+@pytest.fixture(autouse=True)
+def _triton_opted_in(monkeypatch):
+    monkeypatch.setattr(w4a8_int8, "TRITON", True)      # the opt-in path is what these cases test
+
+
 @pytest.fixture(scope="module")
 def tw():
     from quant.kernels import triton_quant, triton_w4a8
