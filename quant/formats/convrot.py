@@ -22,7 +22,7 @@ def group_for(k: int, sizes: tuple[int, ...] = GROUP_SIZES) -> int | None:
     return next((g for g in sizes if k % g == 0), None)
 
 
-from ..kernels.hadamard import hadamard, is_group_size, rotate, rotate_rows  # noqa: E402,F401  (re-exported)
+from ..kernels.hadamard import hadamard, is_group_size, rotate, rotate_chunk, rotate_rows  # noqa: E402,F401  (re-exported)
 
 
 # ---- signed int4 in int8 storage: two codes per byte, the EVEN column in the LOW nibble (kitchen) ----------

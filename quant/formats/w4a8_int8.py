@@ -145,11 +145,9 @@ def _rotated_chunks(w, g: int, block: int):
         return torch.cat([convrot.rotate(w[r0:r0 + block], g) for r0 in range(0, n, block)])
     per = k // g
     out = torch.empty((n * per, g), dtype=w.dtype, device=w.device)
-    ht = convrot.hadamard(g, w.dtype, w.device).T
-    a = w.view(n * per, g)
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
-        torch.mm(a[r0 * per:r1 * per], ht, out=out[r0 * per:r1 * per])
+        convrot.rotate_chunk(w[r0:r1], g, out=out[r0 * per:r1 * per])
     return out.view(n, k)
 
 

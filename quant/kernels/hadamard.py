@@ -41,6 +41,21 @@ def rotate(w, g: int):
     return torch.matmul(w.reshape(n, k // g, g), h.T).reshape(n, k)
 
 
+def rotate_chunk(x, group: int, out=None):
+    """``x`` [n, k] (contiguous) rotated per group: torch.mm of the [n * k / group, group] view with h.T, the call
+    torch.matmul(x.reshape(n, k / group, group), h.T) of kitchen's eager _rotate_weight folds into; ``out`` (a
+    contiguous [n * k / group, group] buffer, or a slice of one) receives it without a new allocation. The chunked
+    rotations of the int8-convrot kernel path and of w4a8-int8 are this call per row chunk."""
+    import torch
+    n, k = x.shape
+    a = x.view(n * (k // group), group)
+    ht = hadamard(group, x.dtype, x.device).T          # kitchen's operand: the transposed VIEW (cached matrix)
+    if out is None:
+        return torch.mm(a, ht).view(n, k)
+    torch.mm(a, ht, out=out)
+    return out.view(n, k)
+
+
 def rotate_rows(x, g: int):
     """Online activation rotation: the last dim of ``x`` in groups of ``g`` times H (kitchen's activation path)."""
     import torch

@@ -690,17 +690,10 @@ def quantize_mxfp8_async(x: torch.Tensor, hw: bool | None = None):
 # while the rotated rows are still in L2 (instead of writing the whole rotated weight to HBM and reading it back);
 # the chunks' matmuls differ from the whole one only in M (see _rotation_chunks). CFG rot_fused=1 rotates inside the
 # kernel (tl.dot: the same bits only where the card's MMA sums like cuBLAS -- a GPU question, off by default).
-_HT: dict = {}
-
-
 def _hadamard_t(group: int, x: torch.Tensor) -> torch.Tensor:
-    """kitchen's operand: the normalised Hadamard's transposed VIEW (h.T, not a contiguous copy), cached."""
-    key = (group, x.dtype, x.device)
-    ht = _HT.get(key)
-    if ht is None:
-        from .hadamard import hadamard
-        ht = _HT[key] = hadamard(group, x.dtype, x.device).T
-    return ht
+    """kitchen's operand: the normalised Hadamard's transposed VIEW (h.T, not a contiguous copy; the matrix is cached)."""
+    from .hadamard import hadamard
+    return hadamard(group, x.dtype, x.device).T
 
 
 _L2: dict = {}
@@ -732,16 +725,7 @@ def _rotation_chunks(n: int, k: int, itemsize: int, device=None) -> list[tuple[i
     return [(a, b) for a, b in zip(cuts, cuts[1:])]                      # aligned pointers, sizes within 32 rows
 
 
-def rotate_chunk(x: torch.Tensor, group: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x`` [n, k] (contiguous) rotated per group: torch.mm of the [n * k / group, group] view with h.T, the call
-    torch.matmul(x.reshape(n, k / group, group), h.T) of kitchen's eager _rotate_weight folds into; ``out`` (a
-    contiguous [n * k / group, group] buffer) receives it without a new allocation."""
-    n, k = x.shape
-    a = x.view(n * (k // group), group)
-    if out is None:
-        return torch.mm(a, _hadamard_t(group, x)).view(n, k)
-    torch.mm(a, _hadamard_t(group, x), out=out)
-    return out.view(n, k)
+from .hadamard import rotate_chunk  # noqa: E402  (the chunk rotation lives with the rotation; re-exported)
 
 
 def _rotated(x: torch.Tensor, group: int):
